@@ -1,0 +1,41 @@
+//! rustls adapters for the Reprise session cache.
+//!
+//! - [`ServerStore`] implements rustls's `StoresServerSessions`: TLS 1.2 session ids and
+//!   TLS 1.3 stateful tickets (single-use) go through a [`reprise::SessionCache`], namespaced
+//!   by session-id context.
+//! - [`ClientStore`] implements `ClientSessionStore` over a cache in CLIENT mode.
+//! - [`ConnectionSessions`] is the per-connection handle: handshake statistics, the automatic
+//!   flush, and the removal of a connection's sessions when it ends without a clean shutdown.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use reprise::SessionCache;
+//! use reprise_rustls::{derive_sid_ctx, ClientAuth, ServerStore};
+//! # fn config(chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+//! #           key: rustls::pki_types::PrivateKeyDer<'static>) -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = Arc::new(SessionCache::new());
+//! let sid_ctx = derive_sid_ctx(&chain, ClientAuth::None, b"");
+//! let store = ServerStore::new(cache, sid_ctx, ClientAuth::None)?;
+//! let mut config = rustls::ServerConfig::builder()
+//!     .with_no_client_auth()
+//!     .with_single_cert(chain, key)?;
+//! config.session_storage = Arc::new(store);
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod connection;
+mod error;
+mod server;
+mod sid_ctx;
+
+pub use client::{ClientSession, ClientStore, DEFAULT_MAX_SERVERS, MAX_TLS13_TICKETS_PER_SERVER};
+pub use connection::{ConnectionSessions, Instrumented};
+pub use error::Error;
+pub use server::ServerStore;
+pub use sid_ctx::{derive_sid_ctx, ClientAuth};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}

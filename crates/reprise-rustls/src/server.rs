@@ -1,0 +1,151 @@
+//! The server adapter: rustls's `StoresServerSessions` over a Reprise cache, for one
+//! session-id context.
+
+use std::sync::Arc;
+
+use reprise::{ProtocolVersion, Role, SecretBytes, SessionCache, SessionKey, SidCtx};
+use rustls::server::StoresServerSessions;
+
+use crate::connection::{ConnectionSessions, Tracked};
+use crate::error::Error;
+use crate::sid_ctx::ClientAuth;
+
+/// A rustls server session store backed by a [`SessionCache`].
+///
+/// It stores TLS 1.2 sessions (by session id) and TLS 1.3 stateful tickets (by ticket id), and
+/// resumes them through the cache, so the cache's mode, size limit, timeout, callbacks and
+/// statistics all apply. TLS 1.3 tickets are taken: each resumes at most once. Every session
+/// carries this store's session-id context, and only resumes through a store with the same one,
+/// so one cache can serve several `ServerConfig`s without a session crossing between them.
+///
+/// ```
+/// use std::sync::Arc;
+/// use reprise::{SessionCache, SidCtx};
+/// use reprise_rustls::{ClientAuth, ServerStore};
+///
+/// let cache = Arc::new(SessionCache::new());
+/// let store = ServerStore::new(cache, SidCtx::new(b"web").unwrap(), ClientAuth::None).unwrap();
+/// // server_config.session_storage = Arc::new(store);
+/// # let _ = store;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerStore {
+    cache: Arc<SessionCache>,
+    sid_ctx: SidCtx,
+}
+
+impl ServerStore {
+    /// A store for the security context `sid_ctx`.
+    ///
+    /// A server that asks for client certificates must have a non-empty context (OpenSSL fails
+    /// such handshakes; this refuses the configuration up front).
+    pub fn new(
+        cache: Arc<SessionCache>,
+        sid_ctx: SidCtx,
+        client_auth: ClientAuth,
+    ) -> Result<Self, Error> {
+        if client_auth != ClientAuth::None && sid_ctx.is_empty() {
+            return Err(Error::EmptySidCtxWithClientAuth);
+        }
+        Ok(Self { cache, sid_ctx })
+    }
+
+    /// The cache behind the store.
+    pub fn cache(&self) -> &Arc<SessionCache> {
+        &self.cache
+    }
+
+    /// The session-id context of the sessions this store makes and accepts.
+    pub fn sid_ctx(&self) -> &SidCtx {
+        &self.sid_ctx
+    }
+
+    /// A handle for one new connection; see [`ConnectionSessions`]. Counts `accept`.
+    pub fn connection(&self) -> ConnectionSessions {
+        ConnectionSessions::new(Arc::clone(&self.cache), Role::Server)
+    }
+
+    fn key<'a>(&'a self, id: &'a [u8]) -> SessionKey<'a> {
+        SessionKey::new(id, self.sid_ctx.as_bytes())
+    }
+
+    fn record(&self, session: &Arc<reprise::Session>) {
+        Tracked::with_current(&self.cache, |conn| conn.record(session));
+    }
+}
+
+impl StoresServerSessions for ServerStore {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let version = peek_version(&value);
+        let built = self
+            .cache
+            .session(&key, SecretBytes::from(value))
+            .sid_ctx(self.sid_ctx.as_bytes())
+            .version(version)
+            .build();
+        let Ok(session) = built else {
+            // rustls makes 32-byte ids; anything else cannot be cached.
+            return false;
+        };
+        let new = self.cache.new_session(Role::Server, session);
+        if new.is_stored() {
+            self.record(&new.session);
+        }
+        new.is_stored()
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let session = self.cache.lookup(Role::Server, self.key(key))?;
+        self.record(&session);
+        Some(session.payload().as_bytes().to_vec())
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let session = self.cache.take(Role::Server, self.key(key))?;
+        Some(session.payload().as_bytes().to_vec())
+    }
+
+    fn can_cache(&self) -> bool {
+        let mode = self.cache.mode();
+        mode.contains(reprise::CacheMode::SERVER)
+            && (!mode.contains(reprise::CacheMode::NO_INTERNAL_STORE)
+                || self.cache.new_session_callback().is_some())
+    }
+}
+
+/// Reads the protocol version from rustls's encoding of a server session value.
+///
+/// The encoding starts with an optional SNI (a presence byte, then a length-prefixed name) and
+/// then the version. Anything unexpected gives [`ProtocolVersion::UNKNOWN`]; the version is
+/// informative only, and rustls itself checks it on resumption.
+pub(crate) fn peek_version(value: &[u8]) -> ProtocolVersion {
+    let rest = match value.split_first() {
+        Some((0, rest)) => rest,
+        Some((1, rest)) => match rest.split_first() {
+            Some((&len, rest)) => rest.get(usize::from(len)..).unwrap_or_default(),
+            None => &[],
+        },
+        _ => &[],
+    };
+    match rest {
+        [hi, lo, ..] => ProtocolVersion(u16::from_be_bytes([*hi, *lo])),
+        _ => ProtocolVersion::UNKNOWN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peek_version_reads_with_and_without_sni() {
+        assert_eq!(peek_version(&[0, 3, 4, 9]), ProtocolVersion::TLS1_3);
+        assert_eq!(
+            peek_version(&[1, 3, b'a', b'b', b'c', 3, 3]),
+            ProtocolVersion::TLS1_2
+        );
+        for bad in [&[][..], &[1], &[1, 200, 1], &[0, 3], &[7, 3, 3]] {
+            assert_eq!(peek_version(bad), ProtocolVersion::UNKNOWN, "{bad:?}");
+        }
+    }
+}

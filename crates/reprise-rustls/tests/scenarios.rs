@@ -1,0 +1,767 @@
+//! The behaviour scenarios of `shared/spec/scenarios.md`, on real rustls handshakes in memory,
+//! for TLS 1.2 and TLS 1.3, with exact counts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use common::{replay_client_hello, Counts, Pair, Pki, Server, Version, T0};
+use reprise::{
+    CacheMode, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey, Stats,
+};
+use reprise_rustls::{derive_sid_ctx, ClientAuth, ClientStore, ServerStore};
+use rustls::HandshakeKind::{Full, Resumed};
+
+fn pki() -> Arc<Pki> {
+    Arc::new(Pki::new())
+}
+
+/// Counter changes between two moments.
+#[derive(Debug, PartialEq, Eq, Default, Clone, Copy)]
+struct Delta {
+    new: usize,
+    remove: usize,
+    get: usize,
+    hits: u64,
+    misses: u64,
+    cb_hits: u64,
+    timeouts: u64,
+    cache_full: u64,
+}
+
+struct Mark {
+    counts: Counts,
+    stats: Stats,
+}
+
+impl Server {
+    fn mark(&self) -> Mark {
+        Mark {
+            counts: self.rec.counts(),
+            stats: self.cache.stats(),
+        }
+    }
+
+    fn since(&self, m: &Mark) -> Delta {
+        let c = self.rec.counts();
+        let s = self.cache.stats();
+        Delta {
+            new: c.new - m.counts.new,
+            remove: c.remove - m.counts.remove,
+            get: c.get - m.counts.get,
+            hits: s.hits - m.stats.hits,
+            misses: s.misses - m.stats.misses,
+            cb_hits: s.cb_hits - m.stats.cb_hits,
+            timeouts: s.timeouts - m.stats.timeouts,
+            cache_full: s.cache_full - m.stats.cache_full,
+        }
+    }
+}
+
+macro_rules! both_versions {
+    ($($name:ident),* $(,)?) => {
+        mod tls12 {
+            $( #[test] fn $name() { super::$name(super::Version::Tls12) } )*
+        }
+        mod tls13 {
+            $( #[test] fn $name() { super::$name(super::Version::Tls13) } )*
+        }
+    };
+}
+
+both_versions!(
+    s01_internal_cache_only,
+    s02_external_cache_only,
+    s02_no_internal_store_alone,
+    s03_both_caches,
+    s04_caching_off,
+    s05_timeout,
+    s05_timeout_boundary,
+    s06_size_limit_one,
+    s06_size_limit_three,
+    s07_flush,
+    s08_auto_flush,
+    s08_no_auto_clear,
+    s09_add_remove,
+    s10_new_callback_returns_false,
+    s11_context_isolation,
+    s11_client_auth_isolation,
+    s12_clean_close_keeps_session,
+    s13_drop,
+    s14_update_time_on_get_copy,
+    s15_client_cache,
+    s17_hostile_keys,
+);
+
+/// Scenario 1: Internal cache only.
+fn s01_internal_cache_only(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    let client = srv.client();
+    let m = srv.mark();
+    assert_eq!(srv.connect(&client), Full);
+    let per = v.per_handshake();
+    assert_eq!(
+        srv.since(&m),
+        Delta {
+            new: per,
+            ..Default::default()
+        }
+    );
+    assert_eq!(srv.cache.len(), per);
+
+    let m = srv.mark();
+    let resumed = srv.connect_keep(&client);
+    assert_eq!(resumed.server.handshake_kind(), Some(Resumed));
+    match v {
+        Version::Tls12 => {
+            assert_eq!(
+                srv.since(&m),
+                Delta {
+                    hits: 1,
+                    ..Default::default()
+                }
+            );
+            assert_eq!(srv.cache.len(), 1);
+        }
+        Version::Tls13 => {
+            // The ticket is taken (remove callback) and two fresh ones are issued.
+            assert_eq!(
+                srv.since(&m),
+                Delta {
+                    new: 2,
+                    remove: 1,
+                    hits: 1,
+                    ..Default::default()
+                }
+            );
+            assert_eq!(srv.cache.len(), 3);
+            // Offering that same ticket again: a full handshake.
+            let m = srv.mark();
+            let kind = replay_client_hello(&resumed.client_flights, &srv.config, &srv.store);
+            assert_eq!(kind, Some(Full));
+            assert_eq!(
+                srv.since(&m),
+                Delta {
+                    misses: 1,
+                    get: 1,
+                    ..Default::default()
+                }
+            );
+        }
+    }
+}
+
+/// Scenario 2: External cache only: NO_INTERNAL, and the get callback serves what the new callback kept.
+fn s02_external_cache_only(v: Version) {
+    let srv = Server::new(&pki(), v, true);
+    srv.cache
+        .set_mode(CacheMode::SERVER | CacheMode::NO_INTERNAL);
+    let client = srv.client();
+    let m = srv.mark();
+    assert_eq!(srv.connect(&client), Full);
+    let per = v.per_handshake();
+    assert_eq!(
+        srv.since(&m),
+        Delta {
+            new: per,
+            ..Default::default()
+        }
+    );
+    assert_eq!(srv.cache.len(), 0);
+
+    let m = srv.mark();
+    assert_eq!(srv.connect(&client), Resumed);
+    let expected = match v {
+        Version::Tls12 => Delta {
+            get: 1,
+            cb_hits: 1,
+            hits: 1,
+            ..Default::default()
+        },
+        // Single use through the trio: the used ticket gets the remove callback, which deletes
+        // it from the external map; two fresh tickets go there.
+        Version::Tls13 => Delta {
+            get: 1,
+            cb_hits: 1,
+            hits: 1,
+            new: 2,
+            remove: 1,
+            ..Default::default()
+        },
+    };
+    assert_eq!(srv.since(&m), expected);
+    assert_eq!(srv.cache.len(), 0);
+    if v == Version::Tls13 {
+        assert_eq!(srv.rec.external.lock().len(), 3);
+    }
+}
+
+/// Scenario 2b: NO_INTERNAL_STORE alone: the internal lookup runs (and misses) before the get callback.
+fn s02_no_internal_store_alone(v: Version) {
+    let srv = Server::new(&pki(), v, true);
+    srv.cache
+        .set_mode(CacheMode::SERVER | CacheMode::NO_INTERNAL_STORE);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    assert_eq!(srv.cache.len(), 0);
+    let m = srv.mark();
+    assert_eq!(srv.connect(&client), Resumed);
+    let d = srv.since(&m);
+    assert_eq!((d.misses, d.get, d.cb_hits, d.hits), (1, 1, 1, 1));
+    assert_eq!(srv.cache.len(), 0);
+}
+
+/// Scenario 3: Both caches under NO_INTERNAL_LOOKUP: a session from the get callback is copied into the
+/// internal cache, unless NO_INTERNAL_STORE is also set. TLS 1.3 tickets are consumed instead.
+fn s03_both_caches(v: Version) {
+    for also_no_store in [false, true] {
+        let srv = Server::new(&pki(), v, true);
+        let client = srv.client();
+        // Made while the internal cache is not written, so only the external map has it.
+        srv.cache
+            .set_mode(CacheMode::SERVER | CacheMode::NO_INTERNAL);
+        assert_eq!(srv.connect(&client), Full);
+        let mut mode = CacheMode::SERVER | CacheMode::NO_INTERNAL_LOOKUP;
+        if also_no_store {
+            mode |= CacheMode::NO_INTERNAL_STORE;
+        }
+        srv.cache.set_mode(mode);
+        let before = srv.cache.len();
+        let m = srv.mark();
+        assert_eq!(srv.connect(&client), Resumed);
+        let d = srv.since(&m);
+        assert_eq!((d.misses, d.get, d.cb_hits), (0, 1, 1));
+        let grown = srv.cache.len() - before;
+        match (v, also_no_store) {
+            (Version::Tls12, false) => assert_eq!(grown, 1, "copied into the internal cache"),
+            (Version::Tls12, true) => assert_eq!(grown, 0),
+            // Never copied: the two new tickets only, stored unless NO_INTERNAL_STORE.
+            (Version::Tls13, false) => assert_eq!(grown, 2),
+            (Version::Tls13, true) => assert_eq!(grown, 0),
+        }
+    }
+}
+
+/// Scenario 4: Caching OFF: nothing stored, no new callback, but the get callback is still asked.
+fn s04_caching_off(v: Version) {
+    let srv = Server::new(&pki(), v, true);
+    let old_client = srv.client();
+    assert_eq!(srv.connect(&old_client), Full);
+    // Empty the internal cache without deleting the external copy.
+    srv.rec.remove_deletes.store(false, Ordering::SeqCst);
+    srv.cache.flush_all();
+    srv.rec.remove_deletes.store(true, Ordering::SeqCst);
+    assert_eq!(srv.cache.set_mode(CacheMode::OFF), CacheMode::SERVER);
+
+    let m = srv.mark();
+    assert_eq!(srv.connect(&srv.client()), Full);
+    assert_eq!(
+        srv.since(&m),
+        Delta {
+            misses: 0,
+            ..Default::default()
+        }
+    );
+    assert_eq!(srv.cache.len(), 0);
+
+    let m = srv.mark();
+    assert_eq!(srv.connect(&old_client), Resumed);
+    let d = srv.since(&m);
+    assert_eq!((d.new, d.get, d.cb_hits, d.misses), (0, 1, 1, 1));
+}
+
+/// Scenario 5: Timeout: 10 s; 11 s later the session has expired.
+fn s05_timeout(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    srv.cache.set_timeout_secs(10);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    srv.clock.advance(11);
+    let m = srv.mark();
+    assert_eq!(srv.connect(&client), Full);
+    let per = v.per_handshake();
+    assert_eq!(
+        srv.since(&m),
+        Delta {
+            new: per,
+            remove: 1,
+            timeouts: 1,
+            ..Default::default()
+        }
+    );
+    // TLS 1.2: the new session only. TLS 1.3: the unused old ticket (not yet flushed) and two new.
+    assert_eq!(
+        srv.cache.len(),
+        match v {
+            Version::Tls12 => 1,
+            Version::Tls13 => 3,
+        }
+    );
+}
+
+/// Scenario 5b: At exactly 10 s the session still resumes.
+fn s05_timeout_boundary(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    srv.cache.set_timeout_secs(10);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    srv.clock.advance(10);
+    let m = srv.mark();
+    assert_eq!(srv.connect(&client), Resumed);
+    assert_eq!(srv.since(&m).timeouts, 0);
+}
+
+/// Scenario 6: Size limit 1: only the newest session survives.
+fn s06_size_limit_one(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    srv.cache.set_size_limit(1);
+    let (first, second) = (srv.client(), srv.client());
+    let m = srv.mark();
+    assert_eq!(srv.connect(&first), Full);
+    assert_eq!(srv.connect(&second), Full);
+    // TLS 1.2: two sessions, one evicted. TLS 1.3: four tickets, three evicted.
+    let evicted = 2 * v.per_handshake() - 1;
+    let d = srv.since(&m);
+    assert_eq!((d.cache_full, d.remove), (evicted as u64, evicted));
+    assert_eq!(srv.cache.len(), 1);
+    // Only the second client's (newest) session resumes.
+    assert_eq!(srv.connect(&second), Resumed);
+    assert_eq!(srv.connect(&first), Full);
+}
+
+/// Scenario 6b: Size limit 3 with 5 sessions holds exactly 3.
+fn s06_size_limit_three(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    srv.cache.set_size_limit(3);
+    let m = srv.mark();
+    let mut made = 0;
+    while made < 5 {
+        assert_eq!(srv.connect(&srv.client()), Full);
+        made += v.per_handshake();
+    }
+    assert_eq!(srv.cache.len(), 3);
+    let d = srv.since(&m);
+    assert_eq!(d.cache_full as usize, made - 3);
+    assert_eq!(d.remove, made - 3);
+}
+
+/// Scenario 7: Flush: sessions made at now−10, now and now+10, each with timeout 10.
+fn s07_flush(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    srv.cache.set_timeout_secs(10);
+    let now = T0 + 100;
+    for t in [now - 10, now, now + 10] {
+        srv.clock.set(t);
+        assert_eq!(srv.connect(&srv.client()), Full);
+    }
+    let per = v.per_handshake();
+    let times = |cache: &SessionCache| {
+        let mut t: Vec<u64> = cache.sessions().iter().map(|s| s.time()).collect();
+        t.sort();
+        t
+    };
+    let m = srv.mark();
+    assert_eq!(srv.cache.flush(now + 9), per);
+    assert!(times(&srv.cache).iter().all(|&t| t >= now));
+    assert_eq!(srv.cache.flush(now + 11), per);
+    assert!(times(&srv.cache).iter().all(|&t| t == now + 10));
+    assert_eq!(srv.cache.flush(now + 21), per);
+    assert_eq!(srv.cache.len(), 0);
+    assert_eq!(srv.since(&m).remove, 3 * per);
+
+    // Re-add the three (their objects, from the remove callback) and flush everything.
+    let removed: Vec<Arc<Session>> = srv.rec.removed.lock().clone();
+    for s in &removed {
+        assert!(srv.cache.add(s));
+    }
+    let m = srv.mark();
+    assert_eq!(srv.cache.flush_all(), 3 * per);
+    assert_eq!(srv.since(&m).remove, 3 * per);
+    assert_eq!(srv.cache.len(), 0);
+}
+
+/// Ten sessions, already expired, then 255 completed handshakes.
+fn auto_flush_run(v: Version, mode: CacheMode) -> (usize, usize) {
+    let srv = Server::new(&pki(), v, false);
+    srv.cache.set_mode(mode);
+    for i in 0..10u8 {
+        let s = Session::builder(&[i + 1; 32], SecretBytes::from(vec![0; 8]))
+            .sid_ctx(b"scenario")
+            .time(T0 - 1000)
+            .timeout_secs(10)
+            .build()
+            .unwrap();
+        assert!(srv.cache.add(&Arc::new(s)));
+    }
+    let m = srv.mark();
+    let client = srv.client();
+    for _ in 0..255 {
+        srv.connect(&client);
+    }
+    assert_eq!(srv.cache.stats().accept_good, 255);
+    let expired_left = srv
+        .cache
+        .sessions()
+        .iter()
+        .filter(|s| s.time() == T0 - 1000)
+        .count();
+    let removed_expired = srv
+        .rec
+        .removed
+        .lock()
+        .iter()
+        .filter(|s| s.time() == T0 - 1000)
+        .count();
+    assert!(srv.since(&m).remove >= removed_expired);
+    (expired_left, removed_expired)
+}
+
+/// Scenario 8: Auto-flush every 255 completed handshakes.
+fn s08_auto_flush(v: Version) {
+    assert_eq!(auto_flush_run(v, CacheMode::SERVER), (0, 10));
+}
+
+/// Scenario 8b: With NO_AUTO_CLEAR, the expired sessions are all still there.
+fn s08_no_auto_clear(v: Version) {
+    assert_eq!(
+        auto_flush_run(v, CacheMode::SERVER | CacheMode::NO_AUTO_CLEAR),
+        (10, 0)
+    );
+}
+
+/// Scenario 9: add / remove, with sessions real handshakes made.
+fn s09_add_remove(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    // Made without the internal store, so the new callback holds the only copy.
+    srv.cache
+        .set_mode(CacheMode::SERVER | CacheMode::NO_INTERNAL_STORE);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    srv.cache.set_mode(CacheMode::SERVER);
+    // The newest session: the one rustls's client offers first.
+    let s = &srv.rec.made.lock().last().cloned().unwrap();
+
+    let m = srv.mark();
+    assert!(srv.cache.add(s));
+    assert!(!srv.cache.add(s));
+    // t: another object with the same id replaces s, with no remove callback.
+    let t = Arc::new(
+        Session::builder(s.id().as_bytes(), s.payload().clone())
+            .sid_ctx(s.sid_ctx().as_bytes())
+            .version(s.version())
+            .time(s.time())
+            .build()
+            .unwrap(),
+    );
+    assert!(srv.cache.add(&t));
+    assert_eq!(srv.cache.len(), 1);
+    assert!(Arc::ptr_eq(&srv.cache.peek(s.id().as_bytes()).unwrap(), &t));
+    assert_eq!(srv.since(&m).remove, 0);
+
+    // u was never cached: false, but the remove callback fires once and u is not resumable.
+    let u = Arc::new(
+        Session::builder(&[0xee; 32], SecretBytes::from(vec![1]))
+            .build()
+            .unwrap(),
+    );
+    let m = srv.mark();
+    assert!(!srv.cache.remove(&u));
+    assert_eq!(srv.since(&m).remove, 1);
+    assert!(!u.is_resumable());
+    // An empty id: false, and no callback.
+    assert!(!srv.cache.remove_key(SessionKey::new(&[], b"scenario")));
+    assert_eq!(srv.since(&m).remove, 1);
+
+    // The replacement t carries the same state as s, so the client resumes through it.
+    assert_eq!(srv.connect(&client), Resumed);
+    // Removing t's id marks it not resumable and fires the callback; the id no longer resumes.
+    if v == Version::Tls12 {
+        let m = srv.mark();
+        assert!(srv.cache.remove(&t));
+        assert!(!t.is_resumable());
+        assert_eq!(srv.since(&m).remove, 1);
+        assert_eq!(srv.connect(&client), Full);
+    }
+}
+
+/// Scenario 10: A new-session callback that returns false: the session leaves the internal cache at once.
+fn s10_new_callback_returns_false(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    srv.rec.keep.store(false, Ordering::SeqCst);
+    let client = srv.client();
+    let m = srv.mark();
+    assert_eq!(srv.connect(&client), Full);
+    assert_eq!(srv.cache.len(), 0);
+    let d = srv.since(&m);
+    assert_eq!(d.new, v.per_handshake());
+    assert_eq!(srv.connect(&client), Full);
+}
+
+/// Scenario 11: One cache, two server configs with different contexts: nothing crosses.
+fn s11_context_isolation(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    let store_b = common::store(&srv.cache, b"config-b");
+    let config_b = srv.pki.server_config(v, store_b.clone(), ClientAuth::None);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    let made_on_a: Vec<Arc<Session>> = srv.rec.made.lock().clone();
+
+    let m = srv.mark();
+    let mut pair = Pair::new(&client, "localhost", &config_b, &store_b, None);
+    assert_eq!(pair.handshake(), Full);
+    pair.close_cleanly();
+    let d = srv.since(&m);
+    assert_eq!(
+        (d.hits, d.misses, d.cb_hits, d.timeouts, d.get, d.remove),
+        (0, 0, 0, 0, 0, 0)
+    );
+    // B could neither resume nor consume A's sessions: they are all still cached.
+    for s in &made_on_a {
+        assert!(srv
+            .cache
+            .peek(s.id().as_bytes())
+            .is_some_and(|c| Arc::ptr_eq(&c, s)));
+        assert!(s.is_resumable());
+    }
+}
+
+/// Scenario 11b: Same certificate, one config requires client certificates and one doesn't.
+fn s11_client_auth_isolation(v: Version) {
+    let pki = pki();
+    let clock = Arc::new(ManualClock::new(T0));
+    let cache = common::server_cache(&clock);
+    let ctx_mtls = derive_sid_ctx(&pki.server_chain, ClientAuth::Required, b"");
+    let ctx_plain = derive_sid_ctx(&pki.server_chain, ClientAuth::None, b"");
+    assert_ne!(ctx_mtls, ctx_plain);
+    assert_eq!(
+        ServerStore::new(cache.clone(), reprise::SidCtx::EMPTY, ClientAuth::Required).err(),
+        Some(reprise_rustls::Error::EmptySidCtxWithClientAuth)
+    );
+    let mtls = ServerStore::new(cache.clone(), ctx_mtls, ClientAuth::Required).unwrap();
+    let plain = ServerStore::new(cache.clone(), ctx_plain, ClientAuth::None).unwrap();
+    let mtls_config = pki.server_config(v, mtls.clone(), ClientAuth::Required);
+    let plain_config = pki.server_config(v, plain.clone(), ClientAuth::None);
+    let client = pki.client_config(v, None, true);
+
+    let run = |config, store: &ServerStore| {
+        let mut pair = Pair::new(&client, "localhost", config, store, None);
+        let kind = pair.handshake();
+        pair.close_cleanly();
+        kind
+    };
+    assert_eq!(run(&mtls_config, &mtls), Full);
+    let before = cache.stats();
+    assert_eq!(run(&plain_config, &plain), Full);
+    let after = cache.stats();
+    assert_eq!(
+        (after.hits, after.misses, after.timeouts),
+        (before.hits, before.misses, before.timeouts)
+    );
+    // And back: the client offers its newest session, the plain config's, which does not
+    // resume on the mTLS config either.
+    assert_eq!(run(&mtls_config, &mtls), Full);
+}
+
+/// 12 (clean half). After a clean close the session resumes. The unclean half is TLS 1.2 only.
+fn s12_clean_close_keeps_session(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    let client = srv.client();
+    let m = srv.mark();
+    assert_eq!(srv.connect(&client), Full);
+    assert_eq!(srv.since(&m).remove, 0);
+    assert_eq!(srv.connect(&client), Resumed);
+}
+
+/// Scenario 12: Unclean shutdown, TLS 1.2: the connection is dropped without close_notify.
+#[test]
+fn s12_unclean_shutdown_tls12() {
+    let srv = Server::new(&pki(), Version::Tls12, false);
+    let client = srv.client();
+    let m = srv.mark();
+    let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    assert_eq!(pair.handshake(), Full);
+    assert_eq!(srv.cache.len(), 1);
+    drop(pair);
+    assert_eq!(srv.since(&m).remove, 1);
+    assert_eq!(srv.cache.len(), 0);
+    assert_eq!(srv.connect(&client), Full);
+}
+
+/// Scenario 12b: A connection that never completed its handshake removes nothing.
+#[test]
+fn s12_incomplete_handshake_removes_nothing() {
+    let srv = Server::new(&pki(), Version::Tls12, false);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    let m = srv.mark();
+    let pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    drop(pair);
+    assert_eq!(srv.since(&m).remove, 0);
+    assert_eq!(srv.connect(&client), Resumed);
+}
+
+/// Scenario 13: Drop: every cached session gets the remove callback.
+fn s13_drop(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    srv.cache.set_size_limit(5);
+    while srv.cache.len() < 5 {
+        srv.connect(&srv.client());
+    }
+    let rec = srv.rec.clone();
+    let before = rec.counts().remove;
+    drop(srv);
+    assert_eq!(rec.counts().remove - before, 5);
+}
+
+/// Scenario 14: UPDATE_TIME: a get-callback result is copied in with its time set to now.
+fn s14_update_time_on_get_copy(v: Version) {
+    let srv = Server::new(&pki(), v, true);
+    srv.cache
+        .set_mode(CacheMode::SERVER | CacheMode::NO_INTERNAL);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    srv.clock.advance(100);
+    srv.cache
+        .set_mode(CacheMode::SERVER | CacheMode::UPDATE_TIME);
+    assert_eq!(srv.connect(&client), Resumed);
+    // Every session in the cache was added now: the copied one (TLS 1.2) or new tickets.
+    let times: Vec<u64> = srv.cache.sessions().iter().map(|s| s.time()).collect();
+    assert!(!times.is_empty());
+    assert!(times.iter().all(|&t| t == T0 + 100), "{times:?}");
+}
+
+/// Scenario 14b: UPDATE_TIME on add: a session whose time is now−100 gets time now.
+#[test]
+fn s14_update_time_on_add() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let cache: SessionCache = SessionCache::builder()
+        .clock(clock.clone())
+        .mode(CacheMode::SERVER | CacheMode::UPDATE_TIME)
+        .build();
+    let s = Arc::new(
+        Session::builder(&[5; 32], SecretBytes::from(vec![0; 4]))
+            .time(T0 - 100)
+            .build()
+            .unwrap(),
+    );
+    assert!(cache.add(&s));
+    assert_eq!(s.time(), T0);
+    // Re-adding the identical object is still false, and refreshes the time.
+    clock.advance(50);
+    assert!(!cache.add(&s));
+    assert_eq!(s.time(), T0 + 50);
+    // The refreshed expiry is what flush sees.
+    assert_eq!(cache.flush(T0 + 301), 0);
+    assert_eq!(cache.flush(T0 + 351), 1);
+}
+
+/// Scenario 15: The client cache, behind rustls's ClientSessionStore.
+fn s15_client_cache(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    let client_clock = Arc::new(ManualClock::new(T0));
+    let client_cache: Arc<SessionCache<reprise_rustls::ClientSession>> = Arc::new(
+        SessionCache::builder()
+            .mode(CacheMode::CLIENT)
+            .clock(client_clock.clone())
+            .build(),
+    );
+    let new = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = new.clone();
+    client_cache.set_new_session_callback(Some(Arc::new(move |_, _| {
+        n.fetch_add(1, Ordering::SeqCst);
+        true
+    })));
+    let store = ClientStore::new(client_cache.clone());
+    let config = srv.pki.client_config(v, Some(store.clone()), false);
+    let connect = |name: &str| {
+        let mut pair = Pair::new(&config, name, &srv.config, &srv.store, Some(&store));
+        let kind = pair.handshake();
+        pair.close_cleanly();
+        kind
+    };
+    let per = v.per_handshake();
+
+    assert_eq!(connect("localhost"), Full);
+    assert_eq!(new.load(Ordering::SeqCst), per);
+    assert_eq!(client_cache.len(), per);
+    // Sessions are per server name: another name starts with nothing.
+    assert_eq!(connect("other.test"), Full);
+    assert_eq!(client_cache.len(), 2 * per);
+    assert_eq!(connect("localhost"), Resumed);
+    let stats = client_cache.stats();
+    assert_eq!((stats.connect, stats.connect_good), (3, 3));
+    match v {
+        // A resumed TLS 1.2 handshake makes no new session: no new callback.
+        Version::Tls12 => assert_eq!(new.load(Ordering::SeqCst), 2),
+        // One ticket was offered (and taken); two new ones arrived.
+        Version::Tls13 => {
+            assert_eq!(new.load(Ordering::SeqCst), 6);
+            assert_eq!(client_cache.len(), 5);
+            // Each ticket is offered once: two more resumptions use the two remaining tickets
+            // for localhost newest first, and each handshake brings two more.
+            assert_eq!(connect("localhost"), Resumed);
+        }
+    }
+
+    // The timeout applies: past it, the client offers nothing and the handshake is full.
+    client_clock.advance(client_cache.timeout_secs() + 1);
+    assert_eq!(connect("localhost"), Full);
+    assert!(client_cache.stats().timeouts >= 1);
+
+    // The size limit applies.
+    client_cache.set_size_limit(1);
+    connect("other.test");
+    assert_eq!(client_cache.len(), 1);
+}
+
+/// Scenario 17: Hostile keys through the rustls store interface: misses, no store asked, no panic.
+fn s17_hostile_keys(v: Version) {
+    use rustls::server::StoresServerSessions;
+    let srv = Server::new(&pki(), v, true);
+    assert_eq!(srv.connect(&srv.client()), Full);
+    let before = srv.mark();
+    let big: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    for key in [&[][..], &[7u8; 33][..], &big[..]] {
+        assert_eq!(srv.store.get(key), None);
+        assert_eq!(srv.store.take(key), None);
+        assert!(!srv.store.put(key.to_vec(), vec![0; 8]));
+    }
+    let d = srv.since(&before);
+    assert_eq!((d.get, d.hits, d.remove, d.new), (0, 0, 0, 0));
+    assert_eq!(
+        srv.cache.stats().rejected_keys - before.stats.rejected_keys,
+        6
+    );
+    assert_eq!(srv.cache.len(), v.per_handshake());
+}
+
+/// The version recorded on each session is the one negotiated.
+#[test]
+fn sessions_carry_the_negotiated_version() {
+    for v in common::VERSIONS {
+        let srv = Server::new(&pki(), v, false);
+        srv.connect(&srv.client());
+        let expected = match v {
+            Version::Tls12 => reprise::ProtocolVersion::TLS1_2,
+            Version::Tls13 => reprise::ProtocolVersion::TLS1_3,
+        };
+        assert!(srv.cache.sessions().iter().all(|s| s.version() == expected));
+    }
+}
+
+/// Accept statistics come from the connection handles.
+#[test]
+fn accept_statistics() {
+    let srv = Server::new(&pki(), Version::Tls13, false);
+    let client = srv.client();
+    srv.connect(&client);
+    srv.connect(&client);
+    let _never_finished = srv.store.connection();
+    let stats = srv.cache.stats();
+    assert_eq!((stats.accept, stats.accept_good), (3, 2));
+    let _ = Role::Server;
+}

@@ -1,0 +1,999 @@
+//! The session cache: shards for threads, the seeds' modes, limits, callbacks and statistics.
+//!
+//! Sessions are spread over shards by a hash of their id; each shard has its own lock, so
+//! threads that touch different shards never wait for each other. The size limit is global and
+//! exact: a slot is reserved in `len` before a session goes in, and released after it comes out,
+//! so the number of entries never exceeds the limit. When the cache is full, the victim is the
+//! session that expires soonest over all shards (ties: the oldest inserted), read from the
+//! heads each shard publishes.
+//!
+//! No lock is held while a callback runs: every operation collects the sessions it removed and
+//! fires the remove callback after unlocking. No operation holds two shard locks at once.
+
+use core::fmt;
+use core::hash::BuildHasher;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+
+use crate::callbacks::{
+    GetSessionCallback, NewSessionCallback, RemoveSessionCallback, TakeSessionCallback,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::mode::{CacheMode, Role};
+use crate::session::{SecretBytes, Session, SessionBuilder, SessionKey, DEFAULT_TIMEOUT_SECS};
+use crate::shard::{HeadKey, Shard};
+use crate::stats::{Counters, Stats};
+
+/// The default size limit, in sessions (OpenSSL's `SSL_SESSION_CACHE_MAX_SIZE_DEFAULT`).
+pub const DEFAULT_SIZE_LIMIT: usize = 20480;
+
+/// Completed handshakes of a role between two automatic flushes.
+pub const AUTO_FLUSH_INTERVAL: u64 = 255;
+
+/// `head_seq` of a shard with no sessions.
+const EMPTY_HEAD: u64 = u64::MAX;
+
+/// How often an add evicts and retries before it gives up (only under extreme contention).
+const MAX_ADD_ATTEMPTS: usize = 1024;
+
+/// One shard, with its head published for eviction, on its own cache lines.
+#[repr(align(128))]
+struct ShardCell<P> {
+    shard: Mutex<Shard<P>>,
+    head_expiry: AtomicU64,
+    head_seq: AtomicU64,
+}
+
+impl<P> ShardCell<P> {
+    fn new() -> Self {
+        Self {
+            shard: Mutex::new(Shard::new()),
+            head_expiry: AtomicU64::new(0),
+            head_seq: AtomicU64::new(EMPTY_HEAD),
+        }
+    }
+
+    /// Publishes the head for the eviction scan; called before the lock is released.
+    fn publish(&self, shard: &Shard<P>) {
+        let (expiry, seq) = shard.head_key().unwrap_or((0, EMPTY_HEAD));
+        self.head_expiry.store(expiry, Ordering::Relaxed);
+        self.head_seq.store(seq, Ordering::Release);
+    }
+
+    fn head(&self) -> Option<HeadKey> {
+        let seq = self.head_seq.load(Ordering::Acquire);
+        (seq != EMPTY_HEAD).then(|| (self.head_expiry.load(Ordering::Relaxed), seq))
+    }
+}
+
+/// The counters every add touches, on their own cache line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Occupancy {
+    /// Sessions in the cache plus slots reserved by adds in flight; never above the limit.
+    len: AtomicUsize,
+    /// Insertion order, for eviction ties.
+    seq: AtomicU64,
+}
+
+#[derive(Default)]
+struct Callbacks<P> {
+    new: ArcSwapOption<NewSessionCallback<P>>,
+    remove: ArcSwapOption<RemoveSessionCallback<P>>,
+    get: ArcSwapOption<GetSessionCallback<P>>,
+    take: ArcSwapOption<TakeSessionCallback<P>>,
+}
+
+/// What an internal insert did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Inserted {
+    /// The session became a new entry.
+    Added,
+    /// It replaced another object with the same id.
+    Replaced,
+    /// The identical object was already there.
+    Identical,
+    /// Nothing changed: the cache is being dropped, or contention defeated every attempt.
+    Refused,
+}
+
+/// Whether a lookup resumes a session or consumes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Use {
+    Resume,
+    Take,
+}
+
+/// What the internal cache said about a key.
+enum Internal<P> {
+    Hit(Arc<Session<P>>),
+    /// Found, but not usable: another context, not resumable, or expired. No fallback.
+    Unusable,
+    Miss,
+}
+
+/// The result of [`SessionCache::new_session`].
+#[derive(Debug)]
+pub struct NewSession<P = SecretBytes> {
+    /// The session, now shared.
+    pub session: Arc<Session<P>>,
+    /// Whether it is in the internal cache.
+    pub stored_internally: bool,
+    /// Whether the new-session callback kept it.
+    pub kept_by_callback: bool,
+}
+
+impl<P> NewSession<P> {
+    /// Whether any cache holds the session, so that it can be resumed.
+    pub fn is_stored(&self) -> bool {
+        self.stored_internally || self.kept_by_callback
+    }
+}
+
+/// A TLS session cache for one security context: OpenSSL's `SSL_CTX` session cache in Rust.
+///
+/// It is `Send + Sync`; share it as `Arc<SessionCache>`. `P` is the payload type (encoded
+/// session bytes by default).
+///
+/// ```
+/// use std::sync::Arc;
+/// use reprise::{CacheMode, ManualClock, Role, SecretBytes, SessionCache, SessionKey};
+///
+/// let clock = Arc::new(ManualClock::new(1_000));
+/// let cache: SessionCache = SessionCache::builder()
+///     .size_limit(2)
+///     .timeout_secs(10)
+///     .clock(clock.clone())
+///     .build();
+///
+/// // A server completes a full handshake and hands its new session to the cache.
+/// let s = cache.session(&[1; 32], SecretBytes::from(vec![0; 48])).sid_ctx(b"svc").build().unwrap();
+/// assert!(cache.new_session(Role::Server, s).stored_internally);
+///
+/// // A client proposes that id: it resumes while the session lives, and not after.
+/// let key = SessionKey::new(&[1; 32], b"svc");
+/// assert!(cache.lookup(Role::Server, key).is_some());
+/// clock.advance(11);
+/// assert!(cache.lookup(Role::Server, key).is_none());
+/// assert_eq!((cache.stats().hits, cache.stats().timeouts), (1, 1));
+/// ```
+pub struct SessionCache<P = SecretBytes> {
+    shards: Box<[ShardCell<P>]>,
+    shard_mask: usize,
+    hasher: foldhash::fast::RandomState,
+    occupancy: Occupancy,
+    mode: AtomicU32,
+    size_limit: AtomicUsize,
+    timeout_secs: AtomicU64,
+    clock: Arc<dyn Clock>,
+    callbacks: Callbacks<P>,
+    counters: Counters,
+    closing: AtomicBool,
+}
+
+/// Builds a [`SessionCache`]; see [`SessionCache::builder`].
+#[must_use]
+pub struct CacheBuilder<P = SecretBytes> {
+    mode: CacheMode,
+    size_limit: usize,
+    timeout_secs: u64,
+    clock: Arc<dyn Clock>,
+    shards: Option<usize>,
+    new: Option<NewSessionCallback<P>>,
+    remove: Option<RemoveSessionCallback<P>>,
+    get: Option<GetSessionCallback<P>>,
+    take: Option<TakeSessionCallback<P>>,
+}
+
+impl<P: Send + Sync + 'static> CacheBuilder<P> {
+    /// Sets the mode (default [`CacheMode::SERVER`]).
+    pub fn mode(mut self, mode: CacheMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets the size limit in sessions; 0 means unlimited (default 20480).
+    pub fn size_limit(mut self, limit: usize) -> Self {
+        self.size_limit = limit;
+        self
+    }
+
+    /// Sets the timeout given to new sessions, in seconds (default 300).
+    pub fn timeout_secs(mut self, secs: u64) -> Self {
+        self.timeout_secs = secs;
+        self
+    }
+
+    /// Sets the clock (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the number of shards, rounded up to a power of two (default: four per core, 4 to 256).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Sets the new-session callback.
+    pub fn new_session_callback(mut self, cb: NewSessionCallback<P>) -> Self {
+        self.new = Some(cb);
+        self
+    }
+
+    /// Sets the remove-session callback.
+    pub fn remove_session_callback(mut self, cb: RemoveSessionCallback<P>) -> Self {
+        self.remove = Some(cb);
+        self
+    }
+
+    /// Sets the get-session callback.
+    pub fn get_session_callback(mut self, cb: GetSessionCallback<P>) -> Self {
+        self.get = Some(cb);
+        self
+    }
+
+    /// Sets the take-session callback.
+    pub fn take_session_callback(mut self, cb: TakeSessionCallback<P>) -> Self {
+        self.take = Some(cb);
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> SessionCache<P> {
+        let shards = self
+            .shards
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(4, |n| n.get().saturating_mul(4))
+            })
+            .clamp(1, 1 << 16)
+            .next_power_of_two();
+        SessionCache {
+            shards: (0..shards).map(|_| ShardCell::new()).collect(),
+            shard_mask: shards - 1,
+            hasher: foldhash::fast::RandomState::default(),
+            occupancy: Occupancy::default(),
+            mode: AtomicU32::new(self.mode.bits()),
+            size_limit: AtomicUsize::new(self.size_limit),
+            timeout_secs: AtomicU64::new(self.timeout_secs),
+            clock: self.clock,
+            callbacks: Callbacks {
+                new: ArcSwapOption::from_pointee(self.new),
+                remove: ArcSwapOption::from_pointee(self.remove),
+                get: ArcSwapOption::from_pointee(self.get),
+                take: ArcSwapOption::from_pointee(self.take),
+            },
+            counters: Counters::default(),
+            closing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<P: Send + Sync + 'static> Default for SessionCache<P> {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl<P: Send + Sync + 'static> SessionCache<P> {
+    /// A cache with the defaults: mode SERVER, 20480 sessions, 300 s, the system clock.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts building a cache.
+    pub fn builder() -> CacheBuilder<P> {
+        CacheBuilder {
+            mode: CacheMode::default(),
+            size_limit: DEFAULT_SIZE_LIMIT,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            clock: Arc::new(SystemClock),
+            shards: None,
+            new: None,
+            remove: None,
+            get: None,
+            take: None,
+        }
+    }
+
+    // ----- settings -------------------------------------------------------------------------
+
+    /// The current mode (`SSL_CTX_get_session_cache_mode`).
+    pub fn mode(&self) -> CacheMode {
+        CacheMode::from_bits_truncate(self.mode.load(Ordering::Relaxed))
+    }
+
+    /// Sets the mode and returns the previous one (`SSL_CTX_set_session_cache_mode`).
+    pub fn set_mode(&self, mode: CacheMode) -> CacheMode {
+        CacheMode::from_bits_truncate(self.mode.swap(mode.bits(), Ordering::Relaxed))
+    }
+
+    /// The size limit; 0 means unlimited (`SSL_CTX_sess_get_cache_size`).
+    pub fn size_limit(&self) -> usize {
+        self.size_limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the size limit and returns the previous one (`SSL_CTX_sess_set_cache_size`).
+    ///
+    /// Shrinking evicts nothing at once: the sessions over the limit go at the next add.
+    pub fn set_size_limit(&self, limit: usize) -> usize {
+        self.size_limit.swap(limit, Ordering::Relaxed)
+    }
+
+    /// The timeout given to new sessions, in seconds (`SSL_CTX_get_timeout`).
+    pub fn timeout_secs(&self) -> u64 {
+        self.timeout_secs.load(Ordering::Relaxed)
+    }
+
+    /// Sets the timeout for sessions made from now on; returns the previous one
+    /// (`SSL_CTX_set_timeout`). Sessions already made keep theirs.
+    pub fn set_timeout_secs(&self, secs: u64) -> u64 {
+        self.timeout_secs.swap(secs, Ordering::Relaxed)
+    }
+
+    /// The cache's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The current time by the cache's clock, in Unix seconds.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Starts building a session with the cache's current time and timeout.
+    pub fn session<'a>(&self, id: &'a [u8], payload: P) -> SessionBuilder<'a, P> {
+        Session::builder(id, payload)
+            .time(self.now())
+            .timeout_secs(self.timeout_secs())
+    }
+
+    // ----- callbacks ------------------------------------------------------------------------
+
+    /// Sets (or with `None` clears) the new-session callback (`SSL_CTX_sess_set_new_cb`).
+    pub fn set_new_session_callback(&self, cb: Option<NewSessionCallback<P>>) {
+        self.callbacks.new.store(cb.map(Arc::new));
+    }
+
+    /// The new-session callback, if set (`SSL_CTX_sess_get_new_cb`).
+    pub fn new_session_callback(&self) -> Option<NewSessionCallback<P>> {
+        self.callbacks.new.load_full().map(|cb| Arc::clone(&*cb))
+    }
+
+    /// Sets (or clears) the remove-session callback (`SSL_CTX_sess_set_remove_cb`).
+    pub fn set_remove_session_callback(&self, cb: Option<RemoveSessionCallback<P>>) {
+        self.callbacks.remove.store(cb.map(Arc::new));
+    }
+
+    /// The remove-session callback, if set (`SSL_CTX_sess_get_remove_cb`).
+    pub fn remove_session_callback(&self) -> Option<RemoveSessionCallback<P>> {
+        self.callbacks.remove.load_full().map(|cb| Arc::clone(&*cb))
+    }
+
+    /// Sets (or clears) the get-session callback (`SSL_CTX_sess_set_get_cb`).
+    pub fn set_get_session_callback(&self, cb: Option<GetSessionCallback<P>>) {
+        self.callbacks.get.store(cb.map(Arc::new));
+    }
+
+    /// The get-session callback, if set (`SSL_CTX_sess_get_get_cb`).
+    pub fn get_session_callback(&self) -> Option<GetSessionCallback<P>> {
+        self.callbacks.get.load_full().map(|cb| Arc::clone(&*cb))
+    }
+
+    /// Sets (or clears) the take-session callback: an atomic get-and-delete in the external
+    /// cache, used by [`take`](Self::take) instead of get followed by remove.
+    pub fn set_take_session_callback(&self, cb: Option<TakeSessionCallback<P>>) {
+        self.callbacks.take.store(cb.map(Arc::new));
+    }
+
+    /// The take-session callback, if set.
+    pub fn take_session_callback(&self) -> Option<TakeSessionCallback<P>> {
+        self.callbacks.take.load_full().map(|cb| Arc::clone(&*cb))
+    }
+
+    // ----- add and remove -------------------------------------------------------------------
+
+    /// Adds a session to the internal cache (`SSL_CTX_add_session`).
+    ///
+    /// Returns `true` if it became a new entry, replacing (silently) any other object with the
+    /// same id. Returns `false` if this identical object is already cached: nothing changes
+    /// then, except its time under [`CacheMode::UPDATE_TIME`]. When the cache is full, the
+    /// session that expires soonest is evicted first (remove callback, `cache_full`).
+    pub fn add(&self, session: &Arc<Session<P>>) -> bool {
+        let mut removed = Vec::new();
+        let outcome = self.insert(session, &mut removed);
+        self.fire_removed(removed);
+        matches!(outcome, Inserted::Added | Inserted::Replaced)
+    }
+
+    /// Removes the session with this session's id and marks `session` not resumable
+    /// (`SSL_CTX_remove_session`).
+    ///
+    /// The remove callback is called for `session` whether or not an entry was removed.
+    /// Returns whether one was.
+    pub fn remove(&self, session: &Arc<Session<P>>) -> bool {
+        let id = session.id().as_bytes();
+        let hash = self.hash(id);
+        let removed = self.with_shard(hash, |shard| {
+            let idx = shard.find(hash, id)?;
+            Some(shard.remove_at(hash, idx))
+        });
+        let found = removed.is_some();
+        if let Some(old) = removed {
+            self.release_slot();
+            old.mark_not_resumable();
+        }
+        session.mark_not_resumable();
+        self.fire_remove(session);
+        found
+    }
+
+    /// Removes the session cached under this key, if its context matches, with the remove
+    /// callback. An ill-formed key (an empty id, for one) removes nothing and calls nothing.
+    pub fn remove_key(&self, key: SessionKey<'_>) -> bool {
+        match self.unlink_key(key) {
+            Some(old) => {
+                self.fire_remove(&old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops the session cached under this key without calling the remove callback: for a
+    /// removal that the external cache already knows of (another instance removed it).
+    pub fn forget_key(&self, key: SessionKey<'_>) -> bool {
+        self.unlink_key(key).is_some()
+    }
+
+    /// Takes the session cached under this key out of the cache, if its context matches.
+    fn unlink_key(&self, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+        if !key.is_well_formed() {
+            return None;
+        }
+        let hash = self.hash(key.id);
+        let old = self.with_shard(hash, |shard| {
+            let idx = shard.find(hash, key.id)?;
+            if shard.get(idx).sid_ctx().as_bytes() != key.sid_ctx {
+                return None;
+            }
+            Some(shard.remove_at(hash, idx))
+        })?;
+        self.release_slot();
+        old.mark_not_resumable();
+        Some(old)
+    }
+
+    // ----- the handshake path ---------------------------------------------------------------
+
+    /// Hands a newly negotiated session to the cache, as a TLS stack does after a full
+    /// handshake (TLS 1.2) or for each ticket it issues (TLS 1.3).
+    ///
+    /// If caching is enabled for `role`, the session is stored internally (unless
+    /// `NO_INTERNAL_STORE`) and the new-session callback is called; if that returns `false`,
+    /// the session is removed from the internal cache at once. With caching off for the role,
+    /// nothing is stored and no callback runs.
+    pub fn new_session(&self, role: Role, session: Session<P>) -> NewSession<P> {
+        let session = Arc::new(session);
+        let mode = self.mode();
+        if !mode.contains(role.mode_bit()) {
+            return NewSession {
+                session,
+                stored_internally: false,
+                kept_by_callback: false,
+            };
+        }
+        let mut stored_internally = false;
+        if !mode.contains(CacheMode::NO_INTERNAL_STORE) {
+            let mut removed = Vec::new();
+            let outcome = self.insert(&session, &mut removed);
+            self.fire_removed(removed);
+            stored_internally = outcome != Inserted::Refused;
+        }
+        let mut kept_by_callback = false;
+        if let Some(cb) = self.callbacks.new.load_full() {
+            kept_by_callback = cb(self, &session);
+            if !kept_by_callback && stored_internally {
+                self.remove_exact(&session);
+                stored_internally = false;
+            }
+        }
+        NewSession {
+            session,
+            stored_internally,
+            kept_by_callback,
+        }
+    }
+
+    /// Looks up a session a peer proposed to resume.
+    ///
+    /// For a server: the internal cache first (unless `NO_INTERNAL_LOOKUP`), then the get
+    /// callback, whatever the mode. A session found internally is final: if it belongs to
+    /// another context, is not resumable or has expired (then it is removed and counted in
+    /// `timeouts`), the result is `None` and the get callback is not asked. A session from the
+    /// get callback is validated the same way and, unless `NO_INTERNAL_STORE`, copied into the
+    /// internal cache. For a client: the internal cache only.
+    ///
+    /// An ill-formed key is a miss, and no store is asked.
+    pub fn lookup(&self, role: Role, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+        self.find(role, key, Use::Resume)
+    }
+
+    /// Like [`lookup`](Self::lookup), but the session is consumed: removed from the internal
+    /// cache (remove callback) or taken from the external one, and marked not resumable, so it
+    /// resumes at most once. This is how TLS 1.3 tickets are used.
+    pub fn take(&self, role: Role, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+        self.find(role, key, Use::Take)
+    }
+
+    /// The session cached under this id, with no validation, statistics or side effect.
+    pub fn peek(&self, id: &[u8]) -> Option<Arc<Session<P>>> {
+        if SessionKey::new(id, &[]).is_well_formed() {
+            let hash = self.hash(id);
+            let shard = self.shard(hash).shard.lock();
+            shard.find(hash, id).map(|idx| Arc::clone(shard.get(idx)))
+        } else {
+            None
+        }
+    }
+
+    /// Counts a handshake that started (`accept` or `connect`).
+    pub fn handshake_started(&self, role: Role) {
+        Counters::bump(match role {
+            Role::Server => &self.counters.accept,
+            Role::Client => &self.counters.connect,
+        });
+    }
+
+    /// Counts a handshake that completed (`accept_good` or `connect_good`). Every 255th of a
+    /// role, expired sessions are flushed, unless `NO_AUTO_CLEAR` or caching is off for it.
+    pub fn handshake_completed(&self, role: Role) {
+        let n = Counters::bump(match role {
+            Role::Server => &self.counters.accept_good,
+            Role::Client => &self.counters.connect_good,
+        });
+        let mode = self.mode();
+        if n % AUTO_FLUSH_INTERVAL == 0
+            && mode.contains(role.mode_bit())
+            && !mode.contains(CacheMode::NO_AUTO_CLEAR)
+        {
+            self.flush(self.now());
+        }
+    }
+
+    // ----- flushing -------------------------------------------------------------------------
+
+    /// Removes every session that is expired at `t` (`t > time + timeout`), with the remove
+    /// callback for each (`SSL_CTX_flush_sessions`). Returns how many were removed.
+    ///
+    /// The cost grows with the number removed, not with the size of the cache.
+    pub fn flush(&self, t: u64) -> usize {
+        self.drain_shards(|shard, rehash, out| shard.pop_expired(t, rehash, out))
+    }
+
+    /// Removes every session, with the remove callback for each. Returns how many.
+    pub fn flush_all(&self) -> usize {
+        self.drain_shards(|shard, _, out| shard.drain(out))
+    }
+
+    // ----- observation ----------------------------------------------------------------------
+
+    /// The number of sessions in the internal cache (`SSL_CTX_sess_number`).
+    pub fn len(&self) -> usize {
+        self.occupancy.len.load(Ordering::Acquire)
+    }
+
+    /// Whether the internal cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            number: self.len() as u64,
+            accept: Counters::read(&self.counters.accept),
+            accept_good: Counters::read(&self.counters.accept_good),
+            connect: Counters::read(&self.counters.connect),
+            connect_good: Counters::read(&self.counters.connect_good),
+            hits: Counters::read(&self.counters.external_hits),
+            misses: Counters::read(&self.counters.rejected_misses),
+            cb_hits: Counters::read(&self.counters.cb_hits),
+            timeouts: Counters::read(&self.counters.external_timeouts),
+            cache_full: 0,
+            rejected_keys: Counters::read(&self.counters.rejected_keys),
+        };
+        for cell in self.shards.iter() {
+            let c = cell.shard.lock().counters;
+            stats.hits += c.hits;
+            stats.misses += c.misses;
+            stats.timeouts += c.timeouts;
+            stats.cache_full += c.cache_full;
+        }
+        stats
+    }
+
+    /// Every cached session, each shard's soonest expiry first. Takes each shard's lock in
+    /// turn: for inspection and tests, not for the handshake path.
+    pub fn sessions(&self) -> Vec<Arc<Session<P>>> {
+        let mut all = Vec::with_capacity(self.len());
+        for cell in self.shards.iter() {
+            all.extend(cell.shard.lock().iter().cloned());
+        }
+        all
+    }
+
+    // ----- internals ------------------------------------------------------------------------
+
+    fn hash(&self, id: &[u8]) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn shard(&self, hash: u64) -> &ShardCell<P> {
+        &self.shards[(hash >> 32) as usize & self.shard_mask]
+    }
+
+    /// Runs `f` on the shard for `hash` under its lock, and publishes its head afterwards.
+    fn with_shard<R>(&self, hash: u64, f: impl FnOnce(&mut Shard<P>) -> R) -> R {
+        let cell = self.shard(hash);
+        let mut shard = cell.shard.lock();
+        let r = f(&mut shard);
+        cell.publish(&shard);
+        r
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.occupancy.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reserves room for one more session; fails when the cache is full.
+    fn try_reserve(&self) -> bool {
+        let limit = self.size_limit();
+        if limit == 0 {
+            self.occupancy.len.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        self.occupancy
+            .len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| {
+                (len < limit).then_some(len + 1)
+            })
+            .is_ok()
+    }
+
+    /// Whether the cache holds more than its limit (which can shrink under it).
+    fn over_limit(&self) -> bool {
+        let limit = self.size_limit();
+        limit != 0 && self.len() > limit
+    }
+
+    /// Gives back the room of a session that has left its shard.
+    fn release_slot(&self) {
+        self.occupancy.len.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn release_slots(&self, n: usize) {
+        if n > 0 {
+            self.occupancy.len.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Inserts into the internal cache, evicting as needed; evicted sessions go to `removed`.
+    fn insert(&self, session: &Arc<Session<P>>, removed: &mut Vec<Arc<Session<P>>>) -> Inserted {
+        if self.closing.load(Ordering::Acquire) {
+            return Inserted::Refused;
+        }
+        if self.mode().contains(CacheMode::UPDATE_TIME) {
+            session.set_time(self.now());
+        }
+        let id = session.id().as_bytes();
+        let hash = self.hash(id);
+        let cell = self.shard(hash);
+        let rehash = |id: &[u8]| self.hash(id);
+        for _ in 0..MAX_ADD_ATTEMPTS {
+            {
+                let mut shard = cell.shard.lock();
+                let expiry = session.expires_at();
+                if let Some(idx) = shard.find(hash, id) {
+                    let identical = Arc::ptr_eq(shard.get(idx), session);
+                    if identical && shard.expiry(idx) == expiry {
+                        return Inserted::Identical;
+                    }
+                    // The identical object is refiled because UPDATE_TIME moved its expiry;
+                    // another object with this id replaces the old one silently, once the
+                    // cache is back within a limit that shrank.
+                    if identical || !self.over_limit() {
+                        drop(shard.replace(idx, Arc::clone(session), expiry, self.next_seq()));
+                        cell.publish(&shard);
+                        return if identical {
+                            Inserted::Identical
+                        } else {
+                            Inserted::Replaced
+                        };
+                    }
+                } else if self.try_reserve() {
+                    shard.insert(hash, Arc::clone(session), expiry, self.next_seq(), rehash);
+                    cell.publish(&shard);
+                    return Inserted::Added;
+                }
+            }
+            // Full: evict the session that expires soonest, anywhere, and try again.
+            match self.evict_one() {
+                Some(victim) => removed.push(victim),
+                None => std::thread::yield_now(),
+            }
+        }
+        Inserted::Refused
+    }
+
+    /// Evicts the session that expires soonest over all shards (ties: the oldest inserted).
+    fn evict_one(&self) -> Option<Arc<Session<P>>> {
+        for _ in 0..self.shards.len() + 1 {
+            let victim_shard = self
+                .shards
+                .iter()
+                .enumerate()
+                .filter_map(|(i, cell)| cell.head().map(|key| (key, i)))
+                .min()
+                .map(|(_, i)| &self.shards[i])?;
+            let victim = {
+                let mut shard = victim_shard.shard.lock();
+                let victim = shard.pop_head(|id| self.hash(id));
+                if victim.is_some() {
+                    shard.counters.cache_full += 1;
+                }
+                victim_shard.publish(&shard);
+                victim
+            };
+            if let Some(victim) = victim {
+                self.release_slot();
+                victim.mark_not_resumable();
+                return Some(victim);
+            }
+            // The head moved away under us: look again.
+        }
+        None
+    }
+
+    /// Removes exactly this object, if it is still cached, with the remove callback.
+    fn remove_exact(&self, session: &Arc<Session<P>>) {
+        let id = session.id().as_bytes();
+        let hash = self.hash(id);
+        let removed = self.with_shard(hash, |shard| {
+            let idx = shard.find(hash, id)?;
+            Arc::ptr_eq(shard.get(idx), session).then(|| shard.remove_at(hash, idx))
+        });
+        if let Some(old) = removed {
+            self.release_slot();
+            old.mark_not_resumable();
+            self.fire_remove(&old);
+        }
+    }
+
+    fn find(&self, role: Role, key: SessionKey<'_>, use_: Use) -> Option<Arc<Session<P>>> {
+        let mode = self.mode();
+        let internal = role == Role::Client || !mode.contains(CacheMode::NO_INTERNAL_LOOKUP);
+        if !key.is_well_formed() {
+            Counters::bump(&self.counters.rejected_keys);
+            if internal {
+                Counters::bump(&self.counters.rejected_misses);
+            }
+            return None;
+        }
+        let now = self.now();
+        if internal {
+            match self.find_internal(key, now, use_) {
+                Internal::Hit(s) => return Some(s),
+                Internal::Unusable => return None,
+                Internal::Miss => {}
+            }
+        }
+        match role {
+            Role::Server => self.find_external(key, now, use_, mode),
+            Role::Client => None,
+        }
+    }
+
+    fn find_internal(&self, key: SessionKey<'_>, now: u64, use_: Use) -> Internal<P> {
+        enum Found<P> {
+            Hit(Arc<Session<P>>),
+            Taken(Arc<Session<P>>),
+            Expired(Arc<Session<P>>),
+            Unusable,
+            Miss,
+        }
+        let hash = self.hash(key.id);
+        let found = self.with_shard(hash, |shard| {
+            let Some(idx) = shard.find(hash, key.id) else {
+                shard.counters.misses += 1;
+                return Found::Miss;
+            };
+            let s = shard.get(idx);
+            if s.sid_ctx().as_bytes() != key.sid_ctx || !s.is_resumable() {
+                return Found::Unusable;
+            }
+            if now > shard.expiry(idx) {
+                shard.counters.timeouts += 1;
+                return Found::Expired(shard.remove_at(hash, idx));
+            }
+            let s = Arc::clone(s);
+            shard.counters.hits += 1;
+            match use_ {
+                Use::Resume => Found::Hit(s),
+                Use::Take => Found::Taken(shard.remove_at(hash, idx)),
+            }
+        });
+        match found {
+            Found::Hit(s) => Internal::Hit(s),
+            Found::Taken(s) => {
+                self.release_slot();
+                s.mark_not_resumable();
+                self.fire_remove(&s);
+                Internal::Hit(s)
+            }
+            Found::Expired(s) => {
+                self.release_slot();
+                s.mark_not_resumable();
+                self.fire_remove(&s);
+                Internal::Unusable
+            }
+            Found::Unusable => Internal::Unusable,
+            Found::Miss => Internal::Miss,
+        }
+    }
+
+    fn find_external(
+        &self,
+        key: SessionKey<'_>,
+        now: u64,
+        use_: Use,
+        mode: CacheMode,
+    ) -> Option<Arc<Session<P>>> {
+        let take_cb = match use_ {
+            Use::Take => self.callbacks.take.load_full(),
+            Use::Resume => None,
+        };
+        let atomic_take = take_cb.is_some();
+        let cb = match take_cb {
+            Some(cb) => cb,
+            None => self.callbacks.get.load_full()?,
+        };
+        let found = cb(self, &key)?;
+        // The external cache is untrusted: validate like any other candidate.
+        if found.id().as_bytes() != key.id
+            || found.sid_ctx().as_bytes() != key.sid_ctx
+            || !found.is_resumable()
+        {
+            return None;
+        }
+        if found.is_expired_at(now) {
+            Counters::bump(&self.counters.external_timeouts);
+            found.mark_not_resumable();
+            self.fire_remove(&found);
+            return None;
+        }
+        Counters::bump(&self.counters.cb_hits);
+        Counters::bump(&self.counters.external_hits);
+        match use_ {
+            Use::Resume => {
+                if !mode.contains(CacheMode::NO_INTERNAL_STORE) {
+                    let mut removed = Vec::new();
+                    self.insert(&found, &mut removed);
+                    self.fire_removed(removed);
+                }
+            }
+            Use::Take => {
+                found.mark_not_resumable();
+                // A copy in the internal cache (possible under NO_INTERNAL_LOOKUP) must not
+                // outlive the take.
+                let copy = self.unlink_key(key);
+                if let Some(copy) = &copy {
+                    self.fire_remove(copy);
+                }
+                let notified = copy.is_some_and(|c| Arc::ptr_eq(&c, &found));
+                if !atomic_take && !notified {
+                    // Single use through the trio: the remove callback deletes it externally.
+                    self.fire_remove(&found);
+                }
+            }
+        }
+        Some(found)
+    }
+
+    /// Removes sessions from every shard with `pick`, then fires the callbacks.
+    fn drain_shards(
+        &self,
+        pick: impl Fn(&mut Shard<P>, &dyn Fn(&[u8]) -> u64, &mut Vec<Arc<Session<P>>>),
+    ) -> usize {
+        let rehash = |id: &[u8]| self.hash(id);
+        let mut total = 0;
+        let mut out = Vec::new();
+        for cell in self.shards.iter() {
+            {
+                let mut shard = cell.shard.lock();
+                pick(&mut shard, &rehash, &mut out);
+                cell.publish(&shard);
+            }
+            self.release_slots(out.len());
+            total += out.len();
+            for s in &out {
+                s.mark_not_resumable();
+            }
+            self.fire_removed(core::mem::take(&mut out));
+        }
+        total
+    }
+
+    fn fire_remove(&self, session: &Arc<Session<P>>) {
+        if let Some(cb) = self.callbacks.remove.load_full() {
+            cb(self, session);
+        }
+    }
+
+    fn fire_removed(&self, removed: Vec<Arc<Session<P>>>) {
+        if removed.is_empty() {
+            return;
+        }
+        if let Some(cb) = self.callbacks.remove.load_full() {
+            for s in &removed {
+                cb(self, s);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let mut n = 0;
+        for cell in self.shards.iter() {
+            let shard = cell.shard.lock();
+            shard.check();
+            assert_eq!(cell.head(), shard.head_key());
+            n += shard.len();
+        }
+        assert_eq!(n, self.len());
+    }
+}
+
+impl<P> Drop for SessionCache<P> {
+    /// Removes every session, with the remove callback for each (as `SSL_CTX_free` does).
+    /// Callbacks may still call into the cache; adds are refused from here on.
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Release);
+        let remove = self.callbacks.remove.load_full();
+        let mut out = Vec::new();
+        for cell in self.shards.iter() {
+            cell.shard.lock().drain(&mut out);
+            cell.head_seq.store(EMPTY_HEAD, Ordering::Release);
+        }
+        self.occupancy.len.store(0, Ordering::Release);
+        for s in &out {
+            s.mark_not_resumable();
+            if let Some(cb) = &remove {
+                cb(self, s);
+            }
+        }
+    }
+}
+
+impl<P> fmt::Debug for SessionCache<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("len", &self.occupancy.len.load(Ordering::Relaxed))
+            .field(
+                "mode",
+                &CacheMode::from_bits_truncate(self.mode.load(Ordering::Relaxed)),
+            )
+            .field("size_limit", &self.size_limit.load(Ordering::Relaxed))
+            .field("timeout_secs", &self.timeout_secs.load(Ordering::Relaxed))
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;

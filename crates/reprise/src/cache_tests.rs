@@ -1,0 +1,215 @@
+//! Unit tests of the cache's internals: shard invariants, global eviction order, and the
+//! external-cache paths, with the invariants checked after every step.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::{CacheMode, Clock, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey};
+
+fn session(id: u8, time: u64, timeout: u64) -> Arc<Session> {
+    match Session::builder(&[id; 32], SecretBytes::from(vec![id]))
+        .time(time)
+        .timeout_secs(timeout)
+        .build()
+    {
+        Ok(s) => Arc::new(s),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn cache(shards: usize, limit: usize) -> (SessionCache, Arc<ManualClock>, Arc<AtomicUsize>) {
+    let clock = Arc::new(ManualClock::new(1_000));
+    let removed = Arc::new(AtomicUsize::new(0));
+    let r = removed.clone();
+    let cache = SessionCache::builder()
+        .clock(clock.clone())
+        .shards(shards)
+        .size_limit(limit)
+        .remove_session_callback(Arc::new(move |_, _| {
+            r.fetch_add(1, Ordering::SeqCst);
+        }))
+        .build();
+    (cache, clock, removed)
+}
+
+#[test]
+fn eviction_is_global_soonest_expiry_then_oldest() {
+    for shards in [1, 2, 8, 64] {
+        let (cache, _, removed) = cache(shards, 4);
+        // Expiries: id 1 → 1010, 2 → 1005, 3 → 1010, 4 → 1020.
+        for (id, timeout) in [(1, 10), (2, 5), (3, 10), (4, 20)] {
+            assert!(cache.add(&session(id, 1_000, timeout)));
+            cache.check_invariants();
+        }
+        let mut order: Vec<u8> = Vec::new();
+        for id in 10..14 {
+            let before: Vec<u8> = cache.sessions().iter().map(|s| s.id().as_bytes()[0]).collect();
+            assert!(cache.add(&session(id, 1_000, 100)));
+            cache.check_invariants();
+            let after: Vec<u8> = cache.sessions().iter().map(|s| s.id().as_bytes()[0]).collect();
+            order.extend(before.iter().filter(|b| !after.contains(b)));
+        }
+        assert_eq!(order, vec![2, 1, 3, 4], "{shards} shards");
+        assert_eq!(removed.load(Ordering::SeqCst), 4);
+        assert_eq!(cache.stats().cache_full, 4);
+    }
+}
+
+#[test]
+fn shrinking_the_limit_evicts_at_the_next_add() {
+    let (cache, _, removed) = cache(4, 0);
+    for id in 1..=10 {
+        cache.add(&session(id, 1_000 + u64::from(id), 10));
+    }
+    assert_eq!(cache.set_size_limit(3), 0);
+    assert_eq!(cache.len(), 10);
+    assert_eq!(removed.load(Ordering::SeqCst), 0);
+    cache.add(&session(50, 2_000, 10));
+    cache.check_invariants();
+    assert_eq!(cache.len(), 3);
+    assert_eq!(removed.load(Ordering::SeqCst), 8);
+    let mut left: Vec<u8> = cache.sessions().iter().map(|s| s.id().as_bytes()[0]).collect();
+    left.sort();
+    assert_eq!(left, vec![9, 10, 50]);
+}
+
+#[test]
+fn invariants_hold_through_a_long_mixed_run() {
+    let (cache, clock, _) = cache(8, 50);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..5_000 {
+        let r = next();
+        let id = (r % 120) as u8;
+        match r >> 60 {
+            0..=5 => {
+                cache.add(&session(id, clock.now(), r % 30));
+                // After an add, the cache is back within its limit.
+                let limit = cache.size_limit();
+                assert!(limit == 0 || cache.len() <= limit);
+            }
+            6..=8 => {
+                cache.lookup(Role::Server, SessionKey::new(&[id; 32], b""));
+            }
+            9 | 10 => {
+                cache.take(Role::Server, SessionKey::new(&[id; 32], b""));
+            }
+            11 => {
+                cache.remove_key(SessionKey::new(&[id; 32], b""));
+            }
+            12 => clock.advance(r % 7),
+            13 => {
+                cache.flush(clock.now());
+            }
+            14 => {
+                cache.set_size_limit((r % 60) as usize);
+            }
+            _ => {
+                cache.set_mode(CacheMode::SERVER | CacheMode::UPDATE_TIME);
+                cache.add(&session(id, clock.now().saturating_sub(50), 100));
+                cache.set_mode(CacheMode::SERVER);
+            }
+        }
+        cache.check_invariants();
+    }
+}
+
+#[test]
+fn take_through_the_get_callback_fires_remove_once() {
+    let (cache, clock, removed) = cache(4, 0);
+    let external = session(7, clock.now(), 100);
+    let served = external.clone();
+    cache.set_get_session_callback(Some(Arc::new(move |_, _| Some(served.clone()))));
+    cache.set_mode(CacheMode::SERVER | CacheMode::NO_INTERNAL_LOOKUP);
+    // An internal copy exists (stored before lookups were turned off): the take removes it.
+    assert!(cache.add(&external));
+    let taken = cache.take(Role::Server, SessionKey::new(&[7; 32], b""));
+    assert!(taken.is_some());
+    assert_eq!(cache.len(), 0);
+    assert_eq!(removed.load(Ordering::SeqCst), 1);
+    assert!(!external.is_resumable());
+    cache.check_invariants();
+}
+
+#[test]
+fn atomic_take_callback_is_preferred_and_not_followed_by_remove() {
+    let (cache, clock, removed) = cache(4, 0);
+    let gets = Arc::new(AtomicUsize::new(0));
+    let g = gets.clone();
+    cache.set_get_session_callback(Some(Arc::new(move |_, _| {
+        g.fetch_add(1, Ordering::SeqCst);
+        None
+    })));
+    let now = clock.now();
+    cache.set_take_session_callback(Some(Arc::new(move |_, key: &SessionKey<'_>| {
+        Some(session(key.id[0], now, 100))
+    })));
+    assert!(cache.take(Role::Server, SessionKey::new(&[3; 32], b"")).is_some());
+    assert_eq!(gets.load(Ordering::SeqCst), 0);
+    assert_eq!(removed.load(Ordering::SeqCst), 0);
+    assert_eq!(cache.stats().cb_hits, 1);
+    // A lookup that resumes still uses get.
+    assert!(cache.lookup(Role::Server, SessionKey::new(&[3; 32], b"")).is_none());
+    assert_eq!(gets.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn untrusted_external_results_are_validated() {
+    let (cache, clock, removed) = cache(4, 0);
+    let now = clock.now();
+    // Wrong id, wrong context, not resumable, expired: none resumes.
+    let wrong_id = session(1, now, 100);
+    let other_ctx = match Session::builder(&[1; 32], SecretBytes::from(vec![1]))
+        .sid_ctx(b"other")
+        .time(now)
+        .build()
+    {
+        Ok(s) => Arc::new(s),
+        Err(e) => panic!("{e}"),
+    };
+    let dead = session(2, now, 100);
+    dead.mark_not_resumable();
+    let expired = session(3, now - 200, 100);
+    let table = [wrong_id, other_ctx, dead, expired];
+    cache.set_get_session_callback(Some(Arc::new(move |_, key: &SessionKey<'_>| {
+        table.get(usize::from(key.id[0])).cloned()
+    })));
+    for i in 0..4u8 {
+        assert!(cache.lookup(Role::Server, SessionKey::new(&[i; 32], b"")).is_none(), "{i}");
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.cb_hits, stats.hits, stats.timeouts), (0, 0, 1));
+    // Only the expired one is reported removed, so the external cache can drop it.
+    assert_eq!(removed.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.len(), 0);
+}
+
+#[test]
+fn callbacks_are_returned_by_the_getters() {
+    let (cache, _, _) = cache(1, 0);
+    assert!(cache.new_session_callback().is_none());
+    assert!(cache.get_session_callback().is_none());
+    assert!(cache.take_session_callback().is_none());
+    let cb: crate::NewSessionCallback = Arc::new(|_, _| true);
+    cache.set_new_session_callback(Some(cb.clone()));
+    assert!(cache.new_session_callback().is_some_and(|got| Arc::ptr_eq(&got, &cb)));
+    cache.set_new_session_callback(None);
+    assert!(cache.new_session_callback().is_none());
+    assert!(cache.remove_session_callback().is_some());
+}
+
+#[test]
+fn settings_return_the_previous_value() {
+    let (cache, _, _) = cache(1, 7);
+    assert_eq!(cache.set_mode(CacheMode::BOTH), CacheMode::SERVER);
+    assert_eq!(cache.mode(), CacheMode::BOTH);
+    assert_eq!(cache.set_size_limit(0), 7);
+    assert_eq!(cache.set_timeout_secs(10), 300);
+    assert_eq!(cache.timeout_secs(), 10);
+    assert_eq!(SessionCache::<SecretBytes>::new().size_limit(), 20480);
+}

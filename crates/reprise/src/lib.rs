@@ -1,0 +1,56 @@
+//! Reprise: a TLS session cache with the semantics of OpenSSL's session cache.
+//!
+//! A [`SessionCache`] is what an `SSL_CTX` keeps for session resumption: a size limit held
+//! exactly, per-session timeouts, the cache modes, the new, remove and get callbacks of an
+//! external cache, add and remove, flushing, statistics and session-id contexts. It has no TLS
+//! dependency; `reprise-rustls` plugs it into rustls, and the other Reprise crates give it a
+//! distributed tier and a TLS terminator.
+//!
+//! The rules come from OpenSSL's manual pages; `docs/SEEDS.md` in the repository maps every
+//! function they name to its item here, and `docs/ARCHITECTURE.md` shows how a session flows.
+//!
+//! ```
+//! use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+//! use reprise::{Role, SecretBytes, SessionCache, SessionKey};
+//!
+//! let removed = Arc::new(AtomicUsize::new(0));
+//! let counter = removed.clone();
+//! let cache: SessionCache = SessionCache::builder()
+//!     .size_limit(1)
+//!     .remove_session_callback(Arc::new(move |_cache, _session| {
+//!         counter.fetch_add(1, Ordering::Relaxed);
+//!     }))
+//!     .build();
+//!
+//! for id in [[1u8; 32], [2u8; 32]] {
+//!     let s = cache.session(&id, SecretBytes::from(vec![0; 48])).build().unwrap();
+//!     cache.new_session(Role::Server, s);
+//! }
+//! // The limit holds exactly one session: the first was evicted, with its remove callback.
+//! assert_eq!(cache.len(), 1);
+//! assert_eq!(cache.stats().cache_full, 1);
+//! assert_eq!(removed.load(Ordering::Relaxed), 1);
+//! assert!(cache.lookup(Role::Server, SessionKey::new(&[2; 32], b"")).is_some());
+//! ```
+
+mod cache;
+mod callbacks;
+mod clock;
+mod error;
+mod mode;
+mod session;
+mod shard;
+mod stats;
+
+pub use cache::{CacheBuilder, NewSession, SessionCache, AUTO_FLUSH_INTERVAL, DEFAULT_SIZE_LIMIT};
+pub use callbacks::{
+    GetSessionCallback, NewSessionCallback, RemoveSessionCallback, TakeSessionCallback,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ParseModeError, SessionError};
+pub use mode::{CacheMode, Role};
+pub use session::{
+    ProtocolVersion, SecretBytes, Session, SessionBuilder, SessionId, SessionKey, SidCtx,
+    DEFAULT_TIMEOUT_SECS, MAX_SESSION_ID_LEN, MAX_SID_CTX_LEN,
+};
+pub use stats::Stats;

@@ -1,0 +1,467 @@
+//! Sessions: the cached unit, its bounded identifiers and its secret payload.
+
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use zeroize::Zeroize;
+
+use crate::error::SessionError;
+
+/// The longest session id TLS allows, in bytes.
+pub const MAX_SESSION_ID_LEN: usize = 32;
+
+/// The longest session-id context OpenSSL allows, in bytes.
+pub const MAX_SID_CTX_LEN: usize = 32;
+
+/// The default session timeout, in seconds (the value OpenSSL documents).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// Up to 32 bytes stored inline, so that ids and contexts never allocate.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct ShortBytes {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl ShortBytes {
+    /// Callers have checked `src.len() <= 32`.
+    fn copy_from(src: &[u8]) -> Self {
+        let mut bytes = [0u8; 32];
+        bytes[..src.len()].copy_from_slice(src);
+        Self {
+            len: src.len() as u8,
+            bytes,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Writes a short hexadecimal prefix: enough to tell values apart in logs, never the whole value.
+fn fmt_prefix(f: &mut fmt::Formatter<'_>, name: &str, bytes: &[u8]) -> fmt::Result {
+    write!(f, "{name}(")?;
+    for b in bytes.iter().take(4) {
+        write!(f, "{b:02x}")?;
+    }
+    if bytes.len() > 4 {
+        write!(f, "…")?;
+    }
+    write!(f, "; {} bytes)", bytes.len())
+}
+
+/// A session id: 1 to 32 bytes.
+///
+/// An empty or longer id cannot be represented, so every cached session has a valid id.
+///
+/// ```
+/// use reprise::SessionId;
+/// assert!(SessionId::new(&[7; 32]).is_ok());
+/// assert!(SessionId::new(&[]).is_err());
+/// assert!(SessionId::new(&[7; 33]).is_err());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(ShortBytes);
+
+impl SessionId {
+    /// Validates and copies an id.
+    pub fn new(id: &[u8]) -> Result<Self, SessionError> {
+        match id.len() {
+            0 => Err(SessionError::EmptyId),
+            n if n > MAX_SESSION_ID_LEN => Err(SessionError::IdTooLong(n)),
+            _ => Ok(Self(ShortBytes::copy_from(id))),
+        }
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_prefix(f, "SessionId", self.as_bytes())
+    }
+}
+
+/// A session-id context: 0 to 32 bytes that name the security context a session belongs to.
+///
+/// A session only resumes under the context it was created in.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SidCtx(ShortBytes);
+
+impl SidCtx {
+    /// The empty context.
+    pub const EMPTY: SidCtx = SidCtx(ShortBytes {
+        len: 0,
+        bytes: [0; 32],
+    });
+
+    /// Validates and copies a context.
+    pub fn new(ctx: &[u8]) -> Result<Self, SessionError> {
+        if ctx.len() > MAX_SID_CTX_LEN {
+            return Err(SessionError::SidCtxTooLong(ctx.len()));
+        }
+        Ok(Self(ShortBytes::copy_from(ctx)))
+    }
+
+    /// The context's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+
+    /// Whether the context is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+}
+
+impl Default for SidCtx {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl fmt::Debug for SidCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_prefix(f, "SidCtx", self.as_bytes())
+    }
+}
+
+/// A TLS protocol version, as its wire value.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct ProtocolVersion(pub u16);
+
+impl ProtocolVersion {
+    /// Not known to the cache.
+    pub const UNKNOWN: ProtocolVersion = ProtocolVersion(0);
+    /// TLS 1.2.
+    pub const TLS1_2: ProtocolVersion = ProtocolVersion(0x0303);
+    /// TLS 1.3.
+    pub const TLS1_3: ProtocolVersion = ProtocolVersion(0x0304);
+}
+
+impl fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::TLS1_2 => f.write_str("TLSv1.2"),
+            Self::TLS1_3 => f.write_str("TLSv1.3"),
+            Self(v) => write!(f, "0x{v:04x}"),
+        }
+    }
+}
+
+/// Secret bytes, such as an encoded TLS session: redacted in `Debug`, zeroed on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(Box<[u8]>);
+
+impl SecretBytes {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The number of bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<u8>> for SecretBytes {
+    fn from(mut v: Vec<u8>) -> Self {
+        if v.len() == v.capacity() {
+            return Self(v.into_boxed_slice());
+        }
+        // Shrinking would reallocate and free the old buffer unzeroed: copy, then wipe.
+        let boxed: Box<[u8]> = v.as_slice().into();
+        v.zeroize();
+        Self(boxed)
+    }
+}
+
+impl From<&[u8]> for SecretBytes {
+    fn from(v: &[u8]) -> Self {
+        Self(v.into())
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// The key a lookup uses: the id a peer proposed and the context it must belong to.
+///
+/// Both are untrusted and may have any length: a lookup with an invalid key is a miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionKey<'a> {
+    /// The proposed session id.
+    pub id: &'a [u8],
+    /// The session-id context of the connection that looks it up.
+    pub sid_ctx: &'a [u8],
+}
+
+impl<'a> SessionKey<'a> {
+    /// A key for `id` under the context `sid_ctx`.
+    pub fn new(id: &'a [u8], sid_ctx: &'a [u8]) -> Self {
+        Self { id, sid_ctx }
+    }
+
+    /// Whether the key can name a session at all (id of 1..=32 bytes, context of at most 32).
+    pub fn is_well_formed(&self) -> bool {
+        (1..=MAX_SESSION_ID_LEN).contains(&self.id.len()) && self.sid_ctx.len() <= MAX_SID_CTX_LEN
+    }
+}
+
+/// One TLS session: what a client can later resume.
+///
+/// Sessions are immutable once built, except for the fields the cache itself maintains: the
+/// time (updated under [`CacheMode::UPDATE_TIME`](crate::CacheMode::UPDATE_TIME)) and the
+/// resumable flag (cleared when the session is removed). They are shared as `Arc<Session>`,
+/// and "the identical session" means the same `Arc` ([`Arc::ptr_eq`](std::sync::Arc::ptr_eq)).
+pub struct Session<P = SecretBytes> {
+    id: SessionId,
+    sid_ctx: SidCtx,
+    version: ProtocolVersion,
+    timeout_secs: u64,
+    time: AtomicU64,
+    resumable: AtomicBool,
+    payload: P,
+}
+
+impl<P> Session<P> {
+    /// Starts building a session with the given id and payload.
+    ///
+    /// The defaults: an empty context, [`ProtocolVersion::UNKNOWN`], the current system time,
+    /// a timeout of [`DEFAULT_TIMEOUT_SECS`], resumable. [`SessionCache::session`](crate::SessionCache::session)
+    /// starts from the cache's clock and timeout instead.
+    ///
+    /// ```
+    /// use reprise::{ProtocolVersion, SecretBytes, Session};
+    /// let s = Session::builder(&[1; 32], SecretBytes::from(vec![0u8; 48]))
+    ///     .sid_ctx(b"my-service")
+    ///     .version(ProtocolVersion::TLS1_2)
+    ///     .time(1_000)
+    ///     .timeout_secs(10)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(s.expires_at(), 1_010);
+    /// assert!(!s.is_expired_at(1_010));
+    /// assert!(s.is_expired_at(1_011));
+    /// ```
+    pub fn builder(id: &[u8], payload: P) -> SessionBuilder<'_, P> {
+        SessionBuilder {
+            id,
+            sid_ctx: &[],
+            version: ProtocolVersion::UNKNOWN,
+            time: None,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            resumable: true,
+            payload,
+        }
+    }
+
+    /// The session id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// The session-id context the session belongs to.
+    pub fn sid_ctx(&self) -> &SidCtx {
+        &self.sid_ctx
+    }
+
+    /// The protocol version the session was negotiated with.
+    pub fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// The session's time (creation, or the last add under `UPDATE_TIME`), in Unix seconds.
+    pub fn time(&self) -> u64 {
+        self.time.load(Ordering::Relaxed)
+    }
+
+    /// The session's timeout, in seconds.
+    pub fn timeout_secs(&self) -> u64 {
+        self.timeout_secs
+    }
+
+    /// The last second at which the session is still valid: `time + timeout`, saturating.
+    ///
+    /// A session whose expiry would overflow never expires.
+    pub fn expires_at(&self) -> u64 {
+        self.time().saturating_add(self.timeout_secs)
+    }
+
+    /// Whether the session is expired at `now`: strictly `now > time + timeout`.
+    pub fn is_expired_at(&self, now: u64) -> bool {
+        now > self.expires_at()
+    }
+
+    /// Whether the session may still be resumed. Removing a session clears this.
+    pub fn is_resumable(&self) -> bool {
+        self.resumable.load(Ordering::Acquire)
+    }
+
+    /// The payload: the TLS stack's state for this session.
+    pub fn payload(&self) -> &P {
+        &self.payload
+    }
+
+    pub(crate) fn set_time(&self, t: u64) {
+        self.time.store(t, Ordering::Relaxed);
+    }
+
+    pub(crate) fn mark_not_resumable(&self) {
+        self.resumable.store(false, Ordering::Release);
+    }
+}
+
+impl<P> fmt::Debug for Session<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The payload holds secrets: it is never printed.
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("sid_ctx", &self.sid_ctx)
+            .field("version", &self.version)
+            .field("time", &self.time())
+            .field("timeout_secs", &self.timeout_secs)
+            .field("resumable", &self.is_resumable())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Session`]; see [`Session::builder`].
+#[must_use]
+pub struct SessionBuilder<'a, P> {
+    id: &'a [u8],
+    sid_ctx: &'a [u8],
+    version: ProtocolVersion,
+    time: Option<u64>,
+    timeout_secs: u64,
+    resumable: bool,
+    payload: P,
+}
+
+impl<'a, P> SessionBuilder<'a, P> {
+    /// Sets the session-id context (at most 32 bytes).
+    pub fn sid_ctx(mut self, sid_ctx: &'a [u8]) -> Self {
+        self.sid_ctx = sid_ctx;
+        self
+    }
+
+    /// Sets the protocol version.
+    pub fn version(mut self, version: ProtocolVersion) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Sets the session's time, in Unix seconds.
+    pub fn time(mut self, time: u64) -> Self {
+        self.time = Some(time);
+        self
+    }
+
+    /// Sets the timeout, in seconds.
+    pub fn timeout_secs(mut self, timeout_secs: u64) -> Self {
+        self.timeout_secs = timeout_secs;
+        self
+    }
+
+    /// Sets whether the session may be resumed (the default is yes).
+    pub fn resumable(mut self, resumable: bool) -> Self {
+        self.resumable = resumable;
+        self
+    }
+
+    /// Validates the id and context and builds the session.
+    pub fn build(self) -> Result<Session<P>, SessionError> {
+        let id = SessionId::new(self.id)?;
+        let sid_ctx = SidCtx::new(self.sid_ctx)?;
+        let time = self.time.unwrap_or_else(unix_now);
+        Ok(Session {
+            id,
+            sid_ctx,
+            version: self.version,
+            timeout_secs: self.timeout_secs,
+            time: AtomicU64::new(time),
+            resumable: AtomicBool::new(self.resumable),
+            payload: self.payload,
+        })
+    }
+}
+
+/// The system's time in Unix seconds (0 if the clock is before 1970).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_bounded() {
+        assert_eq!(SessionId::new(&[]), Err(SessionError::EmptyId));
+        assert_eq!(SessionId::new(&[0; 33]), Err(SessionError::IdTooLong(33)));
+        assert_eq!(
+            SessionId::new(&[9; 1]).map(|i| i.as_bytes().to_vec()),
+            Ok(vec![9])
+        );
+        assert!(SidCtx::new(&[]).is_ok_and(|c| c.is_empty()));
+        assert_eq!(SidCtx::new(&[0; 33]), Err(SessionError::SidCtxTooLong(33)));
+    }
+
+    #[test]
+    fn expiry_is_strict_and_saturating() -> Result<(), SessionError> {
+        let s = Session::builder(b"x", ())
+            .time(100)
+            .timeout_secs(10)
+            .build()?;
+        assert!(!s.is_expired_at(110));
+        assert!(s.is_expired_at(111));
+        let forever = Session::builder(b"y", ())
+            .time(u64::MAX - 1)
+            .timeout_secs(10)
+            .build()?;
+        assert_eq!(forever.expires_at(), u64::MAX);
+        assert!(!forever.is_expired_at(u64::MAX));
+        Ok(())
+    }
+
+    #[test]
+    fn secrets_are_not_printed() -> Result<(), SessionError> {
+        let s =
+            Session::builder(&[0xab; 32], SecretBytes::from(b"master-secret".to_vec())).build()?;
+        let printed = format!("{s:?} {:?}", s.payload());
+        assert!(!printed.contains("master"), "{printed}");
+        assert!(printed.contains("abababab…"), "{printed}");
+        Ok(())
+    }
+
+    #[test]
+    fn secret_bytes_from_vec_keeps_content() {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(b"abc");
+        assert_eq!(SecretBytes::from(v).as_bytes(), b"abc");
+        assert_eq!(SecretBytes::from(b"xyz".to_vec()).as_bytes(), b"xyz");
+    }
+}

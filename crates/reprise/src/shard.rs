@@ -1,0 +1,430 @@
+//! One shard of the cache: a hash table over a slab of slots, kept in expiry order.
+//!
+//! A shard holds no lock and calls no callback: [`crate::cache`] locks it, and fires callbacks
+//! for the sessions it hands back once the lock is released.
+//!
+//! Every live slot sits in one doubly linked list (indices, not pointers) sorted by
+//! `(expiry, seq)`: the head is the session that expires soonest, and among those the oldest
+//! inserted. `buckets` maps each distinct expiry second to the last slot with that expiry, so
+//! an insert finds its place without walking the list. Lookups never touch the list.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+
+use crate::session::Session;
+
+/// The end of a list.
+const NIL: u32 = u32::MAX;
+
+/// The order key of a shard's head: `(expiry, seq)`.
+pub(crate) type HeadKey = (u64, u64);
+
+struct Slot<P> {
+    /// `None` for a free slot.
+    session: Option<Arc<Session<P>>>,
+    /// The last second at which the session is valid, as it was when inserted.
+    expiry: u64,
+    /// Global insertion order, for ties between equal expiries.
+    seq: u64,
+    prev: u32,
+    /// For a free slot: the next free slot.
+    next: u32,
+}
+
+/// Counters that change under the shard's lock, summed by [`crate::SessionCache::stats`].
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct ShardCounters {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) timeouts: u64,
+    pub(crate) cache_full: u64,
+}
+
+pub(crate) struct Shard<P> {
+    table: HashTable<u32>,
+    slots: Vec<Slot<P>>,
+    free: u32,
+    head: u32,
+    tail: u32,
+    /// Expiry second → the last slot in the list with that expiry.
+    buckets: BTreeMap<u64, u32>,
+    live: usize,
+    pub(crate) counters: ShardCounters,
+}
+
+impl<P> Shard<P> {
+    pub(crate) fn new() -> Self {
+        Self {
+            table: HashTable::new(),
+            slots: Vec::new(),
+            free: NIL,
+            head: NIL,
+            tail: NIL,
+            buckets: BTreeMap::new(),
+            live: 0,
+            counters: ShardCounters::default(),
+        }
+    }
+
+    /// The number of sessions in this shard.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
+    fn slot(&self, idx: u32) -> &Slot<P> {
+        &self.slots[idx as usize]
+    }
+
+    fn slot_mut(&mut self, idx: u32) -> &mut Slot<P> {
+        &mut self.slots[idx as usize]
+    }
+
+    fn session_at(&self, idx: u32) -> &Arc<Session<P>> {
+        match &self.slot(idx).session {
+            Some(s) => s,
+            None => unreachable!("the table and the list only hold live slots"),
+        }
+    }
+
+    /// Finds the slot of the session with this id.
+    pub(crate) fn find(&self, hash: u64, id: &[u8]) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&i| match &slots[i as usize].session {
+                Some(s) => s.id().as_bytes() == id,
+                None => false,
+            })
+            .copied()
+    }
+
+    /// The session in a slot that [`find`](Self::find) returned.
+    pub(crate) fn get(&self, idx: u32) -> &Arc<Session<P>> {
+        self.session_at(idx)
+    }
+
+    /// The expiry the slot was filed under.
+    pub(crate) fn expiry(&self, idx: u32) -> u64 {
+        self.slot(idx).expiry
+    }
+
+    /// The order key of the head: the session to evict next.
+    pub(crate) fn head_key(&self) -> Option<HeadKey> {
+        (self.head != NIL).then(|| {
+            let s = self.slot(self.head);
+            (s.expiry, s.seq)
+        })
+    }
+
+    /// Inserts a session whose id is not in the shard.
+    pub(crate) fn insert(
+        &mut self,
+        hash: u64,
+        session: Arc<Session<P>>,
+        expiry: u64,
+        seq: u64,
+        rehash: impl Fn(&[u8]) -> u64,
+    ) {
+        let idx = self.alloc(session, expiry, seq);
+        let slots = &self.slots;
+        self.table
+            .insert_unique(hash, idx, |&i| match &slots[i as usize].session {
+                Some(s) => rehash(s.id().as_bytes()),
+                None => 0,
+            });
+        self.link(idx);
+        self.live += 1;
+    }
+
+    /// Puts another session (with the same id) into a slot, refiled under its own expiry.
+    pub(crate) fn replace(
+        &mut self,
+        idx: u32,
+        session: Arc<Session<P>>,
+        expiry: u64,
+        seq: u64,
+    ) -> Arc<Session<P>> {
+        self.unlink(idx);
+        let slot = self.slot_mut(idx);
+        let old = slot.session.replace(session);
+        slot.expiry = expiry;
+        slot.seq = seq;
+        self.link(idx);
+        match old {
+            Some(old) => old,
+            None => unreachable!("replace is only called on live slots"),
+        }
+    }
+
+    /// Removes the session in a slot.
+    pub(crate) fn remove_at(&mut self, hash: u64, idx: u32) -> Arc<Session<P>> {
+        if let Ok(entry) = self.table.find_entry(hash, |&i| i == idx) {
+            entry.remove();
+        }
+        self.unlink(idx);
+        self.live -= 1;
+        self.release(idx)
+    }
+
+    /// Removes the head (the session that expires soonest), if any.
+    pub(crate) fn pop_head(&mut self, rehash: impl Fn(&[u8]) -> u64) -> Option<Arc<Session<P>>> {
+        if self.head == NIL {
+            return None;
+        }
+        let idx = self.head;
+        let hash = rehash(self.session_at(idx).id().as_bytes());
+        Some(self.remove_at(hash, idx))
+    }
+
+    /// Removes every session that is expired at `t` (`t > expiry`), soonest first.
+    ///
+    /// The cost is proportional to the number removed: the list is sorted by expiry.
+    pub(crate) fn pop_expired(
+        &mut self,
+        t: u64,
+        rehash: impl Fn(&[u8]) -> u64,
+        out: &mut Vec<Arc<Session<P>>>,
+    ) {
+        while self.head != NIL && self.slot(self.head).expiry < t {
+            if let Some(s) = self.pop_head(&rehash) {
+                out.push(s);
+            }
+        }
+    }
+
+    /// Removes every session.
+    pub(crate) fn drain(&mut self, out: &mut Vec<Arc<Session<P>>>) {
+        out.reserve(self.live);
+        let mut idx = self.head;
+        while idx != NIL {
+            let next = self.slot(idx).next;
+            if let Some(s) = self.slot_mut(idx).session.take() {
+                out.push(s);
+            }
+            idx = next;
+        }
+        self.table.clear();
+        self.slots.clear();
+        self.buckets.clear();
+        self.free = NIL;
+        self.head = NIL;
+        self.tail = NIL;
+        self.live = 0;
+    }
+
+    /// Every session, soonest expiry first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Session<P>>> + '_ {
+        let mut idx = self.head;
+        core::iter::from_fn(move || {
+            (idx != NIL).then(|| {
+                let slot = self.slot(idx);
+                idx = slot.next;
+                self.session_at_slot(slot)
+            })
+        })
+    }
+
+    fn session_at_slot<'a>(&self, slot: &'a Slot<P>) -> &'a Arc<Session<P>> {
+        match &slot.session {
+            Some(s) => s,
+            None => unreachable!("the list only holds live slots"),
+        }
+    }
+
+    fn alloc(&mut self, session: Arc<Session<P>>, expiry: u64, seq: u64) -> u32 {
+        let slot = Slot {
+            session: Some(session),
+            expiry,
+            seq,
+            prev: NIL,
+            next: NIL,
+        };
+        if self.free != NIL {
+            let idx = self.free;
+            self.free = self.slot(idx).next;
+            *self.slot_mut(idx) = slot;
+            idx
+        } else {
+            let idx = u32::try_from(self.slots.len())
+                .ok()
+                .filter(|&i| i != NIL)
+                .unwrap_or_else(|| panic!("a shard holds at most {} sessions", NIL - 1));
+            self.slots.push(slot);
+            idx
+        }
+    }
+
+    fn release(&mut self, idx: u32) -> Arc<Session<P>> {
+        let free = self.free;
+        let slot = self.slot_mut(idx);
+        let session = slot.session.take();
+        slot.next = free;
+        slot.prev = NIL;
+        self.free = idx;
+        match session {
+            Some(s) => s,
+            None => unreachable!("release is only called on live slots"),
+        }
+    }
+
+    /// Files a slot in the list after the last slot whose expiry is at most its own.
+    fn link(&mut self, idx: u32) {
+        let expiry = self.slot(idx).expiry;
+        // The common case: the newest session expires last.
+        let after = if self.tail != NIL && self.slot(self.tail).expiry <= expiry {
+            self.tail
+        } else {
+            self.buckets
+                .range(..=expiry)
+                .next_back()
+                .map_or(NIL, |(_, &last)| last)
+        };
+        let before = if after == NIL {
+            self.head
+        } else {
+            self.slot(after).next
+        };
+        {
+            let slot = self.slot_mut(idx);
+            slot.prev = after;
+            slot.next = before;
+        }
+        if after == NIL {
+            self.head = idx;
+        } else {
+            self.slot_mut(after).next = idx;
+        }
+        if before == NIL {
+            self.tail = idx;
+        } else {
+            self.slot_mut(before).prev = idx;
+        }
+        self.buckets.insert(expiry, idx);
+    }
+
+    /// Takes a slot out of the list, keeping `buckets` true.
+    fn unlink(&mut self, idx: u32) {
+        let (prev, next, expiry) = {
+            let s = self.slot(idx);
+            (s.prev, s.next, s.expiry)
+        };
+        let is_last_of_bucket = next == NIL || self.slot(next).expiry != expiry;
+        if is_last_of_bucket {
+            let is_first_of_bucket = prev == NIL || self.slot(prev).expiry != expiry;
+            if is_first_of_bucket {
+                self.buckets.remove(&expiry);
+            } else {
+                self.buckets.insert(expiry, prev);
+            }
+        }
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slot_mut(prev).next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slot_mut(next).prev = prev;
+        }
+    }
+
+    /// Checks the shard's invariants; for tests.
+    #[cfg(test)]
+    pub(crate) fn check(&self) {
+        let mut n = 0;
+        let mut prev = NIL;
+        let mut idx = self.head;
+        let mut last_key = None;
+        while idx != NIL {
+            let s = self.slot(idx);
+            assert_eq!(s.prev, prev);
+            let key = (s.expiry, s.seq);
+            assert!(last_key.is_none_or(|k| k < key), "list out of order");
+            let is_last = s.next == NIL || self.slot(s.next).expiry != s.expiry;
+            if is_last {
+                assert_eq!(self.buckets.get(&s.expiry), Some(&idx));
+            }
+            last_key = Some(key);
+            prev = idx;
+            idx = s.next;
+            n += 1;
+        }
+        assert_eq!(self.tail, prev);
+        assert_eq!(n, self.live);
+        assert_eq!(self.table.len(), self.live);
+        assert!(self.buckets.len() <= self.live);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: u8, time: u64) -> Arc<Session<()>> {
+        match Session::builder(&[id], ())
+            .time(time)
+            .timeout_secs(0)
+            .build()
+        {
+            Ok(s) => Arc::new(s),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn h(id: &[u8]) -> u64 {
+        u64::from(id[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    #[test]
+    fn keeps_expiry_order_and_fifo_ties() {
+        let mut shard = Shard::new();
+        let times = [5u64, 3, 5, 1, 9, 3, 5, 0];
+        for (i, &t) in times.iter().enumerate() {
+            let id = [i as u8];
+            shard.insert(h(&id), session(i as u8, t), t, i as u64, h);
+            shard.check();
+        }
+        let mut popped = Vec::new();
+        while let Some(s) = shard.pop_head(h) {
+            shard.check();
+            popped.push(s.id().as_bytes()[0]);
+        }
+        // Sorted by time, and by insertion among equal times.
+        assert_eq!(popped, vec![7, 3, 1, 5, 0, 2, 6, 4]);
+    }
+
+    #[test]
+    fn removal_anywhere_keeps_buckets_true() {
+        let mut shard = Shard::new();
+        for i in 0..30u8 {
+            let t = u64::from(i % 4);
+            shard.insert(h(&[i]), session(i, t), t, u64::from(i), h);
+        }
+        for i in (0..30u8).step_by(3) {
+            let idx = shard.find(h(&[i]), &[i]);
+            let Some(idx) = idx else {
+                panic!("{i} missing")
+            };
+            shard.remove_at(h(&[i]), idx);
+            shard.check();
+            assert!(shard.find(h(&[i]), &[i]).is_none());
+        }
+        let mut out = Vec::new();
+        shard.pop_expired(2, h, &mut out);
+        shard.check();
+        assert!(out.iter().all(|s| s.time() < 2));
+        assert!(shard.iter().all(|s| s.time() >= 2));
+        let before = shard.len();
+        let Some(idx) = shard.find(h(&[2]), &[2]) else {
+            panic!("2 missing")
+        };
+        let old = shard.replace(idx, session(2, 100), 100, 1000);
+        assert_eq!(old.time(), 2);
+        shard.check();
+        assert_eq!(shard.len(), before);
+        assert_eq!(shard.iter().last().map(|s| s.time()), Some(100));
+    }
+}

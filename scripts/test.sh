@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, after installing whatever the tests need that is missing.
+# This is the README's test command, and what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# --- what the tests need ------------------------------------------------------------------
+# Debian packages, by the command each provides.
+declare -A packages=(
+  [openssl]=openssl
+)
+missing=()
+for cmd in "${!packages[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
+done
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages (${missing[*]}) and not root: install them, then run again" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install a stable Rust toolchain (https://rustup.rs)" >&2
+  exit 1
+fi
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    log "installing the $component component"
+    rustup component add "$component"
+  fi
+done
+
+# --- the checks -----------------------------------------------------------------------------
+log "format"
+cargo fmt --all -- --check
+
+log "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "documentation (every public item documented, every doc link resolving)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+log "tests"
+cargo test --workspace --locked
+
+log "all tests passed"
