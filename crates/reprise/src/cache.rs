@@ -423,9 +423,8 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             Some(shard.remove_at(hash, idx))
         });
         let found = removed.is_some();
-        if let Some(old) = removed {
+        if removed.is_some() {
             self.release_slot();
-            old.mark_not_resumable();
         }
         session.mark_not_resumable();
         self.fire_remove(session);
@@ -464,7 +463,6 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             Some(shard.remove_at(hash, idx))
         })?;
         self.release_slot();
-        old.mark_not_resumable();
         Some(old)
     }
 
@@ -751,7 +749,6 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             };
             if let Some(victim) = victim {
                 self.release_slot();
-                victim.mark_not_resumable();
                 return Some(victim);
             }
             // The head moved away under us: look again.
@@ -769,7 +766,6 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         });
         if let Some(old) = removed {
             self.release_slot();
-            old.mark_not_resumable();
             self.fire_remove(&old);
         }
     }
@@ -824,6 +820,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             shard.counters.hits += 1;
             match use_ {
                 Use::Resume => Found::Hit(s),
+                // Removal marks it not resumable under the lock: it is taken exactly once.
                 Use::Take => Found::Taken(shard.remove_at(hash, idx)),
             }
         });
@@ -831,13 +828,11 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             Found::Hit(s) => Internal::Hit(s),
             Found::Taken(s) => {
                 self.release_slot();
-                s.mark_not_resumable();
                 self.fire_remove(&s);
                 Internal::Hit(s)
             }
             Found::Expired(s) => {
                 self.release_slot();
-                s.mark_not_resumable();
                 self.fire_remove(&s);
                 Internal::Unusable
             }
@@ -876,6 +871,10 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             self.fire_remove(&found);
             return None;
         }
+        // Two threads may get the same object from the external cache: one claims it.
+        if use_ == Use::Take && !found.claim() {
+            return None;
+        }
         Counters::bump(&self.counters.cb_hits);
         Counters::bump(&self.counters.external_hits);
         match use_ {
@@ -887,7 +886,6 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 }
             }
             Use::Take => {
-                found.mark_not_resumable();
                 // A copy in the internal cache (possible under NO_INTERNAL_LOOKUP) must not
                 // outlive the take.
                 let copy = self.unlink_key(key);
@@ -920,9 +918,6 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             }
             self.release_slots(out.len());
             total += out.len();
-            for s in &out {
-                s.mark_not_resumable();
-            }
             self.fire_removed(core::mem::take(&mut out));
         }
         total
@@ -970,9 +965,8 @@ impl<P> Drop for SessionCache<P> {
             cell.head_seq.store(EMPTY_HEAD, Ordering::Release);
         }
         self.occupancy.len.store(0, Ordering::Release);
-        for s in &out {
-            s.mark_not_resumable();
-            if let Some(cb) = &remove {
+        if let Some(cb) = &remove {
+            for s in &out {
                 cb(self, s);
             }
         }

@@ -43,10 +43,18 @@ fn eviction_is_global_soonest_expiry_then_oldest() {
         }
         let mut order: Vec<u8> = Vec::new();
         for id in 10..14 {
-            let before: Vec<u8> = cache.sessions().iter().map(|s| s.id().as_bytes()[0]).collect();
+            let before: Vec<u8> = cache
+                .sessions()
+                .iter()
+                .map(|s| s.id().as_bytes()[0])
+                .collect();
             assert!(cache.add(&session(id, 1_000, 100)));
             cache.check_invariants();
-            let after: Vec<u8> = cache.sessions().iter().map(|s| s.id().as_bytes()[0]).collect();
+            let after: Vec<u8> = cache
+                .sessions()
+                .iter()
+                .map(|s| s.id().as_bytes()[0])
+                .collect();
             order.extend(before.iter().filter(|b| !after.contains(b)));
         }
         assert_eq!(order, vec![2, 1, 3, 4], "{shards} shards");
@@ -68,7 +76,11 @@ fn shrinking_the_limit_evicts_at_the_next_add() {
     cache.check_invariants();
     assert_eq!(cache.len(), 3);
     assert_eq!(removed.load(Ordering::SeqCst), 8);
-    let mut left: Vec<u8> = cache.sessions().iter().map(|s| s.id().as_bytes()[0]).collect();
+    let mut left: Vec<u8> = cache
+        .sessions()
+        .iter()
+        .map(|s| s.id().as_bytes()[0])
+        .collect();
     left.sort();
     assert_eq!(left, vec![9, 10, 50]);
 }
@@ -149,12 +161,16 @@ fn atomic_take_callback_is_preferred_and_not_followed_by_remove() {
     cache.set_take_session_callback(Some(Arc::new(move |_, key: &SessionKey<'_>| {
         Some(session(key.id[0], now, 100))
     })));
-    assert!(cache.take(Role::Server, SessionKey::new(&[3; 32], b"")).is_some());
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&[3; 32], b""))
+        .is_some());
     assert_eq!(gets.load(Ordering::SeqCst), 0);
     assert_eq!(removed.load(Ordering::SeqCst), 0);
     assert_eq!(cache.stats().cb_hits, 1);
     // A lookup that resumes still uses get.
-    assert!(cache.lookup(Role::Server, SessionKey::new(&[3; 32], b"")).is_none());
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&[3; 32], b""))
+        .is_none());
     assert_eq!(gets.load(Ordering::SeqCst), 1);
 }
 
@@ -180,7 +196,12 @@ fn untrusted_external_results_are_validated() {
         table.get(usize::from(key.id[0])).cloned()
     })));
     for i in 0..4u8 {
-        assert!(cache.lookup(Role::Server, SessionKey::new(&[i; 32], b"")).is_none(), "{i}");
+        assert!(
+            cache
+                .lookup(Role::Server, SessionKey::new(&[i; 32], b""))
+                .is_none(),
+            "{i}"
+        );
     }
     let stats = cache.stats();
     assert_eq!((stats.cb_hits, stats.hits, stats.timeouts), (0, 0, 1));
@@ -197,7 +218,9 @@ fn callbacks_are_returned_by_the_getters() {
     assert!(cache.take_session_callback().is_none());
     let cb: crate::NewSessionCallback = Arc::new(|_, _| true);
     cache.set_new_session_callback(Some(cb.clone()));
-    assert!(cache.new_session_callback().is_some_and(|got| Arc::ptr_eq(&got, &cb)));
+    assert!(cache
+        .new_session_callback()
+        .is_some_and(|got| Arc::ptr_eq(&got, &cb)));
     cache.set_new_session_callback(None);
     assert!(cache.new_session_callback().is_none());
     assert!(cache.remove_session_callback().is_some());
@@ -212,4 +235,67 @@ fn settings_return_the_previous_value() {
     assert_eq!(cache.set_timeout_secs(10), 300);
     assert_eq!(cache.timeout_secs(), 10);
     assert_eq!(SessionCache::<SecretBytes>::new().size_limit(), 20480);
+}
+
+#[test]
+fn client_lookups_ignore_no_internal_lookup_and_never_ask_get() {
+    let (cache, clock, _) = cache(2, 0);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = asked.clone();
+    cache.set_get_session_callback(Some(Arc::new(move |_, _| {
+        a.fetch_add(1, Ordering::SeqCst);
+        None
+    })));
+    cache.set_mode(CacheMode::CLIENT | CacheMode::NO_INTERNAL_LOOKUP);
+    let s = session(4, clock.now(), 100);
+    assert!(cache.add(&s));
+    // The flag has no effect on clients: the internal cache answers.
+    assert!(cache
+        .lookup(Role::Client, SessionKey::new(&[4; 32], b""))
+        .is_some());
+    // A client miss is a miss; the get callback is for servers only.
+    assert!(cache
+        .lookup(Role::Client, SessionKey::new(&[5; 32], b""))
+        .is_none());
+    assert!(cache
+        .take(Role::Client, SessionKey::new(&[5; 32], b""))
+        .is_none());
+    assert_eq!(asked.load(Ordering::SeqCst), 0);
+    // A server lookup under the same mode skips the internal cache and asks get.
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&[4; 32], b""))
+        .is_none());
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn new_sessions_follow_the_role_bits() {
+    let (cache, clock, _) = cache(2, 0);
+    let fresh = |id| match Session::builder(&[id; 32], SecretBytes::from(vec![id]))
+        .time(clock.now())
+        .build()
+    {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    for (mode, server_stored, client_stored) in [
+        (CacheMode::OFF, false, false),
+        (CacheMode::SERVER, true, false),
+        (CacheMode::CLIENT, false, true),
+        (CacheMode::BOTH, true, true),
+        (CacheMode::BOTH | CacheMode::NO_INTERNAL_STORE, false, false),
+    ] {
+        cache.set_mode(mode);
+        assert_eq!(
+            cache.new_session(Role::Server, fresh(1)).stored_internally,
+            server_stored,
+            "{mode}"
+        );
+        assert_eq!(
+            cache.new_session(Role::Client, fresh(2)).stored_internally,
+            client_stored,
+            "{mode}"
+        );
+        cache.flush_all();
+    }
 }

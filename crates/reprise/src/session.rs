@@ -330,6 +330,12 @@ impl<P> Session<P> {
     pub(crate) fn mark_not_resumable(&self) {
         self.resumable.store(false, Ordering::Release);
     }
+
+    /// Clears the resumable flag and says whether this call cleared it: of any number of
+    /// threads that claim one session, exactly one wins.
+    pub(crate) fn claim(&self) -> bool {
+        self.resumable.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl<P> fmt::Debug for Session<P> {

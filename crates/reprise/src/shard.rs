@@ -158,14 +158,17 @@ impl<P> Shard<P> {
         }
     }
 
-    /// Removes the session in a slot.
+    /// Removes the session in a slot, and marks it not resumable while the lock is held, so no
+    /// other thread can put it back and resume it again.
     pub(crate) fn remove_at(&mut self, hash: u64, idx: u32) -> Arc<Session<P>> {
         if let Ok(entry) = self.table.find_entry(hash, |&i| i == idx) {
             entry.remove();
         }
         self.unlink(idx);
         self.live -= 1;
-        self.release(idx)
+        let session = self.release(idx);
+        session.mark_not_resumable();
+        session
     }
 
     /// Removes the head (the session that expires soonest), if any.
@@ -194,13 +197,14 @@ impl<P> Shard<P> {
         }
     }
 
-    /// Removes every session.
+    /// Removes every session, marking each not resumable.
     pub(crate) fn drain(&mut self, out: &mut Vec<Arc<Session<P>>>) {
         out.reserve(self.live);
         let mut idx = self.head;
         while idx != NIL {
             let next = self.slot(idx).next;
             if let Some(s) = self.slot_mut(idx).session.take() {
+                s.mark_not_resumable();
                 out.push(s);
             }
             idx = next;

@@ -1,0 +1,208 @@
+//! The command line: subcommands and their flags, as clap parses them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reprise::CacheMode;
+
+/// A TLS terminator whose sessions resume through the Reprise cache, and a handshake load
+/// generator.
+#[derive(Debug, Parser)]
+#[command(name = "reprise", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Terminate TLS for clients; sessions resume through the Reprise cache.
+    Serve(Box<ServeArgs>),
+    /// Generate handshake load against a TLS server and report rates and latencies.
+    Bench(BenchArgs),
+}
+
+/// A TLS protocol version.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum, serde::Deserialize,
+)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[value(name = "1.2")]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3.
+    #[value(name = "1.3")]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// How TLS 1.3 resumption tickets are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketMode {
+    /// Tickets name sessions kept in the cache (single use, visible to the cache).
+    Stateful,
+    /// Tickets carry the session, encrypted with a key only this process holds.
+    Stateless,
+    /// No TLS 1.3 tickets.
+    Off,
+}
+
+/// How a server that has a client CA treats client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// Every client must present a certificate that the CA signed.
+    Required,
+    /// A client may present one; if it does, it must verify.
+    Optional,
+}
+
+/// `reprise serve` flags. Each may also be set in the `--config` file; a flag wins.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// A TOML file with the same settings as these flags (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on; may be given more than once [default: 127.0.0.1:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+
+    /// Proxy each decrypted connection to this TCP backend, instead of the built-in responder.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub upstream: Option<String>,
+
+    /// Certificate chain, PEM [default: a self-signed certificate for localhost].
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key, PEM (RSA, ECDSA or Ed25519).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// TLS versions to accept [default: 1.2,1.3].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub tls_versions: Option<Vec<TlsVersion>>,
+
+    /// ALPN protocols to offer, in order of preference.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub alpn: Option<Vec<String>>,
+
+    /// Sessions the cache holds; 0 means unlimited [default: 20480].
+    #[arg(long, value_name = "N")]
+    pub cache_size: Option<usize>,
+
+    /// Session timeout in seconds [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    pub cache_timeout: Option<u64>,
+
+    /// Cache mode: comma-separated off, client, server, both, no-auto-clear,
+    /// no-internal-lookup, no-internal-store, no-internal, update-time [default: server].
+    #[arg(long, value_name = "LIST")]
+    pub cache_mode: Option<CacheMode>,
+
+    /// Session-id context [default: derived from the certificate and the client-auth settings].
+    #[arg(long, value_name = "STRING")]
+    pub sid_ctx: Option<String>,
+
+    /// TLS 1.3 tickets: stateful (kept in the cache), stateless or off [default: stateful].
+    #[arg(long, value_name = "MODE")]
+    pub tickets: Option<TicketMode>,
+
+    /// TLS 1.3 tickets issued per handshake [default: 2].
+    #[arg(long, value_name = "N")]
+    pub tls13_tickets: Option<usize>,
+
+    /// Verify client certificates against this CA bundle (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+
+    /// With --client-ca: whether a client certificate is required [default: required].
+    #[arg(long, value_name = "MODE", requires = "client_ca")]
+    pub client_auth: Option<ClientAuthMode>,
+
+    /// Serve Prometheus metrics at /metrics and a health check at /healthz on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// Connections served at once; more are closed at accept [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a client has to complete its handshake [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub handshake_timeout: Option<u64>,
+
+    /// Seconds an established connection may stay idle [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
+
+    /// Seconds open connections get to finish after SIGINT or SIGTERM [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_timeout: Option<u64>,
+
+    /// Worker threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+/// Whether `reprise bench` makes full or resumed handshakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Every connection is a full handshake.
+    Full,
+    /// Every connection after a worker's first resumes the worker's last session.
+    Resume,
+}
+
+/// `reprise bench` flags.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Server address.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: String,
+
+    /// Server name for SNI and certificate verification [default: the host of --connect].
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+
+    /// TLS version to use.
+    #[arg(long, value_name = "VERSION", default_value = "1.3")]
+    pub tls: TlsVersion,
+
+    /// Full or resumed handshakes.
+    #[arg(long, value_name = "MODE", default_value = "resume")]
+    pub mode: BenchMode,
+
+    /// Connections in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub concurrency: usize,
+
+    /// Run for this many seconds [default: 10 unless --connections is given].
+    #[arg(long, value_name = "SECONDS", conflicts_with = "connections")]
+    pub duration: Option<f64>,
+
+    /// Stop after this many connections.
+    #[arg(long, value_name = "N")]
+    pub connections: Option<u64>,
+
+    /// Do not verify the server's certificate.
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure: bool,
+
+    /// Trust this CA bundle (PEM); one of --ca and --insecure is required.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Worker threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}

@@ -1,0 +1,328 @@
+//! `reprise serve` settings: the TOML file, the flags over it, the defaults under both, and the
+//! checks that run before anything starts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use reprise::CacheMode;
+use serde::Deserialize;
+
+use crate::cli::{ClientAuthMode, ServeArgs, TicketMode, TlsVersion};
+
+/// The settings file: the flags' names and meanings, in TOML.
+///
+/// ```toml
+/// listen = ["127.0.0.1:8443", "[::1]:8443"]
+/// cache-size = 50000
+/// cache-mode = "server,no-auto-clear"
+/// tls-versions = ["1.2", "1.3"]
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    listen: Option<Vec<String>>,
+    upstream: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    tls_versions: Option<Vec<TlsVersion>>,
+    alpn: Option<Vec<String>>,
+    cache_size: Option<usize>,
+    cache_timeout: Option<u64>,
+    cache_mode: Option<String>,
+    sid_ctx: Option<String>,
+    tickets: Option<TicketMode>,
+    tls13_tickets: Option<usize>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<ClientAuthMode>,
+    metrics_listen: Option<String>,
+    max_connections: Option<usize>,
+    handshake_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    shutdown_timeout: Option<u64>,
+    workers: Option<usize>,
+}
+
+/// Everything `reprise serve` runs with, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Addresses to listen on.
+    pub listen: Vec<String>,
+    /// The TCP backend, or `None` for the built-in responder.
+    pub upstream: Option<String>,
+    /// The certificate chain and key files, or `None` for a self-signed certificate.
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// TLS versions to accept, sorted, at least one.
+    pub tls_versions: Vec<TlsVersion>,
+    /// ALPN protocols to offer.
+    pub alpn: Vec<String>,
+    /// The cache's size limit (0 = unlimited).
+    pub cache_size: usize,
+    /// The cache's session timeout, in seconds.
+    pub cache_timeout: u64,
+    /// The cache mode.
+    pub cache_mode: CacheMode,
+    /// An explicit session-id context, or `None` to derive one.
+    pub sid_ctx: Option<String>,
+    /// How TLS 1.3 tickets are made.
+    pub tickets: TicketMode,
+    /// TLS 1.3 tickets per handshake.
+    pub tls13_tickets: usize,
+    /// The client CA bundle and policy, for mTLS.
+    pub client_auth: Option<(PathBuf, ClientAuthMode)>,
+    /// The metrics address.
+    pub metrics_listen: Option<String>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time allowed for a handshake.
+    pub handshake_timeout: Duration,
+    /// Time an established connection may stay idle.
+    pub idle_timeout: Duration,
+    /// Time open connections get after a shutdown signal.
+    pub shutdown_timeout: Duration,
+}
+
+/// The defaults, in one place.
+pub mod defaults {
+    /// Where to listen.
+    pub const LISTEN: &str = "127.0.0.1:8443";
+    /// Connections served at once.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// Seconds for a handshake.
+    pub const HANDSHAKE_TIMEOUT: u64 = 10;
+    /// Seconds of idleness allowed.
+    pub const IDLE_TIMEOUT: u64 = 60;
+    /// Seconds to finish after a shutdown signal.
+    pub const SHUTDOWN_TIMEOUT: u64 = 10;
+    /// TLS 1.3 tickets per handshake.
+    pub const TLS13_TICKETS: usize = 2;
+}
+
+impl FileConfig {
+    /// Reads and parses a settings file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            // toml's messages span several lines; keep the first, which names the problem.
+            let first = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("config file {}: {first}{at}", path.display())
+        })
+    }
+}
+
+impl Settings {
+    /// Merges the flags over the file (if `--config` names one) over the defaults, and checks
+    /// the result.
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(args: ServeArgs, file: FileConfig) -> anyhow::Result<Self> {
+        let listen = if !args.listen.is_empty() {
+            args.listen
+        } else {
+            file.listen
+                .unwrap_or_else(|| vec![defaults::LISTEN.to_owned()])
+        };
+        if listen.is_empty() {
+            bail!("listen: at least one address is needed");
+        }
+        let cert_key = match (args.cert.or(file.cert), args.key.or(file.key)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => bail!("--cert needs --key"),
+            (None, Some(_)) => bail!("--key needs --cert"),
+        };
+        let mut tls_versions = args
+            .tls_versions
+            .or(file.tls_versions)
+            .unwrap_or_else(|| vec![TlsVersion::Tls12, TlsVersion::Tls13]);
+        tls_versions.sort();
+        tls_versions.dedup();
+        if tls_versions.is_empty() {
+            bail!("tls-versions: at least one version is needed (1.2, 1.3)");
+        }
+        let cache_mode = match args.cache_mode {
+            Some(mode) => mode,
+            None => match file.cache_mode {
+                Some(text) => text
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("cache-mode: {e}"))?,
+                None => CacheMode::default(),
+            },
+        };
+        let sid_ctx = args.sid_ctx.or(file.sid_ctx);
+        if let Some(ctx) = &sid_ctx {
+            if ctx.len() > reprise::MAX_SID_CTX_LEN {
+                bail!(
+                    "sid-ctx is {} bytes long; the limit is {}",
+                    ctx.len(),
+                    reprise::MAX_SID_CTX_LEN
+                );
+            }
+        }
+        let client_ca = args.client_ca.or(file.client_ca);
+        let client_auth_mode = args.client_auth.or(file.client_auth);
+        let client_auth = match (client_ca, client_auth_mode) {
+            (Some(ca), mode) => Some((ca, mode.unwrap_or(ClientAuthMode::Required))),
+            (None, Some(_)) => bail!("client-auth needs client-ca"),
+            (None, None) => None,
+        };
+        if client_auth.is_some() && sid_ctx.as_deref() == Some("") {
+            bail!("sid-ctx: a server that verifies client certificates needs a non-empty session-id context");
+        }
+        let tls13_tickets = args
+            .tls13_tickets
+            .or(file.tls13_tickets)
+            .unwrap_or(defaults::TLS13_TICKETS);
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults::MAX_CONNECTIONS);
+        if max_connections == 0 {
+            bail!("max-connections must be at least 1");
+        }
+        let handshake_timeout = args
+            .handshake_timeout
+            .or(file.handshake_timeout)
+            .unwrap_or(defaults::HANDSHAKE_TIMEOUT);
+        if handshake_timeout == 0 {
+            bail!("handshake-timeout must be at least 1 second");
+        }
+        let idle_timeout = args
+            .idle_timeout
+            .or(file.idle_timeout)
+            .unwrap_or(defaults::IDLE_TIMEOUT);
+        if idle_timeout == 0 {
+            bail!("idle-timeout must be at least 1 second");
+        }
+        let _ = file.workers;
+        Ok(Self {
+            listen,
+            upstream: args.upstream.or(file.upstream),
+            cert_key,
+            tls_versions,
+            alpn: args.alpn.or(file.alpn).unwrap_or_default(),
+            cache_size: args
+                .cache_size
+                .or(file.cache_size)
+                .unwrap_or(reprise::DEFAULT_SIZE_LIMIT),
+            cache_timeout: args
+                .cache_timeout
+                .or(file.cache_timeout)
+                .unwrap_or(reprise::DEFAULT_TIMEOUT_SECS),
+            cache_mode,
+            sid_ctx,
+            tickets: args
+                .tickets
+                .or(file.tickets)
+                .unwrap_or(TicketMode::Stateful),
+            tls13_tickets,
+            client_auth,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            max_connections,
+            handshake_timeout: Duration::from_secs(handshake_timeout),
+            idle_timeout: Duration::from_secs(idle_timeout),
+            shutdown_timeout: Duration::from_secs(
+                args.shutdown_timeout
+                    .or(file.shutdown_timeout)
+                    .unwrap_or(defaults::SHUTDOWN_TIMEOUT),
+            ),
+        })
+    }
+}
+
+/// The worker threads the settings file asks for, when the flag does not: read before the
+/// runtime starts.
+pub fn workers_from_file(args: &ServeArgs) -> Option<usize> {
+    let path = args.config.as_ref()?;
+    FileConfig::load(path).ok()?.workers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> anyhow::Result<FileConfig> {
+        Ok(toml::from_str(toml)?)
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() -> anyhow::Result<()> {
+        let file = parse(
+            r#"
+            listen = ["127.0.0.1:9000"]
+            cache-size = 5
+            cache-mode = "server,no-auto-clear"
+            tls-versions = ["1.3"]
+            tickets = "off"
+            "#,
+        )?;
+        let args = ServeArgs {
+            cache_size: Some(7),
+            ..ServeArgs::default()
+        };
+        let s = Settings::merge(args, file)?;
+        assert_eq!(s.listen, vec!["127.0.0.1:9000".to_owned()]);
+        assert_eq!(s.cache_size, 7);
+        assert_eq!(s.cache_mode, CacheMode::SERVER | CacheMode::NO_AUTO_CLEAR);
+        assert_eq!(s.tls_versions, vec![TlsVersion::Tls13]);
+        assert_eq!(s.tickets, TicketMode::Off);
+        assert_eq!(s.cache_timeout, 300);
+        assert_eq!(s.tls13_tickets, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_the_problem() {
+        let unknown = parse("cache-sise = 5").err().map(|e| e.to_string());
+        assert!(unknown.is_some_and(|e| e.contains("cache-sise")));
+        let bad_mode = Settings::merge(
+            ServeArgs::default(),
+            FileConfig {
+                cache_mode: Some("sever".into()),
+                ..FileConfig::default()
+            },
+        );
+        assert!(bad_mode
+            .err()
+            .is_some_and(|e| e.to_string().contains("sever")));
+        let long_ctx = Settings::merge(
+            ServeArgs {
+                sid_ctx: Some("x".repeat(33)),
+                ..ServeArgs::default()
+            },
+            FileConfig::default(),
+        );
+        assert!(long_ctx
+            .err()
+            .is_some_and(|e| e.to_string().contains("sid-ctx")));
+        let no_key = Settings::merge(
+            ServeArgs::default(),
+            FileConfig {
+                cert: Some("c.pem".into()),
+                ..FileConfig::default()
+            },
+        );
+        assert!(no_key
+            .err()
+            .is_some_and(|e| e.to_string().contains("--cert needs --key")));
+    }
+}

@@ -1,0 +1,100 @@
+//! `reprise`: a TLS terminator whose sessions resume through the Reprise cache (`serve`), and a
+//! handshake load generator (`bench`).
+
+mod bench;
+mod cli;
+mod config;
+mod http;
+mod metrics;
+mod serve;
+mod tls;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+
+/// An error found before the work starts: a bad flag, config value, certificate, key or
+/// address. It is reported as one line, with exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct StartupError(pub anyhow::Error);
+
+/// Wraps an error as a [`StartupError`].
+pub fn startup(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(StartupError(e.into()))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_tracing();
+    let workers = match &cli.command {
+        Command::Serve(args) => args.workers.or_else(|| config::workers_from_file(args)),
+        Command::Bench(args) => args.workers,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = workers {
+        runtime.worker_threads(n.max(1));
+    }
+    let result = runtime.build().map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            match cli.command {
+                Command::Serve(args) => serve::run(*args).await,
+                Command::Bench(args) => bench::run(args).await,
+            }
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.downcast_ref::<StartupError>().is_some() {
+                2
+            } else {
+                1
+            };
+            // One line: the chain of causes, joined.
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("reprise: error: {line}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Help and version go to stdout as usual; a usage error is one line on stderr, exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("reprise: error: {first} (see reprise --help)");
+    ExitCode::from(2)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -1,0 +1,292 @@
+//! Metrics of `reprise serve`: handshakes by kind and version, failures by reason, connections,
+//! and the cache's statistics, in the Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use reprise::Stats;
+use rustls::{HandshakeKind, ProtocolVersion};
+
+/// Why a handshake failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The client did not finish within the handshake timeout.
+    Timeout,
+    /// The client closed the connection mid-handshake.
+    Eof,
+    /// A socket error.
+    Io,
+    /// The client sent something that is not TLS, or malformed TLS.
+    InvalidMessage,
+    /// The client and the server have nothing in common (versions, suites, groups, ALPN).
+    PeerIncompatible,
+    /// The client broke the protocol.
+    PeerMisbehaved,
+    /// The client sent an alert.
+    AlertReceived,
+    /// The client's certificate did not verify, or none was sent when one is required.
+    ClientCertificate,
+    /// Anything else rustls reports.
+    Other,
+}
+
+impl Failure {
+    const ALL: [Failure; 9] = [
+        Failure::Timeout,
+        Failure::Eof,
+        Failure::Io,
+        Failure::InvalidMessage,
+        Failure::PeerIncompatible,
+        Failure::PeerMisbehaved,
+        Failure::AlertReceived,
+        Failure::ClientCertificate,
+        Failure::Other,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Eof => "eof",
+            Failure::Io => "io",
+            Failure::InvalidMessage => "invalid_message",
+            Failure::PeerIncompatible => "peer_incompatible",
+            Failure::PeerMisbehaved => "peer_misbehaved",
+            Failure::AlertReceived => "alert_received",
+            Failure::ClientCertificate => "client_certificate",
+            Failure::Other => "other",
+        }
+    }
+
+    /// Classifies the error a tokio-rustls handshake returned.
+    pub fn of(e: &std::io::Error) -> Failure {
+        if let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return match tls {
+                rustls::Error::InvalidMessage(_)
+                | rustls::Error::InappropriateMessage { .. }
+                | rustls::Error::InappropriateHandshakeMessage { .. } => Failure::InvalidMessage,
+                rustls::Error::PeerIncompatible(_) => Failure::PeerIncompatible,
+                rustls::Error::PeerMisbehaved(_) => Failure::PeerMisbehaved,
+                rustls::Error::AlertReceived(_) => Failure::AlertReceived,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                    Failure::ClientCertificate
+                }
+                _ => Failure::Other,
+            };
+        }
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => Failure::Eof,
+            std::io::ErrorKind::InvalidData => Failure::InvalidMessage,
+            _ => Failure::Io,
+        }
+    }
+
+    fn index(self) -> usize {
+        Failure::ALL
+            .iter()
+            .position(|f| *f == self)
+            .unwrap_or(Failure::ALL.len() - 1)
+    }
+}
+
+/// The server's counters; the cache keeps its own.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// `[kind][version]`: kind 0 full, 1 resumed; version 0 TLS 1.2, 1 TLS 1.3.
+    handshakes: [[AtomicU64; 2]; 2],
+    failures: [AtomicU64; Failure::ALL.len()],
+    connections_total: AtomicU64,
+    connections_rejected: AtomicU64,
+    connections_open: AtomicI64,
+    sessions_removed_unclean: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a completed handshake.
+    pub fn handshake(&self, kind: Option<HandshakeKind>, version: Option<ProtocolVersion>) {
+        let k = usize::from(kind == Some(HandshakeKind::Resumed));
+        let v = usize::from(version == Some(ProtocolVersion::TLSv1_3));
+        self.handshakes[k][v].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed handshake.
+    pub fn failure(&self, reason: Failure) {
+        self.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an accepted connection, now open.
+    pub fn connection_opened(&self) {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that closed.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed at accept because the server was at its limit.
+    pub fn connection_rejected(&self) {
+        self.connections_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that ended without a clean shutdown after its handshake.
+    pub fn unclean_shutdown(&self) {
+        self.sessions_removed_unclean
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of these metrics and the cache's statistics.
+    pub fn render(&self, cache: &Stats) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let plain = |v: u64| vec![(String::new(), v)];
+        family(
+            "reprise_cache_sessions",
+            "gauge",
+            "Sessions in the cache (number).",
+            &plain(cache.number),
+        );
+        let cache_counters = [
+            ("accept", cache.accept, "Handshakes started (accept)."),
+            (
+                "accept_good",
+                cache.accept_good,
+                "Handshakes completed (accept_good).",
+            ),
+            ("hits", cache.hits, "Sessions found and resumed (hits)."),
+            (
+                "misses",
+                cache.misses,
+                "Internal lookups that found nothing (misses).",
+            ),
+            (
+                "cb_hits",
+                cache.cb_hits,
+                "Sessions the external cache supplied (cb_hits).",
+            ),
+            (
+                "timeouts",
+                cache.timeouts,
+                "Sessions found expired (timeouts).",
+            ),
+            (
+                "cache_full",
+                cache.cache_full,
+                "Sessions evicted because the cache was full (cache_full).",
+            ),
+            (
+                "rejected_keys",
+                cache.rejected_keys,
+                "Lookups with malformed session ids.",
+            ),
+        ];
+        for (name, value, help) in cache_counters {
+            family(
+                &format!("reprise_cache_{name}_total"),
+                "counter",
+                help,
+                &plain(value),
+            );
+        }
+        let mut handshakes = Vec::new();
+        for (k, kind) in ["full", "resumed"].iter().enumerate() {
+            for (v, version) in ["TLSv1.2", "TLSv1.3"].iter().enumerate() {
+                let value = self.handshakes[k][v].load(Ordering::Relaxed);
+                handshakes.push((format!("{{kind=\"{kind}\",version=\"{version}\"}}"), value));
+            }
+        }
+        family(
+            "reprise_handshakes_total",
+            "counter",
+            "Completed handshakes, by kind and version.",
+            &handshakes,
+        );
+        let failures: Vec<(String, u64)> = Failure::ALL
+            .iter()
+            .map(|f| {
+                (
+                    format!("{{reason=\"{}\"}}", f.as_str()),
+                    self.failures[f.index()].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        family(
+            "reprise_handshake_failures_total",
+            "counter",
+            "Failed handshakes, by reason.",
+            &failures,
+        );
+        family(
+            "reprise_connections_total",
+            "counter",
+            "Connections accepted.",
+            &plain(self.connections_total.load(Ordering::Relaxed)),
+        );
+        family(
+            "reprise_connections_rejected_total",
+            "counter",
+            "Connections closed at accept because max-connections were open.",
+            &plain(self.connections_rejected.load(Ordering::Relaxed)),
+        );
+        family(
+            "reprise_connections_open",
+            "gauge",
+            "Connections open now.",
+            &plain(self.connections_open.load(Ordering::Relaxed).max(0) as u64),
+        );
+        family(
+            "reprise_unclean_shutdowns_total",
+            "counter",
+            "Connections that ended without close_notify after their handshake (their sessions were removed).",
+            &plain(self.sessions_removed_unclean.load(Ordering::Relaxed)),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_once() {
+        let m = Metrics::default();
+        m.handshake(Some(HandshakeKind::Resumed), Some(ProtocolVersion::TLSv1_3));
+        m.handshake(Some(HandshakeKind::Full), Some(ProtocolVersion::TLSv1_2));
+        m.failure(Failure::Timeout);
+        let text = m.render(&Stats::default());
+        assert!(text.contains("reprise_handshakes_total{kind=\"resumed\",version=\"TLSv1.3\"} 1"));
+        assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.2\"} 1"));
+        assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.3\"} 0"));
+        assert!(text.contains("reprise_handshake_failures_total{reason=\"timeout\"} 1"));
+        assert!(text.contains("reprise_cache_hits_total 0"));
+        assert_eq!(
+            text.matches("# TYPE reprise_handshakes_total counter")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn classifies_io_errors() {
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(Failure::of(&eof), Failure::Eof);
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::NoCertificatesPresented,
+        );
+        assert_eq!(Failure::of(&tls), Failure::ClientCertificate);
+    }
+}

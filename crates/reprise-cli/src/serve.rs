@@ -1,0 +1,401 @@
+//! `reprise serve`: listeners, the per-connection task (handshake through the cache, then the
+//! built-in responder or the proxy to `--upstream`), the metrics endpoint and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::cli::ServeArgs;
+use crate::config::Settings;
+use crate::http::{self, Ending};
+use crate::metrics::{Failure, Metrics};
+use crate::startup;
+use crate::tls::{self, ServerTls};
+
+/// How long a connection to the upstream may take.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection task shares.
+struct Shared {
+    settings: Settings,
+    tls: ServerTls,
+    acceptor: TlsAcceptor,
+    metrics: Metrics,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Runs the terminator until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args).map_err(startup)?;
+    let tls = tls::build(&settings).map_err(startup)?;
+    if let Some(upstream) = &settings.upstream {
+        check_host_port(upstream).map_err(startup)?;
+    }
+    let mut listeners = Vec::new();
+    for addr in &settings.listen {
+        listeners.push(bind(addr).await.map_err(startup)?);
+    }
+    let metrics_listener = match &settings.metrics_listen {
+        Some(addr) => Some(bind(addr).await.map_err(startup)?),
+        None => None,
+    };
+
+    if tls.self_signed {
+        info!(sha256 = %tls.fingerprint, "generated a self-signed certificate for localhost");
+    } else {
+        info!(sha256 = %tls.fingerprint, "loaded the certificate");
+    }
+    for l in &listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!(%addr, "listening");
+        }
+    }
+    info!(
+        sid_ctx = %short_hex(tls.store.sid_ctx().as_bytes()),
+        mode = %settings.cache_mode,
+        size = settings.cache_size,
+        timeout = settings.cache_timeout,
+        "session cache ready"
+    );
+
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(tls.config.clone()),
+        tls,
+        metrics: Metrics::default(),
+        permits: Arc::new(Semaphore::new(settings.max_connections)),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        settings,
+    });
+
+    let mut loops = Vec::new();
+    for listener in listeners {
+        loops.push(tokio::spawn(accept_loop(shared.clone(), listener)));
+    }
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "metrics at /metrics, health at /healthz");
+        }
+        loops.push(tokio::spawn(metrics_loop(shared.clone(), listener)));
+    }
+
+    wait_for_signal().await?;
+    info!("shutting down: no new connections");
+    shared.shutdown.cancel();
+    for l in loops {
+        let _ = l.await;
+    }
+    shared.tasks.close();
+    let open = shared.tasks.len();
+    if open > 0 {
+        info!(open, "waiting for open connections");
+    }
+    if tokio::time::timeout(shared.settings.shutdown_timeout, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = shared.tasks.len(),
+            "shutdown deadline passed; closing the rest"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+/// Checks that an upstream is `HOST:PORT`.
+fn check_host_port(upstream: &str) -> anyhow::Result<()> {
+    let port = upstream
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()))
+        .filter(|(host, port)| !host.is_empty() && port.is_ok());
+    match port {
+        Some(_) => Ok(()),
+        None => anyhow::bail!("upstream {upstream:?}: expected HOST:PORT"),
+    }
+}
+
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve listen address {addr:?}"))?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(anyhow::anyhow!("cannot listen on {a}: {e}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("listen address {addr:?} resolves to nothing")))
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+                    shared.metrics.connection_rejected();
+                    debug!(%peer, "max-connections reached: connection closed");
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                shared
+                    .tasks
+                    .spawn(connection(shared.clone(), tcp, peer, permit));
+            }
+            Err(e) => {
+                // Out of file descriptors, say: back off a little instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Counts a connection open for as long as it lives.
+struct Open<'a>(&'a Metrics);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    shared.metrics.connection_opened();
+    let _open = Open(&shared.metrics);
+    let sessions = shared.tls.store.connection();
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(
+            shared.settings.handshake_timeout,
+            sessions.instrument(shared.acceptor.accept(tcp)),
+        ) => r,
+        _ = shared.shutdown.cancelled() => return,
+    };
+    let mut stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            let reason = Failure::of(&e);
+            shared.metrics.failure(reason);
+            warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.failure(Failure::Timeout);
+            warn!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
+            return;
+        }
+    };
+    let (kind, version, suite) = {
+        let (_, conn) = stream.get_ref();
+        (
+            conn.handshake_kind(),
+            conn.protocol_version(),
+            conn.negotiated_cipher_suite(),
+        )
+    };
+    sessions.handshake_completed(kind);
+    shared.metrics.handshake(kind, version);
+    let resumed = kind == Some(rustls::HandshakeKind::Resumed);
+    debug!(%peer, ?version, resumed, "handshake completed");
+
+    let ending = match &shared.settings.upstream {
+        None => {
+            let body = format!(
+                "protocol: {}\ncipher: {}\nresumed: {}\n",
+                version_name(version),
+                suite.map_or_else(|| "unknown".to_owned(), |s| format!("{:?}", s.suite())),
+                if resumed { "yes" } else { "no" },
+            );
+            http::respond(
+                &mut stream,
+                &body,
+                shared.settings.idle_timeout,
+                &shared.shutdown,
+            )
+            .await
+        }
+        Some(upstream) => proxy(&shared, stream, upstream, peer).await,
+    };
+    match ending {
+        Ending::Clean => sessions.closed_cleanly(),
+        // Dropping `sessions` now removes the connection's sessions, as the seeds require.
+        Ending::Unclean => shared.metrics.unclean_shutdown(),
+    }
+}
+
+/// The first bytes of a value in hex, enough to compare contexts in logs.
+fn short_hex(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    if bytes.len() > 8 {
+        hex + "…"
+    } else {
+        hex
+    }
+}
+
+fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
+    match version {
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        _ => "unknown",
+    }
+}
+
+/// Proxies a decrypted connection to the upstream in both directions, passing half-closes on.
+async fn proxy(
+    shared: &Shared,
+    mut tls: TlsStream<TcpStream>,
+    upstream: &str,
+    peer: SocketAddr,
+) -> Ending {
+    let connected =
+        tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await;
+    let up = match connected {
+        Ok(Ok(up)) => up,
+        Ok(Err(e)) => {
+            warn!(%peer, %upstream, error = %e, "upstream connect failed");
+            return close(&mut tls).await;
+        }
+        Err(_) => {
+            warn!(%peer, %upstream, "upstream connect timed out");
+            return close(&mut tls).await;
+        }
+    };
+    let _ = up.set_nodelay(true);
+    let last_activity = AtomicU64::new(0);
+    let started = Instant::now();
+    let (mut client_read, mut client_write) = tokio::io::split(tls);
+    let (mut up_read, mut up_write) = up.into_split();
+    let to_upstream = async {
+        // Ok: the client's close_notify; Err: its connection ended without one.
+        let r = pump(&mut client_read, &mut up_write, &last_activity, started).await;
+        let _ = up_write.shutdown().await;
+        r.is_ok()
+    };
+    let to_client = async {
+        let _ = pump(&mut up_read, &mut client_write, &last_activity, started).await;
+        // The upstream is done: send close_notify.
+        client_write.shutdown().await.is_ok()
+    };
+    let idle = shared.settings.idle_timeout;
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
+            let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+            if started.elapsed().saturating_sub(last) >= idle {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        (peer_closed, we_closed) = async { tokio::join!(to_upstream, to_client) } => {
+            if peer_closed || we_closed { Ending::Clean } else { Ending::Unclean }
+        }
+        _ = watchdog => {
+            debug!(%peer, "idle: closing");
+            let mut tls = client_read.unsplit(client_write);
+            close(&mut tls).await
+        }
+        _ = shared.shutdown.cancelled() => {
+            let mut tls = client_read.unsplit(client_write);
+            close(&mut tls).await
+        }
+    }
+}
+
+/// Copies until EOF, noting the time of every transfer.
+async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    r: &mut R,
+    w: &mut W,
+    last_activity: &AtomicU64,
+    started: Instant,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+        last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Sends close_notify and closes.
+async fn close<S: AsyncWrite + Unpin>(stream: &mut S) -> Ending {
+    match stream.shutdown().await {
+        Ok(()) => Ending::Clean,
+        Err(_) => Ending::Unclean,
+    }
+}
+
+async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut tcp, _)) = accepted else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(
+                Duration::from_secs(5),
+                http::read_request(&mut tcp, &mut buf),
+            )
+            .await;
+            let (status, body) = match read {
+                Ok(Ok(req)) if req.path == "/metrics" => {
+                    ("200 OK", shared.metrics.render(&shared.tls.cache.stats()))
+                }
+                Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),
+                Ok(Ok(_)) => ("404 Not Found", "not found\n".to_owned()),
+                _ => return,
+            };
+            let _ = http::write_response(
+                &mut tcp,
+                status,
+                "text/plain; version=0.0.4",
+                body.as_bytes(),
+                false,
+                false,
+            )
+            .await;
+            let _ = tcp.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,177 @@
+//! TLS material for `reprise serve`: certificates and keys from PEM files or a generated
+//! self-signed certificate, the client-certificate verifier, the session-id context, and the
+//! rustls server configuration wired to the Reprise cache.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use reprise::{SessionCache, SidCtx};
+use reprise_rustls::{derive_sid_ctx, ClientAuth, ServerStore};
+use ring::digest;
+use rustls::crypto::ring::default_provider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+use crate::cli::{ClientAuthMode, TicketMode, TlsVersion};
+use crate::config::Settings;
+
+/// The server's TLS state: its rustls configuration and the cache behind it.
+pub struct ServerTls {
+    /// The rustls configuration every connection uses.
+    pub config: Arc<ServerConfig>,
+    /// The session store the configuration uses.
+    pub store: ServerStore,
+    /// The cache behind the store.
+    pub cache: Arc<SessionCache>,
+    /// The SHA-256 fingerprint of the leaf certificate, as colon-separated hex.
+    pub fingerprint: String,
+    /// Whether the certificate was generated at start.
+    pub self_signed: bool,
+}
+
+/// Reads a PEM certificate chain; the first certificate is the leaf.
+pub fn load_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read certificate file {}", path.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("certificate file {}: {e}", path.display()))?;
+    if chain.is_empty() {
+        bail!(
+            "certificate file {}: no PEM certificate in it",
+            path.display()
+        );
+    }
+    Ok(chain)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "key file {}: no usable PEM private key ({e})",
+            path.display()
+        )
+    })
+}
+
+/// A self-signed ECDSA P-256 certificate for localhost, 127.0.0.1 and ::1.
+pub fn self_signed() -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let generated = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed certificate")?;
+    let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("generated key: {e}"))?;
+    Ok((vec![generated.cert.der().clone()], key))
+}
+
+/// The SHA-256 fingerprint of a certificate, as `AB:CD:…`.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let hash = digest::digest(&digest::SHA256, cert);
+    hash.as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Builds the server's TLS configuration and its cache from the settings.
+pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
+    let (chain, key, self_signed) = match &settings.cert_key {
+        Some((cert, key)) => (load_chain(cert)?, load_key(key)?, false),
+        None => {
+            let (chain, key) = self_signed()?;
+            (chain, key, true)
+        }
+    };
+    let fingerprint = fingerprint(&chain[0]);
+
+    let provider = Arc::new(default_provider());
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
+        .tls_versions
+        .iter()
+        .map(|v| match v {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        })
+        .collect();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .context("TLS versions")?;
+
+    // The client-certificate policy and its CA bundle are part of the security context.
+    let (builder, client_auth, ca_bytes) = match &settings.client_auth {
+        None => (builder.with_no_client_auth(), ClientAuth::None, Vec::new()),
+        Some((ca_path, mode)) => {
+            let cas = load_chain(ca_path).with_context(|| "client CA".to_owned())?;
+            let mut roots = RootCertStore::empty();
+            for ca in &cas {
+                roots
+                    .add(ca.clone())
+                    .map_err(|e| anyhow::anyhow!("client CA file {}: {e}", ca_path.display()))?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let (verifier, auth) = match mode {
+                ClientAuthMode::Required => (verifier, ClientAuth::Required),
+                ClientAuthMode::Optional => {
+                    (verifier.allow_unauthenticated(), ClientAuth::Optional)
+                }
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| anyhow::anyhow!("client CA file {}: {e}", ca_path.display()))?;
+            let ca_bytes: Vec<u8> = cas.iter().flat_map(|c| c.as_ref().to_vec()).collect();
+            (builder.with_client_cert_verifier(verifier), auth, ca_bytes)
+        }
+    };
+
+    let sid_ctx = match &settings.sid_ctx {
+        Some(text) => SidCtx::new(text.as_bytes()).map_err(|e| anyhow::anyhow!("sid-ctx: {e}"))?,
+        None => derive_sid_ctx(&chain, client_auth, &ca_bytes),
+    };
+
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        anyhow::anyhow!("certificate and key: {e} (does the key belong to the certificate?)")
+    })?;
+    config.alpn_protocols = settings
+        .alpn
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+
+    let cache = Arc::new(
+        SessionCache::builder()
+            .mode(settings.cache_mode)
+            .size_limit(settings.cache_size)
+            .timeout_secs(settings.cache_timeout)
+            .build(),
+    );
+    let store = ServerStore::new(cache.clone(), sid_ctx, client_auth)
+        .map_err(|e| anyhow::anyhow!("sid-ctx: {e}"))?;
+    config.session_storage = Arc::new(store.clone());
+    match settings.tickets {
+        TicketMode::Stateful => config.send_tls13_tickets = settings.tls13_tickets,
+        TicketMode::Stateless => {
+            config.ticketer = rustls::crypto::ring::Ticketer::new().context("ticket keys")?;
+            config.send_tls13_tickets = settings.tls13_tickets;
+        }
+        TicketMode::Off => config.send_tls13_tickets = 0,
+    }
+    Ok(ServerTls {
+        config: Arc::new(config),
+        store,
+        cache,
+        fingerprint,
+        self_signed,
+    })
+}

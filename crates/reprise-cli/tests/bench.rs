@@ -1,0 +1,248 @@
+//! Black-box tests of `reprise bench`: the real binary against a real `reprise serve` on a free
+//! loopback port.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use common::{free_port, reprise, Server};
+use serde_json::Value;
+
+/// Writes a file into a temporary directory; its path.
+fn write(dir: &tempfile::TempDir, name: &str, contents: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn bench(args: &[&str]) -> Output {
+    reprise()
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs `bench --json` with `args` and returns its one JSON object, checking that stdout holds
+/// nothing else.
+fn bench_json(args: &[&str]) -> (Output, Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = bench(&all);
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "stdout: {stdout}");
+    let value: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(value.is_object(), "{stdout}");
+    (out, value)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn count(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {report}"))
+}
+
+/// 20 connections over 4 workers against `server`, with `--insecure`.
+fn run_20(server: &Server, tls: &str, mode: &str) -> Value {
+    let addr = server.connect_arg();
+    let (out, report) = bench_json(&[
+        "--connect",
+        &addr,
+        "--server-name",
+        "localhost",
+        "--insecure",
+        "--tls",
+        tls,
+        "--mode",
+        mode,
+        "--connections",
+        "20",
+        "--concurrency",
+        "4",
+    ]);
+    assert!(out.status.success(), "{report}\n{}", stderr(&out));
+    assert_eq!(report["tls"], tls);
+    assert_eq!(report["mode"], mode);
+    assert_eq!(count(&report, "concurrency"), 4);
+    assert_eq!(count(&report, "handshakes"), 20, "{report}");
+    assert_eq!(count(&report, "failures"), 0, "{report}");
+    assert_eq!(count(&report, "unclean_closes"), 0, "{report}");
+    for key in ["p50", "p90", "p99", "max"] {
+        assert!(
+            report["latency_ms"][key]
+                .as_f64()
+                .is_some_and(|ms| ms > 0.0),
+            "{key}: {report}"
+        );
+    }
+    let (p50, max) = (&report["latency_ms"]["p50"], &report["latency_ms"]["max"]);
+    assert!(p50.as_f64() <= max.as_f64(), "{report}");
+    assert!(report["elapsed_secs"].as_f64().is_some_and(|s| s > 0.0));
+    assert!(report["handshakes_per_sec"]
+        .as_f64()
+        .is_some_and(|r| r > 0.0));
+    report
+}
+
+#[test]
+fn resume_mode_resumes_all_but_each_workers_first_handshake() {
+    let server = Server::start(&[]);
+    // TLS 1.2 resumes by session id, TLS 1.3 by (single-use, stateful) ticket.
+    for tls in ["1.2", "1.3"] {
+        let report = run_20(&server, tls, "resume");
+        assert_eq!(count(&report, "resumed"), 20 - 4, "TLS {tls}: {report}");
+        assert_eq!(report["resumed_share"].as_f64(), Some(0.8), "{report}");
+    }
+}
+
+#[test]
+fn resume_mode_resumes_with_stateless_tickets() {
+    let server = Server::start(&["--tickets", "stateless"]);
+    let report = run_20(&server, "1.3", "resume");
+    assert_eq!(count(&report, "resumed"), 20 - 4, "{report}");
+}
+
+#[test]
+fn full_mode_never_resumes() {
+    let server = Server::start(&[]);
+    for tls in ["1.2", "1.3"] {
+        let report = run_20(&server, tls, "full");
+        assert_eq!(count(&report, "resumed"), 0, "TLS {tls}: {report}");
+        assert_eq!(report["resumed_share"].as_f64(), Some(0.0), "{report}");
+    }
+}
+
+#[test]
+fn human_output_is_a_table() {
+    let server = Server::start(&[]);
+    let addr = server.connect_arg();
+    let out = bench(&[
+        "--connect",
+        &addr,
+        "--server-name",
+        "localhost",
+        "--insecure",
+        "--connections",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "connections",
+        "failures",
+        "elapsed",
+        "handshakes/s",
+        "resumed",
+        "latency p50",
+        "latency p90",
+        "latency p99",
+        "latency max",
+    ] {
+        assert!(text.contains(word), "{word}: {text}");
+    }
+    // 3 connections, 1 worker: the first is full, the others resume.
+    assert!(text.contains("66.7 % (2)"), "{text}");
+}
+
+#[test]
+fn ca_bundle_verifies_the_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = write(&dir, "cert.pem", &generated.cert.pem());
+    let key = write(&dir, "key.pem", &generated.signing_key.serialize_pem());
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other = write(&dir, "other.pem", &other.cert.pem());
+    let server = Server::start(&["--cert", &cert, "--key", &key]);
+    let addr = server.connect_arg();
+    let args = |ca: &str| {
+        vec![
+            "--connect".to_owned(),
+            addr.clone(),
+            "--server-name".to_owned(),
+            "localhost".to_owned(),
+            "--ca".to_owned(),
+            ca.to_owned(),
+            "--connections".to_owned(),
+            "4".to_owned(),
+        ]
+    };
+
+    let trusted = args(&cert);
+    let (out, report) = bench_json(&trusted.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{report}\n{}", stderr(&out));
+    assert_eq!(count(&report, "handshakes"), 4, "{report}");
+
+    // Another CA: every handshake fails on the certificate, and the run fails.
+    let untrusted = args(&other);
+    let (out, report) = bench_json(&untrusted.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(count(&report, "handshakes"), 0, "{report}");
+    assert_eq!(count(&report, "failures"), 4, "{report}");
+    let err = stderr(&out);
+    assert!(err.contains("invalid peer certificate"), "{err}");
+}
+
+#[test]
+fn nothing_listening_counts_failures_and_exits_1() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (out, report) = bench_json(&[
+        "--connect",
+        &addr,
+        "--insecure",
+        "--connections",
+        "5",
+        "--concurrency",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(count(&report, "handshakes"), 0, "{report}");
+    assert_eq!(count(&report, "failures"), 5, "{report}");
+    assert_eq!(
+        report["failure_reasons"]["connect: connection refused"].as_u64(),
+        Some(5),
+        "{report}"
+    );
+    assert!(report["latency_ms"].is_null(), "{report}");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("connection refused"), "{err}");
+}
+
+/// Runs `bench` with `args` and checks it fails at start: exit code 2, one line on stderr,
+/// nothing on stdout. Returns the line.
+fn startup_error(args: &[&str]) -> String {
+    let out = bench(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    assert!(out.stdout.is_empty(), "{args:?}");
+    err
+}
+
+#[test]
+fn bad_flags_are_startup_errors() {
+    // Nothing needs to listen: these fail before connecting.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let err = startup_error(&["--connect", &addr]);
+    assert!(err.contains("give --ca FILE or --insecure"), "{err}");
+
+    let missing = Path::new("/nonexistent/reprise-ca.pem").to_str().unwrap();
+    let err = startup_error(&["--connect", &addr, "--ca", missing]);
+    assert!(err.contains("cannot read CA file"), "{err}");
+
+    let err = startup_error(&["--connect", &addr, "--insecure", "--concurrency", "0"]);
+    assert!(err.contains("--concurrency"), "{err}");
+
+    let err = startup_error(&["--connect", &addr, "--insecure", "--duration=0"]);
+    assert!(err.contains("--duration"), "{err}");
+
+    let err = startup_error(&["--connect", "no-port-here", "--insecure"]);
+    assert!(err.contains("cannot resolve"), "{err}");
+}

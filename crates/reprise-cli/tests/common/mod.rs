@@ -1,0 +1,283 @@
+//! Black-box test harness: runs the real `reprise` binary on free loopback ports, real
+//! `openssl s_client` against it, and a test PKI written to PEM files.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PKCS_RSA_SHA256};
+
+/// The `reprise` binary under test.
+pub fn reprise() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_reprise"))
+}
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `reprise serve`, killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `reprise serve --listen 127.0.0.1:<free> <args>` with metrics on another free port,
+    /// and waits (at most 20 s) until both accept connections.
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_with(args, true)
+    }
+
+    pub fn start_with(args: &[&str], with_metrics: bool) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr_path = dir.path().join("stderr.log");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: Option<SocketAddr> =
+            with_metrics.then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let mut cmd = reprise();
+        cmd.arg("serve").arg("--listen").arg(addr.to_string());
+        if let Some(m) = metrics {
+            cmd.arg("--metrics-listen").arg(m.to_string());
+        }
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        let child = cmd.spawn().unwrap();
+        let mut server = Server {
+            child: Some(child),
+            addr,
+            metrics,
+            stderr_path,
+            _dir: dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let targets: Vec<SocketAddr> = std::iter::once(self.addr).chain(self.metrics).collect();
+        for target in targets {
+            loop {
+                if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("reprise serve exited with {status}: {}", self.stderr());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "reprise serve did not start: {}",
+                    self.stderr()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// `host:port` for s_client.
+    pub fn connect_arg(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The metrics page.
+    pub fn metrics_text(&self) -> String {
+        http_get(self.metrics.expect("started with metrics"), "/metrics")
+    }
+
+    /// One metric's value (the sample whose name and labels start with `prefix`).
+    pub fn metric(&self, prefix: &str) -> u64 {
+        let text = self.metrics_text();
+        text.lines()
+            .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {prefix} in:\n{text}"))
+    }
+
+    /// Sends SIGTERM and waits (at most 20 s) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reprise serve did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain HTTP GET over TCP; the whole response.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Runs `openssl s_client` with `args`, feeding `stdin`, with a 20 s limit.
+pub fn s_client(args: &[&str], stdin: &[u8]) -> String {
+    let mut child = Command::new("timeout")
+        .arg("20")
+        .arg("openssl")
+        .arg("s_client")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out: Output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The `New`/`Reused` words of every session line s_client printed.
+pub fn reuse_words(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let word = l.split(',').next()?;
+            (word == "New" || word == "Reused").then(|| word.to_owned())
+        })
+        .collect()
+}
+
+/// One HTTP/1.0 request through s_client (so TLS 1.3 tickets arrive before it exits), optionally
+/// saving or reusing a session file; the `New`/`Reused` word.
+pub fn request(server: &Server, extra: &[&str]) -> String {
+    let addr = server.connect_arg();
+    let mut args = vec![
+        "-connect",
+        addr.as_str(),
+        "-servername",
+        "localhost",
+        "-ign_eof",
+    ];
+    args.extend_from_slice(extra);
+    let out = s_client(&args, b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let words = reuse_words(&out);
+    assert_eq!(words.len(), 1, "{out}");
+    assert!(out.contains("HTTP/1.1 200 OK"), "{out}");
+    words[0].clone()
+}
+
+/// A CA, a server certificate for localhost, and a client certificate, written as PEM files.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// ECDSA P-256 keys throughout.
+    pub fn new() -> Pki {
+        Self::with_server_key(KeyPair::generate().unwrap())
+    }
+
+    /// ring cannot generate RSA keys: openssl makes one, rcgen signs with it.
+    pub fn with_rsa_server() -> Pki {
+        let out = Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let pem = String::from_utf8(out.stdout).unwrap();
+        Self::with_server_key(KeyPair::from_pem_and_sign_algo(&pem, &PKCS_RSA_SHA256).unwrap())
+    }
+
+    pub fn with_ed25519_server() -> Pki {
+        Self::with_server_key(KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap())
+    }
+
+    fn with_server_key(server_key: KeyPair) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Reprise test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "client");
+        let client = client_params.signed_by(&client_key, &issuer).unwrap();
+
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", ca.pem());
+        write("server.pem", server.pem() + &ca.pem());
+        write("server.key", server_key.serialize_pem());
+        write("client.pem", client.pem());
+        write("client.key", client_key.serialize_pem());
+        let other_key = KeyPair::generate().unwrap();
+        write("other.key", other_key.serialize_pem());
+        Pki { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+}
+
+/// A path inside `dir`, as a string.
+pub fn path_in(dir: &Path, name: &str) -> String {
+    dir.join(name).to_string_lossy().into_owned()
+}
