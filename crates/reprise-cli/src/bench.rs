@@ -8,9 +8,8 @@
 //! run out of ephemeral ports at a few hundred connections per second against a remote server).
 //!
 //! Latency is measured from the start of the TCP connect to the completion of the handshake as
-//! the client sees it. It is recorded in a shared log-linear histogram ([`Histogram`]): memory
-//! stays fixed however long the run, and percentiles are exact below 1.024 ms and within 0.2 %
-//! above; the maximum is exact.
+//! the client sees it. Each worker records it in an HdrHistogram (microseconds, three
+//! significant digits), merged at the end: memory stays fixed however long the run.
 //!
 //! In `--mode full` every worker shares one client configuration with resumption disabled. In
 //! `--mode resume` every worker has its own configuration and in-memory session store, so it
@@ -22,11 +21,12 @@ use std::future::Future;
 use std::io::{self, IsTerminal};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
@@ -297,116 +297,11 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// Handshake latencies in microseconds, in log-linear buckets (as HdrHistogram does): values
-/// below 1024 have a bucket each; above, each power of two is split into 512 buckets, so a
-/// bucket is at most 1/512 of its values wide. 12,288 counters cover all of `u32`; recording
-/// is one atomic increment, so all workers share one histogram.
-pub struct Histogram {
-    buckets: Box<[AtomicU64]>,
-    max: AtomicU32,
-}
-
-/// Values below this have a bucket each.
-const LINEAR: u32 = 1024;
-/// Buckets per power of two above [`LINEAR`].
-const SUB_BUCKETS: u32 = 512;
-/// Buckets in a [`Histogram`].
-const BUCKETS: usize = (LINEAR + 22 * SUB_BUCKETS) as usize;
-
-impl Histogram {
-    /// An empty histogram.
-    pub fn new() -> Self {
-        Histogram {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            max: AtomicU32::new(0),
-        }
-    }
-
-    /// The bucket of a value.
-    fn index(value: u32) -> usize {
-        if value < LINEAR {
-            return value as usize;
-        }
-        // 32 - leading_zeros is the bit length, at least 11 here; keep the top 10 bits.
-        let shift = 32 - value.leading_zeros() - 10;
-        let top = value >> shift; // in [512, 1024)
-        (LINEAR + (shift - 1) * SUB_BUCKETS + (top - SUB_BUCKETS)) as usize
-    }
-
-    /// The largest value in a bucket.
-    fn upper_bound(index: usize) -> u32 {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        if index < LINEAR {
-            return index;
-        }
-        let shift = (index - LINEAR) / SUB_BUCKETS + 1;
-        let top = (index - LINEAR) % SUB_BUCKETS + SUB_BUCKETS;
-        let next = (u64::from(top) + 1) << shift;
-        u32::try_from(next - 1).unwrap_or(u32::MAX)
-    }
-
-    /// Records a value.
-    pub fn record(&self, value: u32) {
-        if let Some(bucket) = self.buckets.get(Self::index(value)) {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-        self.max.fetch_max(value, Ordering::Relaxed);
-    }
-
-    /// The values recorded so far, with their percentiles.
-    pub fn summary(&self) -> Summary {
-        Summary {
-            counts: self
-                .buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
-            max: self.max.load(Ordering::Relaxed),
-        }
-    }
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram::new()
-    }
-}
-
-/// A snapshot of a [`Histogram`].
-pub struct Summary {
-    counts: Vec<u64>,
-    max: u32,
-}
-
-impl Summary {
-    /// How many values were recorded.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// The largest value recorded, if any was.
-    pub fn max(&self) -> Option<u32> {
-        (self.count() > 0).then_some(self.max)
-    }
-
-    /// The nearest-rank percentile `p` (0 < p ≤ 100): the smallest recorded value that at
-    /// least `p` % of the values do not exceed, rounded up to its bucket's largest value (and
-    /// never above the maximum).
-    pub fn percentile(&self, p: f64) -> Option<u32> {
-        let n = self.count();
-        if n == 0 {
-            return None;
-        }
-        // The rank is in 1..=n; the float is exact enough for any count a run can reach.
-        let rank = ((p / 100.0 * n as f64).ceil() as u64).clamp(1, n);
-        let mut seen = 0u64;
-        for (index, count) in self.counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(Histogram::upper_bound(index).min(self.max));
-            }
-        }
-        Some(self.max)
+/// Latencies in microseconds, up to an hour, to three significant digits.
+fn new_histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 3_600_000_000, 3) {
+        Ok(h) => h,
+        Err(_) => unreachable!("the bounds are constant and valid"),
     }
 }
 
@@ -423,7 +318,6 @@ struct Shared {
     resumed: AtomicU64,
     failures: AtomicU64,
     unclean_closes: AtomicU64,
-    latency: Histogram,
     reasons: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -438,9 +332,7 @@ impl Shared {
         }
     }
 
-    fn record(&self, done: Done) {
-        let micros = u32::try_from(done.latency.as_micros()).unwrap_or(u32::MAX);
-        self.latency.record(micros);
+    fn record(&self, done: &Done) {
         if done.resumed {
             self.resumed.fetch_add(1, Ordering::Relaxed);
         }
@@ -479,7 +371,7 @@ struct Outcome {
     resumed: u64,
     failures: u64,
     unclean_closes: u64,
-    latency: Summary,
+    latency: Histogram<u64>,
     reasons: BTreeMap<String, u64>,
 }
 
@@ -500,7 +392,6 @@ async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
         resumed: AtomicU64::new(0),
         failures: AtomicU64::new(0),
         unclean_closes: AtomicU64::new(0),
-        latency: Histogram::new(),
         reasons: Mutex::new(BTreeMap::new()),
     });
     let progress = (!plan.json && io::stderr().is_terminal())
@@ -513,9 +404,12 @@ async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
         workers.push(tokio::spawn(worker(shared.clone(), connector)));
     }
     let mut joined = Ok(());
+    let mut latency = new_histogram();
     for w in workers {
-        if let Err(e) = w.await {
-            joined = Err(anyhow::anyhow!("a worker failed: {e}"));
+        match w.await {
+            // Both histograms have the same bounds, so adding cannot fail.
+            Ok(h) => drop(latency.add(&h)),
+            Err(e) => joined = Err(anyhow::anyhow!("a worker failed: {e}")),
         }
     }
     let elapsed = start.elapsed();
@@ -537,14 +431,16 @@ async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
         resumed: shared.resumed.load(Ordering::Relaxed),
         failures: shared.failures.load(Ordering::Relaxed),
         unclean_closes: shared.unclean_closes.load(Ordering::Relaxed),
-        latency: shared.latency.summary(),
+        latency,
         reasons,
     })
 }
 
 /// One worker: one connection at a time until the stopping rule says so. Each attempt is
 /// bounded by its timeouts, and a `--duration` run abandons the attempt in flight at the end.
-async fn worker(shared: Arc<Shared>, connector: TlsConnector) {
+/// Returns the worker's latencies, in microseconds.
+async fn worker(shared: Arc<Shared>, connector: TlsConnector) -> Histogram<u64> {
+    let mut latency = new_histogram();
     let deadline = shared.deadline;
     let stop = async move {
         match deadline {
@@ -560,7 +456,11 @@ async fn worker(shared: Arc<Shared>, connector: TlsConnector) {
             o = attempt(&shared, &connector) => o,
         };
         match outcome {
-            Ok(done) => shared.record(done),
+            Ok(done) => {
+                let micros = u64::try_from(done.latency.as_micros()).unwrap_or(u64::MAX);
+                latency.saturating_record(micros.max(1));
+                shared.record(&done);
+            }
             Err(reason) => {
                 tracing::debug!(%reason, "connection failed");
                 shared.fail(reason);
@@ -572,6 +472,7 @@ async fn worker(shared: Arc<Shared>, connector: TlsConnector) {
             }
         }
     }
+    latency
 }
 
 /// One connection: connect, handshake, close. A failure is returned as a short reason.
@@ -745,17 +646,14 @@ pub struct Latency {
 
 impl Report {
     fn new(plan: &Plan, outcome: &Outcome) -> Self {
-        let ms = |micros: Option<u32>| micros.map(|us| f64::from(us) / 1000.0);
-        let summary = &outcome.latency;
-        let latency = match (
-            ms(summary.percentile(50.0)),
-            ms(summary.percentile(90.0)),
-            ms(summary.percentile(99.0)),
-            ms(summary.max()),
-        ) {
-            (Some(p50), Some(p90), Some(p99), Some(max)) => Some(Latency { p50, p90, p99, max }),
-            _ => None,
-        };
+        let h = &outcome.latency;
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let latency = (!h.is_empty()).then(|| Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        });
         let secs = outcome.elapsed.as_secs_f64();
         Report {
             connect: plan.target.clone(),
@@ -858,62 +756,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_monotonic_and_tight() {
-        let mut last = 0;
-        for value in (0..5000u32).chain([1 << 20, (1 << 20) + 1, u32::MAX - 1, u32::MAX]) {
-            let index = Histogram::index(value);
-            assert!(index < BUCKETS, "{value}");
-            assert!(index >= last, "{value}");
-            last = index;
-            let upper = Histogram::upper_bound(index);
-            assert!(upper >= value, "{value}: {upper}");
-            // A bucket is at most 1/512 of its values wide.
-            assert!(
-                u64::from(upper - value) * 512 <= u64::from(value).max(1),
-                "{value}: {upper}"
-            );
-        }
-        assert_eq!(Histogram::index(u32::MAX), BUCKETS - 1);
-        assert_eq!(Histogram::upper_bound(BUCKETS - 1), u32::MAX);
-        for index in 0..BUCKETS - 1 {
-            // Consecutive buckets tile the values.
-            let upper = Histogram::upper_bound(index);
-            assert_eq!(Histogram::index(upper), index);
-            assert_eq!(Histogram::index(upper + 1), index + 1);
-        }
-    }
-
-    #[test]
-    fn percentiles_are_exact_below_a_millisecond() {
-        let h = Histogram::new();
-        assert_eq!(h.summary().percentile(50.0), None);
-        assert_eq!(h.summary().max(), None);
-        for v in 1..=100 {
-            h.record(v);
-        }
-        let s = h.summary();
-        assert_eq!(s.count(), 100);
-        assert_eq!(s.percentile(50.0), Some(50));
-        assert_eq!(s.percentile(90.0), Some(90));
-        assert_eq!(s.percentile(99.0), Some(99));
-        assert_eq!(s.percentile(100.0), Some(100));
-        assert_eq!(s.max(), Some(100));
-    }
-
-    #[test]
-    fn percentiles_are_close_above_a_millisecond_and_never_above_the_max() {
-        let h = Histogram::new();
-        for v in [10_000u32, 20_000, 30_000, 1_234_567] {
-            h.record(v);
-        }
-        let s = h.summary();
-        let p50 = s.percentile(50.0).unwrap();
-        assert!((20_000..20_000 + 20_000 / 512).contains(&p50), "{p50}");
-        assert_eq!(s.percentile(99.0), Some(1_234_567));
-        assert_eq!(s.max(), Some(1_234_567));
-    }
-
-    #[test]
     fn stopping_rules() {
         assert_eq!(
             stop_of(None, None).ok(),
@@ -951,7 +793,6 @@ mod tests {
             resumed: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             unclean_closes: AtomicU64::new(0),
-            latency: Histogram::new(),
             reasons: Mutex::new(BTreeMap::new()),
         };
         assert!(shared.claim());

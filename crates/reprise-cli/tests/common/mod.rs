@@ -40,35 +40,43 @@ impl Server {
         Self::start_with(args, true)
     }
 
+    /// Like [`start`](Self::start), with or without the metrics listener. If another process
+    /// takes a chosen port before the server binds it, it starts again on others (3 times).
     pub fn start_with(args: &[&str], with_metrics: bool) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let stderr_path = dir.path().join("stderr.log");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let metrics: Option<SocketAddr> =
-            with_metrics.then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
-        let mut cmd = reprise();
-        cmd.arg("serve").arg("--listen").arg(addr.to_string());
-        if let Some(m) = metrics {
-            cmd.arg("--metrics-listen").arg(m.to_string());
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let stderr_path = dir.path().join("stderr.log");
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let metrics: Option<SocketAddr> =
+                with_metrics.then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+            let mut cmd = reprise();
+            cmd.arg("serve").arg("--listen").arg(addr.to_string());
+            if let Some(m) = metrics {
+                cmd.arg("--metrics-listen").arg(m.to_string());
+            }
+            cmd.args(args)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr_path).unwrap());
+            let mut server = Server {
+                child: Some(cmd.spawn().unwrap()),
+                addr,
+                metrics,
+                stderr_path,
+                _dir: dir,
+            };
+            if server.wait_ready() {
+                return server;
+            }
+            let log = server.stderr();
+            assert!(log.contains("cannot listen"), "reprise serve exited: {log}");
         }
-        cmd.args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
-        let child = cmd.spawn().unwrap();
-        let mut server = Server {
-            child: Some(child),
-            addr,
-            metrics,
-            stderr_path,
-            _dir: dir,
-        };
-        server.wait_ready();
-        server
+        panic!("reprise serve could not bind free ports three times");
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits (at most 20 s) until the server accepts connections; false if it exited.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         let targets: Vec<SocketAddr> = std::iter::once(self.addr).chain(self.metrics).collect();
         for target in targets {
@@ -76,8 +84,8 @@ impl Server {
                 if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
                     break;
                 }
-                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                    panic!("reprise serve exited with {status}: {}", self.stderr());
+                if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                    return false;
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -87,6 +95,7 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        true
     }
 
     /// Everything the server logged so far.
