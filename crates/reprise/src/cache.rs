@@ -19,7 +19,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
 use crate::callbacks::{
-    GetSessionCallback, NewSessionCallback, RemoveSessionCallback, TakeSessionCallback,
+    GetSessionCallback, NewSessionCallback, Removal, RemoveSessionCallback, TakeSessionCallback,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::mode::{CacheMode, Role};
@@ -80,11 +80,11 @@ struct Occupancy {
 }
 
 #[derive(Default)]
-struct Callbacks<P> {
-    new: ArcSwapOption<NewSessionCallback<P>>,
-    remove: ArcSwapOption<RemoveSessionCallback<P>>,
-    get: ArcSwapOption<GetSessionCallback<P>>,
-    take: ArcSwapOption<TakeSessionCallback<P>>,
+pub(crate) struct Callbacks<P> {
+    pub(crate) new: ArcSwapOption<NewSessionCallback<P>>,
+    pub(crate) remove: ArcSwapOption<RemoveSessionCallback<P>>,
+    pub(crate) get: ArcSwapOption<GetSessionCallback<P>>,
+    pub(crate) take: ArcSwapOption<TakeSessionCallback<P>>,
 }
 
 /// What an internal insert did.
@@ -102,17 +102,9 @@ enum Inserted {
 
 /// Whether a lookup resumes a session or consumes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Use {
+pub(crate) enum Use {
     Resume,
     Take,
-}
-
-/// What the internal cache said about a key.
-enum Internal<P> {
-    Hit(Arc<Session<P>>),
-    /// Found, but not usable: another context, not resumable, or expired. No fallback.
-    Unusable,
-    Miss,
 }
 
 /// The result of [`SessionCache::new_session`].
@@ -169,8 +161,8 @@ pub struct SessionCache<P = SecretBytes> {
     size_limit: AtomicUsize,
     timeout_secs: AtomicU64,
     clock: Arc<dyn Clock>,
-    callbacks: Callbacks<P>,
-    counters: Counters,
+    pub(crate) callbacks: Callbacks<P>,
+    pub(crate) counters: Counters,
     closing: AtomicBool,
 }
 
@@ -406,7 +398,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     pub fn add(&self, session: &Arc<Session<P>>) -> bool {
         let mut removed = Vec::new();
         let outcome = self.insert(session, &mut removed);
-        self.fire_removed(removed);
+        self.fire_removed(removed, Removal::Evicted);
         matches!(outcome, Inserted::Added | Inserted::Replaced)
     }
 
@@ -427,7 +419,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             self.release_slot();
         }
         session.mark_not_resumable();
-        self.fire_remove(session);
+        self.fire_remove(session, Removal::Explicit);
         found
     }
 
@@ -436,7 +428,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     pub fn remove_key(&self, key: SessionKey<'_>) -> bool {
         match self.unlink_key(key) {
             Some(old) => {
-                self.fire_remove(&old);
+                self.fire_remove(&old, Removal::Explicit);
                 true
             }
             None => false,
@@ -450,7 +442,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Takes the session cached under this key out of the cache, if its context matches.
-    fn unlink_key(&self, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+    pub(crate) fn unlink_key(&self, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
         if !key.is_well_formed() {
             return None;
         }
@@ -489,7 +481,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         if !mode.contains(CacheMode::NO_INTERNAL_STORE) {
             let mut removed = Vec::new();
             let outcome = self.insert(&session, &mut removed);
-            self.fire_removed(removed);
+            self.fire_removed(removed, Removal::Evicted);
             stored_internally = outcome != Inserted::Refused;
         }
         let mut kept_by_callback = false;
@@ -570,12 +562,14 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     ///
     /// The cost grows with the number removed, not with the size of the cache.
     pub fn flush(&self, t: u64) -> usize {
-        self.drain_shards(|shard, rehash, out| shard.pop_expired(t, rehash, out))
+        self.drain_shards(Removal::Flushed, |shard, rehash, out| {
+            shard.pop_expired(t, rehash, out)
+        })
     }
 
     /// Removes every session, with the remove callback for each. Returns how many.
     pub fn flush_all(&self) -> usize {
-        self.drain_shards(|shard, _, out| shard.drain(out))
+        self.drain_shards(Removal::Flushed, |shard, _, out| shard.drain(out))
     }
 
     // ----- observation ----------------------------------------------------------------------
@@ -627,7 +621,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
 
     // ----- internals ------------------------------------------------------------------------
 
-    fn hash(&self, id: &[u8]) -> u64 {
+    pub(crate) fn hash(&self, id: &[u8]) -> u64 {
         self.hasher.hash_one(id)
     }
 
@@ -636,7 +630,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Runs `f` on the shard for `hash` under its lock, and publishes its head afterwards.
-    fn with_shard<R>(&self, hash: u64, f: impl FnOnce(&mut Shard<P>) -> R) -> R {
+    pub(crate) fn with_shard<R>(&self, hash: u64, f: impl FnOnce(&mut Shard<P>) -> R) -> R {
         let cell = self.shard(hash);
         let mut shard = cell.shard.lock();
         let r = f(&mut shard);
@@ -670,7 +664,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Gives back the room of a session that has left its shard.
-    fn release_slot(&self) {
+    pub(crate) fn release_slot(&self) {
         self.occupancy.len.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -766,145 +760,14 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         });
         if let Some(old) = removed {
             self.release_slot();
-            self.fire_remove(&old);
+            self.fire_remove(&old, Removal::Declined);
         }
-    }
-
-    fn find(&self, role: Role, key: SessionKey<'_>, use_: Use) -> Option<Arc<Session<P>>> {
-        let mode = self.mode();
-        let internal = role == Role::Client || !mode.contains(CacheMode::NO_INTERNAL_LOOKUP);
-        if !key.is_well_formed() {
-            Counters::bump(&self.counters.rejected_keys);
-            if internal {
-                Counters::bump(&self.counters.rejected_misses);
-            }
-            return None;
-        }
-        let now = self.now();
-        if internal {
-            match self.find_internal(key, now, use_) {
-                Internal::Hit(s) => return Some(s),
-                Internal::Unusable => return None,
-                Internal::Miss => {}
-            }
-        }
-        match role {
-            Role::Server => self.find_external(key, now, use_, mode),
-            Role::Client => None,
-        }
-    }
-
-    fn find_internal(&self, key: SessionKey<'_>, now: u64, use_: Use) -> Internal<P> {
-        enum Found<P> {
-            Hit(Arc<Session<P>>),
-            Taken(Arc<Session<P>>),
-            Expired(Arc<Session<P>>),
-            Unusable,
-            Miss,
-        }
-        let hash = self.hash(key.id);
-        let found = self.with_shard(hash, |shard| {
-            let Some(idx) = shard.find(hash, key.id) else {
-                shard.counters.misses += 1;
-                return Found::Miss;
-            };
-            let s = shard.get(idx);
-            if s.sid_ctx().as_bytes() != key.sid_ctx || !s.is_resumable() {
-                return Found::Unusable;
-            }
-            if now > shard.expiry(idx) {
-                shard.counters.timeouts += 1;
-                return Found::Expired(shard.remove_at(hash, idx));
-            }
-            let s = Arc::clone(s);
-            shard.counters.hits += 1;
-            match use_ {
-                Use::Resume => Found::Hit(s),
-                // Removal marks it not resumable under the lock: it is taken exactly once.
-                Use::Take => Found::Taken(shard.remove_at(hash, idx)),
-            }
-        });
-        match found {
-            Found::Hit(s) => Internal::Hit(s),
-            Found::Taken(s) => {
-                self.release_slot();
-                self.fire_remove(&s);
-                Internal::Hit(s)
-            }
-            Found::Expired(s) => {
-                self.release_slot();
-                self.fire_remove(&s);
-                Internal::Unusable
-            }
-            Found::Unusable => Internal::Unusable,
-            Found::Miss => Internal::Miss,
-        }
-    }
-
-    fn find_external(
-        &self,
-        key: SessionKey<'_>,
-        now: u64,
-        use_: Use,
-        mode: CacheMode,
-    ) -> Option<Arc<Session<P>>> {
-        let take_cb = match use_ {
-            Use::Take => self.callbacks.take.load_full(),
-            Use::Resume => None,
-        };
-        let atomic_take = take_cb.is_some();
-        let cb = match take_cb {
-            Some(cb) => cb,
-            None => self.callbacks.get.load_full()?,
-        };
-        let found = cb(self, &key)?;
-        // The external cache is untrusted: validate like any other candidate.
-        if found.id().as_bytes() != key.id
-            || found.sid_ctx().as_bytes() != key.sid_ctx
-            || !found.is_resumable()
-        {
-            return None;
-        }
-        if found.is_expired_at(now) {
-            Counters::bump(&self.counters.external_timeouts);
-            found.mark_not_resumable();
-            self.fire_remove(&found);
-            return None;
-        }
-        // Two threads may get the same object from the external cache: one claims it.
-        if use_ == Use::Take && !found.claim() {
-            return None;
-        }
-        Counters::bump(&self.counters.cb_hits);
-        Counters::bump(&self.counters.external_hits);
-        match use_ {
-            Use::Resume => {
-                if !mode.contains(CacheMode::NO_INTERNAL_STORE) {
-                    let mut removed = Vec::new();
-                    self.insert(&found, &mut removed);
-                    self.fire_removed(removed);
-                }
-            }
-            Use::Take => {
-                // A copy in the internal cache (possible under NO_INTERNAL_LOOKUP) must not
-                // outlive the take.
-                let copy = self.unlink_key(key);
-                if let Some(copy) = &copy {
-                    self.fire_remove(copy);
-                }
-                let notified = copy.is_some_and(|c| Arc::ptr_eq(&c, &found));
-                if !atomic_take && !notified {
-                    // Single use through the trio: the remove callback deletes it externally.
-                    self.fire_remove(&found);
-                }
-            }
-        }
-        Some(found)
     }
 
     /// Removes sessions from every shard with `pick`, then fires the callbacks.
     fn drain_shards(
         &self,
+        cause: Removal,
         pick: impl Fn(&mut Shard<P>, &dyn Fn(&[u8]) -> u64, &mut Vec<Arc<Session<P>>>),
     ) -> usize {
         let rehash = |id: &[u8]| self.hash(id);
@@ -918,24 +781,24 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             }
             self.release_slots(out.len());
             total += out.len();
-            self.fire_removed(core::mem::take(&mut out));
+            self.fire_removed(core::mem::take(&mut out), cause);
         }
         total
     }
 
-    fn fire_remove(&self, session: &Arc<Session<P>>) {
+    pub(crate) fn fire_remove(&self, session: &Arc<Session<P>>, cause: Removal) {
         if let Some(cb) = self.callbacks.remove.load_full() {
-            cb(self, session);
+            cb(self, session, cause);
         }
     }
 
-    fn fire_removed(&self, removed: Vec<Arc<Session<P>>>) {
+    fn fire_removed(&self, removed: Vec<Arc<Session<P>>>, cause: Removal) {
         if removed.is_empty() {
             return;
         }
         if let Some(cb) = self.callbacks.remove.load_full() {
             for s in &removed {
-                cb(self, s);
+                cb(self, s, cause);
             }
         }
     }
@@ -967,7 +830,7 @@ impl<P> Drop for SessionCache<P> {
         self.occupancy.len.store(0, Ordering::Release);
         if let Some(cb) = &remove {
             for s in &out {
-                cb(self, s);
+                cb(self, s, Removal::Dropped);
             }
         }
     }

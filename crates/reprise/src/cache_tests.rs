@@ -25,7 +25,7 @@ fn cache(shards: usize, limit: usize) -> (SessionCache, Arc<ManualClock>, Arc<At
         .clock(clock.clone())
         .shards(shards)
         .size_limit(limit)
-        .remove_session_callback(Arc::new(move |_, _| {
+        .remove_session_callback(Arc::new(move |_, _, _| {
             r.fetch_add(1, Ordering::SeqCst);
         }))
         .build();
@@ -298,4 +298,83 @@ fn new_sessions_follow_the_role_bits() {
         );
         cache.flush_all();
     }
+}
+
+#[test]
+fn the_remove_callback_is_told_why() {
+    use crate::Removal;
+    use parking_lot::Mutex;
+    let clock = Arc::new(ManualClock::new(1_000));
+    let seen: Arc<Mutex<Vec<(u8, Removal)>>> = Arc::default();
+    let log = seen.clone();
+    let cache: SessionCache = SessionCache::builder()
+        .clock(clock.clone())
+        .size_limit(3)
+        .remove_session_callback(Arc::new(move |_, s, why| {
+            log.lock().push((s.id().as_bytes()[0], why));
+        }))
+        .build();
+    let key = |id: u8| [id; 32];
+    cache.add(&session(1, 1_000, 5));
+    cache.add(&session(2, 1_000, 100));
+    cache.add(&session(3, 1_000, 100));
+    cache.add(&session(4, 1_000, 100)); // evicts 1, the soonest to expire
+    assert!(cache.remove_key(SessionKey::new(&key(2), b"")));
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&key(3), b""))
+        .is_some());
+    cache.add(&session(5, 1_000, 1));
+    clock.advance(2);
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&key(5), b""))
+        .is_none());
+    cache.add(&session(6, 1_000, 1));
+    assert_eq!(cache.flush(clock.now()), 1);
+    cache.set_new_session_callback(Some(Arc::new(|_, _| false)));
+    let declined = match Session::builder(&key(7), SecretBytes::from(vec![7]))
+        .time(clock.now())
+        .build()
+    {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(!cache.new_session(Role::Server, declined).is_stored());
+    drop(cache);
+    assert_eq!(
+        *seen.lock(),
+        vec![
+            (1, Removal::Evicted),
+            (2, Removal::Explicit),
+            (3, Removal::Taken),
+            (5, Removal::Expired),
+            (6, Removal::Flushed),
+            (7, Removal::Declined),
+            (4, Removal::Dropped),
+        ]
+    );
+}
+
+#[test]
+fn a_take_callback_is_authoritative_over_an_internal_copy() {
+    let (cache, clock, removed) = cache(2, 0);
+    let s = session(9, clock.now(), 100);
+    assert!(cache.add(&s));
+    // The external cache no longer has it (used on another instance): the local copy must
+    // not resume, and it leaves the cache.
+    cache.set_take_session_callback(Some(Arc::new(|_, _| None)));
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&[9; 32], b""))
+        .is_none());
+    assert!(cache.is_empty());
+    assert!(!s.is_resumable());
+    assert_eq!(removed.load(Ordering::SeqCst), 1);
+    // When the external cache confirms the take, its session resumes and the copy is gone.
+    let t = session(8, clock.now(), 100);
+    assert!(cache.add(&t));
+    let served = session(8, clock.now(), 100);
+    cache.set_take_session_callback(Some(Arc::new(move |_, _| Some(served.clone()))));
+    let got = cache.take(Role::Server, SessionKey::new(&[8; 32], b""));
+    assert!(got.is_some_and(|g| !Arc::ptr_eq(&g, &t)));
+    assert!(cache.is_empty());
+    assert_eq!(cache.stats().cb_hits, 1);
 }

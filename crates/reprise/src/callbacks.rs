@@ -18,8 +18,33 @@ pub type NewSessionCallback<P = SecretBytes> =
 
 /// Called whenever the cache removes a session: explicit removal, expiry, eviction, a new-session
 /// callback that said no, an unclean shutdown, a single-use take, and when the cache is dropped.
+///
+/// The [`Removal`] says why, so that an external cache shared by a fleet deletes a session
+/// everywhere only when it must (an explicit removal or a take), and not when one instance
+/// merely ran out of room or shut down.
 pub type RemoveSessionCallback<P = SecretBytes> =
-    Arc<dyn Fn(&SessionCache<P>, &Arc<Session<P>>) + Send + Sync>;
+    Arc<dyn Fn(&SessionCache<P>, &Arc<Session<P>>, Removal) + Send + Sync>;
+
+/// Why the cache removed a session, as the remove callback is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Removal {
+    /// [`SessionCache::remove`] or [`SessionCache::remove_key`]: the application removed it,
+    /// or a connection that used it ended without a clean shutdown.
+    Explicit,
+    /// A single-use take consumed it (TLS 1.3).
+    Taken,
+    /// It was found expired at lookup.
+    Expired,
+    /// [`SessionCache::flush`] or [`SessionCache::flush_all`] removed it.
+    Flushed,
+    /// It was evicted because the cache was full.
+    Evicted,
+    /// The new-session callback returned `false`.
+    Declined,
+    /// The cache is being dropped.
+    Dropped,
+}
 
 /// Called on a server when a client proposes a session that the internal cache did not supply,
 /// even when caching is off. Its result is validated like any other candidate.

@@ -17,7 +17,7 @@
 //! let counter = removed.clone();
 //! let cache: SessionCache = SessionCache::builder()
 //!     .size_limit(1)
-//!     .remove_session_callback(Arc::new(move |_cache, _session| {
+//!     .remove_session_callback(Arc::new(move |_cache, _session, _why| {
 //!         counter.fetch_add(1, Ordering::Relaxed);
 //!     }))
 //!     .build();
@@ -37,6 +37,7 @@ mod cache;
 mod callbacks;
 mod clock;
 mod error;
+mod lookup;
 mod mode;
 mod session;
 mod shard;
@@ -44,7 +45,7 @@ mod stats;
 
 pub use cache::{CacheBuilder, NewSession, SessionCache, AUTO_FLUSH_INTERVAL, DEFAULT_SIZE_LIMIT};
 pub use callbacks::{
-    GetSessionCallback, NewSessionCallback, RemoveSessionCallback, TakeSessionCallback,
+    GetSessionCallback, NewSessionCallback, Removal, RemoveSessionCallback, TakeSessionCallback,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ParseModeError, SessionError};

@@ -57,7 +57,7 @@ fn hostile_keys_are_misses_that_ask_no_store_and_cost_no_memory() {
             g.fetch_add(1, Relaxed);
             Some(bait.clone())
         }))
-        .remove_session_callback(Arc::new(move |_cache, _s| {
+        .remove_session_callback(Arc::new(move |_cache, _s, _why| {
             r.fetch_add(1, Relaxed);
         }))
         .build();

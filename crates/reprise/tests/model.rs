@@ -238,7 +238,7 @@ impl Engine {
                 }
                 keep
             }))
-            .remove_session_callback(Arc::new(move |_cache, s: &Obj| {
+            .remove_session_callback(Arc::new(move |_cache, s: &Obj, _why| {
                 let mut e = lock(&e_remove);
                 e.log.remove.push(*s.payload());
                 if e.delete_on_remove {

@@ -33,24 +33,26 @@ fn reentrant_cache(
         SessionCache::builder()
             .clock(clock.clone())
             .size_limit(limit)
-            .remove_session_callback(Arc::new(move |cache: &SessionCache, s: &Arc<Session>| {
-                seen.fetch_add(1, Ordering::SeqCst);
-                if DEPTH.with(|d| d.get()) > 0 {
-                    return;
-                }
-                DEPTH.with(|d| d.set(1));
-                let id = s.id().as_bytes()[0];
-                // Everything a callback may do, on the cache that is calling it.
-                let _ = cache.len();
-                let _ = cache.lookup(Role::Server, SessionKey::new(s.id().as_bytes(), b""));
-                let again = session(id.wrapping_add(100), cache.now(), 300);
-                cache.add(&again);
-                cache.remove(&again);
-                let _ = cache.stats();
-                let _ = cache.sessions();
-                assert!(cache.size_limit() == 0 || cache.len() <= cache.size_limit());
-                DEPTH.with(|d| d.set(0));
-            }))
+            .remove_session_callback(Arc::new(
+                move |cache: &SessionCache, s: &Arc<Session>, _why| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    if DEPTH.with(|d| d.get()) > 0 {
+                        return;
+                    }
+                    DEPTH.with(|d| d.set(1));
+                    let id = s.id().as_bytes()[0];
+                    // Everything a callback may do, on the cache that is calling it.
+                    let _ = cache.len();
+                    let _ = cache.lookup(Role::Server, SessionKey::new(s.id().as_bytes(), b""));
+                    let again = session(id.wrapping_add(100), cache.now(), 300);
+                    cache.add(&again);
+                    cache.remove(&again);
+                    let _ = cache.stats();
+                    let _ = cache.sessions();
+                    assert!(cache.size_limit() == 0 || cache.len() <= cache.size_limit());
+                    DEPTH.with(|d| d.set(0));
+                },
+            ))
             .build(),
     );
     (cache, calls)

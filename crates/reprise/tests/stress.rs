@@ -130,7 +130,7 @@ fn build_cache(clock: Arc<ManualClock>, shared: &Arc<Shared>, shards: Option<usi
             }
             keep
         }))
-        .remove_session_callback(Arc::new(move |cache: &Cache, s: &Obj| {
+        .remove_session_callback(Arc::new(move |cache: &Cache, s: &Obj, _why| {
             let p = s.payload();
             p.remove_cbs.fetch_add(1, Relaxed);
             // Like OpenSSL's remove_session_lock, every removal marks the session not resumable
@@ -632,7 +632,7 @@ fn concurrent_external_takes_without_a_take_callback_have_one_winner() {
         .get_session_callback(Arc::new(move |_cache, key: &SessionKey<'_>| {
             lock(&getter).get(key.id).cloned()
         }))
-        .remove_session_callback(Arc::new(move |_cache, s: &Obj| {
+        .remove_session_callback(Arc::new(move |_cache, s: &Obj, _why| {
             removes_seen.fetch_add(1, Relaxed);
             let mut map = lock(&remover);
             if map

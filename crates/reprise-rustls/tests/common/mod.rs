@@ -316,7 +316,7 @@ impl Recorder {
             keep
         })));
         let r = self.clone();
-        cache.set_remove_session_callback(Some(Arc::new(move |_, s| {
+        cache.set_remove_session_callback(Some(Arc::new(move |_, s, _why| {
             r.remove.fetch_add(1, Ordering::SeqCst);
             r.removed.lock().push(s.clone());
             if r.remove_deletes.load(Ordering::SeqCst) {
