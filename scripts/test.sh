@@ -10,6 +10,8 @@ log() { printf '\n== %s\n' "$*"; }
 # Debian packages, by the command each provides.
 declare -A packages=(
   [openssl]=openssl
+  [redis-server]=redis-server
+  [redis-cli]=redis-tools
 )
 missing=()
 for cmd in "${!packages[@]}"; do

@@ -99,9 +99,9 @@ enum Stop {
 /// What to connect to, how, and for how long: the checked flags.
 struct Plan {
     /// `--connect`, as given.
-    target: String,
-    /// The address it resolved to.
-    addr: SocketAddr,
+    targets: Vec<String>,
+    /// The addresses they resolved to.
+    addrs: Vec<SocketAddr>,
     /// The name sent in SNI and verified in the certificate.
     server_name: ServerName<'static>,
     tls: TlsVersion,
@@ -128,15 +128,18 @@ impl Plan {
         };
         let name = match &args.server_name {
             Some(name) => name.clone(),
-            None => host_of(&args.connect).to_owned(),
+            None => host_of(args.connect.first().map_or("", String::as_str)).to_owned(),
         };
         let server_name = ServerName::try_from(name.clone())
             .map_err(|e| anyhow::anyhow!("server name {name:?}: {e}"))?;
         let config = client_config(args.tls, trust)?;
-        let addr = resolve(&args.connect).await?;
+        let mut addrs = Vec::with_capacity(args.connect.len());
+        for target in &args.connect {
+            addrs.push(resolve(target).await?);
+        }
         Ok(Plan {
-            target: args.connect.clone(),
-            addr,
+            targets: args.connect.clone(),
+            addrs,
             server_name,
             tls: args.tls,
             mode: args.mode,
@@ -307,7 +310,8 @@ fn new_histogram() -> Histogram<u64> {
 
 /// What the workers share: the target, the stopping rule, and the tallies.
 struct Shared {
-    addr: SocketAddr,
+    /// The servers, in rotation order.
+    addrs: Vec<SocketAddr>,
     server_name: ServerName<'static>,
     stop: Stop,
     /// Attempts started, for [`Stop::Connections`].
@@ -383,7 +387,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
         Stop::Connections(_) => None,
     };
     let shared = Arc::new(Shared {
-        addr: plan.addr,
+        addrs: plan.addrs.clone(),
         server_name: plan.server_name.clone(),
         stop: plan.stop,
         claimed: AtomicU64::new(0),
@@ -399,9 +403,9 @@ async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
 
     let full_config = Arc::new(plan.config.clone());
     let mut workers = Vec::with_capacity(plan.concurrency);
-    for _ in 0..plan.concurrency {
+    for index in 0..plan.concurrency {
         let connector = plan.connector(&full_config);
-        workers.push(tokio::spawn(worker(shared.clone(), connector)));
+        workers.push(tokio::spawn(worker(shared.clone(), connector, index)));
     }
     let mut joined = Ok(());
     let mut latency = new_histogram();
@@ -438,9 +442,11 @@ async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
 
 /// One worker: one connection at a time until the stopping rule says so. Each attempt is
 /// bounded by its timeouts, and a `--duration` run abandons the attempt in flight at the end.
-/// Returns the worker's latencies, in microseconds.
-async fn worker(shared: Arc<Shared>, connector: TlsConnector) -> Histogram<u64> {
+/// With several servers, worker `index` starts at server `index` and moves to the next one on
+/// each connection. Returns the worker's latencies, in microseconds.
+async fn worker(shared: Arc<Shared>, connector: TlsConnector, index: usize) -> Histogram<u64> {
     let mut latency = new_histogram();
+    let mut next = index;
     let deadline = shared.deadline;
     let stop = async move {
         match deadline {
@@ -453,8 +459,9 @@ async fn worker(shared: Arc<Shared>, connector: TlsConnector) -> Histogram<u64> 
         let outcome = tokio::select! {
             biased;
             _ = &mut stop => break,
-            o = attempt(&shared, &connector) => o,
+            o = attempt(&shared, &connector, shared.addrs[next % shared.addrs.len()]) => o,
         };
+        next = next.wrapping_add(1);
         match outcome {
             Ok(done) => {
                 let micros = u64::try_from(done.latency.as_micros()).unwrap_or(u64::MAX);
@@ -476,10 +483,14 @@ async fn worker(shared: Arc<Shared>, connector: TlsConnector) -> Histogram<u64> 
 }
 
 /// One connection: connect, handshake, close. A failure is returned as a short reason.
-async fn attempt(shared: &Shared, connector: &TlsConnector) -> Result<Done, String> {
+async fn attempt(
+    shared: &Shared,
+    connector: &TlsConnector,
+    addr: SocketAddr,
+) -> Result<Done, String> {
     let start = tokio::time::Instant::now();
     let deadline = start + HANDSHAKE_TIMEOUT;
-    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(shared.addr)).await {
+    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(format!("connect: {}", e.kind())),
         Err(_) => return Err("connect: timed out".to_owned()),
@@ -598,9 +609,9 @@ fn share(part: u64, whole: u64) -> f64 {
 /// The figures `reprise bench` reports; with `--json`, printed as they are.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// `--connect`, as given.
+    /// `--connect`, as given (comma-separated when repeated).
     pub connect: String,
-    /// The address connected to.
+    /// The addresses connected to (comma-separated, in rotation order).
     pub address: String,
     /// The server name sent and verified.
     pub server_name: String,
@@ -656,8 +667,13 @@ impl Report {
         });
         let secs = outcome.elapsed.as_secs_f64();
         Report {
-            connect: plan.target.clone(),
-            address: plan.addr.to_string(),
+            connect: plan.targets.join(","),
+            address: plan
+                .addrs
+                .iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             server_name: server_name_text(&plan.server_name),
             tls: match plan.tls {
                 TlsVersion::Tls12 => "1.2",
@@ -784,7 +800,7 @@ mod tests {
     #[test]
     fn failure_reasons_are_bounded() {
         let shared = Shared {
-            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
             server_name: ServerName::try_from("localhost").unwrap(),
             stop: Stop::Connections(1),
             claimed: AtomicU64::new(0),

@@ -22,6 +22,16 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Generate handshake load against a TLS server and report rates and latencies.
     Bench(BenchArgs),
+    /// Print a new key line for a Redis key file (`--redis-key-file`).
+    Keygen(KeygenArgs),
+}
+
+/// `reprise keygen` flags.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The key's name [default: key-UNIXTIME].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 /// A TLS protocol version.
@@ -148,6 +158,24 @@ pub struct ServeArgs {
     /// Worker threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+
+    /// Share sessions with a fleet through Redis: redis://HOST:PORT, rediss://HOST:PORT, or
+    /// redis+cluster://HOST:PORT,HOST:PORT,... for a cluster.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// Key file sealing the sessions stored in Redis: name:hex lines, the first seals (see
+    /// `reprise keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub redis_key_file: Option<PathBuf>,
+
+    /// Milliseconds a handshake may wait for a Redis read [default: 5].
+    #[arg(long, value_name = "N")]
+    pub redis_timeout_ms: Option<u64>,
+
+    /// Prefix of the Redis keys and of the invalidation channel [default: reprise:].
+    #[arg(long, value_name = "STRING")]
+    pub redis_prefix: Option<String>,
 }
 
 /// Whether `reprise bench` makes full or resumed handshakes.
@@ -162,9 +190,10 @@ pub enum BenchMode {
 /// `reprise bench` flags.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Server address.
-    #[arg(long, value_name = "ADDR")]
-    pub connect: String,
+    /// Server address; repeat it to spread the connections over a fleet, round-robin (each
+    /// worker's next connection goes to the next address).
+    #[arg(long, value_name = "ADDR", required = true)]
+    pub connect: Vec<String>,
 
     /// Server name for SNI and certificate verification [default: the host of --connect].
     #[arg(long, value_name = "NAME")]

@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use reprise::CacheMode;
 use serde::Deserialize;
 
+use reprise_redis::RedisTarget;
+
 use crate::cli::{ClientAuthMode, ServeArgs, TicketMode, TlsVersion};
 
 /// The settings file: the flags' names and meanings, in TOML.
@@ -41,6 +43,10 @@ pub struct FileConfig {
     idle_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
     workers: Option<usize>,
+    redis: Option<String>,
+    redis_key_file: Option<PathBuf>,
+    redis_timeout_ms: Option<u64>,
+    redis_prefix: Option<String>,
 }
 
 /// Everything `reprise serve` runs with, checked.
@@ -80,6 +86,21 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Time open connections get after a shutdown signal.
     pub shutdown_timeout: Duration,
+    /// The Redis tier, if any.
+    pub redis: Option<RedisSettings>,
+}
+
+/// Where and how to share sessions through Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// The server or cluster.
+    pub target: RedisTarget,
+    /// The key file.
+    pub key_file: PathBuf,
+    /// The read budget.
+    pub timeout: Duration,
+    /// The key prefix.
+    pub prefix: String,
 }
 
 /// The defaults, in one place.
@@ -96,6 +117,8 @@ pub mod defaults {
     pub const SHUTDOWN_TIMEOUT: u64 = 10;
     /// TLS 1.3 tickets per handshake.
     pub const TLS13_TICKETS: usize = 2;
+    /// Milliseconds a handshake may wait on Redis.
+    pub const REDIS_TIMEOUT_MS: u64 = 5;
 }
 
 impl FileConfig {
@@ -214,6 +237,40 @@ impl Settings {
             bail!("idle-timeout must be at least 1 second");
         }
         let _ = file.workers;
+        let redis = match (args.redis.or(file.redis), args.redis_key_file.or(file.redis_key_file)) {
+            (Some(url), Some(key_file)) => {
+                let target: RedisTarget = url.parse().map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+                let ms = args
+                    .redis_timeout_ms
+                    .or(file.redis_timeout_ms)
+                    .unwrap_or(defaults::REDIS_TIMEOUT_MS);
+                if ms == 0 {
+                    bail!("redis-timeout-ms must be at least 1");
+                }
+                if cache_mode.contains(CacheMode::NO_INTERNAL_LOOKUP) {
+                    bail!("cache-mode: no-internal-lookup cannot go with redis, which fetches sessions into the internal cache before each handshake");
+                }
+                Some(RedisSettings {
+                    target,
+                    key_file,
+                    timeout: Duration::from_millis(ms),
+                    prefix: args
+                        .redis_prefix
+                        .or(file.redis_prefix)
+                        .unwrap_or_else(|| reprise_redis::DEFAULT_PREFIX.to_owned()),
+                })
+            }
+            (Some(_), None) => bail!("--redis needs --redis-key-file (sessions in Redis are sealed; see `reprise keygen`)"),
+            (None, Some(_)) => bail!("--redis-key-file needs --redis"),
+            (None, None) => {
+                if args.redis_timeout_ms.or(file.redis_timeout_ms).is_some()
+                    || args.redis_prefix.or(file.redis_prefix).is_some()
+                {
+                    bail!("redis-timeout-ms and redis-prefix need --redis");
+                }
+                None
+            }
+        };
         Ok(Self {
             listen,
             upstream: args.upstream.or(file.upstream),
@@ -245,6 +302,7 @@ impl Settings {
                     .or(file.shutdown_timeout)
                     .unwrap_or(defaults::SHUTDOWN_TIMEOUT),
             ),
+            redis,
         })
     }
 }

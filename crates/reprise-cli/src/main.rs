@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod http;
 mod metrics;
+mod rewind;
 mod serve;
 mod tls;
 
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     let workers = match &cli.command {
         Command::Serve(args) => args.workers.or_else(|| config::workers_from_file(args)),
         Command::Bench(args) => args.workers,
+        Command::Keygen(_) => Some(1),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Serve(args) => serve::run(*args).await,
                 Command::Bench(args) => bench::run(args).await,
+                Command::Keygen(args) => keygen(args),
             }
         })
     });
@@ -63,6 +66,19 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Prints a new key-file line.
+fn keygen(args: cli::KeygenArgs) -> anyhow::Result<()> {
+    let name = args.name.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("key-{secs}")
+    });
+    let line = reprise_redis::KeyRing::generate_line(&name).map_err(startup)?;
+    println!("{}", *line);
+    Ok(())
 }
 
 /// Help and version go to stdout as usual; a usage error is one line on stderr, exit 2.

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use reprise::Stats;
+use reprise_redis::TierStats;
 use rustls::{HandshakeKind, ProtocolVersion};
 
 /// Why a handshake failed.
@@ -142,7 +143,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of these metrics and the cache's statistics.
-    pub fn render(&self, cache: &Stats) -> String {
+    pub fn render(&self, cache: &Stats, redis: Option<&TierStats>) -> String {
         let mut out = String::with_capacity(4096);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -252,6 +253,108 @@ impl Metrics {
             "Connections that ended without close_notify after their handshake (their sessions were removed).",
             &plain(self.sessions_removed_unclean.load(Ordering::Relaxed)),
         );
+        if let Some(r) = redis {
+            let gauges = [
+                (
+                    "connected",
+                    r.connected,
+                    "Whether a connection to Redis is established.",
+                ),
+                (
+                    "breaker_open",
+                    r.breaker_open,
+                    "Whether the circuit breaker is open (or probing).",
+                ),
+            ];
+            for (name, value, help) in gauges {
+                family(
+                    &format!("reprise_redis_{name}"),
+                    "gauge",
+                    help,
+                    &plain(u64::from(value)),
+                );
+            }
+            let counters = [
+                (
+                    "breaker_opens",
+                    r.breaker_opens,
+                    "Times the circuit breaker opened.",
+                ),
+                (
+                    "stores_queued",
+                    r.stores_queued,
+                    "Sessions queued for writing to Redis.",
+                ),
+                (
+                    "stores_written",
+                    r.stores_written,
+                    "Sessions written to Redis.",
+                ),
+                ("deletes_queued", r.deletes_queued, "Deletions queued."),
+                ("deletes_written", r.deletes_written, "Deletions written."),
+                (
+                    "write_failures",
+                    r.write_failures,
+                    "Writes that failed or timed out.",
+                ),
+                (
+                    "writes_dropped_full",
+                    r.writes_dropped_full,
+                    "Writes dropped because the queue was full.",
+                ),
+                (
+                    "writes_dropped_unavailable",
+                    r.writes_dropped_unavailable,
+                    "Writes dropped because Redis was unavailable.",
+                ),
+                ("read_hits", r.read_hits, "Reads that found a session."),
+                ("read_misses", r.read_misses, "Reads that found nothing."),
+                (
+                    "read_timeouts",
+                    r.read_timeouts,
+                    "Reads that ran out of time.",
+                ),
+                ("read_errors", r.read_errors, "Reads that failed."),
+                (
+                    "reads_skipped",
+                    r.reads_skipped,
+                    "Reads not sent because Redis was unavailable.",
+                ),
+                (
+                    "rejected_values",
+                    r.rejected_values,
+                    "Values that did not open (forged, corrupt, unknown key): deleted.",
+                ),
+                (
+                    "prefetched",
+                    r.prefetched,
+                    "Sessions fetched into the local tier before a handshake.",
+                ),
+                (
+                    "unconfirmed_takes",
+                    r.unconfirmed_takes,
+                    "Local ticket copies dropped because Redis could not confirm the take.",
+                ),
+                (
+                    "invalidations_sent",
+                    r.invalidations_sent,
+                    "Removals published to the fleet.",
+                ),
+                (
+                    "invalidations_received",
+                    r.invalidations_received,
+                    "Removals received from the fleet.",
+                ),
+            ];
+            for (name, value, help) in counters {
+                family(
+                    &format!("reprise_redis_{name}_total"),
+                    "counter",
+                    help,
+                    &plain(value),
+                );
+            }
+        }
         out
     }
 }
@@ -266,7 +369,7 @@ mod tests {
         m.handshake(Some(HandshakeKind::Resumed), Some(ProtocolVersion::TLSv1_3));
         m.handshake(Some(HandshakeKind::Full), Some(ProtocolVersion::TLSv1_2));
         m.failure(Failure::Timeout);
-        let text = m.render(&Stats::default());
+        let text = m.render(&Stats::default(), None);
         assert!(text.contains("reprise_handshakes_total{kind=\"resumed\",version=\"TLSv1.3\"} 1"));
         assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.2\"} 1"));
         assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.3\"} 0"));

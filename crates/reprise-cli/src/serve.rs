@@ -16,12 +16,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::cli::ServeArgs;
+use reprise_redis::{Offer, RedisTier};
+use reprise_rustls::client_hello::{ClientHelloParser, Parsed, MAX_BUFFERED};
+
+use crate::cli::{ServeArgs, TicketMode, TlsVersion};
 use crate::config::Settings;
 use crate::http::{self, Ending};
 use crate::metrics::{Failure, Metrics};
+use crate::rewind::Rewind;
 use crate::startup;
 use crate::tls::{self, ServerTls};
+
+/// PSK identities fetched from Redis per ClientHello, at most (clients offer one).
+const MAX_PREFETCHED_IDENTITIES: usize = 4;
 
 /// How long a connection to the upstream may take.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -197,11 +204,15 @@ async fn connection(
     shared.metrics.connection_opened();
     let _open = Open(&shared.metrics);
     let sessions = shared.tls.store.connection();
+    let handshake = async {
+        let stream = match &shared.tls.redis {
+            Some(tier) => prefetch(&shared, tier, tcp).await?,
+            None => Rewind::new(Vec::new(), tcp),
+        };
+        sessions.instrument(shared.acceptor.accept(stream)).await
+    };
     let handshake = tokio::select! {
-        r = tokio::time::timeout(
-            shared.settings.handshake_timeout,
-            sessions.instrument(shared.acceptor.accept(tcp)),
-        ) => r,
+        r = tokio::time::timeout(shared.settings.handshake_timeout, handshake) => r,
         _ = shared.shutdown.cancelled() => return,
     };
     let mut stream = match handshake {
@@ -266,6 +277,59 @@ fn short_hex(bytes: &[u8]) -> String {
     }
 }
 
+/// Reads the client's first bytes until its ClientHello is complete (or shown malformed),
+/// fetches from Redis what it offers to resume into the local tier, and returns the connection
+/// with those bytes to be read again by rustls. No runtime thread waits on Redis: the fetch is
+/// an await, bounded by the read budget.
+async fn prefetch(
+    shared: &Shared,
+    tier: &RedisTier,
+    mut tcp: TcpStream,
+) -> std::io::Result<Rewind<TcpStream>> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut parser = ClientHelloParser::new();
+    let hello = loop {
+        match parser.parse(&buf) {
+            Parsed::Complete(info) => break Some(info),
+            // rustls will answer a malformed hello with the right alert.
+            Parsed::Invalid(_) => break None,
+            Parsed::Incomplete if buf.len() >= MAX_BUFFERED => break None,
+            Parsed::Incomplete => {}
+        }
+        buf.reserve(4096);
+        if tcp.read_buf(&mut buf).await? == 0 {
+            break None;
+        }
+    };
+    if let Some(hello) = hello {
+        let versions = &shared.settings.tls_versions;
+        let tls13 = versions.contains(&TlsVersion::Tls13) && hello.supports_tls13;
+        // A TLS 1.3 client's legacy session id is random: only a TLS 1.2 handshake looks it up.
+        let session_id =
+            (!tls13 && versions.contains(&TlsVersion::Tls12) && !hello.session_id.is_empty())
+                .then_some(hello.session_id.as_slice());
+        let stateful = shared.settings.tickets == TicketMode::Stateful;
+        let identities: &[Vec<u8>] = if tls13 && stateful {
+            &hello.psk_identities[..hello.psk_identities.len().min(MAX_PREFETCHED_IDENTITIES)]
+        } else {
+            &[]
+        };
+        if session_id.is_some() || !identities.is_empty() {
+            let offer = Offer {
+                session_id,
+                psk_identities: identities,
+            };
+            tier.prefetch(
+                &shared.tls.cache,
+                shared.tls.store.sid_ctx().as_bytes(),
+                offer,
+            )
+            .await;
+        }
+    }
+    Ok(Rewind::new(buf, tcp))
+}
+
 fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
     match version {
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -277,7 +341,7 @@ fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
 /// Proxies a decrypted connection to the upstream in both directions, passing half-closes on.
 async fn proxy(
     shared: &Shared,
-    mut tls: TlsStream<TcpStream>,
+    mut tls: TlsStream<Rewind<TcpStream>>,
     upstream: &str,
     peer: SocketAddr,
 ) -> Ending {
@@ -380,7 +444,13 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
             .await;
             let (status, body) = match read {
                 Ok(Ok(req)) if req.path == "/metrics" => {
-                    ("200 OK", shared.metrics.render(&shared.tls.cache.stats()))
+                    let redis = shared.tls.redis.as_ref().map(RedisTier::stats);
+                    (
+                        "200 OK",
+                        shared
+                            .metrics
+                            .render(&shared.tls.cache.stats(), redis.as_ref()),
+                    )
                 }
                 Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),
                 Ok(Ok(_)) => ("404 Not Found", "not found\n".to_owned()),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use reprise::{SessionCache, SidCtx};
+use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
 use reprise_rustls::{derive_sid_ctx, ClientAuth, ServerStore};
 use ring::digest;
 use rustls::crypto::ring::default_provider;
@@ -30,6 +31,8 @@ pub struct ServerTls {
     pub fingerprint: String,
     /// Whether the certificate was generated at start.
     pub self_signed: bool,
+    /// The Redis tier behind the cache, if any.
+    pub redis: Option<RedisTier>,
 }
 
 /// Reads a PEM certificate chain; the first certificate is the leaf.
@@ -156,6 +159,19 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             .timeout_secs(settings.cache_timeout)
             .build(),
     );
+    let redis = match &settings.redis {
+        None => None,
+        Some(r) => {
+            let keys =
+                KeyRing::load(&r.key_file).map_err(|e| anyhow::anyhow!("redis-key-file: {e}"))?;
+            let mut config = RedisConfig::new(r.target.clone());
+            config.prefix = r.prefix.clone();
+            config.read_timeout = r.timeout;
+            let tier = RedisTier::start(config, keys).map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+            tier.install(&cache, Wiring::Prefetch);
+            Some(tier)
+        }
+    };
     let store = ServerStore::new(cache.clone(), sid_ctx, client_auth)
         .map_err(|e| anyhow::anyhow!("sid-ctx: {e}"))?;
     config.session_storage = Arc::new(store.clone());
@@ -173,5 +189,6 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         cache,
         fingerprint,
         self_signed,
+        redis,
     })
 }

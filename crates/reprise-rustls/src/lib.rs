@@ -24,12 +24,14 @@
 //! ```
 
 mod client;
+pub mod client_hello;
 mod connection;
 mod error;
 mod server;
 mod sid_ctx;
 
 pub use client::{ClientSession, ClientStore, DEFAULT_MAX_SERVERS, MAX_TLS13_TICKETS_PER_SERVER};
+pub use client_hello::{ClientHelloInfo, ClientHelloParser};
 pub use connection::{ConnectionSessions, Instrumented};
 pub use error::Error;
 pub use server::ServerStore;

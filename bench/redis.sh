@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Resumed-handshake rate and latency: local hits on one instance, against resumption across two
+# instances through Redis on loopback. Every server and the load generator run on this machine.
+# Usage: bench/redis.sh [seconds per run, default 5] [rounds, default 3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+rounds=${2:-3}
+command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
+cargo build --release -q -p reprise-cli
+bin=target/release/reprise
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
+pids+=($!)
+wait_port "$rport"
+"$bin" keygen --name bench > "$work/keys"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
+  -out "$work/cert.pem" -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>/dev/null
+
+serve() { # port, extra flags...
+  local port=$1; shift
+  RUST_LOG=warn "$bin" serve --listen 127.0.0.1:"$port" --cert "$work/cert.pem" --key "$work/key.pem" --workers 1 "$@" 2>>"$work/serve.log" &
+  pids+=($!)
+  wait_port "$port"
+}
+local_port=$(free_port); a_port=$(free_port); b_port=$(free_port)
+serve "$local_port"
+serve "$a_port" --redis redis://127.0.0.1:"$rport" --redis-key-file "$work/keys"
+serve "$b_port" --redis redis://127.0.0.1:"$rport" --redis-key-file "$work/keys"
+
+run() { # tls, then --connect flags
+  local tls=$1; shift
+  "$bin" bench "$@" --server-name localhost --insecure --tls "$tls" --mode resume \
+    --concurrency 8 --duration "$secs" --json --workers 1
+}
+field() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+printf '%-6s %-28s %12s %9s %9s %9s\n' TLS setup "handshakes/s" resumed "p50 ms" "p99 ms"
+for tls in 1.3 1.2; do
+  for setup in local redis; do
+    : > "$work/rate"; : > "$work/res"; : > "$work/p50"; : > "$work/p99"
+    for _ in $(seq "$rounds"); do
+      if [ "$setup" = local ]; then
+        out=$(run "$tls" --connect 127.0.0.1:"$local_port")
+      else
+        out=$(run "$tls" --connect 127.0.0.1:"$a_port" --connect 127.0.0.1:"$b_port")
+      fi
+      echo "$out" | field 'r["handshakes_per_sec"]' >> "$work/rate"
+      echo "$out" | field 'round(100*r["resumed_share"],1)' >> "$work/res"
+      echo "$out" | field 'r["latency_ms"]["p50"]' >> "$work/p50"
+      echo "$out" | field 'r["latency_ms"]["p99"]' >> "$work/p99"
+    done
+    name=$([ "$setup" = local ] && echo "one instance, local cache" || echo "two instances, via Redis")
+    printf '%-6s %-28s %12.0f %8s%% %9s %9s\n' "$tls" "$name" "$(median < "$work/rate")" \
+      "$(median < "$work/res")" "$(median < "$work/p50")" "$(median < "$work/p99")"
+  done
+done
+echo
+echo "Redis, after the runs:"
+redis-cli -p "$rport" info stats | grep -E '^(keyspace_hits|keyspace_misses|total_commands_processed)'

@@ -1,0 +1,289 @@
+//! Black-box tests of fleet-wide resumption: several `reprise serve` instances sharing a real
+//! `redis-server` (and a real three-node Redis Cluster), with real `openssl s_client` clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{path_in, reprise, request, Pki, Server};
+use reprise_testkit::{wait_until, RedisCluster, RedisServer};
+
+/// A fleet's shared material: one certificate (so one session-id context) and one key file.
+struct Fleet {
+    pki: Pki,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet {
+            pki: Pki::new(),
+            dir,
+        };
+        fleet.write_keys("keys", &[&keygen("k1")]);
+        fleet
+    }
+
+    fn write_keys(&self, name: &str, lines: &[&str]) -> String {
+        let path = path_in(self.dir.path(), name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    }
+
+    /// One instance on `redis_url`, with the fleet's key file `keys`.
+    fn instance(&self, redis_url: &str, keys: &str) -> Server {
+        let (cert, key) = (self.pki.path("server.pem"), self.pki.path("server.key"));
+        let key_file = path_in(self.dir.path(), keys);
+        Server::start(&[
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--redis",
+            redis_url,
+            "--redis-key-file",
+            &key_file,
+            // A generous budget: the tests must not depend on the machine's speed.
+            "--redis-timeout-ms",
+            "500",
+        ])
+    }
+
+    fn sess(&self, name: &str) -> String {
+        path_in(self.dir.path(), name)
+    }
+}
+
+/// `reprise keygen --name NAME`: one key-file line.
+fn keygen(name: &str) -> String {
+    let out = reprise().args(["keygen", "--name", name]).output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(line.lines().count(), 1);
+    let (got_name, hex) = line.trim().split_once(':').unwrap();
+    assert_eq!(got_name, name);
+    assert_eq!(hex.len(), 64);
+    assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    line.trim().to_owned()
+}
+
+/// Waits (bounded) until an instance has written `n` sessions to Redis.
+fn written(server: &Server, n: u64) {
+    let ok = wait_until(Duration::from_secs(10), || {
+        server.metric("reprise_redis_stores_written_total") >= n
+    });
+    assert!(ok, "{}", server.metrics_text());
+}
+
+fn cross_instance_resumption(redis_url: &str) {
+    let fleet = Fleet::new();
+    let nodes: Vec<Server> = (0..3).map(|_| fleet.instance(redis_url, "keys")).collect();
+    for n in &nodes {
+        assert!(wait_until(Duration::from_secs(10), || n
+            .metric("reprise_redis_connected")
+            == 1));
+    }
+    // TLS 1.2: a session made on the first instance resumes on the other two.
+    let s12 = fleet.sess("s12");
+    assert_eq!(request(&nodes[0], &["-tls1_2", "-sess_out", &s12]), "New");
+    written(&nodes[0], 1);
+    assert_eq!(request(&nodes[1], &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(request(&nodes[2], &["-tls1_2", "-sess_in", &s12]), "Reused");
+
+    // TLS 1.3: two tickets from the first instance; one resumes on each of the others, and a
+    // ticket used once never resumes again, anywhere.
+    let (t1, t2) = (fleet.sess("t1"), fleet.sess("t2"));
+    assert_eq!(request(&nodes[0], &["-tls1_3", "-sess_out", &t1]), "New");
+    assert_eq!(request(&nodes[0], &["-tls1_3", "-sess_out", &t2]), "New");
+    written(&nodes[0], 1 + 2 * 2);
+    assert_eq!(request(&nodes[1], &["-tls1_3", "-sess_in", &t1]), "Reused");
+    assert_eq!(request(&nodes[2], &["-tls1_3", "-sess_in", &t2]), "Reused");
+    for node in &nodes {
+        assert_eq!(request(node, &["-tls1_3", "-sess_in", &t1]), "New");
+        assert_eq!(request(node, &["-tls1_3", "-sess_in", &t2]), "New");
+    }
+}
+
+#[test]
+fn sessions_resume_across_three_instances() {
+    let redis = RedisServer::start();
+    cross_instance_resumption(&redis.url());
+}
+
+#[test]
+fn sessions_resume_across_three_instances_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    cross_instance_resumption(&cluster.url());
+}
+
+#[test]
+fn redis_stopping_mid_run_fails_no_handshake_and_recovers() {
+    let mut redis = RedisServer::start();
+    let fleet = Fleet::new();
+    let (a, b) = (
+        fleet.instance(&redis.url(), "keys"),
+        fleet.instance(&redis.url(), "keys"),
+    );
+    let s = fleet.sess("s");
+    assert_eq!(request(&a, &["-tls1_2", "-sess_out", &s]), "New");
+    written(&a, 1);
+
+    redis.stop();
+    // Every handshake completes; across instances they are all full.
+    for _ in 0..5 {
+        assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s]), "New");
+        let t = fleet.sess("t");
+        assert_eq!(request(&a, &["-tls1_3", "-sess_out", &t]), "New");
+        assert_eq!(request(&b, &["-tls1_3", "-sess_in", &t]), "New");
+    }
+    assert_eq!(
+        b.metric("reprise_handshake_failures_total{reason=\"other\"}"),
+        0
+    );
+
+    // Redis comes back: resumption across instances comes back by itself within seconds.
+    redis.restart();
+    let fresh = fleet.sess("fresh");
+    let mut back = false;
+    for _ in 0..100 {
+        if request(&a, &["-tls1_2", "-sess_out", &fresh]) == "New"
+            && request(&b, &["-tls1_2", "-sess_in", &fresh]) == "Reused"
+        {
+            back = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(back, "{}", b.metrics_text());
+}
+
+#[test]
+fn garbage_and_forged_values_never_resume() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::new();
+    let (a, b) = (
+        fleet.instance(&redis.url(), "keys"),
+        fleet.instance(&redis.url(), "keys"),
+    );
+    let (s1, s2) = (fleet.sess("s1"), fleet.sess("s2"));
+    assert_eq!(request(&a, &["-tls1_2", "-sess_out", &s1]), "New");
+    written(&a, 1);
+    let keys = redis.command(&["KEYS", "reprise:*"]).unwrap();
+    let key1 = keys.lines().next().unwrap().to_owned();
+    assert_eq!(request(&a, &["-tls1_2", "-sess_out", &s2]), "New");
+    written(&a, 2);
+    let key2 = redis
+        .command(&["KEYS", "reprise:*"])
+        .unwrap()
+        .lines()
+        .find(|k| *k != key1)
+        .unwrap()
+        .to_owned();
+
+    // Garbage under the first session's key; the second's sealed value copied under it.
+    redis
+        .command(&["SET", &key1, "\u{1}garbage\u{0}\u{ff}"])
+        .unwrap();
+    assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s1]), "New");
+    let sealed2 = redis.command(&["GET", &key2]).unwrap();
+    let forged_key = key1.clone();
+    redis.command(&["SET", &forged_key, &sealed2]).unwrap();
+    assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s1]), "New");
+    assert_eq!(b.metric("reprise_redis_rejected_values_total"), 2);
+    // Rejected values are deleted; the genuine second session still resumes.
+    assert!(wait_until(Duration::from_secs(5), || redis
+        .command(&["EXISTS", &key1])
+        .as_deref()
+        == Some(":0")));
+    assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s2]), "Reused");
+}
+
+#[test]
+fn keys_rotate_without_losing_sessions() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::new();
+    let old = keygen("old");
+    let new = keygen("new");
+    fleet.write_keys("old-only", &[&old]);
+    fleet.write_keys("rotated", &[&new, &old]);
+    let before = fleet.instance(&redis.url(), "old-only");
+    let s = fleet.sess("s");
+    assert_eq!(request(&before, &["-tls1_2", "-sess_out", &s]), "New");
+    written(&before, 1);
+    let after = fleet.instance(&redis.url(), "rotated");
+    assert_eq!(request(&after, &["-tls1_2", "-sess_in", &s]), "Reused");
+    // A session sealed with the new key is not readable by an instance without it.
+    let t = fleet.sess("t");
+    assert_eq!(request(&after, &["-tls1_2", "-sess_out", &t]), "New");
+    written(&after, 1);
+    assert_eq!(request(&before, &["-tls1_2", "-sess_in", &t]), "New");
+}
+
+#[test]
+fn redis_down_at_start_is_not_an_error() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.stop();
+    let fleet = Fleet::new();
+    let server = fleet.instance(&url, "keys");
+    assert_eq!(request(&server, &["-tls1_3"]), "New");
+    assert_eq!(server.metric("reprise_redis_connected"), 0);
+    assert!(wait_until(Duration::from_secs(10), || server
+        .stderr()
+        .contains("cannot connect to redis yet")));
+}
+
+#[test]
+fn bad_key_files_are_start_up_errors() {
+    let fleet = Fleet::new();
+    let short = fleet.write_keys("short", &[&format!("k:{}", "ab".repeat(16))]);
+    let garbage = fleet.write_keys("garbage", &["this is not a key"]);
+    let empty = fleet.write_keys("empty", &["# nothing"]);
+    for (file, want) in [
+        (short.as_str(), "32 hex digits; a 256-bit key has 64"),
+        (garbage.as_str(), "expected name:hex"),
+        (empty.as_str(), "no key"),
+        (
+            "/nonexistent/keys",
+            "cannot read key file /nonexistent/keys",
+        ),
+    ] {
+        let out = reprise()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--redis-key-file",
+                file,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(want), "{want}: {stderr}");
+    }
+    for (args, want) in [
+        (
+            vec!["--redis", "redis://127.0.0.1:1"],
+            "--redis needs --redis-key-file",
+        ),
+        (
+            vec!["--redis", "http://x", "--redis-key-file", "k"],
+            "redis",
+        ),
+    ] {
+        let out = reprise()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+    }
+}

@@ -1,0 +1,91 @@
+//! The plaintext form of a session inside a sealed value, and the associated data that binds
+//! a sealed value to its Redis key.
+
+use reprise::{ProtocolVersion, SecretBytes, Session, SessionKey};
+use zeroize::Zeroizing;
+
+use crate::error::OpenError;
+use crate::keyring::SEAL_VERSION;
+
+/// The version of the plaintext layout.
+const CODEC_VERSION: u8 = 1;
+
+/// Header: codec version (1), protocol version (2), time (8), timeout (8).
+const HEADER: usize = 1 + 2 + 8 + 8;
+
+/// The associated data of a sealed session: a label, the seal format version, and the
+/// session's context and id (its Redis key), each length-prefixed.
+pub(crate) fn associated_data(key: SessionKey<'_>) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(16 + 2 + key.sid_ctx.len() + key.id.len());
+    ad.extend_from_slice(b"reprise-redis\0");
+    ad.push(SEAL_VERSION);
+    ad.push(key.sid_ctx.len() as u8);
+    ad.extend_from_slice(key.sid_ctx);
+    ad.push(key.id.len() as u8);
+    ad.extend_from_slice(key.id);
+    ad
+}
+
+/// Everything of a session but its id and context (which are in the Redis key and the
+/// associated data): version, time, timeout and payload.
+pub(crate) fn encode(session: &Session) -> Zeroizing<Vec<u8>> {
+    let payload = session.payload().as_bytes();
+    let mut out = Zeroizing::new(Vec::with_capacity(HEADER + payload.len()));
+    out.push(CODEC_VERSION);
+    out.extend_from_slice(&session.version().0.to_be_bytes());
+    out.extend_from_slice(&session.time().to_be_bytes());
+    out.extend_from_slice(&session.timeout_secs().to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Rebuilds the session stored under `key` from its plaintext.
+pub(crate) fn decode(key: SessionKey<'_>, plain: &[u8]) -> Result<Session, OpenError> {
+    if plain.len() < HEADER || plain[0] != CODEC_VERSION {
+        return Err(OpenError::BadSession);
+    }
+    let version = u16::from_be_bytes([plain[1], plain[2]]);
+    let mut time = [0u8; 8];
+    time.copy_from_slice(&plain[3..11]);
+    let mut timeout = [0u8; 8];
+    timeout.copy_from_slice(&plain[11..19]);
+    Session::builder(key.id, SecretBytes::from(&plain[HEADER..]))
+        .sid_ctx(key.sid_ctx)
+        .version(ProtocolVersion(version))
+        .time(u64::from_be_bytes(time))
+        .timeout_secs(u64::from_be_bytes(timeout))
+        .build()
+        .map_err(|_| OpenError::BadSession)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_short_input() -> Result<(), Box<dyn std::error::Error>> {
+        let s = Session::builder(&[3; 32], SecretBytes::from(vec![9; 50]))
+            .sid_ctx(b"ctx")
+            .version(ProtocolVersion::TLS1_3)
+            .time(1234)
+            .timeout_secs(300)
+            .build()?;
+        let key = SessionKey::new(&[3; 32], b"ctx");
+        let back = decode(key, &encode(&s))?;
+        assert_eq!(back.id(), s.id());
+        assert_eq!(back.sid_ctx(), s.sid_ctx());
+        assert_eq!(back.version(), s.version());
+        assert_eq!((back.time(), back.timeout_secs()), (1234, 300));
+        assert_eq!(back.payload().as_bytes(), s.payload().as_bytes());
+        let plain = encode(&s);
+        for n in 0..HEADER {
+            assert_eq!(decode(key, &plain[..n]).err(), Some(OpenError::BadSession));
+        }
+        assert!(decode(SessionKey::new(&[], b""), &plain).is_err());
+        assert_ne!(
+            associated_data(key),
+            associated_data(SessionKey::new(&[3; 32], b"ctx2"))
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,303 @@
+//! Key rings: named 256-bit keys read from a key file; the first seals, every one opens.
+//!
+//! Sealing uses XChaCha20-Poly1305 (ChaCha20-Poly1305 with a 192-bit nonce): every value gets
+//! a fresh random nonce, and the nonce space is large enough that a fleet sharing one key can
+//! seal without coordination and without a bound on the number of values that matters.
+//!
+//! A sealed value is `version (1) ‖ name length (1) ‖ key name ‖ nonce (24) ‖ ciphertext ‖ tag
+//! (16)`. The caller's associated data is authenticated along with it, so a value only opens
+//! under the key (Redis key, format version) it was sealed for.
+
+use std::fmt;
+use std::path::Path;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::error::{KeyFileError, OpenError};
+
+/// The length of a key, in bytes (256 bits).
+pub const KEY_LEN: usize = 32;
+
+/// The longest key name.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// The format version of sealed values.
+pub const SEAL_VERSION: u8 = 1;
+
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+
+struct Key {
+    name: String,
+    cipher: XChaCha20Poly1305,
+}
+
+/// Named 256-bit keys: the first seals, all of them open. Keys rotate by putting a new key
+/// first and keeping the old ones below it until the sessions they sealed have expired.
+pub struct KeyRing {
+    keys: Vec<Key>,
+    rng: SystemRandom,
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn name_error(line: usize, name: &str) -> KeyFileError {
+    KeyFileError::Line {
+        line,
+        reason: format!(
+            "key name {name:?} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'"
+        ),
+    }
+}
+
+impl KeyRing {
+    /// A ring of `(name, key)` pairs, the sealing key first.
+    pub fn new<I, N>(keys: I) -> Result<Self, KeyFileError>
+    where
+        I: IntoIterator<Item = (N, [u8; KEY_LEN])>,
+        N: Into<String>,
+    {
+        Self::build(
+            keys.into_iter()
+                .enumerate()
+                .map(|(i, (name, bytes))| (i + 1, name.into(), Zeroizing::new(bytes))),
+        )
+    }
+
+    /// Builds a ring from `(line, name, key)`; errors name the line.
+    fn build(
+        keys: impl IntoIterator<Item = (usize, String, Zeroizing<[u8; KEY_LEN]>)>,
+    ) -> Result<Self, KeyFileError> {
+        let mut ring: Vec<Key> = Vec::new();
+        for (line, name, bytes) in keys {
+            if !valid_name(&name) {
+                return Err(name_error(line, &name));
+            }
+            if ring.iter().any(|k| k.name == name) {
+                return Err(KeyFileError::Line {
+                    line,
+                    reason: format!("key name {name:?} appears twice"),
+                });
+            }
+            let cipher = XChaCha20Poly1305::new((&*bytes).into());
+            ring.push(Key { name, cipher });
+        }
+        if ring.is_empty() {
+            return Err(KeyFileError::Empty);
+        }
+        Ok(Self {
+            keys: ring,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// Parses a key file: one `name:hex` key per line (64 hex digits, 256 bits), the sealing
+    /// key first; blank lines and lines starting with `#` are ignored.
+    ///
+    /// ```
+    /// use reprise_redis::KeyRing;
+    /// let text = format!("# rotated 2026-11\nnew:{}\nold:{}\n", "ab".repeat(32), "cd".repeat(32));
+    /// let ring = KeyRing::parse(&text).unwrap();
+    /// assert_eq!(ring.names(), vec!["new", "old"]);
+    /// assert!(KeyRing::parse("short:abcd").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, KeyFileError> {
+        let mut keys = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |reason: String| KeyFileError::Line {
+                line: i + 1,
+                reason,
+            };
+            let (name, hex_key) = line
+                .split_once(':')
+                .ok_or_else(|| bad("expected name:hex".to_owned()))?;
+            let (name, hex_key) = (name.trim(), hex_key.trim());
+            if hex_key.len() != 2 * KEY_LEN {
+                return Err(bad(format!(
+                    "key {name:?} has {} hex digits; a 256-bit key has {}",
+                    hex_key.len(),
+                    2 * KEY_LEN
+                )));
+            }
+            let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+            hex::decode_to_slice(hex_key, &mut bytes[..])
+                .map_err(|_| bad(format!("key {name:?} is not hexadecimal")))?;
+            keys.push((i + 1, name.to_owned(), bytes));
+        }
+        Self::build(keys)
+    }
+
+    /// Reads and parses a key file.
+    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| KeyFileError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?);
+        Self::parse(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// A new key-file line with a fresh random key, `name:hex`.
+    pub fn generate_line(name: &str) -> Result<Zeroizing<String>, KeyFileError> {
+        if !valid_name(name) {
+            return Err(KeyFileError::InvalidName(name.to_owned()));
+        }
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        SystemRandom::new()
+            .fill(&mut bytes[..])
+            .map_err(|_| KeyFileError::Random)?;
+        Ok(Zeroizing::new(format!(
+            "{name}:{}",
+            hex::encode(&bytes[..])
+        )))
+    }
+
+    /// The keys' names, the sealing key first.
+    pub fn names(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.name.as_str()).collect()
+    }
+
+    /// Seals `plaintext` under the first key, authenticating `ad` with it.
+    pub fn seal(&self, ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let key = &self.keys[0];
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| OpenError::Random)?;
+        let sealed = key
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: ad,
+                },
+            )
+            .map_err(|_| OpenError::Forged)?;
+        let mut out = Vec::with_capacity(2 + key.name.len() + NONCE_LEN + sealed.len());
+        out.push(SEAL_VERSION);
+        out.push(key.name.len() as u8);
+        out.extend_from_slice(key.name.as_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens a sealed value with the key it names, checking `ad`.
+    pub fn open(&self, ad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        let (&version, rest) = sealed.split_first().ok_or(OpenError::Malformed)?;
+        if version != SEAL_VERSION {
+            return Err(OpenError::Version(version));
+        }
+        let (&name_len, rest) = rest.split_first().ok_or(OpenError::Malformed)?;
+        let name_len = usize::from(name_len);
+        if rest.len() < name_len + NONCE_LEN + TAG_LEN {
+            return Err(OpenError::Malformed);
+        }
+        let (name, rest) = rest.split_at(name_len);
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.name.as_bytes() == name)
+            .ok_or(OpenError::UnknownKey)?;
+        key.cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: ad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| OpenError::Forged)
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names only: the keys never appear.
+        f.debug_struct("KeyRing")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(text: &str) -> KeyRing {
+        match KeyRing::parse(text) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn seals_and_opens_with_rotation() -> Result<(), OpenError> {
+        let old = ring(&format!("old:{}", "11".repeat(32)));
+        let rotated = ring(&format!("new:{}\nold:{}", "22".repeat(32), "11".repeat(32)));
+        let sealed_old = old.seal(b"ad", b"secret")?;
+        assert_eq!(&rotated.open(b"ad", &sealed_old)?[..], b"secret");
+        let sealed_new = rotated.seal(b"ad", b"secret")?;
+        assert_eq!(old.open(b"ad", &sealed_new), Err(OpenError::UnknownKey));
+        // Another associated data (another Redis key): forged.
+        assert_eq!(rotated.open(b"other", &sealed_new), Err(OpenError::Forged));
+        // Every single-bit flip is caught.
+        for i in 0..sealed_new.len() {
+            let mut v = sealed_new.clone();
+            v[i] ^= 1;
+            assert!(rotated.open(b"ad", &v).is_err(), "bit flip at {i}");
+        }
+        // Truncations never panic.
+        for n in 0..sealed_new.len() {
+            assert!(rotated.open(b"ad", &sealed_new[..n]).is_err());
+        }
+        // The same plaintext seals differently each time.
+        assert_ne!(rotated.seal(b"ad", b"x")?, rotated.seal(b"ad", b"x")?);
+        Ok(())
+    }
+
+    #[test]
+    fn key_files_are_strict() {
+        let k = "ab".repeat(32);
+        assert!(KeyRing::parse("").is_err());
+        assert!(KeyRing::parse("# only a comment").is_err());
+        let errors = [
+            (format!("a:{}", "ab".repeat(31)), "62 hex digits"),
+            (format!("a:{}zz", "ab".repeat(31)), "not hexadecimal"),
+            (format!("a:{k}\na:{k}"), "appears twice"),
+            (format!("bad name:{k}"), "must be"),
+            (k.clone(), "expected name:hex"),
+        ];
+        for (text, want) in errors {
+            match KeyRing::parse(&text) {
+                Ok(_) => panic!("{text} parsed"),
+                Err(e) => assert!(e.to_string().contains(want), "{e}"),
+            }
+        }
+        let e = KeyRing::parse(&format!("\n# x\nok:{k}\nbad:{}", "ab".repeat(16)));
+        assert!(e.is_err_and(|e| e.to_string().contains("line 4")));
+    }
+
+    #[test]
+    fn generated_lines_parse_and_debug_hides_keys() -> Result<(), KeyFileError> {
+        let line = KeyRing::generate_line("k1")?;
+        let ring = KeyRing::parse(&line)?;
+        assert_eq!(ring.names(), vec!["k1"]);
+        let printed = format!("{ring:?}");
+        assert!(!printed.contains(&line[3..]), "{printed}");
+        assert!(KeyRing::generate_line("no spaces").is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! A Redis tier for the Reprise session cache, so that a fleet of servers resumes each other's
+//! sessions.
+//!
+//! It plugs into a [`reprise::SessionCache`] as its external cache: new sessions are stored,
+//! explicit removals are deleted fleet-wide, and reads fetch what a client offers. It is:
+//!
+//! - **sealed**: every value is encrypted and authenticated (XChaCha20-Poly1305) under a
+//!   [`KeyRing`], bound to its Redis key; nothing in Redis reveals a master secret, a server
+//!   name or a client certificate, and a value that does not open is a miss, counted and
+//!   deleted;
+//! - **single-use for TLS 1.3**: a ticket is taken with one atomic `GETDEL`, so it resumes on
+//!   exactly one instance, once;
+//! - **fail-open, and never in the way**: writes leave through a bounded queue, reads have a
+//!   deadline (5 ms by default), a circuit breaker stops asking a failing Redis, and when Redis
+//!   is down every handshake still completes, as a full one.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use reprise::SessionCache;
+//! use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
+//!
+//! # async fn setup() -> Result<(), Box<dyn std::error::Error>> {
+//! let keys = KeyRing::load("/etc/reprise/keys".as_ref())?;
+//! let config = RedisConfig::new("redis://10.0.0.5:6379".parse()?);
+//! let tier = RedisTier::start(config, keys)?;
+//! let cache = Arc::new(SessionCache::new());
+//! tier.install(&cache, Wiring::Prefetch);
+//! // Before each handshake: tier.prefetch(&cache, sid_ctx, offer).await
+//! # Ok(()) }
+//! ```
+
+mod breaker;
+mod codec;
+mod config;
+mod conn;
+mod error;
+mod keyring;
+mod stats;
+mod tier;
+
+pub use breaker::BreakerState;
+pub use config::{RedisConfig, RedisTarget, DEFAULT_PREFIX, DEFAULT_READ_TIMEOUT};
+pub use error::{ConfigError, KeyFileError, OpenError};
+pub use keyring::{KeyRing, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
+pub use stats::TierStats;
+pub use tier::{Fetch, Offer, RedisTier, Wiring};

@@ -1,0 +1,642 @@
+//! The Redis tier: the external cache of a [`SessionCache`], shared by a fleet.
+//!
+//! - New sessions are sealed and queued; a writer task sends them (`SET … EXAT`) so that Redis
+//!   expires each at the moment the cache would. A full queue drops writes, counted.
+//! - Explicit removals delete the session in Redis and tell the fleet (pub/sub), whose
+//!   instances drop their local copies.
+//! - Reads have a deadline. A TLS 1.3 ticket is taken with one `GETDEL`: it resumes on one
+//!   instance, once.
+//! - A circuit breaker stops asking a Redis that keeps failing, and probes it periodically.
+//!
+//! Two wirings: [`Wiring::Prefetch`] for async servers, which call [`RedisTier::prefetch`] with
+//! what the ClientHello offers before the handshake, so that no runtime thread ever waits on
+//! Redis; and [`Wiring::Blocking`] for servers whose TLS stack calls the get and take callbacks
+//! synchronously, which then wait at most the read budget.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use reprise::{Removal, Session, SessionCache, SessionKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::breaker::Breaker;
+use crate::codec;
+use crate::config::RedisConfig;
+use crate::conn::{Clients, Conn};
+use crate::error::{ConfigError, OpenError};
+use crate::keyring::KeyRing;
+use crate::stats::{self, Counters, TierStats};
+
+/// The longest time-to-live given to a session, whatever its timeout.
+const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// Writes sent to Redis at once.
+const WRITE_BATCH: usize = 256;
+
+/// What a read found.
+#[derive(Debug)]
+pub enum Fetch {
+    /// A session that opened and decoded.
+    Hit(Session),
+    /// Nothing there (or a value that did not open, which is then deleted).
+    Miss,
+    /// Redis did not answer in time, failed, is not connected, or the breaker is open.
+    Unavailable,
+}
+
+/// How the tier plugs into a cache; see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wiring {
+    /// New and remove callbacks only; reads happen in [`RedisTier::prefetch`].
+    Prefetch,
+    /// New, remove, get and take callbacks; get and take wait at most the read budget.
+    Blocking,
+}
+
+/// What a ClientHello offers to resume, for [`RedisTier::prefetch`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offer<'a> {
+    /// The TLS 1.2 session id, if the handshake can be TLS 1.2 (a TLS 1.3 client's compatibility
+    /// session id is not one to look up).
+    pub session_id: Option<&'a [u8]>,
+    /// The TLS 1.3 PSK identities (stateful ticket ids), in the client's order.
+    pub psk_identities: &'a [Vec<u8>],
+}
+
+enum Write {
+    Store {
+        key: String,
+        value: Vec<u8>,
+        exat: u64,
+    },
+    Delete {
+        key: String,
+        invalidate: Option<String>,
+    },
+}
+
+/// What the tier's tasks share.
+struct Shared {
+    config: RedisConfig,
+    keys: KeyRing,
+    clients: Clients,
+    conn: ArcSwapOption<Conn>,
+    breaker: Breaker,
+    counters: Counters,
+    /// Tells this instance's invalidations from the fleet's.
+    instance: String,
+    channel: String,
+    caches: Mutex<Vec<Weak<SessionCache>>>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    writes: mpsc::Sender<Write>,
+    handle: tokio::runtime::Handle,
+    cancel: CancellationToken,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(runtime) = self.runtime.lock().take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A Redis-backed external cache for [`SessionCache`]s. Clones share one tier.
+#[derive(Clone)]
+pub struct RedisTier {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("target", &self.inner.shared.config.target)
+            .field("prefix", &self.inner.shared.config.prefix)
+            .field("keys", &self.inner.shared.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl RedisTier {
+    /// Starts the tier's tasks on the current tokio runtime. Redis need not be up: the tier
+    /// connects in the background and answers `Unavailable` until then.
+    pub fn start(config: RedisConfig, keys: KeyRing) -> Result<Self, ConfigError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            ConfigError::Runtime(
+                "RedisTier::start needs a tokio runtime; use start_detached".into(),
+            )
+        })?;
+        Self::start_on(handle, None, config, keys)
+    }
+
+    /// Starts the tier on a small runtime of its own, for servers without one (or whose TLS
+    /// stack calls the callbacks from threads that must not wait on their own runtime).
+    pub fn start_detached(config: RedisConfig, keys: KeyRing) -> Result<Self, ConfigError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("reprise-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| ConfigError::Runtime(e.to_string()))?;
+        let handle = runtime.handle().clone();
+        Self::start_on(handle, Some(runtime), config, keys)
+    }
+
+    fn start_on(
+        handle: tokio::runtime::Handle,
+        runtime: Option<tokio::runtime::Runtime>,
+        config: RedisConfig,
+        keys: KeyRing,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let clients = Clients::new(&config.target)?;
+        let mut instance = [0u8; 8];
+        SystemRandom::new().fill(&mut instance).map_err(|_| {
+            ConfigError::Runtime("the system's random number generator failed".into())
+        })?;
+        let (writes, rx) = mpsc::channel(config.write_queue);
+        let shared = Arc::new(Shared {
+            channel: format!("{}invalidate", config.prefix),
+            breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown),
+            config,
+            keys,
+            clients,
+            conn: ArcSwapOption::empty(),
+            counters: Counters::default(),
+            instance: hex::encode(instance),
+            caches: Mutex::new(Vec::new()),
+        });
+        let cancel = CancellationToken::new();
+        handle.spawn(connector(shared.clone(), cancel.clone()));
+        handle.spawn(writer(shared.clone(), rx));
+        handle.spawn(subscriber(shared.clone(), cancel.clone()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                writes,
+                handle,
+                cancel,
+                runtime: Mutex::new(runtime),
+            }),
+        })
+    }
+
+    /// Plugs the tier into a cache as its external cache, and subscribes the cache to the
+    /// fleet's invalidations.
+    pub fn install(&self, cache: &Arc<SessionCache>, wiring: Wiring) {
+        self.inner.shared.caches.lock().push(Arc::downgrade(cache));
+        let tier = self.clone();
+        cache.set_new_session_callback(Some(Arc::new(move |_, session| {
+            tier.store(session);
+            true
+        })));
+        let tier = self.clone();
+        cache.set_remove_session_callback(Some(Arc::new(move |_, session, why| {
+            // Only an explicit removal (the application's, or an unclean shutdown) concerns
+            // the fleet. Takes already removed the session in Redis; evictions, expiry,
+            // flushes and shutdown are this instance's business.
+            if why == Removal::Explicit {
+                tier.delete(
+                    SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes()),
+                    true,
+                );
+            }
+        })));
+        match wiring {
+            Wiring::Prefetch => {
+                cache.set_get_session_callback(None);
+                cache.set_take_session_callback(None);
+            }
+            Wiring::Blocking => {
+                let tier = self.clone();
+                cache.set_get_session_callback(Some(Arc::new(move |_, key| {
+                    tier.read_blocking(*key, false)
+                })));
+                let tier = self.clone();
+                cache.set_take_session_callback(Some(Arc::new(move |_, key| {
+                    tier.read_blocking(*key, true)
+                })));
+            }
+        }
+    }
+
+    /// Fetches what a ClientHello offers into the local tier of `cache`, before the handshake:
+    /// the TLS 1.2 session (unless the local tier has it), and the first TLS 1.3 ticket that
+    /// Redis hands over (taken atomically). A local copy of an offered ticket that Redis does
+    /// not hand over is dropped: it was used elsewhere, or its single use cannot be vouched for.
+    pub async fn prefetch(&self, cache: &SessionCache, sid_ctx: &[u8], offer: Offer<'_>) {
+        let shared = &self.inner.shared;
+        if let Some(id) = offer.session_id {
+            let key = SessionKey::new(id, sid_ctx);
+            if key.is_well_formed() && !has_valid(cache, key) {
+                if let Fetch::Hit(session) = shared.read(key, false).await {
+                    cache.add(&Arc::new(session));
+                    stats::bump(&shared.counters.prefetched);
+                }
+            }
+        }
+        for identity in offer.psk_identities {
+            let key = SessionKey::new(identity, sid_ctx);
+            if !key.is_well_formed() {
+                continue;
+            }
+            match shared.read(key, true).await {
+                Fetch::Hit(session) => {
+                    cache.add(&Arc::new(session));
+                    stats::bump(&shared.counters.prefetched);
+                    return;
+                }
+                Fetch::Miss | Fetch::Unavailable => {
+                    if cache.forget_key(key) {
+                        stats::bump(&shared.counters.unconfirmed_takes);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads a session (`take`: and deletes it, atomically), within the read budget.
+    pub async fn fetch(&self, key: SessionKey<'_>, take: bool) -> Fetch {
+        self.inner.shared.read(key, take).await
+    }
+
+    /// Seals a session and queues it for writing.
+    pub fn store(&self, session: &Session) {
+        let shared = &self.inner.shared;
+        let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
+        let now = unix_now();
+        // Redis keeps it through the last second the cache would.
+        let exat = session
+            .expires_at()
+            .saturating_add(1)
+            .min(now.saturating_add(MAX_TTL_SECS));
+        if exat <= now {
+            return;
+        }
+        let sealed = shared
+            .keys
+            .seal(&codec::associated_data(key), &codec::encode(session));
+        match sealed {
+            Ok(value) => self.queue(Write::Store {
+                key: shared.redis_key(key),
+                value,
+                exat,
+            }),
+            Err(e) => warn!(error = %e, "cannot seal a session; not stored in Redis"),
+        }
+    }
+
+    /// Queues a deletion, and an invalidation for the fleet if `invalidate`.
+    pub fn delete(&self, key: SessionKey<'_>, invalidate: bool) {
+        let shared = &self.inner.shared;
+        let message = invalidate.then(|| {
+            format!(
+                "{}:{}:{}",
+                shared.instance,
+                hex::encode(key.sid_ctx),
+                hex::encode(key.id)
+            )
+        });
+        self.queue(Write::Delete {
+            key: shared.redis_key(key),
+            invalidate: message,
+        });
+    }
+
+    /// A snapshot of the tier's counters.
+    pub fn stats(&self) -> TierStats {
+        let shared = &self.inner.shared;
+        shared
+            .counters
+            .snapshot(shared.conn.load().is_some(), shared.breaker.state())
+    }
+
+    /// The Redis key of a session.
+    pub fn redis_key(&self, key: SessionKey<'_>) -> String {
+        self.inner.shared.redis_key(key)
+    }
+
+    fn queue(&self, write: Write) {
+        let counters = &self.inner.shared.counters;
+        let queued = match &write {
+            Write::Store { .. } => &counters.stores_queued,
+            Write::Delete { .. } => &counters.deletes_queued,
+        };
+        match self.inner.writes.try_send(write) {
+            Ok(()) => stats::bump(queued),
+            Err(mpsc::error::TrySendError::Full(_)) => stats::bump(&counters.writes_dropped_full),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                stats::bump(&counters.writes_dropped_unavailable)
+            }
+        }
+    }
+
+    /// A read from a synchronous callback: waits at most the read budget (plus scheduling).
+    fn read_blocking(&self, key: SessionKey<'_>, take: bool) -> Option<Arc<Session>> {
+        if !key.is_well_formed() {
+            return None;
+        }
+        let shared = self.inner.shared.clone();
+        let (id, ctx) = (key.id.to_vec(), key.sid_ctx.to_vec());
+        let wait = shared.config.read_timeout + Duration::from_millis(2);
+        let fetched = self.block_on(wait, async move {
+            shared.read(SessionKey::new(&id, &ctx), take).await
+        });
+        match fetched {
+            Some(Fetch::Hit(session)) => Some(Arc::new(session)),
+            _ => None,
+        }
+    }
+
+    fn block_on<T: Send + 'static>(
+        &self,
+        wait: Duration,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv_timeout(wait).ok()
+    }
+}
+
+/// Whether the local tier holds a resumable, unexpired session for the key.
+fn has_valid(cache: &SessionCache, key: SessionKey<'_>) -> bool {
+    cache.peek(key.id).is_some_and(|s| {
+        s.sid_ctx().as_bytes() == key.sid_ctx && s.is_resumable() && !s.is_expired_at(cache.now())
+    })
+}
+
+impl Shared {
+    fn redis_key(&self, key: SessionKey<'_>) -> String {
+        format!(
+            "{}{}:{}",
+            self.config.prefix,
+            hex::encode(key.sid_ctx),
+            hex::encode(key.id)
+        )
+    }
+
+    fn open(&self, key: SessionKey<'_>, value: &[u8]) -> Result<Session, OpenError> {
+        let plain = self.keys.open(&codec::associated_data(key), value)?;
+        codec::decode(key, &plain)
+    }
+
+    fn failed(&self) {
+        if self.breaker.failure() {
+            stats::bump(&self.counters.breaker_opens);
+            warn!("redis keeps failing: circuit breaker open");
+        }
+    }
+
+    async fn read(&self, key: SessionKey<'_>, take: bool) -> Fetch {
+        let c = &self.counters;
+        let conn = match self.conn.load_full() {
+            Some(conn) if self.breaker.allow() => conn,
+            _ => {
+                stats::bump(&c.reads_skipped);
+                return Fetch::Unavailable;
+            }
+        };
+        let mut conn = (*conn).clone();
+        let redis_key = self.redis_key(key);
+        let mut cmd = redis::cmd(if take { "GETDEL" } else { "GET" });
+        cmd.arg(&redis_key);
+        let reply = tokio::time::timeout(
+            self.config.read_timeout,
+            conn.query::<Option<Vec<u8>>>(&cmd),
+        )
+        .await;
+        match reply {
+            Err(_) => {
+                stats::bump(&c.read_timeouts);
+                self.failed();
+                Fetch::Unavailable
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "redis read failed");
+                stats::bump(&c.read_errors);
+                self.failed();
+                Fetch::Unavailable
+            }
+            Ok(Ok(None)) => {
+                self.breaker.success();
+                stats::bump(&c.read_misses);
+                Fetch::Miss
+            }
+            Ok(Ok(Some(value))) => {
+                self.breaker.success();
+                match self.open(key, &value) {
+                    Ok(session) => {
+                        stats::bump(&c.read_hits);
+                        Fetch::Hit(session)
+                    }
+                    Err(e) => {
+                        // Forged, corrupt, or sealed for another key: a miss, and gone.
+                        debug!(error = %e, "a value in redis did not open; deleting it");
+                        stats::bump(&c.rejected_values);
+                        if !take {
+                            let mut del = redis::cmd("DEL");
+                            del.arg(&redis_key);
+                            let budget = self.config.write_timeout;
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(budget, conn.query::<i64>(&del)).await;
+                            });
+                        }
+                        Fetch::Miss
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, conn: &Conn, write: Write) -> bool {
+        let mut conn = conn.clone();
+        match write {
+            Write::Store { key, value, exat } => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(value).arg("EXAT").arg(exat);
+                let ok = conn.query::<()>(&cmd).await.is_ok();
+                if ok {
+                    stats::bump(&self.counters.stores_written);
+                }
+                ok
+            }
+            Write::Delete { key, invalidate } => {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(key);
+                let mut ok = conn.query::<i64>(&cmd).await.is_ok();
+                if ok {
+                    stats::bump(&self.counters.deletes_written);
+                }
+                if let Some(message) = invalidate {
+                    let mut publish = redis::cmd("PUBLISH");
+                    publish.arg(&self.channel).arg(message);
+                    let sent = conn.query::<i64>(&publish).await.is_ok();
+                    if sent {
+                        stats::bump(&self.counters.invalidations_sent);
+                    }
+                    ok &= sent;
+                }
+                ok
+            }
+        }
+    }
+
+    /// Sends a batch of writes concurrently over the multiplexed connection.
+    async fn flush(&self, batch: &mut Vec<Write>) {
+        let n = batch.len();
+        let conn = match self.conn.load_full() {
+            Some(conn) if self.breaker.allow() => conn,
+            _ => {
+                stats::add(&self.counters.writes_dropped_unavailable, n);
+                batch.clear();
+                return;
+            }
+        };
+        let sends = futures_util::future::join_all(batch.drain(..).map(|w| self.send(&conn, w)));
+        match tokio::time::timeout(self.config.write_timeout, sends).await {
+            Ok(results) => {
+                let failed = results.iter().filter(|ok| !**ok).count();
+                stats::add(&self.counters.write_failures, failed);
+                if failed == 0 {
+                    self.breaker.success();
+                } else {
+                    self.failed();
+                }
+            }
+            Err(_) => {
+                stats::add(&self.counters.write_failures, n);
+                self.failed();
+            }
+        }
+    }
+
+    /// Applies an invalidation from another instance: `instance:ctx-hex:id-hex`.
+    fn invalidated(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let mut parts = text.splitn(3, ':');
+        let (Some(instance), Some(ctx), Some(id)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        if instance == self.instance || ctx.len() > 64 || id.len() > 64 {
+            return;
+        }
+        let (Ok(ctx), Ok(id)) = (hex::decode(ctx), hex::decode(id)) else {
+            return;
+        };
+        let key = SessionKey::new(&id, &ctx);
+        let mut caches = self.caches.lock();
+        caches.retain(|c| c.strong_count() > 0);
+        for cache in caches.iter().filter_map(Weak::upgrade) {
+            cache.forget_key(key);
+        }
+        stats::bump(&self.counters.invalidations_received);
+    }
+}
+
+/// Connects in the background, retrying with backoff, until it succeeds or the tier stops.
+async fn connector(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut delay = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(2), shared.clients.connect()) => r,
+        };
+        match attempt {
+            Ok(Ok(conn)) => {
+                shared.conn.store(Some(Arc::new(conn)));
+                info!(target = ?shared.config.target, "connected to redis");
+                return;
+            }
+            Ok(Err(e)) if !warned => {
+                warn!(error = %e, "cannot connect to redis yet; serving without it and retrying");
+                warned = true;
+            }
+            Err(_) if !warned => {
+                warn!("cannot connect to redis yet (timed out); serving without it and retrying");
+                warned = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Sends queued writes in batches until every sender is gone.
+async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while let Some(write) = rx.recv().await {
+        batch.push(write);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        shared.flush(&mut batch).await;
+    }
+}
+
+/// Listens for the fleet's invalidations, reconnecting with backoff.
+async fn subscriber(shared: Arc<Shared>, cancel: CancellationToken) {
+    let Ok(client) = redis::Client::open(shared.config.target.pubsub_url()) else {
+        return;
+    };
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let connected = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()) => r,
+        };
+        if let Ok(Ok(mut pubsub)) = connected {
+            if pubsub.subscribe(&shared.channel).await.is_ok() {
+                delay = Duration::from_millis(100);
+                let mut messages = pubsub.on_message();
+                loop {
+                    let message = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        m = messages.next() => m,
+                    };
+                    match message {
+                        Some(m) => shared.invalidated(m.get_payload_bytes()),
+                        None => break,
+                    }
+                }
+                debug!("invalidation subscription lost; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}

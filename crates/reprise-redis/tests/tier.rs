@@ -1,0 +1,497 @@
+//! The Redis tier against a real `redis-server` (and a real three-node cluster): sealing,
+//! expiry, single-use takes, invalidation, fail-open behaviour and both wirings.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey};
+use reprise_redis::{Fetch, KeyRing, Offer, RedisConfig, RedisTier, Wiring};
+use reprise_testkit::{wait_until, RedisCluster, RedisServer};
+
+const CTX: &[u8] = b"test-context";
+
+fn ring(text: &str) -> KeyRing {
+    KeyRing::parse(text).unwrap()
+}
+
+fn keys() -> KeyRing {
+    ring(&format!("k1:{}", "5a".repeat(32)))
+}
+
+/// A tier with a generous read budget: tests must not depend on the machine's speed.
+fn tier(url: &str, keys: KeyRing) -> RedisTier {
+    let mut config = RedisConfig::new(url.parse().unwrap());
+    config.read_timeout = Duration::from_secs(2);
+    RedisTier::start(config, keys).unwrap()
+}
+
+/// A cache with the tier installed, as one instance of a fleet.
+fn instance(tier: &RedisTier, wiring: Wiring) -> Arc<SessionCache> {
+    let cache = Arc::new(SessionCache::new());
+    tier.install(&cache, wiring);
+    cache
+}
+
+fn new_session(cache: &SessionCache, id: u8, version: ProtocolVersion) -> Arc<Session> {
+    let payload = SecretBytes::from(format!("MASTER-SECRET-{id}-").repeat(4).into_bytes());
+    let s = cache
+        .session(&[id; 32], payload)
+        .sid_ctx(CTX)
+        .version(version)
+        .build()
+        .unwrap();
+    let new = cache.new_session(Role::Server, s);
+    assert!(new.is_stored());
+    new.session
+}
+
+async fn wait_written(tier: &RedisTier, n: u64) {
+    for _ in 0..500 {
+        if tier.stats().stores_written >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not written: {:?}", tier.stats());
+}
+
+async fn wait_connected(tier: &RedisTier) {
+    for _ in 0..500 {
+        if tier.stats().connected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never connected");
+}
+
+fn key(id: u8) -> [u8; 32] {
+    [id; 32]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_made_on_one_instance_resumes_on_another() {
+    let redis = RedisServer::start();
+    let (ta, tb) = (tier(&redis.url(), keys()), tier(&redis.url(), keys()));
+    let (a, b) = (
+        instance(&ta, Wiring::Prefetch),
+        instance(&tb, Wiring::Prefetch),
+    );
+    wait_connected(&ta).await;
+    wait_connected(&tb).await;
+    let made = new_session(&a, 1, ProtocolVersion::TLS1_2);
+    wait_written(&ta, 1).await;
+
+    assert!(b
+        .lookup(Role::Server, SessionKey::new(&key(1), CTX))
+        .is_none());
+    tb.prefetch(
+        &b,
+        CTX,
+        Offer {
+            session_id: Some(&key(1)),
+            psk_identities: &[],
+        },
+    )
+    .await;
+    let got = b
+        .lookup(Role::Server, SessionKey::new(&key(1), CTX))
+        .unwrap();
+    assert_eq!(got.payload().as_bytes(), made.payload().as_bytes());
+    assert_eq!(
+        (got.time(), got.timeout_secs(), got.version()),
+        (made.time(), made.timeout_secs(), made.version())
+    );
+    assert_eq!(tb.stats().prefetched, 1);
+
+    // Redis expires it at the same second the cache would: the second after its last valid one.
+    let redis_key = ta.redis_key(SessionKey::new(&key(1), CTX));
+    let expiretime: u64 = redis
+        .command(&["EXPIRETIME", &redis_key])
+        .unwrap()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert_eq!(expiretime, made.expires_at() + 1);
+
+    // Nothing in Redis reveals the payload (the master secret) or the context in the clear.
+    let raw = redis.command(&["GET", &redis_key]).unwrap();
+    assert!(!raw.contains("MASTER-SECRET"));
+    assert!(!raw.contains("test-context"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls13_ticket_is_taken_once_across_the_fleet() {
+    let redis = RedisServer::start();
+    let tiers: Vec<RedisTier> = (0..3).map(|_| tier(&redis.url(), keys())).collect();
+    let caches: Vec<Arc<SessionCache>> = tiers
+        .iter()
+        .map(|t| instance(t, Wiring::Prefetch))
+        .collect();
+    for t in &tiers {
+        wait_connected(t).await;
+    }
+    new_session(&caches[0], 7, ProtocolVersion::TLS1_3);
+    wait_written(&tiers[0], 1).await;
+    let ids = vec![key(7).to_vec()];
+    let offer = Offer {
+        session_id: None,
+        psk_identities: &ids,
+    };
+    let id7 = key(7);
+    let k = SessionKey::new(&id7, CTX);
+
+    // Instance 1 takes it from Redis and resumes it.
+    tiers[1].prefetch(&caches[1], CTX, offer).await;
+    assert!(caches[1].take(Role::Server, k).is_some());
+    // Instance 2 finds nothing; instance 0 still holds its local copy, but Redis cannot
+    // confirm the take, so it drops it.
+    tiers[2].prefetch(&caches[2], CTX, offer).await;
+    assert!(caches[2].take(Role::Server, k).is_none());
+    assert!(caches[0].peek(&key(7)).is_some());
+    tiers[0].prefetch(&caches[0], CTX, offer).await;
+    assert!(caches[0].take(Role::Server, k).is_none());
+    assert_eq!(tiers[0].stats().unconfirmed_takes, 1);
+    assert_eq!(
+        redis
+            .command(&["EXISTS", &tiers[0].redis_key(k)])
+            .as_deref(),
+        Some(":0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_forged_and_moved_values_are_misses_and_deleted() {
+    let redis = RedisServer::start();
+    let t = tier(&redis.url(), keys());
+    let c = instance(&t, Wiring::Prefetch);
+    wait_connected(&t).await;
+    new_session(&c, 1, ProtocolVersion::TLS1_2);
+    wait_written(&t, 1).await;
+    let good = t.redis_key(SessionKey::new(&key(1), CTX));
+    let sealed = redis.command(&["GET", &good]).unwrap();
+
+    // Garbage under a valid key; a real value moved to another key; a value sealed under a key
+    // this instance does not have.
+    let moved = t.redis_key(SessionKey::new(&key(2), CTX));
+    redis.command(&["SET", &moved, &sealed]).unwrap();
+    let garbage = t.redis_key(SessionKey::new(&key(3), CTX));
+    redis
+        .command(&["SET", &garbage, "\u{1}\u{2}garbage"])
+        .unwrap();
+    let other_tier = tier(&redis.url(), ring(&format!("other:{}", "77".repeat(32))));
+    let other_cache = instance(&other_tier, Wiring::Prefetch);
+    wait_connected(&other_tier).await;
+    new_session(&other_cache, 4, ProtocolVersion::TLS1_2);
+    wait_written(&other_tier, 1).await;
+
+    for id in [2u8, 3, 4] {
+        let idk = key(id);
+        let k = SessionKey::new(&idk, CTX);
+        assert!(matches!(t.fetch(k, false).await, Fetch::Miss), "{id}");
+    }
+    assert_eq!(t.stats().rejected_values, 3);
+    // Each was deleted (asynchronously: wait, bounded).
+    let gone = wait_until(Duration::from_secs(5), || {
+        [2u8, 3, 4].iter().all(|id| {
+            redis
+                .command(&["EXISTS", &t.redis_key(SessionKey::new(&key(*id), CTX))])
+                .as_deref()
+                == Some(":0")
+        })
+    });
+    assert!(gone);
+    // The genuine one still opens.
+    assert!(matches!(
+        t.fetch(SessionKey::new(&key(1), CTX), false).await,
+        Fetch::Hit(_)
+    ));
+    // Under another context it does not: the context is part of the key and of the sealing.
+    assert!(matches!(
+        t.fetch(SessionKey::new(&key(1), b"other-context"), false)
+            .await,
+        Fetch::Miss
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_without_losing_sessions() {
+    let redis = RedisServer::start();
+    let old = format!("old:{}", "11".repeat(32));
+    let new = format!("new:{}", "22".repeat(32));
+    let t_old = tier(&redis.url(), ring(&old));
+    let c_old = instance(&t_old, Wiring::Prefetch);
+    wait_connected(&t_old).await;
+    new_session(&c_old, 9, ProtocolVersion::TLS1_2);
+    wait_written(&t_old, 1).await;
+
+    let t_rotated = tier(&redis.url(), ring(&format!("{new}\n{old}")));
+    let c_rotated = instance(&t_rotated, Wiring::Prefetch);
+    wait_connected(&t_rotated).await;
+    assert!(matches!(
+        t_rotated.fetch(SessionKey::new(&key(9), CTX), false).await,
+        Fetch::Hit(_)
+    ));
+    // New sessions are sealed with the new key, which the old ring cannot open.
+    new_session(&c_rotated, 10, ProtocolVersion::TLS1_2);
+    wait_written(&t_rotated, 1).await;
+    assert!(matches!(
+        t_old.fetch(SessionKey::new(&key(10), CTX), false).await,
+        Fetch::Miss
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_removal_reaches_the_whole_fleet() {
+    let redis = RedisServer::start();
+    let (ta, tb) = (tier(&redis.url(), keys()), tier(&redis.url(), keys()));
+    let (a, b) = (
+        instance(&ta, Wiring::Prefetch),
+        instance(&tb, Wiring::Prefetch),
+    );
+    wait_connected(&ta).await;
+    wait_connected(&tb).await;
+    // Let both subscriptions settle (bounded): a publication is only seen once subscribed.
+    let subscribed = wait_until(Duration::from_secs(5), || {
+        redis
+            .command(&["PUBSUB", "NUMSUB", "reprise:invalidate"])
+            .as_deref()
+            == Some("reprise:invalidate\n:2")
+    });
+    assert!(subscribed);
+
+    let s = new_session(&a, 5, ProtocolVersion::TLS1_2);
+    wait_written(&ta, 1).await;
+    tb.prefetch(
+        &b,
+        CTX,
+        Offer {
+            session_id: Some(&key(5)),
+            psk_identities: &[],
+        },
+    )
+    .await;
+    assert!(b.peek(&key(5)).is_some());
+
+    assert!(a.remove(&s));
+    let id5 = key(5);
+    let k = SessionKey::new(&id5, CTX);
+    let dropped = wait_until(Duration::from_secs(5), || b.peek(&key(5)).is_none());
+    assert!(dropped, "{:?}", tb.stats());
+    assert_eq!(
+        redis.command(&["EXISTS", &ta.redis_key(k)]).as_deref(),
+        Some(":0")
+    );
+    assert_eq!(tb.stats().invalidations_received, 1);
+    assert_eq!(ta.stats().invalidations_received, 0);
+
+    // Evictions and expiry are local: they delete nothing in Redis.
+    a.set_size_limit(1);
+    new_session(&a, 6, ProtocolVersion::TLS1_2);
+    new_session(&a, 8, ProtocolVersion::TLS1_2);
+    wait_written(&ta, 3).await;
+    assert_eq!(a.stats().cache_full, 1);
+    assert_eq!(
+        redis
+            .command(&["EXISTS", &ta.redis_key(SessionKey::new(&key(6), CTX))])
+            .as_deref(),
+        Some(":1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_and_in_the_middle_is_survived() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let mut config = RedisConfig::new(redis.url().parse().unwrap());
+    config.read_timeout = Duration::from_millis(200);
+    config.breaker_cooldown = Duration::from_millis(200);
+    let t = RedisTier::start(config, keys()).unwrap();
+    let c = instance(&t, Wiring::Prefetch);
+    // Down at start: nothing connects, everything is a quick "unavailable".
+    new_session(&c, 1, ProtocolVersion::TLS1_2);
+    let id1 = key(1);
+    let k = SessionKey::new(&id1, CTX);
+    assert!(matches!(t.fetch(k, false).await, Fetch::Unavailable));
+    assert!(!t.stats().connected);
+
+    // Up: the tier connects by itself and works.
+    redis.restart();
+    wait_connected(&t).await;
+    new_session(&c, 2, ProtocolVersion::TLS1_2);
+    wait_written(&t, 1).await;
+    assert!(matches!(
+        t.fetch(SessionKey::new(&key(2), CTX), false).await,
+        Fetch::Hit(_)
+    ));
+
+    // Down in the middle: reads fail fast, the breaker opens, nothing hangs.
+    redis.stop();
+    for _ in 0..10 {
+        assert!(matches!(
+            t.fetch(SessionKey::new(&key(2), CTX), false).await,
+            Fetch::Unavailable
+        ));
+    }
+    let stats = t.stats();
+    assert!(stats.breaker_opens >= 1, "{stats:?}");
+    assert!(stats.read_errors + stats.read_timeouts >= 1, "{stats:?}");
+    assert!(stats.reads_skipped >= 1, "{stats:?}");
+
+    // Back: within a few seconds, the breaker's probe closes it and reads hit again.
+    redis.restart();
+    new_session(&c, 3, ProtocolVersion::TLS1_2);
+    let mut back = false;
+    for _ in 0..300 {
+        new_session(&c, 4, ProtocolVersion::TLS1_2);
+        if let Fetch::Hit(_) = t.fetch(SessionKey::new(&key(4), CTX), false).await {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "{:?}", t.stats());
+}
+
+#[tokio::test]
+async fn a_full_write_queue_drops_and_counts() {
+    let redis = RedisServer::start();
+    let mut config = RedisConfig::new(redis.url().parse().unwrap());
+    config.write_queue = 1;
+    let t = RedisTier::start(config, keys()).unwrap();
+    let c = instance(&t, Wiring::Prefetch);
+    // On this single-threaded runtime the writer cannot run during the loop: the queue
+    // holds one write and the other nine are dropped, and no handshake waits.
+    for id in 1..=10 {
+        new_session(&c, id, ProtocolVersion::TLS1_2);
+    }
+    let stats = t.stats();
+    assert_eq!((stats.stores_queued, stats.writes_dropped_full), (1, 9));
+}
+
+#[test]
+fn blocking_wiring_serves_synchronous_callbacks() {
+    let redis = RedisServer::start();
+    let mut config = RedisConfig::new(redis.url().parse().unwrap());
+    config.read_timeout = Duration::from_secs(2);
+    let (ta, tb) = (
+        RedisTier::start_detached(config.clone(), keys()).unwrap(),
+        RedisTier::start_detached(config, keys()).unwrap(),
+    );
+    let (a, b) = (
+        instance(&ta, Wiring::Blocking),
+        instance(&tb, Wiring::Blocking),
+    );
+    assert!(wait_until(Duration::from_secs(10), || ta.stats().connected
+        && tb.stats().connected));
+    new_session(&a, 1, ProtocolVersion::TLS1_2);
+    new_session(&a, 2, ProtocolVersion::TLS1_3);
+    assert!(wait_until(Duration::from_secs(10), || ta
+        .stats()
+        .stores_written
+        >= 2));
+
+    // B's get callback fetches the TLS 1.2 session (and copies it in); its take callback takes
+    // the ticket, once.
+    assert!(b
+        .lookup(Role::Server, SessionKey::new(&key(1), CTX))
+        .is_some());
+    assert_eq!(b.stats().cb_hits, 1);
+    assert!(b.peek(&key(1)).is_some());
+    assert!(b
+        .take(Role::Server, SessionKey::new(&key(2), CTX))
+        .is_some());
+    // A's local copy of the ticket cannot resume any more: the take callback is authoritative.
+    assert!(a
+        .take(Role::Server, SessionKey::new(&key(2), CTX))
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_works_the_same() {
+    let cluster = RedisCluster::start();
+    let (ta, tb) = (tier(&cluster.url(), keys()), tier(&cluster.url(), keys()));
+    let (a, b) = (
+        instance(&ta, Wiring::Prefetch),
+        instance(&tb, Wiring::Prefetch),
+    );
+    wait_connected(&ta).await;
+    wait_connected(&tb).await;
+    for id in 1..=20 {
+        new_session(
+            &a,
+            id,
+            if id % 2 == 0 {
+                ProtocolVersion::TLS1_3
+            } else {
+                ProtocolVersion::TLS1_2
+            },
+        );
+    }
+    wait_written(&ta, 20).await;
+    for id in (1..=20u8).step_by(2) {
+        tb.prefetch(
+            &b,
+            CTX,
+            Offer {
+                session_id: Some(&key(id)),
+                psk_identities: &[],
+            },
+        )
+        .await;
+        assert!(
+            b.lookup(Role::Server, SessionKey::new(&key(id), CTX))
+                .is_some(),
+            "{id}"
+        );
+    }
+    for id in (2..=20u8).step_by(2) {
+        let ids = vec![key(id).to_vec()];
+        tb.prefetch(
+            &b,
+            CTX,
+            Offer {
+                session_id: None,
+                psk_identities: &ids,
+            },
+        )
+        .await;
+        assert!(
+            b.take(Role::Server, SessionKey::new(&key(id), CTX))
+                .is_some(),
+            "{id}"
+        );
+        ta.prefetch(
+            &a,
+            CTX,
+            Offer {
+                session_id: None,
+                psk_identities: &ids,
+            },
+        )
+        .await;
+        assert!(
+            a.take(Role::Server, SessionKey::new(&key(id), CTX))
+                .is_none(),
+            "{id}"
+        );
+    }
+    // The keys spread over the three nodes.
+    let per_node: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.command(&["DBSIZE"])
+                .unwrap()
+                .trim_start_matches(':')
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(per_node.iter().sum::<u64>(), 10);
+    assert!(
+        per_node.iter().filter(|&&n| n > 0).count() >= 2,
+        "{per_node:?}"
+    );
+}
