@@ -63,6 +63,14 @@ impl<P> ShardCell<P> {
         self.head_seq.store(seq, Ordering::Release);
     }
 
+    /// Publishes the head if it is not `before` any more: an operation that leaves the head
+    /// alone (a lookup, an insert at the tail) writes nothing more to the shard's cache lines.
+    fn publish_if_moved(&self, shard: &Shard<P>, before: Option<HeadKey>) {
+        if shard.head_key() != before {
+            self.publish(shard);
+        }
+    }
+
     fn head(&self) -> Option<HeadKey> {
         let seq = self.head_seq.load(Ordering::Acquire);
         (seq != EMPTY_HEAD).then(|| (self.head_expiry.load(Ordering::Relaxed), seq))
@@ -485,7 +493,9 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             stored_internally = outcome != Inserted::Refused;
         }
         let mut kept_by_callback = false;
-        if let Some(cb) = self.callbacks.new.load_full() {
+        // A guard, not a clone: no shared reference count to bounce between threads.
+        let new_cb = self.callbacks.new.load();
+        if let Some(cb) = new_cb.as_ref() {
             kept_by_callback = cb(self, &session);
             if !kept_by_callback && stored_internally {
                 self.remove_exact(&session);
@@ -633,8 +643,9 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     pub(crate) fn with_shard<R>(&self, hash: u64, f: impl FnOnce(&mut Shard<P>) -> R) -> R {
         let cell = self.shard(hash);
         let mut shard = cell.shard.lock();
+        let head = shard.head_key();
         let r = f(&mut shard);
-        cell.publish(&shard);
+        cell.publish_if_moved(&shard, head);
         r
     }
 
@@ -689,6 +700,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         for _ in 0..MAX_ADD_ATTEMPTS {
             {
                 let mut shard = cell.shard.lock();
+                let head = shard.head_key();
                 let expiry = session.expires_at();
                 if let Some(idx) = shard.find(hash, id) {
                     let identical = Arc::ptr_eq(shard.get(idx), session);
@@ -700,7 +712,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                     // cache is back within a limit that shrank.
                     if identical || !self.over_limit() {
                         drop(shard.replace(idx, Arc::clone(session), expiry, self.next_seq()));
-                        cell.publish(&shard);
+                        cell.publish_if_moved(&shard, head);
                         return if identical {
                             Inserted::Identical
                         } else {
@@ -709,7 +721,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                     }
                 } else if self.try_reserve() {
                     shard.insert(hash, Arc::clone(session), expiry, self.next_seq(), rehash);
-                    cell.publish(&shard);
+                    cell.publish_if_moved(&shard, head);
                     return Inserted::Added;
                 }
             }
@@ -787,7 +799,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     pub(crate) fn fire_remove(&self, session: &Arc<Session<P>>, cause: Removal) {
-        if let Some(cb) = self.callbacks.remove.load_full() {
+        if let Some(cb) = self.callbacks.remove.load().as_ref() {
             cb(self, session, cause);
         }
     }
@@ -796,7 +808,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         if removed.is_empty() {
             return;
         }
-        if let Some(cb) = self.callbacks.remove.load_full() {
+        if let Some(cb) = self.callbacks.remove.load().as_ref() {
             for s in &removed {
                 cb(self, s, cause);
             }

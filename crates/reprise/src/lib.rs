@@ -52,6 +52,6 @@ pub use error::{ParseModeError, SessionError};
 pub use mode::{CacheMode, Role};
 pub use session::{
     ProtocolVersion, SecretBytes, Session, SessionBuilder, SessionId, SessionKey, SidCtx,
-    DEFAULT_TIMEOUT_SECS, MAX_SESSION_ID_LEN, MAX_SID_CTX_LEN,
+    DEFAULT_TIMEOUT_SECS, MAX_SESSION_ID_LEN, MAX_SID_CTX_LEN, MAX_TIMEOUT_SECS,
 };
 pub use stats::Stats;

@@ -16,7 +16,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 /// Bytes allocated and not yet freed, by the whole process.
 fn live_bytes() -> i128 {
     let s = GLOBAL.stats();
-    s.bytes_allocated as i128 - s.bytes_deallocated as i128 + s.bytes_reallocated as i128
+    s.bytes_allocated as i128 - s.bytes_deallocated as i128
 }
 
 /// SplitMix64: random key bytes without a randomness crate.

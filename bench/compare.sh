@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# `reprise serve` against nginx on loopback: handshakes per second and server CPU time per
+# handshake, full and resumed, TLS 1.2 and 1.3, with `openssl s_time` (one sequential client)
+# and `reprise bench` (concurrent, saturating). Both servers get the same ECDSA P-256
+# certificate and one worker; the runs alternate between them, round after round, and the table
+# shows the medians over the rounds.
+#
+# Usage: bench/compare.sh [seconds per run, default 5] [rounds, default 3] [bench concurrency, default 8]
+#
+# nginx is Debian's package (installed with apt-get when missing, as root), configured with
+# `ssl_session_cache shared:SSL:10m; ssl_session_tickets off;`. Server CPU time is read from
+# /proc/PID/stat (utime + stime) before and after each run: for nginx the master and its worker,
+# for reprise its one process. The client runs on the same machine and competes for the cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '7p' "$0" | sed 's/^# //' >&2; exit 2; }
+case "${1:-}" in -h | --help) usage ;; esac
+secs=${1:-5}
+rounds=${2:-3}
+conc=${3:-8}
+for n in "$secs" "$rounds" "$conc"; do
+  [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: '$n' is not a positive integer" >&2; usage; }
+done
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+
+# --- Tools -------------------------------------------------------------------------------------
+if ! command -v nginx >/dev/null; then
+  [ "$(id -u)" = 0 ] || die "nginx is missing; install it with: apt-get install -y nginx"
+  echo "installing nginx (apt-get install -y nginx)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q nginx >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q nginx >/dev/null; } \
+    || die "apt-get install -y nginx failed"
+fi
+nginx=$(command -v nginx || true)
+[ -x "$nginx" ] || nginx=/usr/sbin/nginx
+[ -x "$nginx" ] || die "nginx is not on PATH after installation"
+for tool in openssl python3 pgrep timeout; do
+  command -v "$tool" >/dev/null || die "$tool is missing (apt-get install -y openssl python3 procps coreutils)"
+done
+
+echo "building reprise (cargo build --release -p reprise-cli)" >&2
+cargo build --release -q -p reprise-cli || die "cargo build failed"
+bin=target/release/reprise
+hz=$(getconf CLK_TCK)
+
+# --- Processes, cleaned up on every exit ----------------------------------------------------------
+work=$(mktemp -d /tmp/reprise-compare.XXXXXX)
+rpid=""
+npid=""
+cleanup() {
+  local p
+  for p in $rpid $npid; do kill -TERM "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do # up to 5 s for both to exit
+    local alive=0
+    for p in $rpid $npid; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for p in $rpid $npid $(cat "$work/nginx.workers" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # port, pid, name
+  for _ in $(seq 200); do # up to 10 s
+    kill -0 "$2" 2>/dev/null || die "$3 exited before listening on port $1; its log: $work/$3.log
+$(tail -n 20 "$work/$3.log" 2>/dev/null)"
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  die "$3 never opened port $1"
+}
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
+  -out "$work/cert.pem" -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>/dev/null \
+  || die "could not make the test certificate"
+
+# reprise: one runtime worker thread.
+rport=$(free_port)
+RUST_LOG=warn "$bin" serve --listen 127.0.0.1:"$rport" --cert "$work/cert.pem" --key "$work/key.pem" \
+  --workers 1 2>"$work/reprise.log" &
+rpid=$!
+wait_port "$rport" "$rpid" reprise
+
+# nginx: one worker process, OpenSSL's shared session cache, no session tickets.
+nport=$(free_port)
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/client_body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    server {
+        listen 127.0.0.1:$nport ssl;
+        ssl_certificate $work/cert.pem;
+        ssl_certificate_key $work/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_timeout 300s;
+        ssl_session_tickets off;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+"$nginx" -t -q -e "$work/nginx.log" -c "$work/nginx.conf" -p "$work/nginx" 2>>"$work/nginx.log" \
+  || die "nginx rejects its configuration: $(tail -n 5 "$work/nginx.log")"
+"$nginx" -e "$work/nginx.log" -c "$work/nginx.conf" -p "$work/nginx" 2>>"$work/nginx.log" &
+npid=$!
+wait_port "$nport" "$npid" nginx
+nginx_workers() { pgrep -P "$npid" | tr '\n' ' '; }
+for _ in $(seq 100); do # up to 5 s for the worker to appear
+  [ -n "$(nginx_workers)" ] && break
+  sleep 0.05
+done
+[ -n "$(nginx_workers)" ] || die "nginx started no worker process"
+nginx_workers >"$work/nginx.workers"
+
+# Both must answer an HTTP request over TLS before anything is measured.
+check_answers() { # port, name
+  local out
+  out=$(printf 'GET / HTTP/1.0\r\nHost: localhost\r\n\r\n' \
+    | timeout 10 openssl s_client -connect 127.0.0.1:"$1" -servername localhost -quiet 2>/dev/null || true)
+  case "$out" in
+    HTTP/1.?\ 200*) ;;
+    *) die "$2 on port $1 does not answer GET / with 200 (got: $(printf '%s' "$out" | head -n 1))" ;;
+  esac
+}
+check_answers "$rport" reprise
+check_answers "$nport" nginx
+
+# --- Measurement ---------------------------------------------------------------------------------
+server_pids() { # name
+  if [ "$1" = reprise ]; then echo "$rpid"; else echo "$npid $(nginx_workers)"; fi
+}
+cpu_ticks() { # pids...: utime + stime, in clock ticks, summed (fields 14 and 15 of /proc/PID/stat)
+  local total=0 p s
+  for p in "$@"; do
+    s=$(<"/proc/$p/stat") || die "process $p is gone"
+    s=${s##*) } # fields from 3 on: the command name may hold spaces
+    # shellcheck disable=SC2086
+    set -- $s
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+machine_ticks() { # busy ticks of all cores: user, nice, system, irq, softirq
+  local _c u n s _i _w q sq _rest
+  read -r _c u n s _i _w q sq _rest </proc/stat
+  echo $((u + n + s + q + sq))
+}
+children_secs() { # CPU seconds of every child the main shell has waited for, from `times`
+  awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } print t }' "$work/times"
+}
+now_ns() { date +%s%N; }
+
+# One run: one client against one server. Appends a line to $work/results:
+# test server round handshakes resumed wall_s server_cpu_s client_cpu_s other_cpu_s failures
+run() { # test, server, round
+  local test=$1 server=$2 round=$3 port pids c0 c1 m0 m1 k0 k1 t0 t1 hs res fails
+  if [ "$server" = reprise ]; then port=$rport; else port=$nport; fi
+  pids=$(server_pids "$server")
+  # shellcheck disable=SC2086
+  for p in $pids; do kill -0 "$p" 2>/dev/null || die "$server (pid $p) died; its log: $(tail -n 5 "$work/$server.log")"; done
+  local -a cmd
+  case "$test" in
+    s_time-new) cmd=(openssl s_time -connect 127.0.0.1:"$port" -new -tls1_2 -time "$secs" -www /) ;;
+    s_time-reuse) cmd=(openssl s_time -connect 127.0.0.1:"$port" -reuse -tls1_2 -time "$secs" -www /) ;;
+    bench-*)
+      local tls=${test#bench-} mode
+      mode=${tls#*-}
+      tls=${tls%-*}
+      cmd=("$bin" bench --connect 127.0.0.1:"$port" --server-name localhost --insecure --tls "$tls"
+        --mode "$mode" --concurrency "$conc" --duration "$secs" --json --workers 1)
+      ;;
+  esac
+  # shellcheck disable=SC2086
+  c0=$(cpu_ticks $pids)
+  times >"$work/times" # in this shell: in a subshell, it would not see the client
+  k0=$(children_secs)
+  m0=$(machine_ticks)
+  t0=$(now_ns)
+  timeout $((secs + 30)) "${cmd[@]}" >"$work/out" 2>"$work/err" \
+    || die "$test against $server failed (exit $?): $(tail -n 5 "$work/err")"
+  t1=$(now_ns)
+  m1=$(machine_ticks)
+  times >"$work/times"
+  k1=$(children_secs)
+  # shellcheck disable=SC2086
+  c1=$(cpu_ticks $pids)
+  case "$test" in
+    s_time-*)
+      hs=$(awk '/ connections in [0-9.]+s;/ { print $1; exit }' "$work/out")
+      # s_time prints one character per connection: r when the session was reused.
+      res=$(grep -E '^[rt3*]+$' "$work/out" | tr -cd 'r' | wc -c || true)
+      fails=$(grep -ci error "$work/out" || true)
+      ;;
+    bench-*)
+      read -r hs res fails < <(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["handshakes"], r["resumed"], r["failures"])' <"$work/out") \
+        || die "cannot parse the output of reprise bench: $(head -c 300 "$work/out")"
+      ;;
+  esac
+  [ -n "$hs" ] && [ "$hs" -gt 0 ] || die "$test against $server completed no handshake: $(tail -n 5 "$work/out" "$work/err")"
+  python3 - "$test" "$server" "$round" "$hs" "$res" "$t0" "$t1" "$c0" "$c1" "$k0" "$k1" "$m0" "$m1" "$hz" "$fails" >>"$work/results" <<'EOF'
+import sys
+test, server, rnd, hs, res, t0, t1, c0, c1, k0, k1, m0, m1, hz, fails = sys.argv[1:]
+hz = int(hz)
+wall = (int(t1) - int(t0)) / 1e9
+srv = (int(c1) - int(c0)) / hz
+cli = float(k1) - float(k0)
+other = max(0.0, (int(m1) - int(m0)) / hz - srv - cli)
+print(test, server, rnd, hs, res, f"{wall:.3f}", f"{srv:.2f}", f"{cli:.2f}", f"{other:.2f}", fails)
+EOF
+  tail -n 1 "$work/results" | awk '{ printf "  round %s  %-16s %-7s %6.0f hs/s  server %6.1f us/hs, busy %3.0f %%  client %6.1f us/hs  others %3.0f %%  resumed %5.1f %%\n", $3, $1, $2, $4 / $6, 1e6 * $7 / $4, 100 * $7 / $6, 1e6 * $8 / $4, 100 * $9 / $6, 100 * $5 / $4 }' >&2
+}
+
+tests="s_time-new s_time-reuse bench-1.2-full bench-1.2-resume bench-1.3-full bench-1.3-resume"
+# Is the machine quiet? One second with both servers idle.
+m0=$(machine_ticks)
+sleep 1
+m1=$(machine_ticks)
+idle_busy=$((100 * (m1 - m0) / hz))
+load="$(cut -d' ' -f1-3 /proc/loadavg); ${idle_busy} % of one core busy before the runs"
+echo "load average: $load" >&2
+if [ "$idle_busy" -gt 10 ]; then
+  echo "warning: other processes use the CPU; the figures will be noisy:" >&2
+  ps -eo pid=,pcpu=,etime=,comm= --sort=-pcpu | head -n 5 >&2
+fi
+
+# Warm-up, not recorded: one second of full handshakes each.
+for port in "$rport" "$nport"; do
+  timeout 30 "$bin" bench --connect 127.0.0.1:"$port" --server-name localhost --insecure --tls 1.2 \
+    --mode full --concurrency "$conc" --duration 1 --json --workers 1 >/dev/null || die "warm-up against port $port failed"
+done
+
+: >"$work/results"
+for round in $(seq "$rounds"); do
+  for test in $tests; do
+    if [ $((round % 2)) = 1 ]; then order="reprise nginx"; else order="nginx reprise"; fi
+    for server in $order; do run "$test" "$server" "$round"; done
+  done
+done
+
+# --- Table ---------------------------------------------------------------------------------------
+python3 - "$work/results" "$secs" "$rounds" "$conc" "$load" <<'EOF'
+import statistics, sys
+path, secs, rounds, conc, load = sys.argv[1:]
+rows = [l.split() for l in open(path) if l.strip()]
+names = {
+    "s_time-new": ("s_time -new", "1.2", "full"),
+    "s_time-reuse": ("s_time -reuse", "1.2", "resumed"),
+    "bench-1.2-full": (f"bench c={conc}", "1.2", "full"),
+    "bench-1.2-resume": (f"bench c={conc}", "1.2", "resumed"),
+    "bench-1.3-full": (f"bench c={conc}", "1.3", "full"),
+    "bench-1.3-resume": (f"bench c={conc}", "1.3", "resumed"),
+}
+med = statistics.median
+stats = {}
+for test in names:
+    for server in ("reprise", "nginx"):
+        rs = [r for r in rows if r[0] == test and r[1] == server]
+        hs = [int(r[3]) for r in rs]
+        stats[test, server] = {
+            "rate": med([int(r[3]) / float(r[5]) for r in rs]),
+            "cpu": med([1e6 * float(r[6]) / int(r[3]) for r in rs]),
+            "busy": med([100 * float(r[6]) / float(r[5]) for r in rs]),
+            "client": med([1e6 * float(r[7]) / int(r[3]) for r in rs]),
+            "resumed": 100 * sum(int(r[4]) for r in rs) / sum(hs),
+            "fails": sum(int(r[9]) for r in rs),
+        }
+ratio = lambda a, b: a / b if b else float("nan")
+
+print(f"\nreprise serve vs nginx: medians of {rounds} rounds of {secs} s; server CPU = utime+stime of the server's processes")
+head = ("client", "TLS", "handshake", "reprise hs/s", "nginx hs/s", "ratio",
+        "reprise CPU us/hs", "nginx CPU us/hs", "ratio", "resumed r / n", "server busy r / n",
+        "client CPU us/hs r / n")
+print("| " + " | ".join(head) + " |")
+print("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
+for test, (client, tls, kind) in names.items():
+    r, n = stats[test, "reprise"], stats[test, "nginx"]
+    print(f"| {client} | {tls} | {kind} | {r['rate']:.0f} | {n['rate']:.0f} | {ratio(r['rate'], n['rate']):.2f}x "
+          f"| {r['cpu']:.1f} | {n['cpu']:.1f} | {ratio(r['cpu'], n['cpu']):.2f} "
+          f"| {r['resumed']:.1f} % / {n['resumed']:.1f} % | {r['busy']:.0f} % / {n['busy']:.0f} % "
+          f"| {r['client']:.0f} / {n['client']:.0f} |")
+
+fails = {k: v["fails"] for k, v in stats.items() if v["fails"]}
+if fails:
+    print("\nfailed connections: " + ", ".join(f"{t} {s}: {f}" for (t, s), f in fails.items()))
+other = [float(r[8]) / float(r[5]) for r in rows]
+print(f"\nload average before the runs: {load}.\nCPU used by other processes during the runs: "
+      f"median {100 * med(other):.0f} %, max {100 * max(other):.0f} % of one core")
+disturbed = [r for r in rows if float(r[8]) / float(r[5]) > 0.2]
+for r in disturbed:
+    print(f"warning: round {r[2]}, {r[0]} against {r[1]}: other processes used "
+          f"{100 * float(r[8]) / float(r[5]):.0f} % of a core during the run; its figures are distorted")
+if disturbed:
+    print("warning: rerun on a quiet machine before trusting the rows above")
+
+print("\ntargets (bench rows saturate the server; s_time rows are latency-bound, shown for reference):")
+def check(label, test, key, op, bound):
+    r, n = stats[test, "reprise"][key], stats[test, "nginx"][key]
+    v = ratio(r, n)
+    ok = v >= bound if op == ">=" else v <= bound
+    note = ""
+    if test.endswith("resume") or test == "s_time-reuse":
+        if min(stats[test, "reprise"]["resumed"], stats[test, "nginx"]["resumed"]) < 95:
+            note = " (resumed shares differ: compare with care)"
+    print(f"  {'holds ' if ok else 'MISSES'} {label:<44} {v:5.2f} (target {op} {bound:.2f}){note}")
+check("resumed TLS 1.2 throughput, bench", "bench-1.2-resume", "rate", ">=", 1.5)
+check("resumed TLS 1.2 server CPU/handshake, bench", "bench-1.2-resume", "cpu", "<=", 2 / 3)
+check("resumed TLS 1.2 throughput, s_time", "s_time-reuse", "rate", ">=", 1.5)
+check("resumed TLS 1.2 server CPU/handshake, s_time", "s_time-reuse", "cpu", "<=", 2 / 3)
+check("full TLS 1.2 throughput, bench", "bench-1.2-full", "rate", ">=", 1.0)
+check("full TLS 1.3 throughput, bench", "bench-1.3-full", "rate", ">=", 1.0)
+check("full TLS 1.2 throughput, s_time", "s_time-new", "rate", ">=", 1.0)
+check("resumed TLS 1.3 throughput, bench", "bench-1.3-resume", "rate", ">=", 1.2)
+EOF

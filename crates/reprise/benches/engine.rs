@@ -1,0 +1,227 @@
+//! Engine benchmarks against baselines measured in the same run: rustls's
+//! `ServerSessionMemoryCache`, quick_cache (`hot_allocation(0.0)`), moka (with a TTL) and a
+//! `Mutex<HashMap>`. Each benchmark also prints each structure's hit rate: a structure that
+//! drops live sessions is not faster, it is broken for this job.
+//!
+//! `cargo bench -p reprise --bench engine`
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{all, id, payload, Rng};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use reprise::{ManualClock, SecretBytes, Session, SessionCache};
+
+const LIVE: usize = 100_000;
+const TLS13_CAPACITY: usize = 20_480;
+
+/// Hits over lookups, kept per structure while a benchmark runs.
+#[derive(Default)]
+struct HitRate {
+    hits: AtomicU64,
+    lookups: AtomicU64,
+}
+
+impl HitRate {
+    fn record(&self, hit: bool) {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        if hit {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn report(&self, what: &str) {
+        let l = self.lookups.load(Ordering::Relaxed).max(1);
+        let h = self.hits.load(Ordering::Relaxed);
+        eprintln!(
+            "  hit rate {what:<40} {:>7.3} % ({h} of {l})",
+            100.0 * h as f64 / l as f64
+        );
+    }
+}
+
+fn thread_counts() -> Vec<usize> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut counts = vec![1, 2, cores];
+    counts.sort_unstable();
+    counts.dedup();
+    counts
+}
+
+/// Thread `t`'s id space, so that threads never collide.
+fn tid(t: usize, n: u64) -> [u8; 32] {
+    id(((t as u64) << 40) | n)
+}
+
+/// 90 % lookups of live sessions, 10 % inserts of new ones (each evicting the oldest), over
+/// 100,000 sessions of 32-byte ids and 100-byte payloads.
+fn mixed(c: &mut Criterion) {
+    for threads in thread_counts() {
+        let mut group = c.benchmark_group(format!("mixed/{threads}-threads"));
+        group.throughput(Throughput::Elements(1));
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_secs(1));
+        for (name, store) in all(LIVE) {
+            // Each thread inserts its own ids and looks up among its most recent ones: with a
+            // first-in-first-out cache of LIVE sessions, the last 90 % of its share are live.
+            let per_thread = (LIVE / threads) as u64;
+            let window = per_thread * 9 / 10;
+            let counters: Arc<Vec<AtomicU64>> =
+                Arc::new((0..threads).map(|_| AtomicU64::new(per_thread)).collect());
+            for t in 0..threads {
+                for n in 0..per_thread {
+                    store.put(&tid(t, n));
+                }
+            }
+            let rate = Arc::new(HitRate::default());
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter_custom(|iters| {
+                    let per = iters.div_ceil(threads as u64);
+                    let start = Instant::now();
+                    std::thread::scope(|scope| {
+                        for t in 0..threads {
+                            let (store, counters, rate) =
+                                (store.clone(), counters.clone(), rate.clone());
+                            scope.spawn(move || {
+                                let mut rng = Rng(0x1234_5678 ^ ((t as u64 + 1) << 32) ^ iters);
+                                let mut next = counters[t].load(Ordering::Relaxed);
+                                for _ in 0..per {
+                                    if rng.below(10) == 0 {
+                                        store.put(&tid(t, next));
+                                        next += 1;
+                                    } else {
+                                        let back = 1 + rng.below(window);
+                                        rate.record(store.get(&tid(t, next - back)));
+                                    }
+                                }
+                                counters[t].store(next, Ordering::Relaxed);
+                            });
+                        }
+                    });
+                    start.elapsed()
+                });
+            });
+            rate.report(&format!("mixed/{threads}-threads/{name}"));
+        }
+        group.finish();
+    }
+}
+
+/// The TLS 1.3 pattern at capacity 20480: per handshake, one take (of the newest ticket the
+/// client holds) and two puts (the new tickets).
+fn tls13(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tls13-handshake");
+    group.throughput(Throughput::Elements(1));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    for (name, store) in all(TLS13_CAPACITY) {
+        let mut tickets: Vec<u64> = Vec::new();
+        let mut next = 0u64;
+        for _ in 0..TLS13_CAPACITY {
+            store.put(&id(next));
+            tickets.push(next);
+            next += 1;
+        }
+        let rate = HitRate::default();
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                let ticket = tickets.pop().unwrap_or(0);
+                rate.record(store.take(&id(ticket)));
+                for _ in 0..2 {
+                    store.put(&id(next));
+                    tickets.push(next);
+                    next += 1;
+                }
+                if tickets.len() > 4 * TLS13_CAPACITY {
+                    tickets.drain(..2 * TLS13_CAPACITY);
+                }
+            });
+        });
+        rate.report(&format!("tls13-handshake/{name}"));
+    }
+    group.finish();
+}
+
+/// Flushing when 1 % of 1,000,000 sessions have expired: Reprise's expiry-ordered flush
+/// against a full scan of the same sessions.
+fn flush(c: &mut Criterion) {
+    const TOTAL: u64 = 1_000_000;
+    const EXPIRED: u64 = TOTAL / 100;
+    let now = 1_700_000_000;
+    let clock = Arc::new(ManualClock::new(now));
+    let cache: SessionCache = SessionCache::builder().size_limit(0).clock(clock).build();
+    let session = |n: u64, expired: bool| {
+        let time = if expired { now - 1000 } else { now };
+        Arc::new(
+            Session::builder(&id(n), SecretBytes::from(payload()))
+                .time(time)
+                .timeout_secs(300)
+                .build()
+                .unwrap(),
+        )
+    };
+    for n in 0..TOTAL - EXPIRED {
+        cache.add(&session(n, false));
+    }
+    let mut scan: std::collections::HashMap<[u8; 32], Arc<Session>> = cache
+        .sessions()
+        .into_iter()
+        .map(|s| (*id_of(&s), s))
+        .collect();
+
+    let mut group = c.benchmark_group("flush-1pct-of-1M");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+    let mut round = 0u64;
+    group.bench_function("reprise", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                for n in 0..EXPIRED {
+                    cache.add(&session((round << 32) | n, true));
+                }
+                let start = Instant::now();
+                let removed = cache.flush(now);
+                total += start.elapsed();
+                assert_eq!(removed as u64, EXPIRED);
+            }
+            total
+        });
+    });
+    group.bench_function("full-scan", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                for n in 0..EXPIRED {
+                    let s = session((round << 32) | n, true);
+                    scan.insert(*id_of(&s), s);
+                }
+                let start = Instant::now();
+                let before = scan.len();
+                scan.retain(|_, s| !s.is_expired_at(now));
+                total += start.elapsed();
+                assert_eq!((before - scan.len()) as u64, EXPIRED);
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+fn id_of(s: &Session) -> &[u8; 32] {
+    s.id().as_bytes().try_into().unwrap()
+}
+
+criterion_group!(benches, mixed, tls13, flush);
+criterion_main!(benches);
