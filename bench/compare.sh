@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `reprise serve` against nginx on loopback: handshakes per second and server CPU time per
 # handshake, full and resumed, TLS 1.2 and 1.3, with `openssl s_time` (one sequential client)
-# and `reprise bench` (concurrent, saturating). Both servers get the same ECDSA P-256
+# and `reprise bench` (concurrent: 8 connections in flight). Both servers get the same ECDSA P-256
 # certificate and one worker; the runs alternate between them, round after round, and the table
 # shows the medians over the rounds.
 #
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '7p' "$0" | sed 's/^# //' >&2; exit 2; }
+usage() { grep -m1 '^# Usage:' "$0" | sed 's/^# //' >&2; exit 2; }
 case "${1:-}" in -h | --help) usage ;; esac
 secs=${1:-5}
 rounds=${2:-3}
@@ -309,7 +309,8 @@ for r in disturbed:
 if disturbed:
     print("warning: rerun on a quiet machine before trusting the rows above")
 
-print("\ntargets (bench rows saturate the server; s_time rows are latency-bound, shown for reference):")
+print("\ntargets (bench rows load the server, which is saturated only where its busy column is near 100 %;\n"
+      "s_time rows are latency-bound, shown for reference):")
 def check(label, test, key, op, bound):
     r, n = stats[test, "reprise"][key], stats[test, "nginx"][key]
     v = ratio(r, n)
