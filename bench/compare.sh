@@ -112,6 +112,10 @@ http {
         ssl_session_cache shared:SSL:10m;
         ssl_session_timeout 300s;
         ssl_session_tickets off;
+        # The same suite preference as reprise serve: SHA-256 suites first, server's order.
+        ssl_prefer_server_ciphers on;
+        ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384;
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384;
         location / { return 200 "ok\n"; }
     }
 }

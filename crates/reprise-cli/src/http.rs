@@ -97,10 +97,11 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         if buf.len() > MAX_HEAD {
             return Err(ReadError::Bad("request head too large"));
         }
-        let mut chunk = [0u8; 4096];
-        match r.read(&mut chunk).await {
+        // Straight into the buffer's spare room: nothing to zero, nothing to copy.
+        buf.reserve(4096);
+        match r.read_buf(buf).await {
             Ok(0) => return Err(ReadError::Closed),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
             Err(e) => return Err(ReadError::Io(e)),
         }
     }

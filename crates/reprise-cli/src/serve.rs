@@ -173,9 +173,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
+                // Boxed: the state machine is large, and moves only as a pointer.
                 shared
                     .tasks
-                    .spawn(connection(shared.clone(), tcp, peer, permit));
+                    .spawn(Box::pin(connection(shared.clone(), tcp, peer, permit)));
             }
             Err(e) => {
                 // Out of file descriptors, say: back off a little instead of spinning.

@@ -87,6 +87,25 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
         .join(":")
 }
 
+/// The ring provider with the AES-128-GCM and ChaCha20 suites (SHA-256) ahead of
+/// AES-256-GCM (SHA-384), which the server then prefers whatever the client's order.
+///
+/// Every suite here is strong; the SHA-256 suites make the key schedule, a large part of a
+/// resumed handshake's cost, markedly cheaper (SHA-384 has no fast path on many CPUs).
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    use rustls::CipherSuite as S;
+    let mut provider = default_provider();
+    provider.cipher_suites.sort_by_key(|s| {
+        matches!(
+            s.suite(),
+            S::TLS13_AES_256_GCM_SHA384
+                | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+        )
+    });
+    provider
+}
+
 /// Builds the server's TLS configuration and its cache from the settings.
 pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     let (chain, key, self_signed) = match &settings.cert_key {
@@ -98,7 +117,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     };
     let fingerprint = fingerprint(&chain[0]);
 
-    let provider = Arc::new(default_provider());
+    let provider = Arc::new(provider());
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
         .tls_versions
         .iter()
@@ -151,6 +170,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect();
+    config.ignore_client_order = true;
 
     let cache = Arc::new(
         SessionCache::builder()

@@ -8,7 +8,9 @@
 //! heads each shard publishes.
 //!
 //! No lock is held while a callback runs: every operation collects the sessions it removed and
-//! fires the remove callback after unlocking. No operation holds two shard locks at once.
+//! fires the remove callback after unlocking. No operation waits for a lock while it holds one:
+//! an add that must evict from another shard only tries that shard's lock, and otherwise
+//! releases its own first.
 
 use core::fmt;
 use core::hash::BuildHasher;
@@ -48,9 +50,9 @@ struct ShardCell<P> {
 }
 
 impl<P> ShardCell<P> {
-    fn new() -> Self {
+    fn new(hasher: foldhash::fast::RandomState) -> Self {
         Self {
-            shard: Mutex::new(Shard::new()),
+            shard: Mutex::new(Shard::new(hasher)),
             head_expiry: AtomicU64::new(0),
             head_seq: AtomicU64::new(EMPTY_HEAD),
         }
@@ -63,10 +65,10 @@ impl<P> ShardCell<P> {
         self.head_seq.store(seq, Ordering::Release);
     }
 
-    /// Publishes the head if it is not `before` any more: an operation that leaves the head
-    /// alone (a lookup, an insert at the tail) writes nothing more to the shard's cache lines.
-    fn publish_if_moved(&self, shard: &Shard<P>, before: Option<HeadKey>) {
-        if shard.head_key() != before {
+    /// Publishes the head if it moved: an operation that leaves the head alone (a lookup, an
+    /// insert at the tail) writes nothing more to the shard's cache lines.
+    fn publish_if_moved(&self, shard: &mut Shard<P>) {
+        if std::mem::take(&mut shard.head_moved) {
             self.publish(shard);
         }
     }
@@ -252,10 +254,13 @@ impl<P: Send + Sync + 'static> CacheBuilder<P> {
             })
             .clamp(1, 1 << 16)
             .next_power_of_two();
+        let hasher = foldhash::fast::RandomState::default();
         SessionCache {
-            shards: (0..shards).map(|_| ShardCell::new()).collect(),
+            shards: (0..shards)
+                .map(|_| ShardCell::new(hasher.clone()))
+                .collect(),
             shard_mask: shards - 1,
-            hasher: foldhash::fast::RandomState::default(),
+            hasher,
             occupancy: Occupancy::default(),
             mode: AtomicU32::new(self.mode.bits()),
             size_limit: AtomicUsize::new(self.size_limit),
@@ -419,8 +424,8 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         let id = session.id().as_bytes();
         let hash = self.hash(id);
         let removed = self.with_shard(hash, |shard| {
-            let idx = shard.find(hash, id)?;
-            Some(shard.remove_at(hash, idx))
+            let (idx, _) = shard.find(hash, id)?;
+            shard.remove_at(idx)
         });
         let found = removed.is_some();
         if removed.is_some() {
@@ -456,11 +461,11 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         }
         let hash = self.hash(key.id);
         let old = self.with_shard(hash, |shard| {
-            let idx = shard.find(hash, key.id)?;
-            if shard.get(idx).sid_ctx().as_bytes() != key.sid_ctx {
+            let (idx, found) = shard.find(hash, key.id)?;
+            if found.sid_ctx().as_bytes() != key.sid_ctx {
                 return None;
             }
-            Some(shard.remove_at(hash, idx))
+            shard.remove_at(idx)
         })?;
         self.release_slot();
         Some(old)
@@ -535,7 +540,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         if SessionKey::new(id, &[]).is_well_formed() {
             let hash = self.hash(id);
             let shard = self.shard(hash).shard.lock();
-            shard.find(hash, id).map(|idx| Arc::clone(shard.get(idx)))
+            shard.find(hash, id).map(|(_, s)| Arc::clone(s))
         } else {
             None
         }
@@ -572,14 +577,12 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     ///
     /// The cost grows with the number removed, not with the size of the cache.
     pub fn flush(&self, t: u64) -> usize {
-        self.drain_shards(Removal::Flushed, |shard, rehash, out| {
-            shard.pop_expired(t, rehash, out)
-        })
+        self.drain_shards(Removal::Flushed, |shard, out| shard.pop_expired(t, out))
     }
 
     /// Removes every session, with the remove callback for each. Returns how many.
     pub fn flush_all(&self) -> usize {
-        self.drain_shards(Removal::Flushed, |shard, _, out| shard.drain(out))
+        self.drain_shards(Removal::Flushed, |shard, out| shard.drain(out))
     }
 
     // ----- observation ----------------------------------------------------------------------
@@ -619,7 +622,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         stats
     }
 
-    /// Every cached session, each shard's soonest expiry first. Takes each shard's lock in
+    /// Every cached session, in no particular order. Takes each shard's lock in
     /// turn: for inspection and tests, not for the handshake path.
     pub fn sessions(&self) -> Vec<Arc<Session<P>>> {
         let mut all = Vec::with_capacity(self.len());
@@ -635,17 +638,20 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         self.hasher.hash_one(id)
     }
 
+    fn shard_index(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & self.shard_mask
+    }
+
     fn shard(&self, hash: u64) -> &ShardCell<P> {
-        &self.shards[(hash >> 32) as usize & self.shard_mask]
+        &self.shards[self.shard_index(hash)]
     }
 
     /// Runs `f` on the shard for `hash` under its lock, and publishes its head afterwards.
     pub(crate) fn with_shard<R>(&self, hash: u64, f: impl FnOnce(&mut Shard<P>) -> R) -> R {
         let cell = self.shard(hash);
         let mut shard = cell.shard.lock();
-        let head = shard.head_key();
         let r = f(&mut shard);
-        cell.publish_if_moved(&shard, head);
+        cell.publish_if_moved(&mut shard);
         r
     }
 
@@ -696,14 +702,12 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         let id = session.id().as_bytes();
         let hash = self.hash(id);
         let cell = self.shard(hash);
-        let rehash = |id: &[u8]| self.hash(id);
         for _ in 0..MAX_ADD_ATTEMPTS {
             {
                 let mut shard = cell.shard.lock();
-                let head = shard.head_key();
                 let expiry = session.expires_at();
-                if let Some(idx) = shard.find(hash, id) {
-                    let identical = Arc::ptr_eq(shard.get(idx), session);
+                if let Some((idx, found)) = shard.find(hash, id) {
+                    let identical = Arc::ptr_eq(found, session);
                     if identical && shard.expiry(idx) == expiry {
                         return Inserted::Identical;
                     }
@@ -712,7 +716,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                     // cache is back within a limit that shrank.
                     if identical || !self.over_limit() {
                         drop(shard.replace(idx, Arc::clone(session), expiry, self.next_seq()));
-                        cell.publish_if_moved(&shard, head);
+                        cell.publish_if_moved(&mut shard);
                         return if identical {
                             Inserted::Identical
                         } else {
@@ -720,9 +724,19 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                         };
                     }
                 } else if self.try_reserve() {
-                    shard.insert(hash, Arc::clone(session), expiry, self.next_seq(), rehash);
-                    cell.publish_if_moved(&shard, head);
+                    shard.insert(hash, Arc::clone(session), expiry, self.next_seq());
+                    cell.publish_if_moved(&mut shard);
                     return Inserted::Added;
+                } else if let Some(victim) = self.evict_holding(&mut shard, self.shard_index(hash))
+                {
+                    // Full, and the victim was at hand (this shard, or one free to lock): one
+                    // pass, no second lookup.
+                    removed.push(victim);
+                    if self.try_reserve() {
+                        shard.insert(hash, Arc::clone(session), expiry, self.next_seq());
+                        cell.publish_if_moved(&mut shard);
+                        return Inserted::Added;
+                    }
                 }
             }
             // Full: evict the session that expires soonest, anywhere, and try again.
@@ -732,6 +746,41 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             }
         }
         Inserted::Refused
+    }
+
+    /// Like [`evict_one`](Self::evict_one), while holding the lock of shard `own`: the victim
+    /// comes from it, or from another shard whose lock is free right now (never waited for, so
+    /// no two locks are ever waited on together). `None` if the victim's shard is busy.
+    fn evict_holding(&self, own: &mut Shard<P>, own_index: usize) -> Option<Arc<Session<P>>> {
+        let own_head = own.head_key();
+        let (_, index) = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cell)| {
+                let head = if i == own_index {
+                    own_head
+                } else {
+                    cell.head()
+                };
+                head.map(|key| (key, i))
+            })
+            .min()?;
+        let cell = &self.shards[index];
+        let victim = if index == own_index {
+            let victim = own.pop_head()?;
+            own.counters.cache_full += 1;
+            cell.publish_if_moved(own);
+            victim
+        } else {
+            let mut other = cell.shard.try_lock()?;
+            let victim = other.pop_head()?;
+            other.counters.cache_full += 1;
+            cell.publish_if_moved(&mut other);
+            victim
+        };
+        self.release_slot();
+        Some(victim)
     }
 
     /// Evicts the session that expires soonest over all shards (ties: the oldest inserted).
@@ -746,11 +795,11 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 .map(|(_, i)| &self.shards[i])?;
             let victim = {
                 let mut shard = victim_shard.shard.lock();
-                let victim = shard.pop_head(|id| self.hash(id));
+                let victim = shard.pop_head();
                 if victim.is_some() {
                     shard.counters.cache_full += 1;
                 }
-                victim_shard.publish(&shard);
+                victim_shard.publish_if_moved(&mut shard);
                 victim
             };
             if let Some(victim) = victim {
@@ -767,8 +816,12 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         let id = session.id().as_bytes();
         let hash = self.hash(id);
         let removed = self.with_shard(hash, |shard| {
-            let idx = shard.find(hash, id)?;
-            Arc::ptr_eq(shard.get(idx), session).then(|| shard.remove_at(hash, idx))
+            let (idx, found) = shard.find(hash, id)?;
+            if Arc::ptr_eq(found, session) {
+                shard.remove_at(idx)
+            } else {
+                None
+            }
         });
         if let Some(old) = removed {
             self.release_slot();
@@ -780,16 +833,15 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     fn drain_shards(
         &self,
         cause: Removal,
-        pick: impl Fn(&mut Shard<P>, &dyn Fn(&[u8]) -> u64, &mut Vec<Arc<Session<P>>>),
+        pick: impl Fn(&mut Shard<P>, &mut Vec<Arc<Session<P>>>),
     ) -> usize {
-        let rehash = |id: &[u8]| self.hash(id);
         let mut total = 0;
         let mut out = Vec::new();
         for cell in self.shards.iter() {
             {
                 let mut shard = cell.shard.lock();
-                pick(&mut shard, &rehash, &mut out);
-                cell.publish(&shard);
+                pick(&mut shard, &mut out);
+                cell.publish_if_moved(&mut shard);
             }
             self.release_slots(out.len());
             total += out.len();

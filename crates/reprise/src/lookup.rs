@@ -63,24 +63,27 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         }
         let hash = self.hash(key.id);
         let found = self.with_shard(hash, |shard| {
-            let Some(idx) = shard.find(hash, key.id) else {
+            let Some((idx, s)) = shard.find(hash, key.id) else {
                 shard.counters.misses += 1;
                 return Found::Miss;
             };
-            let s = shard.get(idx);
             if s.sid_ctx().as_bytes() != key.sid_ctx || !s.is_resumable() {
                 return Found::Unusable;
             }
-            if now > shard.expiry(idx) {
+            // The session's own expiry: a hit reads the table and the session, not the slot.
+            if s.is_expired_at(now) {
                 shard.counters.timeouts += 1;
-                return Found::Expired(shard.remove_at(hash, idx));
+                return shard.remove_at(idx).map_or(Found::Unusable, Found::Expired);
             }
             let s = Arc::clone(s);
             shard.counters.hits += 1;
             match use_ {
                 Use::Resume => Found::Hit(s),
-                // Removal marks it not resumable under the lock: it is taken exactly once.
-                Use::Take => Found::Taken(shard.remove_at(hash, idx)),
+                Use::Take => {
+                    // Removal marks it not resumable under the lock: it is taken exactly once.
+                    shard.remove_at(idx);
+                    Found::Taken(s)
+                }
             }
         });
         match found {

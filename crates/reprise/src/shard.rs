@@ -3,11 +3,13 @@
 //! A shard holds no lock and calls no callback: [`crate::cache`] locks it, and fires callbacks
 //! for the sessions it hands back once the lock is released.
 //!
-//! Every live slot sits in one doubly linked list (indices, not pointers) sorted by
-//! `(expiry, seq)`: the head is the session that expires soonest, and among those the oldest
-//! inserted. `buckets` maps each distinct expiry second to the last slot with that expiry, so
-//! an insert finds its place without walking the list. Lookups never touch the list.
+//! The table holds slot indices (4 bytes each); a slot holds the session's `Arc`. Every live
+//! slot sits in one doubly linked list (indices, not pointers) sorted by `(expiry, seq)`: the
+//! head is the session that expires soonest, and among those the oldest inserted. `buckets`
+//! maps each run of equal expiries to its last slot, so an insert finds its place without
+//! walking the list. Lookups never touch the list.
 
+use core::hash::BuildHasher;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -45,25 +47,30 @@ pub(crate) struct ShardCounters {
 pub(crate) struct Shard<P> {
     table: HashTable<u32>,
     slots: Vec<Slot<P>>,
+    /// The cache's hasher, to find a slot's session in the table again.
+    hasher: foldhash::fast::RandomState,
     free: u32,
     head: u32,
     tail: u32,
-    /// Expiry second → the last slot in the list with that expiry.
+    /// Expiry second → the last slot of its run, for every run but the tail's.
     buckets: BTreeMap<u64, u32>,
-    live: usize,
+    /// Set whenever the head changes; the cache reads and clears it to republish the head.
+    pub(crate) head_moved: bool,
     pub(crate) counters: ShardCounters,
 }
 
 impl<P> Shard<P> {
-    pub(crate) fn new() -> Self {
+    /// An empty shard hashing ids with `hasher` (the cache's).
+    pub(crate) fn new(hasher: foldhash::fast::RandomState) -> Self {
         Self {
             table: HashTable::new(),
             slots: Vec::new(),
+            hasher,
             free: NIL,
             head: NIL,
             tail: NIL,
             buckets: BTreeMap::new(),
-            live: 0,
+            head_moved: false,
             counters: ShardCounters::default(),
         }
     }
@@ -71,7 +78,7 @@ impl<P> Shard<P> {
     /// The number of sessions in this shard.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.live
+        self.table.len()
     }
 
     fn slot(&self, idx: u32) -> &Slot<P> {
@@ -89,23 +96,23 @@ impl<P> Shard<P> {
         }
     }
 
-    /// Finds the slot of the session with this id.
-    pub(crate) fn find(&self, hash: u64, id: &[u8]) -> Option<u32> {
+    fn hash_of(&self, idx: u32) -> u64 {
+        self.hasher.hash_one(self.session_at(idx).id().as_bytes())
+    }
+
+    /// Finds the session with this id: its slot and the session.
+    pub(crate) fn find(&self, hash: u64, id: &[u8]) -> Option<(u32, &Arc<Session<P>>)> {
         let slots = &self.slots;
-        self.table
+        let idx = *self
+            .table
             .find(hash, |&i| match &slots[i as usize].session {
                 Some(s) => s.id().as_bytes() == id,
                 None => false,
-            })
-            .copied()
+            })?;
+        Some((idx, self.session_at(idx)))
     }
 
-    /// The session in a slot that [`find`](Self::find) returned.
-    pub(crate) fn get(&self, idx: u32) -> &Arc<Session<P>> {
-        self.session_at(idx)
-    }
-
-    /// The expiry the slot was filed under.
+    /// The expiry a slot was filed under.
     pub(crate) fn expiry(&self, idx: u32) -> u64 {
         self.slot(idx).expiry
     }
@@ -119,23 +126,15 @@ impl<P> Shard<P> {
     }
 
     /// Inserts a session whose id is not in the shard.
-    pub(crate) fn insert(
-        &mut self,
-        hash: u64,
-        session: Arc<Session<P>>,
-        expiry: u64,
-        seq: u64,
-        rehash: impl Fn(&[u8]) -> u64,
-    ) {
+    pub(crate) fn insert(&mut self, hash: u64, session: Arc<Session<P>>, expiry: u64, seq: u64) {
         let idx = self.alloc(session, expiry, seq);
-        let slots = &self.slots;
+        let (slots, hasher) = (&self.slots, &self.hasher);
         self.table
             .insert_unique(hash, idx, |&i| match &slots[i as usize].session {
-                Some(s) => rehash(s.id().as_bytes()),
+                Some(s) => hasher.hash_one(s.id().as_bytes()),
                 None => 0,
             });
         self.link(idx);
-        self.live += 1;
     }
 
     /// Puts another session (with the same id) into a slot, refiled under its own expiry.
@@ -145,96 +144,69 @@ impl<P> Shard<P> {
         session: Arc<Session<P>>,
         expiry: u64,
         seq: u64,
-    ) -> Arc<Session<P>> {
+    ) -> Option<Arc<Session<P>>> {
         self.unlink(idx);
         let slot = self.slot_mut(idx);
         let old = slot.session.replace(session);
         slot.expiry = expiry;
         slot.seq = seq;
         self.link(idx);
-        match old {
-            Some(old) => old,
-            None => unreachable!("replace is only called on live slots"),
-        }
+        old
     }
 
     /// Removes the session in a slot, and marks it not resumable while the lock is held, so no
     /// other thread can put it back and resume it again.
-    pub(crate) fn remove_at(&mut self, hash: u64, idx: u32) -> Arc<Session<P>> {
+    pub(crate) fn remove_at(&mut self, idx: u32) -> Option<Arc<Session<P>>> {
+        let hash = self.hash_of(idx);
         if let Ok(entry) = self.table.find_entry(hash, |&i| i == idx) {
             entry.remove();
         }
         self.unlink(idx);
-        self.live -= 1;
-        let session = self.release(idx);
+        let session = self.release(idx)?;
         session.mark_not_resumable();
-        session
+        Some(session)
     }
 
     /// Removes the head (the session that expires soonest), if any.
-    pub(crate) fn pop_head(&mut self, rehash: impl Fn(&[u8]) -> u64) -> Option<Arc<Session<P>>> {
+    pub(crate) fn pop_head(&mut self) -> Option<Arc<Session<P>>> {
         if self.head == NIL {
             return None;
         }
-        let idx = self.head;
-        let hash = rehash(self.session_at(idx).id().as_bytes());
-        Some(self.remove_at(hash, idx))
+        self.remove_at(self.head)
     }
 
     /// Removes every session that is expired at `t` (`t > expiry`), soonest first.
     ///
     /// The cost is proportional to the number removed: the list is sorted by expiry.
-    pub(crate) fn pop_expired(
-        &mut self,
-        t: u64,
-        rehash: impl Fn(&[u8]) -> u64,
-        out: &mut Vec<Arc<Session<P>>>,
-    ) {
+    pub(crate) fn pop_expired(&mut self, t: u64, out: &mut Vec<Arc<Session<P>>>) {
         while self.head != NIL && self.slot(self.head).expiry < t {
-            if let Some(s) = self.pop_head(&rehash) {
-                out.push(s);
+            match self.pop_head() {
+                Some(s) => out.push(s),
+                None => break,
             }
         }
     }
 
     /// Removes every session, marking each not resumable.
     pub(crate) fn drain(&mut self, out: &mut Vec<Arc<Session<P>>>) {
-        out.reserve(self.live);
-        let mut idx = self.head;
-        while idx != NIL {
-            let next = self.slot(idx).next;
-            if let Some(s) = self.slot_mut(idx).session.take() {
+        out.reserve(self.table.len());
+        for slot in self.slots.drain(..) {
+            if let Some(s) = slot.session {
                 s.mark_not_resumable();
                 out.push(s);
             }
-            idx = next;
         }
         self.table.clear();
-        self.slots.clear();
         self.buckets.clear();
         self.free = NIL;
         self.head = NIL;
         self.tail = NIL;
-        self.live = 0;
+        self.head_moved = true;
     }
 
-    /// Every session, soonest expiry first.
+    /// Every session, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Session<P>>> + '_ {
-        let mut idx = self.head;
-        core::iter::from_fn(move || {
-            (idx != NIL).then(|| {
-                let slot = self.slot(idx);
-                idx = slot.next;
-                self.session_at_slot(slot)
-            })
-        })
-    }
-
-    fn session_at_slot<'a>(&self, slot: &'a Slot<P>) -> &'a Arc<Session<P>> {
-        match &slot.session {
-            Some(s) => s,
-            None => unreachable!("the list only holds live slots"),
-        }
+        self.slots.iter().filter_map(|s| s.session.as_ref())
     }
 
     fn alloc(&mut self, session: Arc<Session<P>>, expiry: u64, seq: u64) -> u32 {
@@ -260,30 +232,41 @@ impl<P> Shard<P> {
         }
     }
 
-    fn release(&mut self, idx: u32) -> Arc<Session<P>> {
+    fn release(&mut self, idx: u32) -> Option<Arc<Session<P>>> {
         let free = self.free;
         let slot = self.slot_mut(idx);
         let session = slot.session.take();
         slot.next = free;
         slot.prev = NIL;
         self.free = idx;
-        match session {
-            Some(s) => s,
-            None => unreachable!("release is only called on live slots"),
-        }
+        session
     }
 
     /// Files a slot in the list after the last slot whose expiry is at most its own.
+    ///
+    /// `buckets` holds the last slot of every expiry's run except the tail's, whose last slot
+    /// is the tail itself: the common insert (the newest session expires last, in the same
+    /// second as the previous one) touches no map at all.
     fn link(&mut self, idx: u32) {
         let expiry = self.slot(idx).expiry;
-        // The common case: the newest session expires last.
         let after = if self.tail != NIL && self.slot(self.tail).expiry <= expiry {
+            let tail_expiry = self.slot(self.tail).expiry;
+            if tail_expiry < expiry {
+                // The old tail's run is no longer the tail's: it goes into the map.
+                self.buckets.insert(tail_expiry, self.tail);
+            }
             self.tail
         } else {
-            self.buckets
+            // Before the tail's run (or into an empty list): the map knows the place.
+            let after = self
+                .buckets
                 .range(..=expiry)
                 .next_back()
-                .map_or(NIL, |(_, &last)| last)
+                .map_or(NIL, |(_, &last)| last);
+            if self.tail != NIL {
+                self.buckets.insert(expiry, idx);
+            }
+            after
         };
         let before = if after == NIL {
             self.head
@@ -297,6 +280,7 @@ impl<P> Shard<P> {
         }
         if after == NIL {
             self.head = idx;
+            self.head_moved = true;
         } else {
             self.slot_mut(after).next = idx;
         }
@@ -305,7 +289,6 @@ impl<P> Shard<P> {
         } else {
             self.slot_mut(before).prev = idx;
         }
-        self.buckets.insert(expiry, idx);
     }
 
     /// Takes a slot out of the list, keeping `buckets` true.
@@ -314,10 +297,17 @@ impl<P> Shard<P> {
             let s = self.slot(idx);
             (s.prev, s.next, s.expiry)
         };
-        let is_last_of_bucket = next == NIL || self.slot(next).expiry != expiry;
-        if is_last_of_bucket {
-            let is_first_of_bucket = prev == NIL || self.slot(prev).expiry != expiry;
-            if is_first_of_bucket {
+        let is_last_of_run = next == NIL || self.slot(next).expiry != expiry;
+        if is_last_of_run {
+            let is_first_of_run = prev == NIL || self.slot(prev).expiry != expiry;
+            if next == NIL {
+                // The tail's run, which the map does not hold. If it empties, the run before
+                // it becomes the tail's and leaves the map.
+                if is_first_of_run && prev != NIL {
+                    let prev_expiry = self.slot(prev).expiry;
+                    self.buckets.remove(&prev_expiry);
+                }
+            } else if is_first_of_run {
                 self.buckets.remove(&expiry);
             } else {
                 self.buckets.insert(expiry, prev);
@@ -325,6 +315,7 @@ impl<P> Shard<P> {
         }
         if prev == NIL {
             self.head = next;
+            self.head_moved = true;
         } else {
             self.slot_mut(prev).next = next;
         }
@@ -348,8 +339,15 @@ impl<P> Shard<P> {
             let key = (s.expiry, s.seq);
             assert!(last_key.is_none_or(|k| k < key), "list out of order");
             let is_last = s.next == NIL || self.slot(s.next).expiry != s.expiry;
-            if is_last {
+            if is_last && s.next != NIL {
                 assert_eq!(self.buckets.get(&s.expiry), Some(&idx));
+            }
+            if s.next == NIL {
+                assert_eq!(
+                    self.buckets.get(&s.expiry),
+                    None,
+                    "the tail's run is not in the map"
+                );
             }
             last_key = Some(key);
             prev = idx;
@@ -357,9 +355,23 @@ impl<P> Shard<P> {
             n += 1;
         }
         assert_eq!(self.tail, prev);
-        assert_eq!(n, self.live);
-        assert_eq!(self.table.len(), self.live);
-        assert!(self.buckets.len() <= self.live);
+        assert_eq!(n, self.table.len());
+        // Every table entry is a live slot, found under its session's hash.
+        for &i in self.table.iter() {
+            assert!(self.slot(i).session.is_some());
+            assert!(self.table.find(self.hash_of(i), |&x| x == i).is_some());
+        }
+        // One map entry per run of equal expiries, but the tail's.
+        let mut runs = 0;
+        let mut idx = self.head;
+        while idx != NIL {
+            let s = self.slot(idx);
+            if s.next == NIL || self.slot(s.next).expiry != s.expiry {
+                runs += 1;
+            }
+            idx = s.next;
+        }
+        assert_eq!(self.buckets.len(), runs.max(1) - 1);
     }
 }
 
@@ -378,21 +390,27 @@ mod tests {
         }
     }
 
-    fn h(id: &[u8]) -> u64 {
-        u64::from(id[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    /// A shard and the hash function it uses.
+    fn shard() -> (Shard<()>, impl Fn(&[u8]) -> u64) {
+        let hasher = foldhash::fast::RandomState::default();
+        let h = {
+            let hasher = hasher.clone();
+            move |id: &[u8]| hasher.hash_one(id)
+        };
+        (Shard::new(hasher), h)
     }
 
     #[test]
     fn keeps_expiry_order_and_fifo_ties() {
-        let mut shard = Shard::new();
+        let (mut shard, h) = shard();
         let times = [5u64, 3, 5, 1, 9, 3, 5, 0];
         for (i, &t) in times.iter().enumerate() {
             let id = [i as u8];
-            shard.insert(h(&id), session(i as u8, t), t, i as u64, h);
+            shard.insert(h(&id), session(i as u8, t), t, i as u64);
             shard.check();
         }
         let mut popped = Vec::new();
-        while let Some(s) = shard.pop_head(h) {
+        while let Some(s) = shard.pop_head() {
             shard.check();
             popped.push(s.id().as_bytes()[0]);
         }
@@ -402,33 +420,37 @@ mod tests {
 
     #[test]
     fn removal_anywhere_keeps_buckets_true() {
-        let mut shard = Shard::new();
+        let (mut shard, h) = shard();
         for i in 0..30u8 {
             let t = u64::from(i % 4);
-            shard.insert(h(&[i]), session(i, t), t, u64::from(i), h);
+            shard.insert(h(&[i]), session(i, t), t, u64::from(i));
         }
         for i in (0..30u8).step_by(3) {
-            let idx = shard.find(h(&[i]), &[i]);
-            let Some(idx) = idx else {
+            let Some((idx, _)) = shard.find(h(&[i]), &[i]) else {
                 panic!("{i} missing")
             };
-            shard.remove_at(h(&[i]), idx);
+            assert!(shard.remove_at(idx).is_some());
             shard.check();
             assert!(shard.find(h(&[i]), &[i]).is_none());
         }
         let mut out = Vec::new();
-        shard.pop_expired(2, h, &mut out);
+        shard.pop_expired(2, &mut out);
         shard.check();
         assert!(out.iter().all(|s| s.time() < 2));
         assert!(shard.iter().all(|s| s.time() >= 2));
         let before = shard.len();
-        let Some(idx) = shard.find(h(&[2]), &[2]) else {
+        let Some((idx, _)) = shard.find(h(&[2]), &[2]) else {
             panic!("2 missing")
         };
         let old = shard.replace(idx, session(2, 100), 100, 1000);
-        assert_eq!(old.time(), 2);
+        assert_eq!(old.map(|o| o.time()), Some(2));
         shard.check();
         assert_eq!(shard.len(), before);
-        assert_eq!(shard.iter().last().map(|s| s.time()), Some(100));
+        // The replacement expires last: it is the last one popped.
+        let mut last = None;
+        while let Some(s) = shard.pop_head() {
+            last = Some(s.time());
+        }
+        assert_eq!(last, Some(100));
     }
 }
