@@ -156,6 +156,8 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
 /// How a connection served by the responder ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
+    /// The responder is done: the caller sends close_notify and closes.
+    Close,
     /// A close_notify was received or sent.
     Clean,
     /// The connection ended without close_notify on either side.
@@ -221,11 +223,9 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    // Our close_notify makes the ending clean, as OpenSSL's SSL_shutdown does.
-    match stream.shutdown().await {
-        Ok(()) => Ending::Clean,
-        Err(_) => Ending::Unclean,
-    }
+    // The caller sends close_notify, which makes the ending clean as OpenSSL's SSL_shutdown
+    // does, and closes the connection.
+    Ending::Close
 }
 
 #[cfg(test)]

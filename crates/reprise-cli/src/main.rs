@@ -38,11 +38,17 @@ fn main() -> ExitCode {
         Command::Bench(args) => args.workers,
         Command::Keygen(_) => Some(1),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker runs everything on this thread: no cross-thread wake-ups at all.
+    let mut runtime = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(n) = workers {
-        runtime.worker_threads(n.max(1));
-    }
     let result = runtime.build().map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
             match cli.command {
