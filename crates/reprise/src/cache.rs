@@ -45,24 +45,34 @@ const MAX_ADD_ATTEMPTS: usize = 1024;
 #[repr(align(128))]
 struct ShardCell<P> {
     shard: Mutex<Shard<P>>,
-    head_expiry: AtomicU64,
-    head_seq: AtomicU64,
+    /// On its own cache lines: lookups write the shard's counters constantly, and every add
+    /// at capacity reads every shard's head.
+    head: PublishedHead,
+}
+
+/// A shard's head, published for the eviction scan.
+#[repr(align(128))]
+struct PublishedHead {
+    expiry: AtomicU64,
+    seq: AtomicU64,
 }
 
 impl<P> ShardCell<P> {
     fn new(hasher: foldhash::fast::RandomState) -> Self {
         Self {
             shard: Mutex::new(Shard::new(hasher)),
-            head_expiry: AtomicU64::new(0),
-            head_seq: AtomicU64::new(EMPTY_HEAD),
+            head: PublishedHead {
+                expiry: AtomicU64::new(0),
+                seq: AtomicU64::new(EMPTY_HEAD),
+            },
         }
     }
 
     /// Publishes the head for the eviction scan; called before the lock is released.
     fn publish(&self, shard: &Shard<P>) {
         let (expiry, seq) = shard.head_key().unwrap_or((0, EMPTY_HEAD));
-        self.head_expiry.store(expiry, Ordering::Relaxed);
-        self.head_seq.store(seq, Ordering::Release);
+        self.head.expiry.store(expiry, Ordering::Relaxed);
+        self.head.seq.store(seq, Ordering::Release);
     }
 
     /// Publishes the head if it moved: an operation that leaves the head alone (a lookup, an
@@ -74,8 +84,8 @@ impl<P> ShardCell<P> {
     }
 
     fn head(&self) -> Option<HeadKey> {
-        let seq = self.head_seq.load(Ordering::Acquire);
-        (seq != EMPTY_HEAD).then(|| (self.head_expiry.load(Ordering::Relaxed), seq))
+        let seq = self.head.seq.load(Ordering::Acquire);
+        (seq != EMPTY_HEAD).then(|| (self.head.expiry.load(Ordering::Relaxed), seq))
     }
 }
 
@@ -889,7 +899,7 @@ impl<P> Drop for SessionCache<P> {
         let mut out = Vec::new();
         for cell in self.shards.iter() {
             cell.shard.lock().drain(&mut out);
-            cell.head_seq.store(EMPTY_HEAD, Ordering::Release);
+            cell.head.seq.store(EMPTY_HEAD, Ordering::Release);
         }
         self.occupancy.len.store(0, Ordering::Release);
         if let Some(cb) = &remove {
