@@ -30,17 +30,15 @@
 //! ```
 
 mod breaker;
-mod codec;
 mod config;
 mod conn;
 mod error;
-mod keyring;
 mod stats;
 mod tier;
 
 pub use breaker::BreakerState;
 pub use config::{RedisConfig, RedisTarget, DEFAULT_PREFIX, DEFAULT_READ_TIMEOUT};
-pub use error::{ConfigError, KeyFileError, OpenError};
-pub use keyring::{KeyRing, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
+pub use error::ConfigError;
+pub use reprise_seal::{KeyFileError, KeyRing, OpenError, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
 pub use stats::TierStats;
 pub use tier::{Fetch, Offer, RedisTier, Wiring};

@@ -27,11 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::breaker::Breaker;
-use crate::codec;
 use crate::config::RedisConfig;
 use crate::conn::{Clients, Conn};
-use crate::error::{ConfigError, OpenError};
-use crate::keyring::KeyRing;
+use crate::error::ConfigError;
+use reprise_seal::{open_session, seal_session, KeyRing, OpenError};
 use crate::stats::{self, Counters, TierStats};
 
 /// The longest time-to-live given to a session, whatever its timeout.
@@ -291,9 +290,7 @@ impl RedisTier {
         if exat <= now {
             return;
         }
-        let sealed = shared
-            .keys
-            .seal(&codec::associated_data(key), &codec::encode(session));
+        let sealed = seal_session(&shared.keys, session);
         match sealed {
             Ok(value) => self.queue(Write::Store {
                 key: shared.redis_key(key),
@@ -397,8 +394,7 @@ impl Shared {
     }
 
     fn open(&self, key: SessionKey<'_>, value: &[u8]) -> Result<Session, OpenError> {
-        let plain = self.keys.open(&codec::associated_data(key), value)?;
-        codec::decode(key, &plain)
+        open_session(&self.keys, key, value)
     }
 
     fn failed(&self) {

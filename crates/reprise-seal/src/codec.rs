@@ -1,5 +1,5 @@
 //! The plaintext form of a session inside a sealed value, and the associated data that binds
-//! a sealed value to its Redis key.
+//! a sealed value to its key (the session-id context and the id).
 
 use reprise::{ProtocolVersion, SecretBytes, Session, SessionKey};
 use zeroize::Zeroizing;
@@ -15,7 +15,7 @@ const HEADER: usize = 1 + 2 + 8 + 8;
 
 /// The associated data of a sealed session: a label, the seal format version, and the
 /// session's context and id (its Redis key), each length-prefixed.
-pub(crate) fn associated_data(key: SessionKey<'_>) -> Vec<u8> {
+pub fn associated_data(key: SessionKey<'_>) -> Vec<u8> {
     let mut ad = Vec::with_capacity(16 + 2 + key.sid_ctx.len() + key.id.len());
     ad.extend_from_slice(b"reprise-redis\0");
     ad.push(SEAL_VERSION);
@@ -28,7 +28,7 @@ pub(crate) fn associated_data(key: SessionKey<'_>) -> Vec<u8> {
 
 /// Everything of a session but its id and context (which are in the Redis key and the
 /// associated data): version, time, timeout and payload.
-pub(crate) fn encode(session: &Session) -> Zeroizing<Vec<u8>> {
+pub fn encode(session: &Session) -> Zeroizing<Vec<u8>> {
     let payload = session.payload().as_bytes();
     let mut out = Zeroizing::new(Vec::with_capacity(HEADER + payload.len()));
     out.push(CODEC_VERSION);
@@ -40,7 +40,7 @@ pub(crate) fn encode(session: &Session) -> Zeroizing<Vec<u8>> {
 }
 
 /// Rebuilds the session stored under `key` from its plaintext.
-pub(crate) fn decode(key: SessionKey<'_>, plain: &[u8]) -> Result<Session, OpenError> {
+pub fn decode(key: SessionKey<'_>, plain: &[u8]) -> Result<Session, OpenError> {
     if plain.len() < HEADER || plain[0] != CODEC_VERSION {
         return Err(OpenError::BadSession);
     }

@@ -103,7 +103,7 @@ impl KeyRing {
     /// key first; blank lines and lines starting with `#` are ignored.
     ///
     /// ```
-    /// use reprise_redis::KeyRing;
+    /// use reprise_seal::KeyRing;
     /// let text = format!("# rotated 2026-11\nnew:{}\nold:{}\n", "ab".repeat(32), "cd".repeat(32));
     /// let ring = KeyRing::parse(&text).unwrap();
     /// assert_eq!(ring.names(), vec!["new", "old"]);
