@@ -12,11 +12,14 @@ declare -A packages=(
   [openssl]=openssl
   [redis-server]=redis-server
   [redis-cli]=redis-tools
+  [pkg-config]=pkg-config
 )
 missing=()
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
 done
+# Libraries, which no command reveals: the OpenSSL headers reprise-openssl builds against.
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then

@@ -164,8 +164,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
 
-    /// Key file sealing the sessions stored in Redis: name:hex lines, the first seals (see
-    /// `reprise keygen`).
+    /// Key file sealing the sessions stored in Redis or in --cache-dir: name:hex lines, the first
+    /// seals (see `reprise keygen`).
     #[arg(long, value_name = "FILE")]
     pub redis_key_file: Option<PathBuf>,
 
@@ -176,6 +176,15 @@ pub struct ServeArgs {
     /// Prefix of the Redis keys and of the invalidation channel [default: reprise:].
     #[arg(long, value_name = "STRING")]
     pub redis_prefix: Option<String>,
+
+    /// Keep sessions on disk in this directory, so that they survive a restart (a server that
+    /// runs alone). Sealed with --redis-key-file if given, else with a key kept in the directory.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// The cap on the session database file in --cache-dir, in bytes [default: 67108864].
+    #[arg(long, value_name = "N")]
+    pub cache_dir_max_bytes: Option<u64>,
 }
 
 /// Whether `reprise bench` makes full or resumed handshakes.

@@ -47,6 +47,8 @@ pub struct FileConfig {
     redis_key_file: Option<PathBuf>,
     redis_timeout_ms: Option<u64>,
     redis_prefix: Option<String>,
+    cache_dir: Option<PathBuf>,
+    cache_dir_max_bytes: Option<u64>,
 }
 
 /// Everything `reprise serve` runs with, checked.
@@ -88,6 +90,19 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// The Redis tier, if any.
     pub redis: Option<RedisSettings>,
+    /// The disk tier, if any.
+    pub disk: Option<DiskSettings>,
+}
+
+/// Where and how to keep sessions on disk across restarts.
+#[derive(Debug, Clone)]
+pub struct DiskSettings {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The cap on the database file.
+    pub max_bytes: u64,
+    /// The key file (`--redis-key-file`), or `None` for a key kept in the directory.
+    pub key_file: Option<PathBuf>,
 }
 
 /// Where and how to share sessions through Redis.
@@ -237,7 +252,33 @@ impl Settings {
             bail!("idle-timeout must be at least 1 second");
         }
         let _ = file.workers;
-        let redis = match (args.redis.or(file.redis), args.redis_key_file.or(file.redis_key_file)) {
+        let key_file = args.redis_key_file.or(file.redis_key_file);
+        let cache_dir = args.cache_dir.or(file.cache_dir);
+        let cache_dir_max_bytes = args.cache_dir_max_bytes.or(file.cache_dir_max_bytes);
+        let disk = match cache_dir {
+            Some(dir) => {
+                let max_bytes = cache_dir_max_bytes.unwrap_or(reprise_disk::DEFAULT_MAX_BYTES);
+                if max_bytes < reprise_disk::MIN_MAX_BYTES {
+                    bail!(
+                        "cache-dir-max-bytes must be at least {} (1 MiB)",
+                        reprise_disk::MIN_MAX_BYTES
+                    );
+                }
+                Some(DiskSettings {
+                    dir,
+                    max_bytes,
+                    key_file: key_file.clone(),
+                })
+            }
+            None if cache_dir_max_bytes.is_some() => bail!("cache-dir-max-bytes needs --cache-dir"),
+            None => None,
+        };
+        let redis_url = args.redis.or(file.redis);
+        if disk.is_some() && redis_url.is_some() {
+            bail!("--cache-dir is for a server that runs alone; a fleet shares sessions with --redis: give one of them");
+        }
+        let redis_key_file = if disk.is_some() { None } else { key_file };
+        let redis = match (redis_url, redis_key_file) {
             (Some(url), Some(key_file)) => {
                 let target: RedisTarget = url.parse().map_err(|e| anyhow::anyhow!("redis: {e}"))?;
                 let ms = args
@@ -261,7 +302,7 @@ impl Settings {
                 })
             }
             (Some(_), None) => bail!("--redis needs --redis-key-file (sessions in Redis are sealed; see `reprise keygen`)"),
-            (None, Some(_)) => bail!("--redis-key-file needs --redis"),
+            (None, Some(_)) => bail!("--redis-key-file needs --redis or --cache-dir"),
             (None, None) => {
                 if args.redis_timeout_ms.or(file.redis_timeout_ms).is_some()
                     || args.redis_prefix.or(file.redis_prefix).is_some()
@@ -303,6 +344,7 @@ impl Settings {
                     .unwrap_or(defaults::SHUTDOWN_TIMEOUT),
             ),
             redis,
+            disk,
         })
     }
 }

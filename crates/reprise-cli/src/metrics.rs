@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use reprise::Stats;
+use reprise_disk::DiskStats;
 use reprise_redis::TierStats;
 use rustls::{HandshakeKind, ProtocolVersion};
 
@@ -143,7 +144,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of these metrics and the cache's statistics.
-    pub fn render(&self, cache: &Stats, redis: Option<&TierStats>) -> String {
+    pub fn render(
+        &self,
+        cache: &Stats,
+        redis: Option<&TierStats>,
+        disk: Option<&DiskStats>,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -336,6 +342,11 @@ impl Metrics {
                     "Local ticket copies dropped because Redis could not confirm the take.",
                 ),
                 (
+                    "refused_takes",
+                    r.refused_takes,
+                    "Ticket lookups that named a TLS 1.2 session: misses, written back.",
+                ),
+                (
                     "invalidations_sent",
                     r.invalidations_sent,
                     "Removals published to the fleet.",
@@ -349,6 +360,65 @@ impl Metrics {
             for (name, value, help) in counters {
                 family(
                     &format!("reprise_redis_{name}_total"),
+                    "counter",
+                    help,
+                    &plain(value),
+                );
+            }
+        }
+        if let Some(d) = disk {
+            family(
+                "reprise_disk_file_bytes",
+                "gauge",
+                "Size of the session database file.",
+                &plain(d.file_bytes),
+            );
+            let counters = [
+                (
+                    "stores_queued",
+                    d.stores_queued,
+                    "Sessions queued for writing to disk.",
+                ),
+                (
+                    "stores_written",
+                    d.stores_written,
+                    "Sessions written to disk.",
+                ),
+                (
+                    "deletes_written",
+                    d.deletes_written,
+                    "Deletions written to disk.",
+                ),
+                (
+                    "writes_dropped_full",
+                    d.writes_dropped_full,
+                    "Writes dropped because the queue was full.",
+                ),
+                (
+                    "write_failures",
+                    d.write_failures,
+                    "Batches of writes that failed.",
+                ),
+                (
+                    "purged_expired",
+                    d.purged_expired,
+                    "Expired sessions purged from disk.",
+                ),
+                (
+                    "evicted_for_size",
+                    d.evicted_for_size,
+                    "Sessions evicted to keep the file under its cap.",
+                ),
+                (
+                    "rejected_values",
+                    d.rejected_values,
+                    "Stored values that did not open: deleted.",
+                ),
+                ("warmed", d.warmed, "Sessions loaded from disk at start."),
+            ];
+            for (name, value, help) in counters {
+                family(
+                    &format!("reprise_disk_{name}_total"),
                     "counter",
                     help,
                     &plain(value),
@@ -369,7 +439,7 @@ mod tests {
         m.handshake(Some(HandshakeKind::Resumed), Some(ProtocolVersion::TLSv1_3));
         m.handshake(Some(HandshakeKind::Full), Some(ProtocolVersion::TLSv1_2));
         m.failure(Failure::Timeout);
-        let text = m.render(&Stats::default(), None);
+        let text = m.render(&Stats::default(), None, None);
         assert!(text.contains("reprise_handshakes_total{kind=\"resumed\",version=\"TLSv1.3\"} 1"));
         assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.2\"} 1"));
         assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.3\"} 0"));

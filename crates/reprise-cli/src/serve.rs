@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use reprise_disk::DiskTier;
 use reprise_redis::{Offer, RedisTier};
 use reprise_rustls::client_hello::{ClientHelloParser, Parsed, MAX_BUFFERED};
 
@@ -78,6 +79,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "session cache ready"
     );
 
+    if let Some(disk) = &tls.disk {
+        // Loads the stored sessions before the first client, on a blocking thread.
+        let (disk, cache) = (disk.clone(), tls.cache.clone());
+        let warmed = tokio::task::spawn_blocking(move || disk.warm(&cache))
+            .await
+            .unwrap_or(0);
+        info!(sessions = warmed, "sessions loaded from disk");
+    }
+
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(tls.config.clone()),
         tls,
@@ -118,6 +128,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             open = shared.tasks.len(),
             "shutdown deadline passed; closing the rest"
         );
+    }
+    if let Some(disk) = shared.tls.disk.clone() {
+        // Writes out the queue and marks the shutdown clean, so TLS 1.3 tickets are kept.
+        let _ = tokio::task::spawn_blocking(move || disk.close()).await;
     }
     info!("stopped");
     Ok(())
@@ -454,11 +468,11 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
             let (status, body) = match read {
                 Ok(Ok(req)) if req.path == "/metrics" => {
                     let redis = shared.tls.redis.as_ref().map(RedisTier::stats);
+                    let disk = shared.tls.disk.as_ref().map(DiskTier::stats);
+                    let cache = shared.tls.cache.stats();
                     (
                         "200 OK",
-                        shared
-                            .metrics
-                            .render(&shared.tls.cache.stats(), redis.as_ref()),
+                        shared.metrics.render(&cache, redis.as_ref(), disk.as_ref()),
                     )
                 }
                 Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use reprise::{SessionCache, SidCtx};
+use reprise_disk::{DiskConfig, DiskTier};
 use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
 use reprise_rustls::{derive_sid_ctx, ClientAuth, ServerStore};
 use ring::digest;
@@ -33,6 +34,8 @@ pub struct ServerTls {
     pub self_signed: bool,
     /// The Redis tier behind the cache, if any.
     pub redis: Option<RedisTier>,
+    /// The disk tier behind the cache, if any.
+    pub disk: Option<DiskTier>,
 }
 
 /// Reads a PEM certificate chain; the first certificate is the leaf.
@@ -192,6 +195,23 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             Some(tier)
         }
     };
+    let disk = match &settings.disk {
+        None => None,
+        Some(d) => {
+            let keys = match &d.key_file {
+                Some(path) => {
+                    Some(KeyRing::load(path).map_err(|e| anyhow::anyhow!("redis-key-file: {e}"))?)
+                }
+                None => None,
+            };
+            let mut config = DiskConfig::new(&d.dir);
+            config.max_bytes = d.max_bytes;
+            let (tier, startup) = DiskTier::open(config, keys).map_err(anyhow::Error::from)?;
+            tracing::info!(dir = %d.dir.display(), recovery = ?startup.recovery, "session cache on disk");
+            tier.install(&cache);
+            Some(tier)
+        }
+    };
     let store = ServerStore::new(cache.clone(), sid_ctx, client_auth)
         .map_err(|e| anyhow::anyhow!("sid-ctx: {e}"))?;
     config.session_storage = Arc::new(store.clone());
@@ -210,5 +230,6 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         fingerprint,
         self_signed,
         redis,
+        disk,
     })
 }

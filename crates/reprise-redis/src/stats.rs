@@ -44,6 +44,9 @@ pub struct TierStats {
     pub prefetched: u64,
     /// Local copies of single-use sessions dropped because Redis could not confirm the take.
     pub unconfirmed_takes: u64,
+    /// Takes (TLS 1.3 ticket lookups) that found a TLS 1.2 session, which a take must not
+    /// consume: misses, and the session is written back.
+    pub refused_takes: u64,
     /// Invalidations published to the fleet.
     pub invalidations_sent: u64,
     /// Invalidations received from the fleet and applied.
@@ -68,6 +71,7 @@ pub(crate) struct Counters {
     pub(crate) rejected_values: AtomicU64,
     pub(crate) prefetched: AtomicU64,
     pub(crate) unconfirmed_takes: AtomicU64,
+    pub(crate) refused_takes: AtomicU64,
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
 }
@@ -102,6 +106,7 @@ impl Counters {
             rejected_values: r(&self.rejected_values),
             prefetched: r(&self.prefetched),
             unconfirmed_takes: r(&self.unconfirmed_takes),
+            refused_takes: r(&self.refused_takes),
             invalidations_sent: r(&self.invalidations_sent),
             invalidations_received: r(&self.invalidations_received),
         }

@@ -30,8 +30,8 @@ use crate::breaker::Breaker;
 use crate::config::RedisConfig;
 use crate::conn::{Clients, Conn};
 use crate::error::ConfigError;
-use reprise_seal::{open_session, seal_session, KeyRing, OpenError};
 use crate::stats::{self, Counters, TierStats};
+use reprise_seal::{open_session, seal_session, KeyRing, OpenError};
 
 /// The longest time-to-live given to a session, whatever its timeout.
 const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -264,7 +264,11 @@ impl RedisTier {
                     return;
                 }
                 Fetch::Miss | Fetch::Unavailable => {
-                    if cache.forget_key(key) {
+                    // A TLS 1.2 session is not a ticket: offering its id as one leaves it be.
+                    let ticket = cache
+                        .peek(identity)
+                        .is_some_and(|s| !s.version().is_reusable());
+                    if ticket && cache.forget_key(key) {
                         stats::bump(&shared.counters.unconfirmed_takes);
                     }
                 }
@@ -281,15 +285,9 @@ impl RedisTier {
     pub fn store(&self, session: &Session) {
         let shared = &self.inner.shared;
         let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
-        let now = unix_now();
-        // Redis keeps it through the last second the cache would.
-        let exat = session
-            .expires_at()
-            .saturating_add(1)
-            .min(now.saturating_add(MAX_TTL_SECS));
-        if exat <= now {
+        let Some(exat) = expiry(session) else {
             return;
-        }
+        };
         let sealed = seal_session(&shared.keys, session);
         match sealed {
             Ok(value) => self.queue(Write::Store {
@@ -376,6 +374,17 @@ impl RedisTier {
     }
 }
 
+/// When Redis should drop a session (unix seconds, for `EXAT`): through the last second the
+/// cache would keep it, capped; `None` if that is already past.
+fn expiry(session: &Session) -> Option<u64> {
+    let now = unix_now();
+    let exat = session
+        .expires_at()
+        .saturating_add(1)
+        .min(now.saturating_add(MAX_TTL_SECS));
+    (exat > now).then_some(exat)
+}
+
 /// Whether the local tier holds a resumable, unexpired session for the key.
 fn has_valid(cache: &SessionCache, key: SessionKey<'_>) -> bool {
     cache.peek(key.id).is_some_and(|s| {
@@ -442,6 +451,29 @@ impl Shared {
             Ok(Ok(Some(value))) => {
                 self.breaker.success();
                 match self.open(key, &value) {
+                    Ok(session) if take && session.version().is_reusable() => {
+                        // A TLS 1.2 session id offered as a TLS 1.3 ticket (anyone who saw
+                        // the id on the wire can): the take must not burn it. Put it back,
+                        // unless something newer took its place meanwhile.
+                        stats::bump(&c.refused_takes);
+                        if let Some(exat) = expiry(&session) {
+                            let mut set = redis::cmd("SET");
+                            set.arg(&redis_key)
+                                .arg(value)
+                                .arg("EXAT")
+                                .arg(exat)
+                                .arg("NX");
+                            let budget = self.config.write_timeout;
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(
+                                    budget,
+                                    conn.query::<Option<String>>(&set),
+                                )
+                                .await;
+                            });
+                        }
+                        Fetch::Miss
+                    }
                     Ok(session) => {
                         stats::bump(&c.read_hits);
                         Fetch::Hit(session)

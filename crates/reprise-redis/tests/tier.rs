@@ -162,6 +162,75 @@ async fn a_tls13_ticket_is_taken_once_across_the_fleet() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_session_id_offered_as_a_ticket_burns_nothing() {
+    // A TLS 1.2 session id travels in the clear; anyone could offer it as a TLS 1.3 ticket.
+    let redis = RedisServer::start();
+    let (ta, tb) = (tier(&redis.url(), keys()), tier(&redis.url(), keys()));
+    let (a, b) = (
+        instance(&ta, Wiring::Prefetch),
+        instance(&tb, Wiring::Prefetch),
+    );
+    wait_connected(&ta).await;
+    wait_connected(&tb).await;
+    new_session(&a, 3, ProtocolVersion::TLS1_2);
+    wait_written(&ta, 1).await;
+    let ids = vec![key(3).to_vec()];
+    let as_ticket = Offer {
+        session_id: None,
+        psk_identities: &ids,
+    };
+    let id3 = key(3);
+    let k = SessionKey::new(&id3, CTX);
+    let redis_key = ta.redis_key(k);
+
+    // Each refused take writes the session back, asynchronously.
+    let written_back = || async {
+        for _ in 0..500 {
+            if redis.command(&["EXISTS", &redis_key]).as_deref() == Some(":1") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+
+    // On the instance that made it, and on another: a miss, and nothing is lost.
+    ta.prefetch(&a, CTX, as_ticket).await;
+    assert!(a.take(Role::Server, k).is_none());
+    assert!(a.lookup(Role::Server, k).is_some(), "local copy kept");
+    assert_eq!(ta.stats().refused_takes, 1);
+    assert!(
+        written_back().await,
+        "not written back after the first take"
+    );
+    tb.prefetch(&b, CTX, as_ticket).await;
+    assert!(b.take(Role::Server, k).is_none());
+    assert_eq!(tb.stats().refused_takes, 1);
+    assert!(
+        written_back().await,
+        "not written back after the second take"
+    );
+    // The direct take is refused as well.
+    assert!(matches!(tb.fetch(k, true).await, Fetch::Miss));
+    assert_eq!(tb.stats().refused_takes, 2);
+    assert!(
+        written_back().await,
+        "not written back after the third take"
+    );
+
+    // Written back with its expiry: still resumable across the fleet.
+    let expiretime: u64 = redis
+        .command(&["EXPIRETIME", &redis_key])
+        .unwrap()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    let made = a.peek(&key(3)).unwrap();
+    assert_eq!(expiretime, made.expires_at() + 1);
+    assert!(matches!(tb.fetch(k, false).await, Fetch::Hit(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_forged_and_moved_values_are_misses_and_deleted() {
     let redis = RedisServer::start();
     let t = tier(&redis.url(), keys());

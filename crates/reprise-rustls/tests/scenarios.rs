@@ -766,3 +766,19 @@ fn accept_statistics() {
     assert_eq!((stats.accept, stats.accept_good), (3, 2));
     let _ = Role::Server;
 }
+
+/// A TLS 1.2 session id is sent in the clear: offered as a TLS 1.3 ticket (a take), it is
+/// refused and not consumed, so the client it belongs to still resumes.
+#[test]
+fn a_tls12_id_taken_as_a_ticket_is_not_burned() {
+    use rustls::server::StoresServerSessions;
+    let srv = Server::new(&pki(), Version::Tls12, false);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    let id = srv.rec.made.lock()[0].id().as_bytes().to_vec();
+    let m = srv.mark();
+    assert!(srv.store.take(&id).is_none());
+    assert_eq!(srv.since(&m).remove, 0);
+    assert_eq!(srv.cache.len(), 1);
+    assert_eq!(srv.connect(&client), Resumed);
+}

@@ -36,7 +36,11 @@ pub fn seal_session(ring: &KeyRing, session: &Session) -> Result<Vec<u8>, OpenEr
 
 /// Opens a sealed session stored under `key`: any other key, a forged or corrupt value, or one
 /// sealed with a key outside the ring is an error.
-pub fn open_session(ring: &KeyRing, key: SessionKey<'_>, sealed: &[u8]) -> Result<Session, OpenError> {
+pub fn open_session(
+    ring: &KeyRing,
+    key: SessionKey<'_>,
+    sealed: &[u8],
+) -> Result<Session, OpenError> {
     let plain = ring.open(&associated_data(key), sealed)?;
     decode(key, &plain)
 }

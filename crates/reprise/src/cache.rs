@@ -540,7 +540,9 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
 
     /// Like [`lookup`](Self::lookup), but the session is consumed: removed from the internal
     /// cache (remove callback) or taken from the external one, and marked not resumable, so it
-    /// resumes at most once. This is how TLS 1.3 tickets are used.
+    /// resumes at most once. This is how TLS 1.3 tickets are used. A TLS 1.2 session
+    /// ([`ProtocolVersion::is_reusable`](crate::ProtocolVersion::is_reusable)) is never
+    /// consumed: a take of its id is `None` and leaves it cached.
     pub fn take(&self, role: Role, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
         self.find(role, key, Use::Take)
     }

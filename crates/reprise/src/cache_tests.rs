@@ -326,7 +326,7 @@ fn the_remove_callback_is_told_why() {
     cache.add(&session(5, 1_000, 1));
     clock.advance(2);
     assert!(cache
-        .lookup(Role::Server, SessionKey::new(&key(5), b""))
+        .lookup(Role::Server, SessionKey::new(&[5; 32], b""))
         .is_none());
     cache.add(&session(6, 1_000, 1));
     assert_eq!(cache.flush(clock.now()), 1);
@@ -377,4 +377,76 @@ fn a_take_callback_is_authoritative_over_an_internal_copy() {
     assert!(got.is_some_and(|g| !Arc::ptr_eq(&g, &t)));
     assert!(cache.is_empty());
     assert_eq!(cache.stats().cb_hits, 1);
+}
+
+fn versioned(id: u8, time: u64, version: crate::ProtocolVersion) -> Arc<Session> {
+    match Session::builder(&[id; 32], SecretBytes::from(vec![id]))
+        .time(time)
+        .timeout_secs(100)
+        .version(version)
+        .build()
+    {
+        Ok(s) => Arc::new(s),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_take_never_consumes_a_tls12_session() {
+    use crate::ProtocolVersion;
+    let (cache, clock, removed) = cache(2, 0);
+    let old = versioned(4, clock.now(), ProtocolVersion::TLS1_2);
+    let ticket = versioned(5, clock.now(), ProtocolVersion::TLS1_3);
+    assert!(cache.add(&old) && cache.add(&ticket));
+    // Internal: the TLS 1.2 session is refused and stays; the ticket is consumed.
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&[4; 32], b""))
+        .is_none());
+    assert!(old.is_resumable());
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&[4; 32], b""))
+        .is_some());
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&[5; 32], b""))
+        .is_some());
+    assert_eq!(cache.len(), 1);
+    assert_eq!(removed.load(Ordering::SeqCst), 1);
+
+    // Through a take callback: a TLS 1.2 session it returns is refused, and the local copy
+    // of the TLS 1.2 session is left alone.
+    let served = versioned(4, clock.now(), ProtocolVersion::TLS1_2);
+    let served2 = served.clone();
+    cache.set_take_session_callback(Some(Arc::new(move |_, _| Some(served2.clone()))));
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&[4; 32], b""))
+        .is_none());
+    assert!(served.is_resumable(), "a refused session is not claimed");
+    assert_eq!(cache.len(), 1);
+    assert_eq!(removed.load(Ordering::SeqCst), 1);
+
+    // Through the get callback (no take callback, no internal lookup): refused too.
+    cache.set_take_session_callback(None);
+    cache.set_mode(CacheMode::SERVER | CacheMode::NO_INTERNAL_LOOKUP);
+    let served3 = served.clone();
+    cache.set_get_session_callback(Some(Arc::new(move |_, _| Some(served3.clone()))));
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&[4; 32], b""))
+        .is_none());
+    assert!(served.is_resumable());
+    assert_eq!((cache.len(), removed.load(Ordering::SeqCst)), (1, 1));
+    // While a lookup of the same id resumes it.
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&[4; 32], b""))
+        .is_some());
+}
+
+#[test]
+fn reusable_versions_are_those_before_tls13() {
+    use crate::ProtocolVersion as V;
+    for v in [0x0300, 0x0301, 0x0302, 0x0303, 0xfeff, 0xfefd] {
+        assert!(V(v).is_reusable(), "{v:#x}");
+    }
+    for v in [0, 0x0304, 0x7f1c, 0xfefc, 0x0200] {
+        assert!(!V(v).is_reusable(), "{v:#x}");
+    }
 }

@@ -53,5 +53,7 @@ pub type GetSessionCallback<P = SecretBytes> =
 
 /// Reprise's addition to the trio: an atomic get-and-delete, for single-use (TLS 1.3) sessions
 /// across a fleet. Without it, a take falls back to the get callback followed by the remove
-/// callback, which is not atomic.
+/// callback, which is not atomic. A take never consumes a TLS 1.2 session
+/// ([`ProtocolVersion::is_reusable`](crate::ProtocolVersion::is_reusable)): one the callback
+/// returns is refused, so the callback should leave such a session where it is.
 pub type TakeSessionCallback<P = SecretBytes> = GetSessionCallback<P>;

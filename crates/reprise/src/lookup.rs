@@ -67,7 +67,10 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 shard.counters.misses += 1;
                 return Found::Miss;
             };
-            if s.sid_ctx().as_bytes() != key.sid_ctx || !s.is_resumable() {
+            if s.sid_ctx().as_bytes() != key.sid_ctx
+                || !s.is_resumable()
+                || (use_ == Use::Take && s.version().is_reusable())
+            {
                 return Found::Unusable;
             }
             // The session's own expiry: a hit reads the table and the session, not the slot.
@@ -149,15 +152,16 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 }
             }
             Use::Take => {
+                // A TLS 1.2 session is not consumed by a take (see `is_reusable`).
                 // Two threads may get the same object from the external cache: one claims it.
-                if !found.claim() {
+                if found.version().is_reusable() || !found.claim() {
                     return None;
                 }
                 self.count_external_hit();
                 // A copy in the internal cache (possible under NO_INTERNAL_LOOKUP) must not
                 // outlive the take; and through the trio, the remove callback is what deletes
                 // the session from the external cache.
-                let copy = self.unlink_key(key);
+                let copy = self.unlink_takeable(key);
                 if let Some(copy) = &copy {
                     self.fire_remove(copy, Removal::Taken);
                 }
@@ -167,6 +171,21 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             }
         }
         Some(found)
+    }
+
+    /// Takes the copy cached under this key out of the internal cache, unless it is a session
+    /// that a take must leave alone (another context, or a reusable TLS 1.2 session).
+    fn unlink_takeable(&self, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+        let hash = self.hash(key.id);
+        let old = self.with_shard(hash, |shard| {
+            let (idx, found) = shard.find(hash, key.id)?;
+            if found.sid_ctx().as_bytes() != key.sid_ctx || found.version().is_reusable() {
+                return None;
+            }
+            shard.remove_at(idx)
+        })?;
+        self.release_slot();
+        Some(old)
     }
 
     /// A take with a take callback installed: the external cache decides, atomically, whether
@@ -180,11 +199,11 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         now: u64,
     ) -> Option<Arc<Session<P>>> {
         let claimed = take(self, &key);
-        if let Some(copy) = self.unlink_key(key) {
+        if let Some(copy) = self.unlink_takeable(key) {
             self.fire_remove(&copy, Removal::Taken);
         }
         let found = self.validate_external(key, now, claimed?)?;
-        if !found.claim() {
+        if found.version().is_reusable() || !found.claim() {
             return None;
         }
         self.count_external_hit();

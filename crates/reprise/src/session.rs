@@ -146,6 +146,14 @@ impl ProtocolVersion {
     pub const TLS1_2: ProtocolVersion = ProtocolVersion(0x0303);
     /// TLS 1.3.
     pub const TLS1_3: ProtocolVersion = ProtocolVersion(0x0304);
+
+    /// Whether this is a known protocol before TLS 1.3 (SSL 3.0 to TLS 1.2, DTLS 1.0 and
+    /// 1.2): its sessions resume by an id sent in the clear, any number of times. A take
+    /// (single use) never consumes such a session, or anyone who saw a TLS 1.2 session id on
+    /// the wire could burn it by offering the id as a TLS 1.3 ticket.
+    pub fn is_reusable(self) -> bool {
+        matches!(self.0, 0x0300..=0x0303 | 0xfeff | 0xfefd)
+    }
 }
 
 impl fmt::Display for ProtocolVersion {

@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,14 +15,7 @@ pub fn reprise() -> Command {
     Command::new(env!("CARGO_BIN_EXE_reprise"))
 }
 
-/// A free TCP port on loopback (bound, read, released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use reprise_testkit::free_port;
 
 /// A running `reprise serve`, killed when dropped.
 pub struct Server {
@@ -96,6 +89,11 @@ impl Server {
             }
         }
         true
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Everything the server logged so far.

@@ -1,0 +1,268 @@
+//! Black-box tests of `reprise serve --cache-dir`: sessions survive restarts, with real
+//! `openssl s_client` clients, SIGTERM and kill -9.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{path_in, reprise, request, Server};
+use reprise_testkit::wait_until;
+
+fn serve(dir: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--cache-dir", dir];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn restart_cleanly(server: Server, dir: &str, extra: &[&str]) -> Server {
+    assert_eq!(server.terminate().code(), Some(0));
+    serve(dir, extra)
+}
+
+/// The same certificate across restarts, so the session-id context stays the same.
+fn cert_args(pki: &common::Pki) -> Vec<String> {
+    vec![
+        "--cert".into(),
+        pki.path("server.pem"),
+        "--key".into(),
+        pki.path("server.key"),
+    ]
+}
+
+#[test]
+fn sessions_survive_a_restart_and_used_tickets_do_not() {
+    let pki = common::Pki::new();
+    let cert = cert_args(&pki);
+    let cert: Vec<&str> = cert.iter().map(String::as_str).collect();
+    let work = tempfile::tempdir().unwrap();
+    let dir = path_in(work.path(), "cache");
+    let (s12, used, unused) = (
+        path_in(work.path(), "s12"),
+        path_in(work.path(), "used"),
+        path_in(work.path(), "unused"),
+    );
+
+    let server = serve(&dir, &cert);
+    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(request(&server, &["-tls1_3", "-sess_out", &used]), "New");
+    assert_eq!(request(&server, &["-tls1_3", "-sess_in", &used]), "Reused");
+    assert_eq!(request(&server, &["-tls1_3", "-sess_out", &unused]), "New");
+    let server = restart_cleanly(server, &dir, &cert);
+    assert!(server.stderr().contains("sessions loaded from disk"));
+
+    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(request(&server, &["-tls1_3", "-sess_in", &used]), "New");
+    // A ticket not used before the clean restart resumes once after it.
+    assert_eq!(
+        request(&server, &["-tls1_3", "-sess_in", &unused]),
+        "Reused"
+    );
+    assert_eq!(request(&server, &["-tls1_3", "-sess_in", &unused]), "New");
+    assert!(server.metric("reprise_disk_warmed_total") >= 2);
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn expired_sessions_do_not_come_back() {
+    let pki = common::Pki::new();
+    let cert = cert_args(&pki);
+    let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--cache-timeout", "1"]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = path_in(work.path(), "cache");
+    let s12 = path_in(work.path(), "s12");
+    let server = serve(&dir, &args);
+    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(server.terminate().code(), Some(0));
+    // The scenario is a timeout passing while the server is down.
+    std::thread::sleep(Duration::from_secs(2));
+    let server = serve(&dir, &args);
+    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "New");
+    assert_eq!(server.metric("reprise_disk_warmed_total"), 0);
+}
+
+#[test]
+fn kill_9_in_the_middle_of_writes_then_a_clean_start() {
+    let pki = common::Pki::new();
+    let cert = cert_args(&pki);
+    let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--tls13-tickets", "8"]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = path_in(work.path(), "cache");
+    let s12 = path_in(work.path(), "s12");
+    let server = serve(&dir, &args);
+    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert!(wait_until(Duration::from_secs(10), || server
+        .metric("reprise_disk_stores_written_total")
+        >= 1));
+    // Load that writes tickets continuously, and a SIGKILL in the middle of it.
+    let mut load = reprise()
+        .args([
+            "bench",
+            "--connect",
+            &server.connect_arg(),
+            "--server-name",
+            "localhost",
+            "--insecure",
+        ])
+        .args([
+            "--tls",
+            "1.3",
+            "--mode",
+            "full",
+            "--concurrency",
+            "4",
+            "--duration",
+            "30",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || server
+        .metric("reprise_disk_stores_written_total")
+        >= 500));
+    let pid = server.pid();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let _ = load.kill();
+    let _ = load.wait();
+    drop(server);
+
+    let server = serve(&dir, &args);
+    let log = server.stderr();
+    assert!(!log.contains("moved it aside"), "{log}");
+    assert!(log.contains("did not shut down cleanly"), "{log}");
+    // The TLS 1.2 session, written before the crash, still resumes.
+    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_garbage_or_truncated_database_is_set_aside() {
+    for damage in ["garbage", "truncated"] {
+        let work = tempfile::tempdir().unwrap();
+        let dir = path_in(work.path(), "cache");
+        let server = serve(&dir, &[]);
+        for _ in 0..20 {
+            assert_eq!(request(&server, &["-tls1_2"]), "New");
+        }
+        assert_eq!(server.terminate().code(), Some(0));
+        let file = work.path().join("cache").join("sessions.redb");
+        let len = std::fs::metadata(&file).unwrap().len();
+        match damage {
+            "garbage" => std::fs::write(&file, b"this is not a database".repeat(100)).unwrap(),
+            _ => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap(),
+        }
+        let server = serve(&dir, &[]);
+        let log = server.stderr();
+        let lines = log.lines().filter(|l| l.contains("moved it aside")).count();
+        if damage == "garbage" {
+            assert_eq!(lines, 1, "{log}");
+        } else {
+            // redb may repair a truncated file instead; either way the server starts and serves.
+            assert!(lines <= 1, "{log}");
+        }
+        assert_eq!(request(&server, &["-tls1_3"]), "New");
+        assert_eq!(server.terminate().code(), Some(0));
+    }
+}
+
+#[test]
+fn the_database_stays_within_its_cap() {
+    let cap: u64 = 1 << 20;
+    let work = tempfile::tempdir().unwrap();
+    let dir = path_in(work.path(), "cache");
+    let cap_arg = cap.to_string();
+    let server = serve(
+        &dir,
+        &["--cache-dir-max-bytes", &cap_arg, "--tls13-tickets", "8"],
+    );
+    // Ten times the cap's worth: a sealed ticket is a few hundred bytes.
+    let target = 10 * cap / 300;
+    let mut rounds = 0;
+    while server.metric("reprise_disk_stores_written_total") < target {
+        rounds += 1;
+        assert!(
+            rounds <= 60,
+            "not enough sessions written: {}",
+            server.metrics_text()
+        );
+        let out = reprise()
+            .args([
+                "bench",
+                "--connect",
+                &server.connect_arg(),
+                "--server-name",
+                "localhost",
+                "--insecure",
+            ])
+            .args([
+                "--tls",
+                "1.3",
+                "--mode",
+                "full",
+                "--concurrency",
+                "4",
+                "--connections",
+                "500",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        server.metric("reprise_disk_stores_queued_total")
+            == server.metric("reprise_disk_stores_written_total")
+    }));
+    assert_eq!(server.terminate().code(), Some(0));
+    let size = std::fs::metadata(work.path().join("cache").join("sessions.redb"))
+        .unwrap()
+        .len();
+    assert!(size <= cap, "{size} > {cap}");
+    let server = serve(&dir, &[]);
+    assert!(server.metric("reprise_disk_file_bytes") <= cap);
+}
+
+#[test]
+fn disk_flags_are_checked() {
+    for (args, want) in [
+        (
+            vec!["--cache-dir", "/tmp/x", "--redis", "redis://127.0.0.1:1"],
+            "--cache-dir is for a server that runs alone",
+        ),
+        (
+            vec!["--cache-dir-max-bytes", "5000000"],
+            "cache-dir-max-bytes needs --cache-dir",
+        ),
+        (
+            vec!["--cache-dir", "/tmp/x", "--cache-dir-max-bytes", "1000"],
+            "at least 1048576",
+        ),
+        (
+            vec!["--cache-dir", "/proc/reprise-cannot-create"],
+            "cache-dir",
+        ),
+    ] {
+        let out = reprise()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(want), "{want}: {stderr}");
+    }
+}

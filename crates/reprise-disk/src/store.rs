@@ -1,0 +1,363 @@
+//! The database file: sealed sessions in redb, indexed by expiry, kept under a size cap, and
+//! recovered (or set aside) when it cannot be opened.
+//!
+//! Two tables. `sessions` maps a session's key (context length, context, id) to its expiry (8
+//! bytes, big-endian), its protocol version (2) and the sealed session. `by_expiry` maps the
+//! expiry followed by the key to nothing: purging the expired, and evicting the oldest when the
+//! file reaches its cap, walk it from the front.
+
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+use reprise::{ProtocolVersion, SessionKey};
+
+use crate::error::DiskError;
+
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+const BY_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("by_expiry");
+
+/// Bytes before the sealed session in a `sessions` value.
+const VALUE_HEADER: usize = 8 + 2;
+
+/// The database's file name inside the cache directory.
+pub(crate) const FILE_NAME: &str = "sessions.redb";
+
+/// A session's key in the tables: context length, context, id.
+pub(crate) fn table_key(key: SessionKey<'_>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.sid_ctx.len() + key.id.len());
+    k.push(key.sid_ctx.len() as u8);
+    k.extend_from_slice(key.sid_ctx);
+    k.extend_from_slice(key.id);
+    k
+}
+
+/// The context and id back out of a table key; `None` if it is malformed.
+pub(crate) fn split_key(k: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&len, rest) = k.split_first()?;
+    let len = usize::from(len);
+    (rest.len() > len).then(|| rest.split_at(len))
+}
+
+fn expiry_key(expiry: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&expiry.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// A stored session: what the value holds besides the sealed bytes.
+pub(crate) struct Stored {
+    pub(crate) expiry: u64,
+    pub(crate) version: ProtocolVersion,
+    pub(crate) sealed: Vec<u8>,
+}
+
+fn parse_value(v: &[u8]) -> Option<Stored> {
+    if v.len() < VALUE_HEADER {
+        return None;
+    }
+    let (head, sealed) = v.split_at(VALUE_HEADER);
+    let mut expiry = [0u8; 8];
+    expiry.copy_from_slice(&head[..8]);
+    Some(Stored {
+        expiry: u64::from_be_bytes(expiry),
+        version: ProtocolVersion(u16::from_be_bytes([head[8], head[9]])),
+        sealed: sealed.to_vec(),
+    })
+}
+
+/// One write, as the writer applies it.
+pub(crate) enum Op {
+    Store {
+        key: Vec<u8>,
+        expiry: u64,
+        version: ProtocolVersion,
+        sealed: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+}
+
+/// What opening the file found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// A new, empty file.
+    Created,
+    /// The existing file opened.
+    Opened,
+    /// The existing file could not be opened; it was moved to this path and a new one created.
+    SetAside(PathBuf),
+}
+
+/// The open database.
+pub(crate) struct Store {
+    pub(crate) db: Database,
+    pub(crate) path: PathBuf,
+    /// Bytes of keys and values in the tables (not the file's size).
+    pub(crate) data_bytes: u64,
+}
+
+fn check(db: &Database) -> Result<(u64, u64), redb::Error> {
+    let read = db.begin_read()?;
+    let mut bytes = 0u64;
+    let mut count = 0u64;
+    match read.open_table(SESSIONS) {
+        Ok(table) => {
+            for row in table.iter()? {
+                let (k, v) = row?;
+                bytes += (k.value().len() + v.value().len()) as u64 * 2;
+                count += 1;
+            }
+            let index = read.open_table(BY_EXPIRY)?;
+            if index.len()? != count {
+                return Err(redb::Error::Corrupted(
+                    "the expiry index does not match the sessions".into(),
+                ));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok((bytes, count))
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`. A file that does not open, or whose tables do
+    /// not read back, is moved aside and replaced by an empty one; one that another process
+    /// holds is an error.
+    pub(crate) fn open(dir: &Path) -> Result<(Store, Recovery), DiskError> {
+        let path = dir.join(FILE_NAME);
+        let existed = path.exists();
+        let opened = Database::create(&path)
+            .map_err(redb::Error::from)
+            .and_then(|db| check(&db).map(|c| (db, c)));
+        match opened {
+            Ok((db, (bytes, _))) => {
+                let recovery = if existed {
+                    Recovery::Opened
+                } else {
+                    Recovery::Created
+                };
+                Ok((
+                    Store {
+                        db,
+                        path,
+                        data_bytes: bytes,
+                    },
+                    recovery,
+                ))
+            }
+            Err(redb::Error::DatabaseAlreadyOpen) => {
+                Err(DiskError::InUse(path.display().to_string()))
+            }
+            Err(e) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let aside = dir.join(format!("{FILE_NAME}.corrupt-{stamp}"));
+                std::fs::rename(&path, &aside).map_err(|io| {
+                    DiskError::Io(format!(
+                        "cannot move the unreadable {} aside ({e}): {io}",
+                        path.display()
+                    ))
+                })?;
+                let db = Database::create(&path).map_err(|e| DiskError::Db(e.to_string()))?;
+                tracing::warn!(
+                    file = %path.display(),
+                    moved_to = %aside.display(),
+                    error = %e,
+                    "the session database could not be read; moved it aside and started empty"
+                );
+                Ok((
+                    Store {
+                        db,
+                        path,
+                        data_bytes: 0,
+                    },
+                    Recovery::SetAside(aside),
+                ))
+            }
+        }
+    }
+
+    /// The file's size on disk.
+    pub(crate) fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// Applies writes in one transaction; returns how many stores and deletions took effect.
+    pub(crate) fn apply(&mut self, ops: &[Op]) -> Result<(u64, u64), redb::Error> {
+        let txn = self.db.begin_write()?;
+        let (mut stored, mut deleted) = (0, 0);
+        let mut delta: i64 = 0;
+        {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let mut index = txn.open_table(BY_EXPIRY)?;
+            for op in ops {
+                match op {
+                    Op::Store {
+                        key,
+                        expiry,
+                        version,
+                        sealed,
+                    } => {
+                        let mut value = Vec::with_capacity(VALUE_HEADER + sealed.len());
+                        value.extend_from_slice(&expiry.to_be_bytes());
+                        value.extend_from_slice(&version.0.to_be_bytes());
+                        value.extend_from_slice(sealed);
+                        let old = sessions
+                            .insert(key.as_slice(), value.as_slice())?
+                            .map(|v| v.value().to_vec());
+                        if let Some(old) = old.as_deref().and_then(parse_value) {
+                            index.remove(expiry_key(old.expiry, key).as_slice())?;
+                            delta -= ((key.len() + VALUE_HEADER + old.sealed.len()) * 2) as i64;
+                        }
+                        index.insert(expiry_key(*expiry, key).as_slice(), ())?;
+                        delta += ((key.len() + value.len()) * 2) as i64;
+                        stored += 1;
+                    }
+                    Op::Delete { key } => {
+                        let old = sessions.remove(key.as_slice())?.map(|v| v.value().to_vec());
+                        if let Some(old) = old.as_deref().and_then(parse_value) {
+                            index.remove(expiry_key(old.expiry, key).as_slice())?;
+                            delta -= ((key.len() + VALUE_HEADER + old.sealed.len()) * 2) as i64;
+                            deleted += 1;
+                        }
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        self.data_bytes = self.data_bytes.saturating_add_signed(delta);
+        Ok((stored, deleted))
+    }
+
+    /// Removes, soonest expiry first, every session expired at `now`, and then as many more as
+    /// needed to bring the data under `budget` bytes. Returns (expired, evicted).
+    pub(crate) fn purge(&mut self, now: u64, budget: u64) -> Result<(u64, u64), redb::Error> {
+        let txn = self.db.begin_write()?;
+        let (mut expired, mut evicted) = (0u64, 0u64);
+        let mut delta: i64 = 0;
+        {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let mut index = txn.open_table(BY_EXPIRY)?;
+            loop {
+                let Some((first, _)) = index.first()? else {
+                    break;
+                };
+                let entry = first.value().to_vec();
+                drop(first);
+                let mut expiry = [0u8; 8];
+                expiry.copy_from_slice(entry.get(..8).unwrap_or(&[0; 8]));
+                let over_budget = (self.data_bytes as i64 + delta) as u64 > budget;
+                if now <= u64::from_be_bytes(expiry) && !over_budget {
+                    break;
+                }
+                index.remove(entry.as_slice())?;
+                let key = entry.get(8..).unwrap_or_default();
+                if let Some(v) = sessions.remove(key)? {
+                    delta -= ((key.len() + v.value().len()) * 2) as i64;
+                }
+                if now > u64::from_be_bytes(expiry) {
+                    expired += 1;
+                } else {
+                    evicted += 1;
+                }
+            }
+        }
+        txn.commit()?;
+        self.data_bytes = self.data_bytes.saturating_add_signed(delta);
+        Ok((expired, evicted))
+    }
+
+    /// Reclaims free space inside the file.
+    pub(crate) fn compact(&mut self) -> Result<bool, redb::Error> {
+        Ok(self.db.compact()?)
+    }
+
+    /// Removes every TLS 1.3 session: after an unclean shutdown, a ticket may have been used
+    /// without its deletion reaching the file. Returns how many.
+    pub(crate) fn drop_tls13(&mut self) -> Result<u64, redb::Error> {
+        let mut doomed = Vec::new();
+        {
+            let read = self.db.begin_read()?;
+            let sessions = match read.open_table(SESSIONS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            for row in sessions.iter()? {
+                let (k, v) = row?;
+                if parse_value(v.value()).is_some_and(|s| s.version == ProtocolVersion::TLS1_3) {
+                    doomed.push(Op::Delete {
+                        key: k.value().to_vec(),
+                    });
+                }
+            }
+        }
+        Ok(self.apply(&doomed)?.1)
+    }
+
+    /// Reads one session.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Stored>, redb::Error> {
+        let read = self.db.begin_read()?;
+        let sessions = match read.open_table(SESSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(sessions.get(key)?.and_then(|v| parse_value(v.value())))
+    }
+
+    /// Reads and deletes one session, in one transaction.
+    pub(crate) fn take(&mut self, key: &[u8]) -> Result<Option<Stored>, redb::Error> {
+        let found = self.get(key)?;
+        if found.is_some() {
+            self.apply(&[Op::Delete { key: key.to_vec() }])?;
+        }
+        Ok(found)
+    }
+
+    /// Every session that expires after `now`, latest expiry first, at most `limit`.
+    pub(crate) fn newest(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Stored)>, redb::Error> {
+        let read = self.db.begin_read()?;
+        let (sessions, index) = match (read.open_table(SESSIONS), read.open_table(BY_EXPIRY)) {
+            (Ok(s), Ok(i)) => (s, i),
+            (Err(redb::TableError::TableDoesNotExist(_)), _)
+            | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(Vec::new()),
+            (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in index.iter()?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (entry, _) = row?;
+            let entry = entry.value();
+            let mut expiry = [0u8; 8];
+            expiry.copy_from_slice(entry.get(..8).unwrap_or(&[0; 8]));
+            if now > u64::from_be_bytes(expiry) {
+                break;
+            }
+            let key = entry.get(8..).unwrap_or_default();
+            if let Some(stored) = sessions.get(key)?.and_then(|v| parse_value(v.value())) {
+                out.push((key.to_vec(), stored));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl From<DatabaseError> for DiskError {
+    fn from(e: DatabaseError) -> Self {
+        DiskError::Db(e.to_string())
+    }
+}
