@@ -373,6 +373,12 @@ impl Metrics {
                 "Size of the session database file.",
                 &plain(d.file_bytes),
             );
+            family(
+                "reprise_disk_in_flight",
+                "gauge",
+                "Writes not yet in the file that reads take into account.",
+                &plain(d.in_flight),
+            );
             let counters = [
                 (
                     "stores_queued",
@@ -388,6 +394,11 @@ impl Metrics {
                     "deletes_written",
                     d.deletes_written,
                     "Deletions written to disk.",
+                ),
+                (
+                    "stores_skipped",
+                    d.stores_skipped,
+                    "Sessions taken or removed before they were written: never written.",
                 ),
                 (
                     "writes_dropped_full",
@@ -415,6 +426,27 @@ impl Metrics {
                     "Stored values that did not open: deleted.",
                 ),
                 ("warmed", d.warmed, "Sessions loaded from disk at start."),
+                (
+                    "read_hits",
+                    d.read_hits,
+                    "Reads that the disk served (lookups memory missed, and ticket takes).",
+                ),
+                (
+                    "read_misses",
+                    d.read_misses,
+                    "Reads that the disk did not serve.",
+                ),
+                (
+                    "reads_skipped",
+                    d.reads_skipped,
+                    "Reads not made while the file was compacted (misses).",
+                ),
+                ("read_errors", d.read_errors, "Reads that failed."),
+                (
+                    "refused_takes",
+                    d.refused_takes,
+                    "Ticket lookups that named a TLS 1.2 session: misses.",
+                ),
             ];
             for (name, value, help) in counters {
                 family(

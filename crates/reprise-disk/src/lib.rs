@@ -26,6 +26,7 @@
 //! ```
 
 mod error;
+mod pending;
 mod store;
 mod tier;
 

@@ -7,6 +7,8 @@
 //! file reaches its cap, walk it from the front.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -69,17 +71,29 @@ fn parse_value(v: &[u8]) -> Option<Stored> {
     })
 }
 
-/// One write, as the writer applies it.
+/// One write, as the writer applies it. `seq` is its entry among the in-flight writes (0:
+/// none).
 pub(crate) enum Op {
     Store {
         key: Vec<u8>,
         expiry: u64,
         version: ProtocolVersion,
-        sealed: Vec<u8>,
+        sealed: Arc<[u8]>,
+        seq: u64,
     },
     Delete {
         key: Vec<u8>,
+        seq: u64,
     },
+}
+
+impl Op {
+    /// The table key and the in-flight sequence number.
+    pub(crate) fn entry(&self) -> (&[u8], u64) {
+        match self {
+            Op::Store { key, seq, .. } | Op::Delete { key, seq } => (key, *seq),
+        }
+    }
 }
 
 /// What opening the file found.
@@ -93,12 +107,13 @@ pub enum Recovery {
     SetAside(PathBuf),
 }
 
-/// The open database.
+/// The open database. Reads and writes need only `&self` (redb reads see the last commit while
+/// a write is under way); compaction needs it alone.
 pub(crate) struct Store {
-    pub(crate) db: Database,
-    pub(crate) path: PathBuf,
+    db: Database,
+    path: PathBuf,
     /// Bytes of keys and values in the tables (not the file's size).
-    pub(crate) data_bytes: u64,
+    data_bytes: AtomicU64,
 }
 
 fn check(db: &Database) -> Result<(u64, u64), redb::Error> {
@@ -146,7 +161,7 @@ impl Store {
                     Store {
                         db,
                         path,
-                        data_bytes: bytes,
+                        data_bytes: AtomicU64::new(bytes),
                     },
                     recovery,
                 ))
@@ -176,12 +191,22 @@ impl Store {
                     Store {
                         db,
                         path,
-                        data_bytes: 0,
+                        data_bytes: AtomicU64::new(0),
                     },
                     Recovery::SetAside(aside),
                 ))
             }
         }
+    }
+
+    /// Bytes of keys and values in the tables (not the file's size).
+    pub(crate) fn data_bytes(&self) -> u64 {
+        self.data_bytes.load(Ordering::Relaxed)
+    }
+
+    fn add_data_bytes(&self, delta: i64) {
+        let now = self.data_bytes().saturating_add_signed(delta);
+        self.data_bytes.store(now, Ordering::Relaxed);
     }
 
     /// The file's size on disk.
@@ -190,7 +215,10 @@ impl Store {
     }
 
     /// Applies writes in one transaction; returns how many stores and deletions took effect.
-    pub(crate) fn apply(&mut self, ops: &[Op]) -> Result<(u64, u64), redb::Error> {
+    pub(crate) fn apply<'a>(
+        &self,
+        ops: impl IntoIterator<Item = &'a Op>,
+    ) -> Result<(u64, u64), redb::Error> {
         let txn = self.db.begin_write()?;
         let (mut stored, mut deleted) = (0, 0);
         let mut delta: i64 = 0;
@@ -204,6 +232,7 @@ impl Store {
                         expiry,
                         version,
                         sealed,
+                        ..
                     } => {
                         let mut value = Vec::with_capacity(VALUE_HEADER + sealed.len());
                         value.extend_from_slice(&expiry.to_be_bytes());
@@ -220,7 +249,7 @@ impl Store {
                         delta += ((key.len() + value.len()) * 2) as i64;
                         stored += 1;
                     }
-                    Op::Delete { key } => {
+                    Op::Delete { key, .. } => {
                         let old = sessions.remove(key.as_slice())?.map(|v| v.value().to_vec());
                         if let Some(old) = old.as_deref().and_then(parse_value) {
                             index.remove(expiry_key(old.expiry, key).as_slice())?;
@@ -232,13 +261,13 @@ impl Store {
             }
         }
         txn.commit()?;
-        self.data_bytes = self.data_bytes.saturating_add_signed(delta);
+        self.add_data_bytes(delta);
         Ok((stored, deleted))
     }
 
     /// Removes, soonest expiry first, every session expired at `now`, and then as many more as
     /// needed to bring the data under `budget` bytes. Returns (expired, evicted).
-    pub(crate) fn purge(&mut self, now: u64, budget: u64) -> Result<(u64, u64), redb::Error> {
+    pub(crate) fn purge(&self, now: u64, budget: u64) -> Result<(u64, u64), redb::Error> {
         let txn = self.db.begin_write()?;
         let (mut expired, mut evicted) = (0u64, 0u64);
         let mut delta: i64 = 0;
@@ -253,7 +282,7 @@ impl Store {
                 drop(first);
                 let mut expiry = [0u8; 8];
                 expiry.copy_from_slice(entry.get(..8).unwrap_or(&[0; 8]));
-                let over_budget = (self.data_bytes as i64 + delta) as u64 > budget;
+                let over_budget = self.data_bytes().saturating_add_signed(delta) > budget;
                 if now <= u64::from_be_bytes(expiry) && !over_budget {
                     break;
                 }
@@ -270,7 +299,7 @@ impl Store {
             }
         }
         txn.commit()?;
-        self.data_bytes = self.data_bytes.saturating_add_signed(delta);
+        self.add_data_bytes(delta);
         Ok((expired, evicted))
     }
 
@@ -281,7 +310,7 @@ impl Store {
 
     /// Removes every TLS 1.3 session: after an unclean shutdown, a ticket may have been used
     /// without its deletion reaching the file. Returns how many.
-    pub(crate) fn drop_tls13(&mut self) -> Result<u64, redb::Error> {
+    pub(crate) fn drop_tls13(&self) -> Result<u64, redb::Error> {
         let mut doomed = Vec::new();
         {
             let read = self.db.begin_read()?;
@@ -295,6 +324,7 @@ impl Store {
                 if parse_value(v.value()).is_some_and(|s| s.version == ProtocolVersion::TLS1_3) {
                     doomed.push(Op::Delete {
                         key: k.value().to_vec(),
+                        seq: 0,
                     });
                 }
             }
@@ -311,15 +341,6 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         Ok(sessions.get(key)?.and_then(|v| parse_value(v.value())))
-    }
-
-    /// Reads and deletes one session, in one transaction.
-    pub(crate) fn take(&mut self, key: &[u8]) -> Result<Option<Stored>, redb::Error> {
-        let found = self.get(key)?;
-        if found.is_some() {
-            self.apply(&[Op::Delete { key: key.to_vec() }])?;
-        }
-        Ok(found)
     }
 
     /// Every session that expires after `now`, latest expiry first, at most `limit`.

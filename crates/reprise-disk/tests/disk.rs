@@ -314,3 +314,134 @@ fn values_sealed_with_another_key_are_rejected_and_deleted() {
     assert!(tier.get(SessionKey::new(&key_of(1), CTX)).is_none());
     tier.close();
 }
+
+/// A server whose memory holds fewer sessions than its disk.
+fn start_small(dir: &std::path::Path, limit: usize) -> (DiskTier, Arc<SessionCache>) {
+    let (tier, _) = DiskTier::open(DiskConfig::new(dir), None).unwrap();
+    let cache = Arc::new(SessionCache::builder().size_limit(limit).build());
+    tier.install(&cache);
+    (tier, cache)
+}
+
+#[test]
+fn sessions_memory_evicted_are_served_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tier, cache) = start_small(dir.path(), 2);
+    for id in 0..6 {
+        cache.new_session(
+            Role::Server,
+            session(id, ProtocolVersion::TLS1_2, now(), 300),
+        );
+    }
+    tier.flush();
+    assert_eq!(cache.len(), 2);
+    let k0 = key_of(0);
+    // Memory evicted session 0; the get callback finds it on disk, and it resumes again.
+    let s = cache
+        .lookup(Role::Server, SessionKey::new(&k0, CTX))
+        .unwrap();
+    assert_eq!(
+        s.payload().as_bytes(),
+        session(0, ProtocolVersion::TLS1_2, 0, 0)
+            .payload()
+            .as_bytes()
+    );
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&k0, CTX))
+        .is_some());
+    assert!(tier.stats().read_hits >= 1);
+    // An id the disk never saw is a miss.
+    let unknown = key_of(77);
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&unknown, CTX))
+        .is_none());
+    assert!(tier.stats().read_misses >= 1);
+    tier.close();
+}
+
+#[test]
+fn a_ticket_resumes_once_whether_in_memory_in_flight_or_only_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tier, cache) = start_small(dir.path(), 1);
+    // Ticket 1 is taken at once: its write may still be queued. Whatever the writer did
+    // meanwhile, it resumes exactly once.
+    cache.new_session(
+        Role::Server,
+        session(1, ProtocolVersion::TLS1_3, now(), 300),
+    );
+    let k1 = key_of(1);
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&k1, CTX))
+        .is_some());
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&k1, CTX))
+        .is_none());
+    // Ticket 2 is pushed out of memory by ticket 3: only the disk has it.
+    cache.new_session(
+        Role::Server,
+        session(2, ProtocolVersion::TLS1_3, now(), 300),
+    );
+    cache.new_session(
+        Role::Server,
+        session(3, ProtocolVersion::TLS1_3, now(), 300),
+    );
+    tier.flush();
+    let k2 = key_of(2);
+    assert!(cache.peek(&k2).is_none());
+    // Four threads race for it: one wins.
+    let winners: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    usize::from(
+                        cache
+                            .take(Role::Server, SessionKey::new(&k2, CTX))
+                            .is_some(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(winners, 1);
+    tier.close();
+    drop((tier, cache));
+
+    // After a clean restart, neither used ticket comes back; the unused one does.
+    let (tier, cache, _) = start(dir.path());
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&k1, CTX))
+        .is_none());
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&k2, CTX))
+        .is_none());
+    let k3 = key_of(3);
+    assert!(cache
+        .take(Role::Server, SessionKey::new(&k3, CTX))
+        .is_some());
+    tier.close();
+}
+
+#[test]
+fn a_removed_session_is_not_read_back_before_its_deletion_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tier, cache) = start_small(dir.path(), 0);
+    let made = cache
+        .new_session(
+            Role::Server,
+            session(5, ProtocolVersion::TLS1_2, now(), 300),
+        )
+        .session;
+    tier.flush();
+    let k5 = key_of(5);
+    // Remove, and look up at once: the deletion may still be queued.
+    assert!(cache.remove(&made));
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&k5, CTX))
+        .is_none());
+    assert!(tier.get(SessionKey::new(&k5, CTX)).is_none());
+    tier.flush();
+    assert!(tier.get(SessionKey::new(&k5, CTX)).is_none());
+    assert_eq!(tier.stats().in_flight, 0);
+    tier.close();
+}
