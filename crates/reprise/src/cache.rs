@@ -435,7 +435,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         let hash = self.hash(id);
         let removed = self.with_shard(hash, |shard| {
             let (idx, _) = shard.find(hash, id)?;
-            shard.remove_at(idx)
+            shard.remove_at(hash, idx)
         });
         let found = removed.is_some();
         if removed.is_some() {
@@ -475,7 +475,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             if found.sid_ctx().as_bytes() != key.sid_ctx {
                 return None;
             }
-            shard.remove_at(idx)
+            shard.remove_at(hash, idx)
         })?;
         self.release_slot();
         Some(old)
@@ -830,7 +830,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         let removed = self.with_shard(hash, |shard| {
             let (idx, found) = shard.find(hash, id)?;
             if Arc::ptr_eq(found, session) {
-                shard.remove_at(idx)
+                shard.remove_at(hash, idx)
             } else {
                 None
             }

@@ -76,7 +76,9 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             // The session's own expiry: a hit reads the table and the session, not the slot.
             if s.is_expired_at(now) {
                 shard.counters.timeouts += 1;
-                return shard.remove_at(idx).map_or(Found::Unusable, Found::Expired);
+                return shard
+                    .remove_at(hash, idx)
+                    .map_or(Found::Unusable, Found::Expired);
             }
             let s = Arc::clone(s);
             shard.counters.hits += 1;
@@ -84,7 +86,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 Use::Resume => Found::Hit(s),
                 Use::Take => {
                     // Removal marks it not resumable under the lock: it is taken exactly once.
-                    shard.remove_at(idx);
+                    shard.remove_at(hash, idx);
                     Found::Taken(s)
                 }
             }
@@ -182,7 +184,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             if found.sid_ctx().as_bytes() != key.sid_ctx || found.version().is_reusable() {
                 return None;
             }
-            shard.remove_at(idx)
+            shard.remove_at(hash, idx)
         })?;
         self.release_slot();
         Some(old)

@@ -3,6 +3,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroize;
@@ -448,6 +449,19 @@ fn shared_sid_ctx(ctx: SidCtx) -> Arc<SidCtx> {
 }
 
 /// The system's time in Unix seconds (0 if the clock is before 1970).
+///
+/// On Linux this reads `CLOCK_REALTIME_COARSE`: the wall clock as of the last timer tick, read
+/// from the vDSO in about 3 ns where `SystemTime::now` takes about 35 ns (measured on the CI
+/// machine). It may trail the precise clock by one tick (a few milliseconds), which only
+/// matters to a cache that counts in whole seconds at the edge of a second.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn unix_now() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    u64::try_from(now.tv_sec).unwrap_or(0)
+}
+
+/// The system's time in Unix seconds (0 if the clock is before 1970).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -154,10 +154,12 @@ impl<P> Shard<P> {
         old
     }
 
-    /// Removes the session in a slot, and marks it not resumable while the lock is held, so no
-    /// other thread can put it back and resume it again.
-    pub(crate) fn remove_at(&mut self, idx: u32) -> Option<Arc<Session<P>>> {
-        let hash = self.hash_of(idx);
+    /// Removes the session in a slot, whose id hashes to `hash`, and marks it not resumable
+    /// while the lock is held, so no other thread can put it back and resume it again.
+    ///
+    /// Callers that found the slot by its id pass the hash they found it with: the id is not
+    /// hashed (nor the session read) a second time.
+    pub(crate) fn remove_at(&mut self, hash: u64, idx: u32) -> Option<Arc<Session<P>>> {
         if let Ok(entry) = self.table.find_entry(hash, |&i| i == idx) {
             entry.remove();
         }
@@ -172,7 +174,8 @@ impl<P> Shard<P> {
         if self.head == NIL {
             return None;
         }
-        self.remove_at(self.head)
+        let head = self.head;
+        self.remove_at(self.hash_of(head), head)
     }
 
     /// Removes every session that is expired at `t` (`t > expiry`), soonest first.
@@ -429,7 +432,7 @@ mod tests {
             let Some((idx, _)) = shard.find(h(&[i]), &[i]) else {
                 panic!("{i} missing")
             };
-            assert!(shard.remove_at(idx).is_some());
+            assert!(shard.remove_at(h(&[i]), idx).is_some());
             shard.check();
             assert!(shard.find(h(&[i]), &[i]).is_none());
         }
