@@ -59,3 +59,24 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// The system clock is the wall clock in Unix seconds: never ahead of the precise clock,
+    /// and behind it by at most the second a timer tick can straddle.
+    #[test]
+    fn system_clock_follows_the_wall_clock() {
+        for _ in 0..1000 {
+            let coarse = SystemClock.now();
+            let precise = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            assert!(coarse <= precise, "{coarse} is ahead of {precise}");
+            assert!(precise - coarse <= 1, "{coarse} trails {precise}");
+        }
+    }
+}
