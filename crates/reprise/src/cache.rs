@@ -419,7 +419,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// then, except its time under [`CacheMode::UPDATE_TIME`]. When the cache is full, the
     /// session that expires soonest is evicted first (remove callback, `cache_full`).
     pub fn add(&self, session: &Arc<Session<P>>) -> bool {
-        let mut removed = Vec::new();
+        let mut removed = Evicted::default();
         let outcome = self.insert(session, &mut removed);
         self.fire_removed(removed, Removal::Evicted);
         matches!(outcome, Inserted::Added | Inserted::Replaced)
@@ -502,7 +502,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         }
         let mut stored_internally = false;
         if !mode.contains(CacheMode::NO_INTERNAL_STORE) {
-            let mut removed = Vec::new();
+            let mut removed = Evicted::default();
             let outcome = self.insert(&session, &mut removed);
             self.fire_removed(removed, Removal::Evicted);
             stored_internally = outcome != Inserted::Refused;
@@ -704,7 +704,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Inserts into the internal cache, evicting as needed; evicted sessions go to `removed`.
-    fn insert(&self, session: &Arc<Session<P>>, removed: &mut Vec<Arc<Session<P>>>) -> Inserted {
+    fn insert(&self, session: &Arc<Session<P>>, removed: &mut Evicted<P>) -> Inserted {
         if self.closing.load(Ordering::Acquire) {
             return Inserted::Refused;
         }
@@ -764,7 +764,14 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// comes from it, or from another shard whose lock is free right now (never waited for, so
     /// no two locks are ever waited on together). `None` if the victim's shard is busy.
     fn evict_holding(&self, own: &mut Shard<P>, own_index: usize) -> Option<Arc<Session<P>>> {
-        let own_head = own.head_key();
+        // The own shard's published head is its head unless it moved under this lock: reading
+        // the published copy spares a cache miss on the head's slot when the victim is
+        // elsewhere (most of the time, with many shards).
+        let own_head = if own.head_moved {
+            own.head_key()
+        } else {
+            self.shards[own_index].head()
+        };
         let (_, index) = self
             .shards
             .iter()
@@ -868,13 +875,14 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         }
     }
 
-    fn fire_removed(&self, removed: Vec<Arc<Session<P>>>, cause: Removal) {
-        if removed.is_empty() {
+    fn fire_removed(&self, removed: impl IntoIterator<Item = Arc<Session<P>>>, cause: Removal) {
+        let mut removed = removed.into_iter().peekable();
+        if removed.peek().is_none() {
             return;
         }
         if let Some(cb) = self.callbacks.remove.load().as_ref() {
-            for s in &removed {
-                cb(self, s, cause);
+            for s in removed {
+                cb(self, &s, cause);
             }
         }
     }
@@ -889,6 +897,44 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             n += shard.len();
         }
         assert_eq!(n, self.len());
+    }
+}
+
+/// The sessions one add evicted: none or one but for races with other adds, so the first is
+/// kept inline and only a second one allocates.
+struct Evicted<P> {
+    first: Option<Arc<Session<P>>>,
+    rest: Vec<Arc<Session<P>>>,
+}
+
+impl<P> Default for Evicted<P> {
+    fn default() -> Self {
+        Self {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<P> Evicted<P> {
+    fn push(&mut self, session: Arc<Session<P>>) {
+        if self.first.is_none() {
+            self.first = Some(session);
+        } else {
+            self.rest.push(session);
+        }
+    }
+}
+
+impl<P> IntoIterator for Evicted<P> {
+    type Item = Arc<Session<P>>;
+    type IntoIter = core::iter::Chain<
+        core::option::IntoIter<Arc<Session<P>>>,
+        std::vec::IntoIter<Arc<Session<P>>>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
     }
 }
 

@@ -414,7 +414,7 @@ impl<'a, P> SessionBuilder<'a, P> {
     /// Validates the id and context and builds the session.
     pub fn build(self) -> Result<Session<P>, SessionError> {
         let id = SessionId::new(self.id)?;
-        let sid_ctx = shared_sid_ctx(SidCtx::new(self.sid_ctx)?);
+        let sid_ctx = shared_sid_ctx(self.sid_ctx)?;
         let time = self.time.unwrap_or_else(unix_now);
         Ok(Session {
             id,
@@ -431,18 +431,18 @@ impl<'a, P> SessionBuilder<'a, P> {
 /// The one shared copy of a context: sessions of one context (the sessions of one server
 /// configuration, typically made one after another) share it, which keeps 25 bytes per session
 /// out of the cache. A thread remembers the last context it built a session for.
-fn shared_sid_ctx(ctx: SidCtx) -> Arc<SidCtx> {
+fn shared_sid_ctx(ctx: &[u8]) -> Result<Arc<SidCtx>, SessionError> {
     thread_local! {
         static LAST: std::cell::RefCell<Option<Arc<SidCtx>>> = const { std::cell::RefCell::new(None) };
     }
     LAST.with(|last| {
         let mut last = last.borrow_mut();
         match &*last {
-            Some(shared) if **shared == ctx => Arc::clone(shared),
+            Some(shared) if shared.as_bytes() == ctx => Ok(Arc::clone(shared)),
             _ => {
-                let shared = Arc::new(ctx);
+                let shared = Arc::new(SidCtx::new(ctx)?);
                 *last = Some(Arc::clone(&shared));
-                shared
+                Ok(shared)
             }
         }
     })
