@@ -1747,14 +1747,12 @@ mod tests {
         out
     }
 
-    /// Writes the fuzzing seed corpus: `valid-*.bin` files are whole ClientHellos, which
-    /// `tests/client_hello_corpus.rs` checks parse as Complete; `invalid-*.bin` must be Invalid.
-    /// The OpenSSL hellos need the `openssl` command.
+    /// Makes the fuzzing seed corpus and checks it: `valid-*.bin` files are whole ClientHellos
+    /// (of rustls, of `openssl s_client`, and hand-built), `invalid-*.bin` malformed ones. With
+    /// `REPRISE_WRITE_CORPUS=1` it also (re)writes them into `fuzz/corpus/client_hello`, which
+    /// `tests/client_hello_corpus.rs` replays.
     #[test]
-    #[ignore = "writes fuzz/corpus/client_hello: run by hand with --ignored"]
-    fn write_seed_corpus() {
-        let dir = corpus_dir();
-        std::fs::create_dir_all(&dir).unwrap();
+    fn seed_corpus_parses_as_named() {
         let mut files: Vec<(String, Vec<u8>)> = Vec::new();
         for (name, hello) in rustls_hellos() {
             files.push((format!("valid-rustls-{name}.bin"), hello.clone()));
@@ -1830,10 +1828,6 @@ mod tests {
             records(&message, &[MAX_RECORD_LEN]),
         ));
 
-        if std::process::Command::new("openssl")
-            .arg("version")
-            .output()
-            .is_ok()
         {
             let tmp = std::env::temp_dir().join(format!("reprise-corpus-{}", std::process::id()));
             std::fs::create_dir_all(&tmp).unwrap();
@@ -1874,7 +1868,13 @@ mod tests {
             } else {
                 assert!(matches!(parsed, Parsed::Invalid(_)), "{name}: {parsed:?}");
             }
-            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        if std::env::var_os("REPRISE_WRITE_CORPUS").is_some_and(|v| v == "1") {
+            let dir = corpus_dir();
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, bytes) in &files {
+                std::fs::write(dir.join(name), bytes).unwrap();
+            }
         }
     }
 }
