@@ -43,6 +43,11 @@ fn cache() -> Arc<SessionCache> {
 }
 
 /// One run of a server: a cache with the disk tier installed and warmed.
+/// Hands the cache a session made now with a 300 s timeout, as a server does after a handshake.
+fn add_live(cache: &SessionCache, id: u32, version: ProtocolVersion) {
+    cache.new_session(Role::Server, session(id, version, now(), 300));
+}
+
 fn start(dir: &std::path::Path) -> (DiskTier, Arc<SessionCache>, reprise_disk::Startup) {
     let (tier, startup) = DiskTier::open(DiskConfig::new(dir), None).unwrap();
     let cache = cache();
@@ -65,10 +70,7 @@ fn sessions_survive_a_restart_and_the_key_file_is_private() {
         assert_eq!(mode & 0o777, 0o600);
     }
     for id in 0..50 {
-        cache.new_session(
-            Role::Server,
-            session(id, ProtocolVersion::TLS1_2, now(), 300),
-        );
+        add_live(&cache, id, ProtocolVersion::TLS1_2);
     }
     tier.close();
     drop((tier, cache));
@@ -98,18 +100,9 @@ fn sessions_survive_a_restart_and_the_key_file_is_private() {
 fn taken_removed_and_expired_sessions_do_not_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let (tier, cache, _) = start(dir.path());
-    cache.new_session(
-        Role::Server,
-        session(1, ProtocolVersion::TLS1_3, now(), 300),
-    );
-    cache.new_session(
-        Role::Server,
-        session(2, ProtocolVersion::TLS1_3, now(), 300),
-    );
-    cache.new_session(
-        Role::Server,
-        session(3, ProtocolVersion::TLS1_2, now(), 300),
-    );
+    add_live(&cache, 1, ProtocolVersion::TLS1_3);
+    add_live(&cache, 2, ProtocolVersion::TLS1_3);
+    add_live(&cache, 3, ProtocolVersion::TLS1_2);
     let gone = cache
         .new_session(
             Role::Server,
@@ -158,10 +151,7 @@ fn taken_removed_and_expired_sessions_do_not_come_back() {
 fn take_is_atomic() {
     let dir = tempfile::tempdir().unwrap();
     let (tier, cache, _) = start(dir.path());
-    cache.new_session(
-        Role::Server,
-        session(9, ProtocolVersion::TLS1_3, now(), 300),
-    );
+    add_live(&cache, 9, ProtocolVersion::TLS1_3);
     tier.flush();
     let id9 = key_of(9);
     let key = SessionKey::new(&id9, CTX);
@@ -175,10 +165,7 @@ fn take_is_atomic() {
     assert!(tier.get(key).is_none());
 
     // A TLS 1.2 session is not single-use: a take neither hands it out nor deletes it.
-    cache.new_session(
-        Role::Server,
-        session(8, ProtocolVersion::TLS1_2, now(), 300),
-    );
+    add_live(&cache, 8, ProtocolVersion::TLS1_2);
     tier.flush();
     let id8 = key_of(8);
     let key = SessionKey::new(&id8, CTX);
@@ -191,14 +178,8 @@ fn take_is_atomic() {
 fn an_unclean_shutdown_drops_stored_tls13_tickets() {
     let dir = tempfile::tempdir().unwrap();
     let (tier, cache, _) = start(dir.path());
-    cache.new_session(
-        Role::Server,
-        session(1, ProtocolVersion::TLS1_3, now(), 300),
-    );
-    cache.new_session(
-        Role::Server,
-        session(2, ProtocolVersion::TLS1_2, now(), 300),
-    );
+    add_live(&cache, 1, ProtocolVersion::TLS1_3);
+    add_live(&cache, 2, ProtocolVersion::TLS1_2);
     tier.flush();
     // No close(): as if killed.
     drop((tier, cache));
@@ -220,10 +201,7 @@ fn unreadable_files_are_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let (tier, cache, _) = start(dir.path());
         for id in 0..2000 {
-            cache.new_session(
-                Role::Server,
-                session(id, ProtocolVersion::TLS1_2, now(), 300),
-            );
+            add_live(&cache, id, ProtocolVersion::TLS1_2);
         }
         tier.close();
         drop((tier, cache));
@@ -249,10 +227,7 @@ fn unreadable_files_are_set_aside() {
             Recovery::Created => panic!("{damage}: the file vanished"),
         }
         // Either way, the tier works.
-        cache.new_session(
-            Role::Server,
-            session(99_999, ProtocolVersion::TLS1_2, now(), 300),
-        );
+        add_live(&cache, 99_999, ProtocolVersion::TLS1_2);
         tier.flush();
         assert!(tier.get(SessionKey::new(&key_of(99_999), CTX)).is_some());
         tier.close();
@@ -299,10 +274,7 @@ fn values_sealed_with_another_key_are_rejected_and_deleted() {
     let (tier, _) = DiskTier::open(DiskConfig::new(dir.path()), Some(other)).unwrap();
     let cache = cache();
     tier.install(&cache);
-    cache.new_session(
-        Role::Server,
-        session(1, ProtocolVersion::TLS1_2, now(), 300),
-    );
+    add_live(&cache, 1, ProtocolVersion::TLS1_2);
     tier.close();
     drop((tier, cache));
     // The directory's own key (generated now) cannot open it.
@@ -328,10 +300,7 @@ fn sessions_memory_evicted_are_served_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let (tier, cache) = start_small(dir.path(), 2);
     for id in 0..6 {
-        cache.new_session(
-            Role::Server,
-            session(id, ProtocolVersion::TLS1_2, now(), 300),
-        );
+        add_live(&cache, id, ProtocolVersion::TLS1_2);
     }
     tier.flush();
     assert_eq!(cache.len(), 2);
@@ -365,10 +334,7 @@ fn a_ticket_resumes_once_whether_in_memory_in_flight_or_only_on_disk() {
     let (tier, cache) = start_small(dir.path(), 1);
     // Ticket 1 is taken at once: its write may still be queued. Whatever the writer did
     // meanwhile, it resumes exactly once.
-    cache.new_session(
-        Role::Server,
-        session(1, ProtocolVersion::TLS1_3, now(), 300),
-    );
+    add_live(&cache, 1, ProtocolVersion::TLS1_3);
     let k1 = key_of(1);
     assert!(cache
         .take(Role::Server, SessionKey::new(&k1, CTX))
@@ -377,14 +343,8 @@ fn a_ticket_resumes_once_whether_in_memory_in_flight_or_only_on_disk() {
         .take(Role::Server, SessionKey::new(&k1, CTX))
         .is_none());
     // Ticket 2 is pushed out of memory by ticket 3: only the disk has it.
-    cache.new_session(
-        Role::Server,
-        session(2, ProtocolVersion::TLS1_3, now(), 300),
-    );
-    cache.new_session(
-        Role::Server,
-        session(3, ProtocolVersion::TLS1_3, now(), 300),
-    );
+    add_live(&cache, 2, ProtocolVersion::TLS1_3);
+    add_live(&cache, 3, ProtocolVersion::TLS1_3);
     tier.flush();
     let k2 = key_of(2);
     assert!(cache.peek(&k2).is_none());

@@ -66,13 +66,10 @@ async fn wait_connected(tier: &RedisTier) {
     panic!("never connected");
 }
 
-fn key(id: u8) -> [u8; 32] {
-    [id; 32]
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_made_on_one_instance_resumes_on_another() {
-    let redis = RedisServer::start();
+/// Two instances with their own tiers on one Redis, wired for prefetch, both connected.
+async fn two_instances(
+    redis: &RedisServer,
+) -> (RedisTier, RedisTier, Arc<SessionCache>, Arc<SessionCache>) {
     let (ta, tb) = (tier(&redis.url(), keys()), tier(&redis.url(), keys()));
     let (a, b) = (
         instance(&ta, Wiring::Prefetch),
@@ -80,6 +77,17 @@ async fn a_session_made_on_one_instance_resumes_on_another() {
     );
     wait_connected(&ta).await;
     wait_connected(&tb).await;
+    (ta, tb, a, b)
+}
+
+fn key(id: u8) -> [u8; 32] {
+    [id; 32]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_made_on_one_instance_resumes_on_another() {
+    let redis = RedisServer::start();
+    let (ta, tb, a, b) = two_instances(&redis).await;
     let made = new_session(&a, 1, ProtocolVersion::TLS1_2);
     wait_written(&ta, 1).await;
 
@@ -165,13 +173,7 @@ async fn a_tls13_ticket_is_taken_once_across_the_fleet() {
 async fn a_tls12_session_id_offered_as_a_ticket_burns_nothing() {
     // A TLS 1.2 session id travels in the clear; anyone could offer it as a TLS 1.3 ticket.
     let redis = RedisServer::start();
-    let (ta, tb) = (tier(&redis.url(), keys()), tier(&redis.url(), keys()));
-    let (a, b) = (
-        instance(&ta, Wiring::Prefetch),
-        instance(&tb, Wiring::Prefetch),
-    );
-    wait_connected(&ta).await;
-    wait_connected(&tb).await;
+    let (ta, tb, a, b) = two_instances(&redis).await;
     new_session(&a, 3, ProtocolVersion::TLS1_2);
     wait_written(&ta, 1).await;
     let ids = vec![key(3).to_vec()];
@@ -314,13 +316,7 @@ async fn keys_rotate_without_losing_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_removal_reaches_the_whole_fleet() {
     let redis = RedisServer::start();
-    let (ta, tb) = (tier(&redis.url(), keys()), tier(&redis.url(), keys()));
-    let (a, b) = (
-        instance(&ta, Wiring::Prefetch),
-        instance(&tb, Wiring::Prefetch),
-    );
-    wait_connected(&ta).await;
-    wait_connected(&tb).await;
+    let (ta, tb, a, b) = two_instances(&redis).await;
     // Let both subscriptions settle (bounded): a publication is only seen once subscribed.
     let subscribed = wait_until(Duration::from_secs(5), || {
         redis
