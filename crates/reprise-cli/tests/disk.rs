@@ -97,15 +97,8 @@ fn kill_9_in_the_middle_of_writes_then_a_clean_start() {
         .metric("reprise_disk_stores_written_total")
         >= 1));
     // Load that writes tickets continuously, and a SIGKILL in the middle of it.
-    let mut load = reprise()
-        .args([
-            "bench",
-            "--connect",
-            &server.connect_arg(),
-            "--server-name",
-            "localhost",
-            "--insecure",
-        ])
+    let mut load = server
+        .bench()
         .args([
             "--tls",
             "1.3",
@@ -198,15 +191,8 @@ fn the_database_stays_within_its_cap() {
             "not enough sessions written: {}",
             server.metrics_text()
         );
-        let out = reprise()
-            .args([
-                "bench",
-                "--connect",
-                &server.connect_arg(),
-                "--server-name",
-                "localhost",
-                "--insecure",
-            ])
+        let out = server
+            .bench()
             .args([
                 "--tls",
                 "1.3",

@@ -1134,26 +1134,16 @@ fn s04_caching_off(side: Side, v: Version, pki: &Pki) -> Trace {
 
 /// Scenario 5: timeout 10 s; 11 s later the session has expired.
 fn s05_timeout(side: Side, v: Version, pki: &Pki) -> Trace {
-    let mut rig = rig(
-        side,
-        v,
-        pki,
-        Config {
-            timeout: 10,
-            ..Config::default()
-        },
-    );
-    let mut c = Client::default();
-    let r = rig.connect(&mut c);
-    rig.observe("full", &[("resumed", r)]);
-    rig.age(11);
-    let r = rig.connect(&mut c);
-    rig.observe("expired", &[("resumed", r)]);
-    rig.trace
+    resume_after(side, v, pki, 11, "expired")
 }
 
 /// Scenario 5b: at exactly 10 s the session still resumes.
 fn s05_timeout_boundary(side: Side, v: Version, pki: &Pki) -> Trace {
+    resume_after(side, v, pki, 10, "boundary")
+}
+
+/// With a 10 s timeout: a full handshake, then a resumption attempt `secs` later.
+fn resume_after(side: Side, v: Version, pki: &Pki, secs: u64, label: &'static str) -> Trace {
     let mut rig = rig(
         side,
         v,
@@ -1166,9 +1156,9 @@ fn s05_timeout_boundary(side: Side, v: Version, pki: &Pki) -> Trace {
     let mut c = Client::default();
     let r = rig.connect(&mut c);
     rig.observe("full", &[("resumed", r)]);
-    rig.age(10);
+    rig.age(secs);
     let r = rig.connect(&mut c);
-    rig.observe("boundary", &[("resumed", r)]);
+    rig.observe(label, &[("resumed", r)]);
     rig.trace
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PKCS_RSA_SHA256};
+use rcgen::{KeyPair, PKCS_RSA_SHA256};
 
 /// The `reprise` binary under test.
 pub fn reprise() -> Command {
@@ -16,6 +16,7 @@ pub fn reprise() -> Command {
 }
 
 pub use reprise_testkit::free_port;
+use reprise_testkit::TestCa;
 
 /// A running `reprise serve`, killed when dropped.
 pub struct Server {
@@ -104,6 +105,21 @@ impl Server {
     /// `host:port` for s_client.
     pub fn connect_arg(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `reprise bench` against this server, trusting any certificate for `localhost`; the
+    /// caller adds the load.
+    pub fn bench(&self) -> Command {
+        let mut bench = reprise();
+        bench.args([
+            "bench",
+            "--connect",
+            &self.connect_arg(),
+            "--server-name",
+            "localhost",
+            "--insecure",
+        ]);
+        bench
     }
 
     /// The metrics page.
@@ -248,25 +264,11 @@ impl Pki {
 
     fn with_server_key(server_key: KeyPair) -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Reprise test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let server = CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&server_key, &issuer)
-            .unwrap();
+        let ca = TestCa::new();
+        let server = ca.sign(&["localhost"], None, &server_key);
         let client_key = KeyPair::generate().unwrap();
-        let mut client_params = CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
-        client_params
-            .distinguished_name
-            .push(DnType::CommonName, "client");
-        let client = client_params.signed_by(&client_key, &issuer).unwrap();
+        let client = ca.sign(&["client.test"], Some("client"), &client_key);
+        let ca = &ca.cert;
 
         let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
         write("ca.pem", ca.pem());

@@ -11,8 +11,9 @@ use openssl::ssl::{
     SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::KeyPair;
 use reprise_openssl::{set_session, DecodedSession};
+use reprise_testkit::TestCa;
 
 /// The protocol versions every scenario runs under.
 pub const VERSIONS: [Version; 2] = [Version::Tls12, Version::Tls13];
@@ -49,20 +50,11 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Reprise test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
+        let ca = TestCa::new();
         let server_key = KeyPair::generate().unwrap();
-        let server_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "other.test".to_owned()]).unwrap();
-        let server = server_params.signed_by(&server_key, &issuer).unwrap();
+        let server = ca.sign(&["localhost", "other.test"], None, &server_key);
         Self {
-            ca: X509::from_der(ca.der()).unwrap(),
+            ca: X509::from_der(ca.cert.der()).unwrap(),
             server_cert: X509::from_der(server.der()).unwrap(),
             server_key: PKey::private_key_from_der(&server_key.serialize_der()).unwrap(),
         }

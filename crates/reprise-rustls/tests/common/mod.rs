@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::KeyPair;
 use reprise::{ManualClock, Session, SessionCache, SessionKey};
 use reprise_rustls::{ClientAuth, ClientSession, ClientStore, ConnectionSessions, ServerStore};
+use reprise_testkit::TestCa;
 use rustls::client::Resumption;
 use rustls::crypto::ring as provider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -58,26 +59,12 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Reprise test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
+        let ca = TestCa::new();
         let server_key = KeyPair::generate().unwrap();
-        let server_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "other.test".to_owned()]).unwrap();
-        let server = server_params.signed_by(&server_key, &issuer).unwrap();
-
+        let server = ca.sign(&["localhost", "other.test"], None, &server_key);
         let client_key = KeyPair::generate().unwrap();
-        let mut client_params = CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
-        client_params
-            .distinguished_name
-            .push(DnType::CommonName, "client");
-        let client = client_params.signed_by(&client_key, &issuer).unwrap();
+        let client = ca.sign(&["client.test"], Some("client"), &client_key);
+        let ca = &ca.cert;
 
         Self {
             ca: ca.der().clone(),
