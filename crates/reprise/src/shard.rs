@@ -3,11 +3,13 @@
 //! A shard holds no lock and calls no callback: [`crate::cache`] locks it, and fires callbacks
 //! for the sessions it hands back once the lock is released.
 //!
-//! The table holds slot indices (4 bytes each); a slot holds the session's `Arc`. Every live
-//! slot sits in one doubly linked list (indices, not pointers) sorted by `(expiry, seq)`: the
-//! head is the session that expires soonest, and among those the oldest inserted. `buckets`
-//! maps each run of equal expiries to its last slot, so an insert finds its place without
-//! walking the list. Lookups never touch the list.
+//! The table holds slot indices (4 bytes each). A slot's session (its `Arc`) and its place in
+//! the expiry order live in two arrays at the same index: a lookup reads only the first, a
+//! dense array of pointers (8 bytes a slot, where slots of 32 bytes put four times fewer in a
+//! cache line), and never the second. Every live slot sits in one doubly linked list (indices,
+//! not pointers) sorted by `(expiry, seq)`: the head is the session that expires soonest, and
+//! among those the oldest inserted. `buckets` maps each run of equal expiries to its last slot,
+//! so an insert finds its place without walking the list.
 
 use core::hash::BuildHasher;
 use std::collections::BTreeMap;
@@ -23,9 +25,8 @@ const NIL: u32 = u32::MAX;
 /// The order key of a shard's head: `(expiry, seq)`.
 pub(crate) type HeadKey = (u64, u64);
 
-struct Slot<P> {
-    /// `None` for a free slot.
-    session: Option<Arc<Session<P>>>,
+/// A slot's place in the expiry order (its session is in [`Shard::sessions`], same index).
+struct Slot {
     /// The last second at which the session is valid, as it was when inserted.
     expiry: u64,
     /// Global insertion order, for ties between equal expiries.
@@ -46,7 +47,10 @@ pub(crate) struct ShardCounters {
 
 pub(crate) struct Shard<P> {
     table: HashTable<u32>,
-    slots: Vec<Slot<P>>,
+    /// Each slot's session; `None` for a free slot.
+    sessions: Vec<Option<Arc<Session<P>>>>,
+    /// Each slot's place in the expiry order, at the same index.
+    slots: Vec<Slot>,
     /// The cache's hasher, to find a slot's session in the table again.
     hasher: foldhash::fast::RandomState,
     free: u32,
@@ -64,6 +68,7 @@ impl<P> Shard<P> {
     pub(crate) fn new(hasher: foldhash::fast::RandomState) -> Self {
         Self {
             table: HashTable::new(),
+            sessions: Vec::new(),
             slots: Vec::new(),
             hasher,
             free: NIL,
@@ -81,16 +86,16 @@ impl<P> Shard<P> {
         self.table.len()
     }
 
-    fn slot(&self, idx: u32) -> &Slot<P> {
+    fn slot(&self, idx: u32) -> &Slot {
         &self.slots[idx as usize]
     }
 
-    fn slot_mut(&mut self, idx: u32) -> &mut Slot<P> {
+    fn slot_mut(&mut self, idx: u32) -> &mut Slot {
         &mut self.slots[idx as usize]
     }
 
     fn session_at(&self, idx: u32) -> &Arc<Session<P>> {
-        match &self.slot(idx).session {
+        match &self.sessions[idx as usize] {
             Some(s) => s,
             None => unreachable!("the table and the list only hold live slots"),
         }
@@ -102,13 +107,11 @@ impl<P> Shard<P> {
 
     /// Finds the session with this id: its slot and the session.
     pub(crate) fn find(&self, hash: u64, id: &[u8]) -> Option<(u32, &Arc<Session<P>>)> {
-        let slots = &self.slots;
-        let idx = *self
-            .table
-            .find(hash, |&i| match &slots[i as usize].session {
-                Some(s) => s.id().as_bytes() == id,
-                None => false,
-            })?;
+        let sessions = &self.sessions;
+        let idx = *self.table.find(hash, |&i| match &sessions[i as usize] {
+            Some(s) => s.id().as_bytes() == id,
+            None => false,
+        })?;
         Some((idx, self.session_at(idx)))
     }
 
@@ -128,9 +131,9 @@ impl<P> Shard<P> {
     /// Inserts a session whose id is not in the shard.
     pub(crate) fn insert(&mut self, hash: u64, session: Arc<Session<P>>, expiry: u64, seq: u64) {
         let idx = self.alloc(session, expiry, seq);
-        let (slots, hasher) = (&self.slots, &self.hasher);
+        let (sessions, hasher) = (&self.sessions, &self.hasher);
         self.table
-            .insert_unique(hash, idx, |&i| match &slots[i as usize].session {
+            .insert_unique(hash, idx, |&i| match &sessions[i as usize] {
                 Some(s) => hasher.hash_one(s.id().as_bytes()),
                 None => 0,
             });
@@ -146,8 +149,8 @@ impl<P> Shard<P> {
         seq: u64,
     ) -> Option<Arc<Session<P>>> {
         self.unlink(idx);
+        let old = self.sessions[idx as usize].replace(session);
         let slot = self.slot_mut(idx);
-        let old = slot.session.replace(session);
         slot.expiry = expiry;
         slot.seq = seq;
         self.link(idx);
@@ -193,12 +196,11 @@ impl<P> Shard<P> {
     /// Removes every session, marking each not resumable.
     pub(crate) fn drain(&mut self, out: &mut Vec<Arc<Session<P>>>) {
         out.reserve(self.table.len());
-        for slot in self.slots.drain(..) {
-            if let Some(s) = slot.session {
-                s.mark_not_resumable();
-                out.push(s);
-            }
+        for s in self.sessions.drain(..).flatten() {
+            s.mark_not_resumable();
+            out.push(s);
         }
+        self.slots.clear();
         self.table.clear();
         self.buckets.clear();
         self.free = NIL;
@@ -209,12 +211,11 @@ impl<P> Shard<P> {
 
     /// Every session, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Session<P>>> + '_ {
-        self.slots.iter().filter_map(|s| s.session.as_ref())
+        self.sessions.iter().filter_map(Option::as_ref)
     }
 
     fn alloc(&mut self, session: Arc<Session<P>>, expiry: u64, seq: u64) -> u32 {
         let slot = Slot {
-            session: Some(session),
             expiry,
             seq,
             prev: NIL,
@@ -224,6 +225,7 @@ impl<P> Shard<P> {
             let idx = self.free;
             self.free = self.slot(idx).next;
             *self.slot_mut(idx) = slot;
+            self.sessions[idx as usize] = Some(session);
             idx
         } else {
             let idx = u32::try_from(self.slots.len())
@@ -231,14 +233,15 @@ impl<P> Shard<P> {
                 .filter(|&i| i != NIL)
                 .unwrap_or_else(|| panic!("a shard holds at most {} sessions", NIL - 1));
             self.slots.push(slot);
+            self.sessions.push(Some(session));
             idx
         }
     }
 
     fn release(&mut self, idx: u32) -> Option<Arc<Session<P>>> {
         let free = self.free;
+        let session = self.sessions[idx as usize].take();
         let slot = self.slot_mut(idx);
-        let session = slot.session.take();
         slot.next = free;
         slot.prev = NIL;
         self.free = idx;
@@ -361,7 +364,7 @@ impl<P> Shard<P> {
         assert_eq!(n, self.table.len());
         // Every table entry is a live slot, found under its session's hash.
         for &i in self.table.iter() {
-            assert!(self.slot(i).session.is_some());
+            assert!(self.sessions[i as usize].is_some());
             assert!(self.table.find(self.hash_of(i), |&x| x == i).is_some());
         }
         // One map entry per run of equal expiries, but the tail's.
