@@ -35,8 +35,9 @@ pub const DEFAULT_SIZE_LIMIT: usize = 20480;
 /// Completed handshakes of a role between two automatic flushes.
 pub const AUTO_FLUSH_INTERVAL: u64 = 255;
 
-/// `head_seq` of a shard with no sessions.
-const EMPTY_HEAD: u64 = u64::MAX;
+/// The published head of a shard with no sessions: after every real head (whose `seq` comes from
+/// a counter and never reaches `u64::MAX`).
+const EMPTY_HEAD: HeadKey = (u64::MAX, u64::MAX);
 
 /// Default shards per core. Two threads that want the same shard at once make one of them wait
 /// (spin, yield, sleep), and a lookup holds its shard through its cache misses. On two cores,
@@ -53,51 +54,37 @@ const DEFAULT_MAX_SHARDS: usize = 256;
 /// How often an add evicts and retries before it gives up (only under extreme contention).
 const MAX_ADD_ATTEMPTS: usize = 1024;
 
-/// One shard, with its head published for eviction, on its own cache lines.
+/// One shard and its lock, on cache lines of its own.
 #[repr(align(128))]
 struct ShardCell<P> {
     shard: Mutex<Shard<P>>,
-    /// On its own cache lines: lookups write the shard's counters constantly, and every add
-    /// at capacity reads every shard's head.
-    head: PublishedHead,
 }
 
-/// A shard's head, published for the eviction scan.
-#[repr(align(128))]
+/// A shard's head, published for the eviction scan, which reads every shard's. The heads sit
+/// together in one array, four to a cache line, away from the shards' locks and counters that
+/// lookups write: a scan of 32 shards reads 8 lines.
 struct PublishedHead {
     expiry: AtomicU64,
     seq: AtomicU64,
 }
 
-impl<P> ShardCell<P> {
-    fn new(hasher: foldhash::fast::RandomState) -> Self {
+impl PublishedHead {
+    fn empty() -> Self {
         Self {
-            shard: Mutex::new(Shard::new(hasher)),
-            head: PublishedHead {
-                expiry: AtomicU64::new(0),
-                seq: AtomicU64::new(EMPTY_HEAD),
-            },
+            expiry: AtomicU64::new(EMPTY_HEAD.0),
+            seq: AtomicU64::new(EMPTY_HEAD.1),
         }
     }
 
-    /// Publishes the head for the eviction scan; called before the lock is released.
-    fn publish(&self, shard: &Shard<P>) {
-        let (expiry, seq) = shard.head_key().unwrap_or((0, EMPTY_HEAD));
-        self.head.expiry.store(expiry, Ordering::Relaxed);
-        self.head.seq.store(seq, Ordering::Release);
+    fn store(&self, (expiry, seq): HeadKey) {
+        self.expiry.store(expiry, Ordering::Relaxed);
+        self.seq.store(seq, Ordering::Release);
     }
 
-    /// Publishes the head if it moved: an operation that leaves the head alone (a lookup, an
-    /// insert at the tail) writes nothing more to the shard's cache lines.
-    fn publish_if_moved(&self, shard: &mut Shard<P>) {
-        if std::mem::take(&mut shard.head_moved) {
-            self.publish(shard);
-        }
-    }
-
-    fn head(&self) -> Option<HeadKey> {
-        let seq = self.head.seq.load(Ordering::Acquire);
-        (seq != EMPTY_HEAD).then(|| (self.head.expiry.load(Ordering::Relaxed), seq))
+    /// The published key; [`EMPTY_HEAD`] for an empty shard.
+    fn load(&self) -> HeadKey {
+        let seq = self.seq.load(Ordering::Acquire);
+        (self.expiry.load(Ordering::Relaxed), seq)
     }
 }
 
@@ -186,6 +173,8 @@ impl<P> NewSession<P> {
 /// ```
 pub struct SessionCache<P = SecretBytes> {
     shards: Box<[ShardCell<P>]>,
+    /// Each shard's head, at the shard's index.
+    heads: Box<[PublishedHead]>,
     shard_mask: usize,
     hasher: foldhash::fast::RandomState,
     occupancy: Occupancy,
@@ -284,8 +273,11 @@ impl<P: Send + Sync + 'static> CacheBuilder<P> {
         let hasher = foldhash::fast::RandomState::default();
         SessionCache {
             shards: (0..shards)
-                .map(|_| ShardCell::new(hasher.clone()))
+                .map(|_| ShardCell {
+                    shard: Mutex::new(Shard::new(hasher.clone())),
+                })
                 .collect(),
+            heads: (0..shards).map(|_| PublishedHead::empty()).collect(),
             shard_mask: shards - 1,
             hasher,
             occupancy: Occupancy::default(),
@@ -568,7 +560,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     pub fn peek(&self, id: &[u8]) -> Option<Arc<Session<P>>> {
         if SessionKey::new(id, &[]).is_well_formed() {
             let hash = self.hash(id);
-            let shard = self.shard(hash).shard.lock();
+            let shard = self.shards[self.shard_index(hash)].shard.lock();
             shard.find(hash, id).map(|(_, s)| Arc::clone(s))
         } else {
             None
@@ -671,17 +663,36 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         (hash >> 32) as usize & self.shard_mask
     }
 
-    fn shard(&self, hash: u64) -> &ShardCell<P> {
-        &self.shards[self.shard_index(hash)]
-    }
-
     /// Runs `f` on the shard for `hash` under its lock, and publishes its head afterwards.
     pub(crate) fn with_shard<R>(&self, hash: u64, f: impl FnOnce(&mut Shard<P>) -> R) -> R {
-        let cell = self.shard(hash);
-        let mut shard = cell.shard.lock();
+        let index = self.shard_index(hash);
+        let mut shard = self.shards[index].shard.lock();
         let r = f(&mut shard);
-        cell.publish_if_moved(&mut shard);
+        self.publish_if_moved(index, &mut shard);
         r
+    }
+
+    /// Publishes shard `index`'s head if it moved; called before the shard's lock is released.
+    /// An operation that leaves the head alone (a lookup, an insert at the tail) writes nothing.
+    fn publish_if_moved(&self, index: usize, shard: &mut Shard<P>) {
+        if std::mem::take(&mut shard.head_moved) {
+            self.heads[index].store(shard.head_key().unwrap_or(EMPTY_HEAD));
+        }
+    }
+
+    /// The shard whose published head expires soonest (ties: the oldest inserted); `None` when
+    /// every shard is empty.
+    fn soonest_shard(&self) -> Option<usize> {
+        let mut best = EMPTY_HEAD;
+        let mut index = None;
+        for (i, head) in self.heads.iter().enumerate() {
+            let key = head.load();
+            if key < best {
+                best = key;
+                index = Some(i);
+            }
+        }
+        index
     }
 
     fn next_seq(&self) -> u64 {
@@ -730,10 +741,10 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         }
         let id = session.id().as_bytes();
         let hash = self.hash(id);
-        let cell = self.shard(hash);
+        let index = self.shard_index(hash);
         for _ in 0..MAX_ADD_ATTEMPTS {
             {
-                let mut shard = cell.shard.lock();
+                let mut shard = self.shards[index].shard.lock();
                 let expiry = session.expires_at();
                 if let Some((idx, found)) = shard.find(hash, id) {
                     let identical = Arc::ptr_eq(found, session);
@@ -745,7 +756,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                     // cache is back within a limit that shrank.
                     if identical || !self.over_limit() {
                         drop(shard.replace(idx, Arc::clone(session), expiry, self.next_seq()));
-                        cell.publish_if_moved(&mut shard);
+                        self.publish_if_moved(index, &mut shard);
                         return if identical {
                             Inserted::Identical
                         } else {
@@ -754,16 +765,15 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                     }
                 } else if self.try_reserve() {
                     shard.insert(hash, Arc::clone(session), expiry, self.next_seq());
-                    cell.publish_if_moved(&mut shard);
+                    self.publish_if_moved(index, &mut shard);
                     return Inserted::Added;
-                } else if let Some(victim) = self.evict_holding(&mut shard, self.shard_index(hash))
-                {
+                } else if let Some(victim) = self.evict_holding(&mut shard, index) {
                     // Full, and the victim was at hand (this shard, or one free to lock): one
                     // pass, no second lookup.
                     removed.push(victim);
                     if self.try_reserve() {
                         shard.insert(hash, Arc::clone(session), expiry, self.next_seq());
-                        cell.publish_if_moved(&mut shard);
+                        self.publish_if_moved(index, &mut shard);
                         return Inserted::Added;
                     }
                 }
@@ -781,38 +791,21 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// comes from it, or from another shard whose lock is free right now (never waited for, so
     /// no two locks are ever waited on together). `None` if the victim's shard is busy.
     fn evict_holding(&self, own: &mut Shard<P>, own_index: usize) -> Option<Arc<Session<P>>> {
-        // The own shard's published head is its head unless it moved under this lock: reading
-        // the published copy spares a cache miss on the head's slot when the victim is
-        // elsewhere (most of the time, with many shards).
-        let own_head = if own.head_moved {
-            own.head_key()
-        } else {
-            self.shards[own_index].head()
-        };
-        let (_, index) = self
-            .shards
-            .iter()
-            .enumerate()
-            .filter_map(|(i, cell)| {
-                let head = if i == own_index {
-                    own_head
-                } else {
-                    cell.head()
-                };
-                head.map(|key| (key, i))
-            })
-            .min()?;
-        let cell = &self.shards[index];
+        // The own shard's head as it is under this lock, then one scan of the published heads
+        // (which spares a cache miss on the head's slot when the victim is elsewhere, most of
+        // the time with many shards).
+        self.publish_if_moved(own_index, own);
+        let index = self.soonest_shard()?;
         let victim = if index == own_index {
             let victim = own.pop_head()?;
             own.counters.cache_full += 1;
-            cell.publish_if_moved(own);
+            self.publish_if_moved(index, own);
             victim
         } else {
-            let mut other = cell.shard.try_lock()?;
+            let mut other = self.shards[index].shard.try_lock()?;
             let victim = other.pop_head()?;
             other.counters.cache_full += 1;
-            cell.publish_if_moved(&mut other);
+            self.publish_if_moved(index, &mut other);
             victim
         };
         self.release_slot();
@@ -822,20 +815,14 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// Evicts the session that expires soonest over all shards (ties: the oldest inserted).
     fn evict_one(&self) -> Option<Arc<Session<P>>> {
         for _ in 0..self.shards.len() + 1 {
-            let victim_shard = self
-                .shards
-                .iter()
-                .enumerate()
-                .filter_map(|(i, cell)| cell.head().map(|key| (key, i)))
-                .min()
-                .map(|(_, i)| &self.shards[i])?;
+            let index = self.soonest_shard()?;
             let victim = {
-                let mut shard = victim_shard.shard.lock();
+                let mut shard = self.shards[index].shard.lock();
                 let victim = shard.pop_head();
                 if victim.is_some() {
                     shard.counters.cache_full += 1;
                 }
-                victim_shard.publish_if_moved(&mut shard);
+                self.publish_if_moved(index, &mut shard);
                 victim
             };
             if let Some(victim) = victim {
@@ -873,11 +860,11 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     ) -> usize {
         let mut total = 0;
         let mut out = Vec::new();
-        for cell in self.shards.iter() {
+        for (index, cell) in self.shards.iter().enumerate() {
             {
                 let mut shard = cell.shard.lock();
                 pick(&mut shard, &mut out);
-                cell.publish_if_moved(&mut shard);
+                self.publish_if_moved(index, &mut shard);
             }
             self.release_slots(out.len());
             total += out.len();
@@ -907,10 +894,10 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         let mut n = 0;
-        for cell in self.shards.iter() {
+        for (cell, head) in self.shards.iter().zip(self.heads.iter()) {
             let shard = cell.shard.lock();
             shard.check();
-            assert_eq!(cell.head(), shard.head_key());
+            assert_eq!(head.load(), shard.head_key().unwrap_or(EMPTY_HEAD));
             n += shard.len();
         }
         assert_eq!(n, self.len());
@@ -962,9 +949,9 @@ impl<P> Drop for SessionCache<P> {
         self.closing.store(true, Ordering::Release);
         let remove = self.callbacks.remove.load_full();
         let mut out = Vec::new();
-        for cell in self.shards.iter() {
+        for (cell, head) in self.shards.iter().zip(self.heads.iter()) {
             cell.shard.lock().drain(&mut out);
-            cell.head.seq.store(EMPTY_HEAD, Ordering::Release);
+            head.store(EMPTY_HEAD);
         }
         self.occupancy.len.store(0, Ordering::Release);
         if let Some(cb) = &remove {
