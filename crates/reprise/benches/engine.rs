@@ -47,7 +47,7 @@ impl HitRate {
         let h = self.hits.load(Ordering::Relaxed);
         let e = self.evicted.load(Ordering::Relaxed);
         let note = if e > 0 {
-            format!("; {e} lookups of sessions newer ones may have evicted, not counted")
+            format!("; not counted: {e} of sessions newer ones may have evicted")
         } else {
             String::new()
         };
