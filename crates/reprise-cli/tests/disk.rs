@@ -9,46 +9,69 @@ use std::time::Duration;
 use common::{path_in, reprise, request, Server};
 use reprise_testkit::wait_until;
 
-fn serve(dir: &str, extra: &[&str]) -> Server {
-    let mut args = vec!["--cache-dir", dir];
-    args.extend_from_slice(extra);
-    Server::start(&args)
+/// A cache directory in a fresh work directory, and the flags every start of a test's server
+/// passes: the same certificate each time, so the session-id context stays the same.
+struct Disk {
+    _pki: common::Pki,
+    work: tempfile::TempDir,
+    dir: String,
+    args: Vec<String>,
 }
 
-fn restart_cleanly(server: Server, dir: &str, extra: &[&str]) -> Server {
-    assert_eq!(server.terminate().code(), Some(0));
-    serve(dir, extra)
-}
+impl Disk {
+    fn new(extra: &[&str]) -> Self {
+        let pki = common::Pki::new();
+        let mut args = vec![
+            "--cert".to_string(),
+            pki.path("server.pem"),
+            "--key".to_string(),
+            pki.path("server.key"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let work = tempfile::tempdir().unwrap();
+        let dir = path_in(work.path(), "cache");
+        Self {
+            _pki: pki,
+            work,
+            dir,
+            args,
+        }
+    }
 
-/// The same certificate across restarts, so the session-id context stays the same.
-fn cert_args(pki: &common::Pki) -> Vec<String> {
-    vec![
-        "--cert".into(),
-        pki.path("server.pem"),
-        "--key".into(),
-        pki.path("server.key"),
-    ]
+    /// A file in the work directory (for `-sess_out` and `-sess_in`).
+    fn file(&self, name: &str) -> String {
+        path_in(self.work.path(), name)
+    }
+
+    /// The session database.
+    fn database(&self) -> std::path::PathBuf {
+        self.work.path().join("cache").join("sessions.redb")
+    }
+
+    /// Starts `reprise serve --cache-dir` with the test's flags.
+    fn serve(&self) -> Server {
+        let mut args = vec!["--cache-dir", self.dir.as_str()];
+        args.extend(self.args.iter().map(String::as_str));
+        Server::start(&args)
+    }
+
+    fn restart_cleanly(&self, server: Server) -> Server {
+        assert_eq!(server.terminate().code(), Some(0));
+        self.serve()
+    }
 }
 
 #[test]
 fn sessions_survive_a_restart_and_used_tickets_do_not() {
-    let pki = common::Pki::new();
-    let cert = cert_args(&pki);
-    let cert: Vec<&str> = cert.iter().map(String::as_str).collect();
-    let work = tempfile::tempdir().unwrap();
-    let dir = path_in(work.path(), "cache");
-    let (s12, used, unused) = (
-        path_in(work.path(), "s12"),
-        path_in(work.path(), "used"),
-        path_in(work.path(), "unused"),
-    );
+    let disk = Disk::new(&[]);
+    let (s12, used, unused) = (disk.file("s12"), disk.file("used"), disk.file("unused"));
 
-    let server = serve(&dir, &cert);
+    let server = disk.serve();
     assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
     assert_eq!(request(&server, &["-tls1_3", "-sess_out", &used]), "New");
     assert_eq!(request(&server, &["-tls1_3", "-sess_in", &used]), "Reused");
     assert_eq!(request(&server, &["-tls1_3", "-sess_out", &unused]), "New");
-    let server = restart_cleanly(server, &dir, &cert);
+    let server = disk.restart_cleanly(server);
     assert!(server.stderr().contains("sessions loaded from disk"));
 
     assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
@@ -65,33 +88,23 @@ fn sessions_survive_a_restart_and_used_tickets_do_not() {
 
 #[test]
 fn expired_sessions_do_not_come_back() {
-    let pki = common::Pki::new();
-    let cert = cert_args(&pki);
-    let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
-    args.extend_from_slice(&["--cache-timeout", "1"]);
-    let work = tempfile::tempdir().unwrap();
-    let dir = path_in(work.path(), "cache");
-    let s12 = path_in(work.path(), "s12");
-    let server = serve(&dir, &args);
+    let disk = Disk::new(&["--cache-timeout", "1"]);
+    let s12 = disk.file("s12");
+    let server = disk.serve();
     assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
     assert_eq!(server.terminate().code(), Some(0));
     // The scenario is a timeout passing while the server is down.
     std::thread::sleep(Duration::from_secs(2));
-    let server = serve(&dir, &args);
+    let server = disk.serve();
     assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "New");
     assert_eq!(server.metric("reprise_disk_warmed_total"), 0);
 }
 
 #[test]
 fn kill_9_in_the_middle_of_writes_then_a_clean_start() {
-    let pki = common::Pki::new();
-    let cert = cert_args(&pki);
-    let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
-    args.extend_from_slice(&["--tls13-tickets", "8"]);
-    let work = tempfile::tempdir().unwrap();
-    let dir = path_in(work.path(), "cache");
-    let s12 = path_in(work.path(), "s12");
-    let server = serve(&dir, &args);
+    let disk = Disk::new(&["--tls13-tickets", "8"]);
+    let s12 = disk.file("s12");
+    let server = disk.serve();
     assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
     assert!(wait_until(Duration::from_secs(10), || server
         .metric("reprise_disk_stores_written_total")
@@ -127,7 +140,7 @@ fn kill_9_in_the_middle_of_writes_then_a_clean_start() {
     let _ = load.wait();
     drop(server);
 
-    let server = serve(&dir, &args);
+    let server = disk.serve();
     let log = server.stderr();
     assert!(!log.contains("moved it aside"), "{log}");
     assert!(log.contains("did not shut down cleanly"), "{log}");
@@ -139,14 +152,13 @@ fn kill_9_in_the_middle_of_writes_then_a_clean_start() {
 #[test]
 fn a_garbage_or_truncated_database_is_set_aside() {
     for damage in ["garbage", "truncated"] {
-        let work = tempfile::tempdir().unwrap();
-        let dir = path_in(work.path(), "cache");
-        let server = serve(&dir, &[]);
+        let disk = Disk::new(&[]);
+        let server = disk.serve();
         for _ in 0..20 {
             assert_eq!(request(&server, &["-tls1_2"]), "New");
         }
         assert_eq!(server.terminate().code(), Some(0));
-        let file = work.path().join("cache").join("sessions.redb");
+        let file = disk.database();
         let len = std::fs::metadata(&file).unwrap().len();
         match damage {
             "garbage" => std::fs::write(&file, b"this is not a database".repeat(100)).unwrap(),
@@ -157,7 +169,7 @@ fn a_garbage_or_truncated_database_is_set_aside() {
                 .set_len(len / 2)
                 .unwrap(),
         }
-        let server = serve(&dir, &[]);
+        let server = disk.serve();
         let log = server.stderr();
         let lines = log.lines().filter(|l| l.contains("moved it aside")).count();
         if damage == "garbage" {
@@ -174,13 +186,13 @@ fn a_garbage_or_truncated_database_is_set_aside() {
 #[test]
 fn the_database_stays_within_its_cap() {
     let cap: u64 = 1 << 20;
-    let work = tempfile::tempdir().unwrap();
-    let dir = path_in(work.path(), "cache");
-    let cap_arg = cap.to_string();
-    let server = serve(
-        &dir,
-        &["--cache-dir-max-bytes", &cap_arg, "--tls13-tickets", "8"],
-    );
+    let disk = Disk::new(&[
+        "--cache-dir-max-bytes",
+        &cap.to_string(),
+        "--tls13-tickets",
+        "8",
+    ]);
+    let server = disk.serve();
     // Ten times the cap's worth: a sealed ticket is a few hundred bytes.
     let target = 10 * cap / 300;
     let mut rounds = 0;
@@ -213,11 +225,9 @@ fn the_database_stays_within_its_cap() {
             == server.metric("reprise_disk_stores_written_total")
     }));
     assert_eq!(server.terminate().code(), Some(0));
-    let size = std::fs::metadata(work.path().join("cache").join("sessions.redb"))
-        .unwrap()
-        .len();
+    let size = std::fs::metadata(disk.database()).unwrap().len();
     assert!(size <= cap, "{size} > {cap}");
-    let server = serve(&dir, &[]);
+    let server = disk.serve();
     assert!(server.metric("reprise_disk_file_bytes") <= cap);
 }
 

@@ -73,56 +73,69 @@ impl Instance {
     }
 }
 
+/// Two instances sharing one Redis, and a client of the same PKI.
+struct Fleet {
+    redis: RedisServer,
+    _pki: Pki,
+    a: Instance,
+    b: Instance,
+    client: SslContext,
+}
+
+impl Fleet {
+    fn new(v: Version) -> Self {
+        let redis = RedisServer::start();
+        let pki = Pki::new();
+        let (a, b) = (
+            Instance::new(&pki, v, &redis.url()),
+            Instance::new(&pki, v, &redis.url()),
+        );
+        let client = pki.client_builder(v).build();
+        Self {
+            redis,
+            _pki: pki,
+            a,
+            b,
+            client,
+        }
+    }
+}
+
 #[test]
 fn a_tls12_session_made_on_one_instance_resumes_on_another() {
-    let redis = RedisServer::start();
-    let pki = Pki::new();
-    let (a, b) = (
-        Instance::new(&pki, Version::Tls12, &redis.url()),
-        Instance::new(&pki, Version::Tls12, &redis.url()),
-    );
-    let client = pki.client_builder(Version::Tls12).build();
-    let first = a.connect(&client, None);
+    let fleet = Fleet::new(Version::Tls12);
+    let (a, b, client) = (&fleet.a, &fleet.b, &fleet.client);
+    let first = a.connect(client, None);
     a.wait_written(1);
-    let second = b.connect(&client, first.session.as_deref());
+    let second = b.connect(client, first.session.as_deref());
     assert!(second.resumed);
     assert_eq!(b.sessions.stats().supplied, 1);
     assert_eq!(b.sessions.cache().stats().cb_hits, 1);
     // A TLS 1.2 session resumes again, on either instance.
-    assert!(a.connect(&client, first.session.as_deref()).resumed);
-    assert!(b.connect(&client, first.session.as_deref()).resumed);
+    assert!(a.connect(client, first.session.as_deref()).resumed);
+    assert!(b.connect(client, first.session.as_deref()).resumed);
 }
 
 #[test]
 fn a_tls13_ticket_resumes_once_in_the_whole_fleet() {
-    let redis = RedisServer::start();
-    let pki = Pki::new();
-    let (a, b) = (
-        Instance::new(&pki, Version::Tls13, &redis.url()),
-        Instance::new(&pki, Version::Tls13, &redis.url()),
-    );
-    let client = pki.client_builder(Version::Tls13).build();
-    let first = a.connect(&client, None);
+    let fleet = Fleet::new(Version::Tls13);
+    let (a, b, client) = (&fleet.a, &fleet.b, &fleet.client);
+    let first = a.connect(client, None);
     a.wait_written(2);
     let ticket = first.session.unwrap();
-    assert!(b.connect(&client, Some(&ticket)).resumed);
+    assert!(b.connect(client, Some(&ticket)).resumed);
     // Taken from Redis (GETDEL): neither B again nor A, which still has a local copy, resumes it.
-    assert!(!b.connect(&client, Some(&ticket)).resumed);
-    assert!(!a.connect(&client, Some(&ticket)).resumed);
+    assert!(!b.connect(client, Some(&ticket)).resumed);
+    assert!(!a.connect(client, Some(&ticket)).resumed);
 }
 
 /// A value that opens (it was sealed with the fleet's key) but is not an OpenSSL session, for
 /// one written by a different TLS stack: a miss and a full handshake, never a crash.
 #[test]
 fn a_value_from_redis_that_does_not_decode_is_a_miss() {
-    let redis = RedisServer::start();
-    let pki = Pki::new();
-    let (a, b) = (
-        Instance::new(&pki, Version::Tls12, &redis.url()),
-        Instance::new(&pki, Version::Tls12, &redis.url()),
-    );
-    let client = pki.client_builder(Version::Tls12).build();
-    let first = a.connect(&client, None);
+    let fleet = Fleet::new(Version::Tls12);
+    let (redis, a, b, client) = (&fleet.redis, &fleet.a, &fleet.b, &fleet.client);
+    let first = a.connect(client, None);
     a.wait_written(1);
     let id = a.sessions.cache().sessions()[0].id().as_bytes().to_vec();
     let writer = tier(&redis.url());
@@ -135,10 +148,10 @@ fn a_value_from_redis_that_does_not_decode_is_a_miss() {
         .stats()
         .stores_written
         >= 1));
-    let second = b.connect(&client, first.session.as_deref());
+    let second = b.connect(client, first.session.as_deref());
     assert!(!second.resumed);
     assert_eq!(b.sessions.stats().undecodable, 1);
     assert_eq!(b.tier.stats().read_hits, 1);
     // The server keeps serving: its new session resumes.
-    assert!(b.connect(&client, second.session.as_deref()).resumed);
+    assert!(b.connect(client, second.session.as_deref()).resumed);
 }
