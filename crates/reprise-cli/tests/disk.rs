@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{path_in, reprise, request, Server};
+use common::{fails_to_start, path_in, request, Server};
 use reprise_testkit::wait_until;
 
 /// A cache directory in a fresh work directory, and the flags every start of a test's server
@@ -251,14 +251,9 @@ fn disk_flags_are_checked() {
             "cache-dir",
         ),
     ] {
-        let out = reprise()
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(&args);
+        let stderr = fails_to_start(&argv);
         assert!(stderr.contains(want), "{want}: {stderr}");
     }
 }

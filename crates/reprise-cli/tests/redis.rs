@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{path_in, reprise, request, Pki, Server};
+use common::{fails_to_start, path_in, reprise, request, Pki, Server};
 use reprise_testkit::{wait_until, RedisCluster, RedisServer};
 
 /// A fleet's shared material: one certificate (so one session-id context) and one key file.
@@ -250,21 +250,15 @@ fn bad_key_files_are_start_up_errors() {
             "cannot read key file /nonexistent/keys",
         ),
     ] {
-        let out = reprise()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--redis",
-                "redis://127.0.0.1:1",
-                "--redis-key-file",
-                file,
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        let stderr = fails_to_start(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--redis-key-file",
+            file,
+        ]);
         assert!(stderr.contains(want), "{want}: {stderr}");
     }
     for (args, want) in [
@@ -277,13 +271,9 @@ fn bad_key_files_are_start_up_errors() {
             "redis",
         ),
     ] {
-        let out = reprise()
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains(want), "{stderr}");
+        let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(&args);
+        let stderr = fails_to_start(&argv);
+        assert!(stderr.contains(want), "{want}: {stderr}");
     }
 }

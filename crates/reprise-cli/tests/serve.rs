@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http_get, path_in, reprise, request, reuse_words, s_client, Pki, Server};
+use common::{fails_to_start, http_get, path_in, request, reuse_words, s_client, Pki, Server};
 
 fn reconnect_tls12(server: &Server) -> Vec<String> {
     let addr = server.connect_arg();
@@ -360,19 +360,6 @@ fn rsa_and_ed25519_keys_work() {
             "New"
         );
     }
-}
-
-/// Runs `reprise` expecting a start-up failure: exit code 2 and exactly one line on stderr.
-fn fails_to_start(args: &[&str]) -> String {
-    let out = reprise()
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
-    stderr
 }
 
 #[test]

@@ -290,3 +290,16 @@ impl Pki {
 pub fn path_in(dir: &Path, name: &str) -> String {
     dir.join(name).to_string_lossy().into_owned()
 }
+
+/// Runs `reprise` expecting a start-up failure: exit code 2 and exactly one line on stderr.
+pub fn fails_to_start(args: &[&str]) -> String {
+    let out = reprise()
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    stderr
+}
