@@ -40,6 +40,7 @@ impl ShortBytes {
         }
     }
 
+    #[inline]
     fn as_slice(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
@@ -81,6 +82,7 @@ impl SessionId {
     }
 
     /// The id's bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_slice()
     }
@@ -114,11 +116,13 @@ impl SidCtx {
     }
 
     /// The context's bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_slice()
     }
 
     /// Whether the context is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.0.len == 0
     }
@@ -152,6 +156,7 @@ impl ProtocolVersion {
     /// 1.2): its sessions resume by an id sent in the clear, any number of times. A take
     /// (single use) never consumes such a session, or anyone who saw a TLS 1.2 session id on
     /// the wire could burn it by offering the id as a TLS 1.3 ticket.
+    #[inline]
     pub fn is_reusable(self) -> bool {
         matches!(self.0, 0x0300..=0x0303 | 0xfeff | 0xfefd)
     }
@@ -173,16 +178,19 @@ pub struct SecretBytes(Box<[u8]>);
 
 impl SecretBytes {
     /// The bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
     /// The number of bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Whether there are no bytes.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -236,6 +244,7 @@ impl<'a> SessionKey<'a> {
     }
 
     /// Whether the key can name a session at all (id of 1..=32 bytes, context of at most 32).
+    #[inline]
     pub fn is_well_formed(&self) -> bool {
         (1..=MAX_SESSION_ID_LEN).contains(&self.id.len()) && self.sid_ctx.len() <= MAX_SID_CTX_LEN
     }
