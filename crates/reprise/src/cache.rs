@@ -69,6 +69,7 @@ struct PublishedHead {
 }
 
 impl PublishedHead {
+    #[inline]
     fn empty() -> Self {
         Self {
             expiry: AtomicU64::new(EMPTY_HEAD.0),
@@ -76,12 +77,14 @@ impl PublishedHead {
         }
     }
 
+    #[inline]
     fn store(&self, (expiry, seq): HeadKey) {
         self.expiry.store(expiry, Ordering::Relaxed);
         self.seq.store(seq, Ordering::Release);
     }
 
     /// The published key; [`EMPTY_HEAD`] for an empty shard.
+    #[inline]
     fn load(&self) -> HeadKey {
         let seq = self.seq.load(Ordering::Acquire);
         (self.expiry.load(Ordering::Relaxed), seq)

@@ -116,6 +116,7 @@ pub enum Role {
 
 impl Role {
     /// The mode bit that enables caching for this role.
+    #[inline]
     pub fn mode_bit(self) -> CacheMode {
         match self {
             Role::Client => CacheMode::CLIENT,
