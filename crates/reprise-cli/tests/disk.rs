@@ -61,6 +61,24 @@ impl Disk {
     }
 }
 
+/// `reprise bench` making full TLS 1.3 handshakes, four at a time, for `extent` (a duration or a
+/// number of connections): load that makes the server write tickets continuously.
+fn ticket_load(server: &Server, extent: [&str; 2]) -> std::process::Command {
+    let mut bench = server.bench();
+    bench
+        .args([
+            "--tls",
+            "1.3",
+            "--mode",
+            "full",
+            "--concurrency",
+            "4",
+            "--json",
+        ])
+        .args(extent);
+    bench
+}
+
 #[test]
 fn sessions_survive_a_restart_and_used_tickets_do_not() {
     let disk = Disk::new(&[]);
@@ -110,19 +128,7 @@ fn kill_9_in_the_middle_of_writes_then_a_clean_start() {
         .metric("reprise_disk_stores_written_total")
         >= 1));
     // Load that writes tickets continuously, and a SIGKILL in the middle of it.
-    let mut load = server
-        .bench()
-        .args([
-            "--tls",
-            "1.3",
-            "--mode",
-            "full",
-            "--concurrency",
-            "4",
-            "--duration",
-            "30",
-            "--json",
-        ])
+    let mut load = ticket_load(&server, ["--duration", "30"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -203,19 +209,7 @@ fn the_database_stays_within_its_cap() {
             "not enough sessions written: {}",
             server.metrics_text()
         );
-        let out = server
-            .bench()
-            .args([
-                "--tls",
-                "1.3",
-                "--mode",
-                "full",
-                "--concurrency",
-                "4",
-                "--connections",
-                "500",
-                "--json",
-            ])
+        let out = ticket_load(&server, ["--connections", "500"])
             .output()
             .unwrap();
         assert!(out.status.success());
