@@ -1,14 +1,16 @@
 //! `reprise bench`: a handshake load generator on a rustls client.
 //!
 //! `--concurrency` worker tasks each loop over one connection at a time: TCP connect, TLS
-//! handshake, then a clean close. The close sends close_notify and reads until the server's
+//! handshake, then a clean close. The close sends close_notify (in the same write as the
+//! client's last handshake flight when it has one left: see [`crate::client_conn`]) and reads
+//! until the server's
 //! close_notify, so that TLS 1.3 tickets (which the server sends after the handshake) reach the
 //! client's session store, and then waits for the server's TCP FIN so that the server, not the
 //! load generator, is the side left in TIME_WAIT (a client-side TIME_WAIT per connection would
 //! run out of ephemeral ports at a few hundred connections per second against a remote server).
 //!
 //! Latency is measured from the start of the TCP connect to the completion of the handshake as
-//! the client sees it. Each worker records it in an HdrHistogram (microseconds, three
+//! the client sees it: when it has verified the server's Finished. Each worker records it in an HdrHistogram (microseconds, three
 //! significant digits), merged at the end: memory stays fixed however long the run.
 //!
 //! In `--mode full` every worker shares one client configuration with resumption disabled. In
@@ -35,12 +37,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, RootCertStore, SignatureScheme};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use crate::cli::{BenchArgs, BenchMode, TlsVersion};
+use crate::client_conn::ClientConn;
 use crate::startup;
 
 /// The run length when neither `--duration` nor `--connections` is given.
@@ -150,14 +150,14 @@ impl Plan {
         })
     }
 
-    /// The connector of one worker.
-    fn connector(&self, shared_full: &Arc<ClientConfig>) -> TlsConnector {
+    /// The client configuration of one worker.
+    fn worker_config(&self, shared_full: &Arc<ClientConfig>) -> Arc<ClientConfig> {
         match self.mode {
-            BenchMode::Full => TlsConnector::from(shared_full.clone()),
+            BenchMode::Full => shared_full.clone(),
             BenchMode::Resume => {
                 let mut config = self.config.clone();
                 config.resumption = Resumption::in_memory_sessions(SESSION_STORE_SERVERS);
-                TlsConnector::from(Arc::new(config))
+                Arc::new(config)
             }
         }
     }
@@ -404,8 +404,8 @@ async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
     let full_config = Arc::new(plan.config.clone());
     let mut workers = Vec::with_capacity(plan.concurrency);
     for index in 0..plan.concurrency {
-        let connector = plan.connector(&full_config);
-        workers.push(tokio::spawn(worker(shared.clone(), connector, index)));
+        let config = plan.worker_config(&full_config);
+        workers.push(tokio::spawn(worker(shared.clone(), config, index)));
     }
     let mut joined = Ok(());
     let mut latency = new_histogram();
@@ -444,7 +444,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
 /// bounded by its timeouts, and a `--duration` run abandons the attempt in flight at the end.
 /// With several servers, worker `index` starts at server `index` and moves to the next one on
 /// each connection. Returns the worker's latencies, in microseconds.
-async fn worker(shared: Arc<Shared>, connector: TlsConnector, index: usize) -> Histogram<u64> {
+async fn worker(shared: Arc<Shared>, config: Arc<ClientConfig>, index: usize) -> Histogram<u64> {
     let mut latency = new_histogram();
     let mut next = index;
     let deadline = shared.deadline;
@@ -459,7 +459,7 @@ async fn worker(shared: Arc<Shared>, connector: TlsConnector, index: usize) -> H
         let outcome = tokio::select! {
             biased;
             _ = &mut stop => break,
-            o = attempt(&shared, &connector, shared.addrs[next % shared.addrs.len()]) => o,
+            o = attempt(&shared, &config, shared.addrs[next % shared.addrs.len()]) => o,
         };
         next = next.wrapping_add(1);
         match outcome {
@@ -485,7 +485,7 @@ async fn worker(shared: Arc<Shared>, connector: TlsConnector, index: usize) -> H
 /// One connection: connect, handshake, close. A failure is returned as a short reason.
 async fn attempt(
     shared: &Shared,
-    connector: &TlsConnector,
+    config: &Arc<ClientConfig>,
     addr: SocketAddr,
 ) -> Result<Done, String> {
     let start = tokio::time::Instant::now();
@@ -496,43 +496,27 @@ async fn attempt(
         Err(_) => return Err("connect: timed out".to_owned()),
     };
     let _ = tcp.set_nodelay(true);
-    let handshake = connector.connect(shared.server_name.clone(), tcp);
+    let handshake = ClientConn::handshake(tcp, config.clone(), shared.server_name.clone());
     let mut tls = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Err(handshake_reason(&e)),
         Err(_) => return Err("handshake: timed out".to_owned()),
     };
     let latency = start.elapsed();
-    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+    let resumed = tls.handshake_kind() == Some(HandshakeKind::Resumed);
     let clean = matches!(
-        tokio::time::timeout(CLOSE_TIMEOUT, close(&mut tls)).await,
+        tokio::time::timeout(CLOSE_TIMEOUT, tls.close()).await,
         Ok(Ok(()))
     );
     if clean {
         // Leave the TCP close to the server, so that it, not us, keeps the TIME_WAIT state.
-        let _ = tokio::time::timeout(FIN_TIMEOUT, drain(tls.get_mut().0)).await;
+        let _ = tokio::time::timeout(FIN_TIMEOUT, tls.drain()).await;
     }
     Ok(Done {
         latency,
         resumed,
         clean,
     })
-}
-
-/// Sends close_notify and reads until the server's close_notify; TLS 1.3 tickets that arrive
-/// before it are stored on the way. Not bounded by itself: the caller's timeout bounds it.
-async fn close(tls: &mut TlsStream<TcpStream>) -> io::Result<()> {
-    tls.get_mut().1.send_close_notify();
-    tls.flush().await?;
-    let mut buf = [0u8; 2048];
-    while tls.read(&mut buf).await? > 0 {}
-    Ok(())
-}
-
-/// Reads a TCP stream until its end. Not bounded by itself: the caller's timeout bounds it.
-async fn drain(tcp: &mut TcpStream) {
-    let mut buf = [0u8; 512];
-    while let Ok(1..) = tcp.read(&mut buf).await {}
 }
 
 /// The short reason of a failed handshake.
@@ -943,6 +927,95 @@ mod tests {
                 "{tls:?}: {wrong_key:?}"
             );
         }
+    }
+
+    /// A rustls server on a loopback socket, driven one blocking read at a time: once the read
+    /// that completes its handshake (the client's Finished) has been processed, it reports
+    /// whether that same read also held the client's close_notify. Then it answers with its
+    /// own close_notify and closes.
+    fn one_read_server(
+        config: Arc<rustls::ServerConfig>,
+    ) -> (SocketAddr, std::thread::JoinHandle<Result<bool, String>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let e = |e: &dyn std::fmt::Display| e.to_string();
+            let (mut tcp, _) = listener.accept().map_err(|x| e(&x))?;
+            tcp.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|x| e(&x))?;
+            let mut conn = rustls::ServerConnection::new(config).map_err(|x| e(&x))?;
+            for _ in 0..16 {
+                while conn.wants_write() {
+                    conn.write_tls(&mut tcp).map_err(|x| e(&x))?;
+                }
+                if !conn.is_handshaking() {
+                    // Nothing read since the handshake completed: was the alert in that read?
+                    let mut buf = [0u8; 64];
+                    let closed = matches!(conn.reader().read(&mut buf), Ok(0));
+                    conn.send_close_notify();
+                    while conn.wants_write() {
+                        conn.write_tls(&mut tcp).map_err(|x| e(&x))?;
+                    }
+                    tcp.flush().map_err(|x| e(&x))?;
+                    return Ok(closed);
+                }
+                if conn.read_tls(&mut tcp).map_err(|x| e(&x))? == 0 {
+                    return Err("the client closed mid-handshake".to_owned());
+                }
+                conn.process_new_packets().map_err(|x| e(&x))?;
+            }
+            Err("the handshake did not finish".to_owned())
+        });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn the_close_notify_leaves_with_the_last_flight() {
+        // TLS 1.3: the client's Finished is its last flight, held until the close.
+        let (addr, server) = one_read_server(server_config(TlsVersion::Tls13, true));
+        let config = Arc::new(client_config(TlsVersion::Tls13, Trust::Anything).unwrap());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut conn = ClientConn::handshake(tcp, config, name).await.unwrap();
+        assert_eq!(conn.handshake_kind(), Some(HandshakeKind::Full));
+        let closed = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
+        assert!(matches!(closed, Ok(Ok(()))), "{closed:?}");
+        let same_read = tokio::task::spawn_blocking(move || server.join())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(same_read, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_closes_without_close_notify_is_an_unclean_close() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = server_config(TlsVersion::Tls13, true);
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(config).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            // The handshake is complete once the client's Finished is read; then a bare FIN.
+            while tls.conn.is_handshaking() {
+                tls.conn.complete_io(&mut tls.sock).unwrap();
+            }
+        });
+        let config = Arc::new(client_config(TlsVersion::Tls13, Trust::Anything).unwrap());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut conn = ClientConn::handshake(tcp, config, name).await.unwrap();
+        let closed = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
+        tokio::task::spawn_blocking(move || server.join())
+            .await
+            .unwrap()
+            .unwrap();
+        let kind = match &closed {
+            Ok(Err(e)) => Some(e.kind()),
+            _ => None,
+        };
+        assert_eq!(kind, Some(io::ErrorKind::UnexpectedEof), "{closed:?}");
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
 pub enum Ending {
     /// The responder is done: the caller sends close_notify and closes.
     Close,
+    /// The client sent close_notify between requests: the caller answers with its own and
+    /// closes. Nothing more can come from the client, so nothing is left unread at the close.
+    PeerClosed,
     /// A close_notify was received or sent.
     Clean,
     /// The connection ended without close_notify on either side.
@@ -181,7 +184,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         match read {
             // Idle: close it ourselves.
             Err(_) => break,
-            Ok(Err(ReadError::Closed)) => break,
+            Ok(Err(ReadError::Closed)) => return Ending::PeerClosed,
             Ok(Err(ReadError::Io(e))) => {
                 tracing::debug!(error = %e, "connection ended");
                 return Ending::Unclean;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod client_conn;
 mod config;
 mod http;
 mod metrics;

@@ -24,6 +24,11 @@ impl<S> Rewind<S> {
             inner,
         }
     }
+
+    /// The stream underneath.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

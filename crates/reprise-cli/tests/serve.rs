@@ -571,3 +571,41 @@ fn unclean_shutdown_removes_the_session() {
     // The openssl session, closed cleanly, still resumes.
     assert_eq!(request(&server, &["-tls1_2", "-sess_in", &sess]), "Reused");
 }
+
+#[test]
+fn a_close_notify_before_any_request_is_answered_and_keeps_the_session() {
+    let server = Server::start(&[]);
+    let provider = rustls::crypto::ring::default_provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider.clone()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(insecure::AnyCert(provider)))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::in_memory_sessions(4);
+    let config = Arc::new(config);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let conn =
+            rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap();
+        let tcp = TcpStream::connect(server.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        kinds.push(tls.conn.handshake_kind());
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        // The server's close_notify (an end without it is an UnexpectedEof error), then the
+        // end of the TCP stream, and nothing else.
+        let mut rest = Vec::new();
+        tls.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(tls.sock.read(&mut [0u8; 16]).unwrap(), 0);
+    }
+    // Closed cleanly, the first session stays in the cache and the second connection resumes it.
+    let full = Some(rustls::HandshakeKind::Full);
+    assert_eq!(kinds, [full, Some(rustls::HandshakeKind::Resumed)]);
+    assert_eq!(server.metric("reprise_unclean_shutdowns_total"), 0);
+}
