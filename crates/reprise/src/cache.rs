@@ -17,11 +17,11 @@ use core::hash::BuildHasher;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
 use crate::callbacks::{
-    GetSessionCallback, NewSessionCallback, Removal, RemoveSessionCallback, TakeSessionCallback,
+    CallbackSlot, GetSessionCallback, NewSessionCallback, Removal, RemoveSessionCallback,
+    TakeSessionCallback,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::mode::{CacheMode, Role};
@@ -103,10 +103,10 @@ struct Occupancy {
 
 #[derive(Default)]
 pub(crate) struct Callbacks<P> {
-    pub(crate) new: ArcSwapOption<NewSessionCallback<P>>,
-    pub(crate) remove: ArcSwapOption<RemoveSessionCallback<P>>,
-    pub(crate) get: ArcSwapOption<GetSessionCallback<P>>,
-    pub(crate) take: ArcSwapOption<TakeSessionCallback<P>>,
+    pub(crate) new: CallbackSlot<NewSessionCallback<P>>,
+    pub(crate) remove: CallbackSlot<RemoveSessionCallback<P>>,
+    pub(crate) get: CallbackSlot<GetSessionCallback<P>>,
+    pub(crate) take: CallbackSlot<TakeSessionCallback<P>>,
 }
 
 /// What an internal insert did.
@@ -289,10 +289,10 @@ impl<P: Send + Sync + 'static> CacheBuilder<P> {
             timeout_secs: AtomicU64::new(self.timeout_secs),
             clock: self.clock,
             callbacks: Callbacks {
-                new: ArcSwapOption::from_pointee(self.new),
-                remove: ArcSwapOption::from_pointee(self.remove),
-                get: ArcSwapOption::from_pointee(self.get),
-                take: ArcSwapOption::from_pointee(self.take),
+                new: CallbackSlot::new(self.new),
+                remove: CallbackSlot::new(self.remove),
+                get: CallbackSlot::new(self.get),
+                take: CallbackSlot::new(self.take),
             },
             counters: Counters::default(),
             closing: AtomicBool::new(false),
