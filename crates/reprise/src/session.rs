@@ -203,6 +203,7 @@ impl From<Vec<u8>> for SecretBytes {
         }
         // Shrinking would reallocate and free the old buffer unzeroed: copy, then wipe.
         let boxed: Box<[u8]> = v.as_slice().into();
+        // All of its capacity: bytes past the length may have held secrets too.
         v.zeroize();
         Self(boxed)
     }
@@ -215,9 +216,20 @@ impl From<&[u8]> for SecretBytes {
 }
 
 impl Drop for SecretBytes {
+    /// Zeroes the bytes the way the `zeroize` crate documents for its own types: plain writes
+    /// (one `memset`), then its optimization barrier, which keeps the compiler from removing
+    /// them. `Zeroize for [u8]` writes one volatile byte at a time, about ten times slower
+    /// for a 100-byte session, in a path every evicted or taken session goes through.
     fn drop(&mut self) {
-        self.0.zeroize();
+        wipe(&mut self.0);
     }
+}
+
+/// Zeroes secret bytes: one `memset`, which the barrier keeps from being optimised away.
+#[inline]
+fn wipe(bytes: &mut [u8]) {
+    bytes.fill(0);
+    zeroize::optimization_barrier(bytes);
 }
 
 impl fmt::Debug for SecretBytes {
@@ -487,6 +499,18 @@ pub(crate) fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wipe_zeroes_every_byte() {
+        let mut bytes: Vec<u8> = (1..=255).collect();
+        wipe(&mut bytes);
+        assert_eq!(bytes.len(), 255);
+        assert!(bytes.iter().all(|&b| b == 0));
+        // A Vec with spare capacity goes through the copy-then-wipe path.
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(b"secret");
+        assert_eq!(SecretBytes::from(v).as_bytes(), b"secret");
+    }
 
     #[test]
     fn ids_are_bounded() {
