@@ -772,9 +772,16 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                     return Inserted::Added;
                 } else if let Some(victim) = self.evict_holding(&mut shard, index) {
                     // Full, and the victim was at hand (this shard, or one free to lock): one
-                    // pass, no second lookup.
+                    // pass, no second lookup. The victim's room passes to this session (no
+                    // write to the shared count), unless the limit shrank below the count.
                     removed.push(victim);
-                    if self.try_reserve() {
+                    let room = if self.over_limit() {
+                        self.release_slot();
+                        self.try_reserve()
+                    } else {
+                        true
+                    };
+                    if room {
                         shard.insert(hash, Arc::clone(session), expiry, self.next_seq());
                         self.publish_if_moved(index, &mut shard);
                         return Inserted::Added;
@@ -792,7 +799,8 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
 
     /// Like [`evict_one`](Self::evict_one), while holding the lock of shard `own`: the victim
     /// comes from it, or from another shard whose lock is free right now (never waited for, so
-    /// no two locks are ever waited on together). `None` if the victim's shard is busy.
+    /// no two locks are ever waited on together). `None` if the victim's shard is busy. The
+    /// victim's room stays reserved, for the caller to use or release.
     fn evict_holding(&self, own: &mut Shard<P>, own_index: usize) -> Option<Arc<Session<P>>> {
         // The own shard's head as it is under this lock, then one scan of the published heads
         // (which spares a cache miss on the head's slot when the victim is elsewhere, most of
@@ -811,7 +819,6 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             self.publish_if_moved(index, &mut other);
             victim
         };
-        self.release_slot();
         Some(victim)
     }
 
