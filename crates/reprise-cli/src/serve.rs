@@ -461,6 +461,12 @@ async fn close_notify(stream: &mut TlsStream<Rewind<TcpStream>>, peer_closed: bo
     }
 }
 
+/// `MSG_MORE` where the kernel has it (Linux); elsewhere the alert is simply sent at once.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const HOLD: libc::c_int = libc::MSG_MORE;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const HOLD: libc::c_int = 0;
+
 /// Writes to a TCP socket with `MSG_MORE`, without waiting: `WouldBlock` when it is full.
 struct HeldWriter<'a>(&'a TcpStream);
 
@@ -472,7 +478,7 @@ impl std::io::Write for HeldWriter<'_> {
     fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
         let tcp = self.0;
         tcp.try_io(tokio::io::Interest::WRITABLE, || {
-            socket2::SockRef::from(tcp).send_vectored_with_flags(bufs, libc::MSG_MORE)
+            socket2::SockRef::from(tcp).send_vectored_with_flags(bufs, HOLD)
         })
     }
 
