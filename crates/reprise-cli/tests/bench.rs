@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use common::{free_port, reprise, Server};
+use common::{free_port, reprise, Pki, Server};
 use serde_json::Value;
 
 /// Writes a file into a temporary directory; its path.
@@ -245,4 +245,76 @@ fn bad_flags_are_startup_errors() {
 
     let err = startup_error(&["--connect", "no-port-here", "--insecure"]);
     assert!(err.contains("cannot resolve"), "{err}");
+}
+
+/// `openssl s_server`, killed when dropped.
+struct OpensslServer(std::process::Child);
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn resumes_against_openssl_s_server() {
+    use std::io::BufRead;
+    let pki = Pki::new();
+    for tls in ["1.2", "1.3"] {
+        let port = free_port();
+        // Ten connections, then s_server exits; its own session cache (and, for TLS 1.3, its
+        // tickets) resume every connection of the single worker but the first.
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .args([
+                "-cert",
+                &pki.path("server.pem"),
+                "-key",
+                &pki.path("server.key"),
+            ])
+            .args(["-www", "-naccept", "10"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let server = OpensslServer(child);
+        let (ready, listening) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("ACCEPT") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        listening
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("s_server did not start listening");
+        let addr = format!("127.0.0.1:{port}");
+        let (out, report) = bench_json(&[
+            "--connect",
+            &addr,
+            "--server-name",
+            "localhost",
+            "--insecure",
+            "--tls",
+            tls,
+            "--mode",
+            "resume",
+            "--connections",
+            "10",
+            "--concurrency",
+            "1",
+        ]);
+        assert!(out.status.success(), "{report}\n{}", stderr(&out));
+        assert_eq!(count(&report, "handshakes"), 10, "TLS {tls}: {report}");
+        assert_eq!(count(&report, "failures"), 0, "TLS {tls}: {report}");
+        assert_eq!(count(&report, "resumed"), 9, "TLS {tls}: {report}");
+        // s_server answers the client's close_notify with its own.
+        assert_eq!(count(&report, "unclean_closes"), 0, "TLS {tls}: {report}");
+        drop(server);
+    }
 }
