@@ -49,12 +49,18 @@ fn count(report: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in {report}"))
 }
 
-/// 20 connections over 4 workers against `server`, with `--insecure`.
-fn run_20(server: &Server, tls: &str, mode: &str) -> Value {
-    let addr = server.connect_arg();
-    let (out, report) = bench_json(&[
+/// `bench --json` against `addr` (server name localhost, `--insecure`): `connections` over
+/// `concurrency` workers.
+fn bench_against(
+    addr: &str,
+    tls: &str,
+    mode: &str,
+    connections: &str,
+    concurrency: &str,
+) -> (Output, Value) {
+    bench_json(&[
         "--connect",
-        &addr,
+        addr,
         "--server-name",
         "localhost",
         "--insecure",
@@ -63,10 +69,15 @@ fn run_20(server: &Server, tls: &str, mode: &str) -> Value {
         "--mode",
         mode,
         "--connections",
-        "20",
+        connections,
         "--concurrency",
-        "4",
-    ]);
+        concurrency,
+    ])
+}
+
+/// 20 connections over 4 workers against `server`, with `--insecure`.
+fn run_20(server: &Server, tls: &str, mode: &str) -> Value {
+    let (out, report) = bench_against(&server.connect_arg(), tls, mode, "20", "4");
     assert!(out.status.success(), "{report}\n{}", stderr(&out));
     assert_eq!(report["tls"], tls);
     assert_eq!(report["mode"], mode);
@@ -294,21 +305,7 @@ fn resumes_against_openssl_s_server() {
             .recv_timeout(std::time::Duration::from_secs(20))
             .expect("s_server did not start listening");
         let addr = format!("127.0.0.1:{port}");
-        let (out, report) = bench_json(&[
-            "--connect",
-            &addr,
-            "--server-name",
-            "localhost",
-            "--insecure",
-            "--tls",
-            tls,
-            "--mode",
-            "resume",
-            "--connections",
-            "10",
-            "--concurrency",
-            "1",
-        ]);
+        let (out, report) = bench_against(&addr, tls, "resume", "10", "1");
         assert!(out.status.success(), "{report}\n{}", stderr(&out));
         assert_eq!(count(&report, "handshakes"), 10, "TLS {tls}: {report}");
         assert_eq!(count(&report, "failures"), 0, "TLS {tls}: {report}");
