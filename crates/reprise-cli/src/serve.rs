@@ -221,7 +221,7 @@ async fn connection(
     let sessions = shared.tls.store.connection();
     let handshake = async {
         let stream = match &shared.tls.redis {
-            Some(tier) => prefetch(&shared, tier, tcp).await?,
+            Some(tier) => prefetch(&shared, tier, tcp, peer).await?,
             None => Rewind::new(Vec::new(), tcp),
         };
         sessions.instrument(shared.acceptor.accept(stream)).await
@@ -299,6 +299,7 @@ async fn prefetch(
     shared: &Shared,
     tier: &RedisTier,
     mut tcp: TcpStream,
+    peer: SocketAddr,
 ) -> std::io::Result<Rewind<TcpStream>> {
     let mut buf = Vec::with_capacity(2048);
     let mut parser = ClientHelloParser::new();
@@ -332,6 +333,7 @@ async fn prefetch(
             let offer = Offer {
                 session_id,
                 psk_identities: identities,
+                client: Some(peer.ip()),
             };
             tier.prefetch(
                 &shared.tls.cache,
