@@ -12,6 +12,8 @@
 #
 # Usage: bench/flood.sh [seconds per run, default 5] [hellos per second, default 2000]
 # BIN=path/to/reprise uses that binary instead of building this tree's.
+# SERVE_FLAGS="..." adds flags to both instances (say --redis-misses-per-address 0, to measure
+# the negative cache alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -48,7 +50,8 @@ a_port=$(free_port); b_port=$(free_port); a_m=$(free_port); b_m=$(free_port)
 serve() { # port, metrics port
   RUST_LOG=error "$bin" serve --listen 127.0.0.1:"$1" --metrics-listen 127.0.0.1:"$2" \
     --cert "$work/cert.pem" --key "$work/key.pem" --tls-versions 1.2,1.3 \
-    --redis redis://127.0.0.1:"$rport" --redis-key-file "$work/keys" "${extra[@]}" 2>>"$work/serve.log" &
+    --redis redis://127.0.0.1:"$rport" --redis-key-file "$work/keys" "${extra[@]}" ${SERVE_FLAGS:-} \
+    2>>"$work/serve.log" &
   pids+=($!)
   wait_port "$1"; wait_port "$2"
 }
