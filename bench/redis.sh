@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 secs=${1:-5}
 rounds=${2:-3}
 command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
-cargo build --release -q -p reprise-cli
-bin=target/release/reprise
+# BIN=path/to/reprise uses that binary instead of building this tree's.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p reprise-cli
+  BIN=target/release/reprise
+fi
+bin=$BIN
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
