@@ -337,6 +337,10 @@ fn bad_key_files_are_start_up_errors() {
             vec!["--redis", "http://x", "--redis-key-file", "k"],
             "redis",
         ),
+        (
+            vec!["--redis-misses-per-address", "5"],
+            "redis-misses-per-address need --redis",
+        ),
     ] {
         let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
         argv.extend_from_slice(&args);
