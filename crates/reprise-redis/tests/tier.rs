@@ -874,3 +874,35 @@ async fn the_redis_password_is_in_no_debug_output_or_error() {
         format!("redis://default:***@127.0.0.1:{}", redis.port)
     );
 }
+
+#[tokio::test]
+async fn a_deadline_missed_because_this_machine_is_busy_is_no_redis_failure() {
+    // Attack 4: a saturated CPU fires timers late; that must not open the circuit breaker.
+    let redis = RedisServer::start();
+    let mut config = RedisConfig::new(redis.url().parse().unwrap());
+    config.read_timeout = Duration::from_millis(10);
+    config.breaker_threshold = 1;
+    let t = RedisTier::start(config, keys()).unwrap();
+    wait_connected(&t).await;
+    // Redis holds every command for a while, so that no answer can arrive.
+    assert_eq!(
+        redis
+            .command(&["CLIENT", "PAUSE", "5000", "ALL"])
+            .as_deref(),
+        Some("+OK")
+    );
+    // The read is sent, then this (single-threaded) runtime is kept busy well past its
+    // deadline: the timer fires late.
+    let id = key(1);
+    let busy = async {
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (fetched, ()) = tokio::join!(t.fetch(SessionKey::new(&id, CTX), false), busy);
+    assert!(matches!(fetched, Fetch::Unavailable));
+    let stats = t.stats();
+    assert_eq!(stats.read_timeouts_local, 1, "{stats:?}");
+    assert_eq!(stats.read_timeouts, 0, "{stats:?}");
+    assert_eq!(stats.breaker_opens, 0, "{stats:?}");
+    assert!(!stats.breaker_open);
+}
