@@ -158,6 +158,7 @@ def legit(args):
                 raw = socket.create_connection(
                     addrs[i % len(addrs)], timeout=5,
                     source_address=(args.bind, 0) if args.bind else None)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
                 s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 while s.recv(4096):
