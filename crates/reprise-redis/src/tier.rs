@@ -480,9 +480,13 @@ impl Shared {
 
     fn failed(&self) {
         if self.breaker.failure() {
-            stats::bump(&self.counters.breaker_opens);
-            warn!("redis keeps failing: circuit breaker open");
+            self.opened_breaker();
         }
+    }
+
+    fn opened_breaker(&self) {
+        stats::bump(&self.counters.breaker_opens);
+        warn!("redis keeps failing: circuit breaker open");
     }
 
     /// A read for a client: answered from the negative cache when the key missed recently,
@@ -564,7 +568,9 @@ impl Shared {
             Err(_) if local => Fetch::Unavailable,
             Err(_) => {
                 stats::bump(&c.read_timeouts);
-                self.failed();
+                if self.breaker.timeout() {
+                    self.opened_breaker();
+                }
                 Fetch::Unavailable
             }
             Ok(Err(e)) => {
