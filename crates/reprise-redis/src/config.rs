@@ -224,9 +224,10 @@ pub struct RedisConfig {
     pub breaker_threshold: u32,
     /// How long the breaker stays open before a probe (default 1 s).
     pub breaker_cooldown: Duration,
-    /// Reads a second that one client address (an IPv4 address, an IPv6 /64) may cause, in
-    /// bursts of up to twice as many; a read that finds a session is given back, so only
-    /// misses count (default 50; 0: no limit).
+    /// Reads that find nothing, a second, that one client address (an IPv4 address, an IPv6
+    /// /64) may cause, in bursts of up to twice as many; once they are spent, the address's
+    /// reads wait for the budget to refill. Reads that find a session cost nothing (default
+    /// 50; 0: no limit).
     pub misses_per_address: u32,
 }
 

@@ -5,9 +5,10 @@
 //!   [`TICKET_MISS_TTL`] (a ticket is single-use: one that missed, or that a take is already
 //!   after, never resumes again), a TLS 1.2 session id for [`SESSION_MISS_TTL`] (short: another
 //!   instance may be writing that session right now). A repeated hello costs no read.
-//! - A **budget per client address** (IPv4 address, IPv6 /64) caps the reads one address can
-//!   cause: a token bucket, where every read spends a token and a hit earns it back, so that
-//!   resuming clients behind one address are never limited, and a flood of made-up ids is.
+//! - A **budget of misses per client address** (IPv4 address, IPv6 /64) caps the reads one
+//!   address can cause with ids that find nothing: a token bucket, where a read is sent only
+//!   while the address has a token, and only a miss spends one. Resuming clients behind one
+//!   address are never limited (however many read at once), and a flood of made-up ids is.
 //!
 //! Both are bounded in memory: entries are fingerprints (a keyed 64-bit hash), and each table
 //! has a capacity beyond which its oldest (or idle) entries go.
@@ -180,10 +181,26 @@ impl Guard {
         self.recent(kind).insert(self.fingerprint(key), now)
     }
 
-    /// Spends a read from the client's budget; false when it has none left.
-    pub(crate) fn spend(&self, client: Option<IpAddr>, now: Instant) -> bool {
+    /// Whether the client's address may cause a read now: it has a miss left to spend.
+    pub(crate) fn allows(&self, client: Option<IpAddr>, now: Instant) -> bool {
         let (Some(budget), Some(ip)) = (self.budget, client) else {
             return true;
+        };
+        let mut buckets = self.buckets.lock();
+        match buckets.get_mut(&address_key(ip)) {
+            Some(bucket) => {
+                bucket.refill(budget, now);
+                bucket.tokens >= 1.0
+            }
+            // Never missed (or long enough ago): a full bucket.
+            None => true,
+        }
+    }
+
+    /// Spends one miss from the client's budget.
+    pub(crate) fn charge(&self, client: Option<IpAddr>, now: Instant) {
+        let (Some(budget), Some(ip)) = (self.budget, client) else {
+            return;
         };
         let key = address_key(ip);
         let mut buckets = self.buckets.lock();
@@ -203,23 +220,8 @@ impl Guard {
             at: now,
         });
         bucket.refill(budget, now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Gives a read back to the client's budget (the read found a session).
-    pub(crate) fn refund(&self, client: Option<IpAddr>, now: Instant) {
-        let (Some(budget), Some(ip)) = (self.budget, client) else {
-            return;
-        };
-        if let Some(bucket) = self.buckets.lock().get_mut(&address_key(ip)) {
-            bucket.refill(budget, now);
-            bucket.tokens = (bucket.tokens + 1.0).min(budget.burst);
-        }
+        // Reads in flight together may overdraw it a little; it never goes below empty.
+        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
     }
 
     /// Misses remembered, both kinds.
@@ -266,23 +268,35 @@ mod tests {
         assert_eq!(r.len(), 1);
     }
 
+    /// Reads while allowed, each a miss; how many were allowed.
+    fn misses(g: &Guard, client: Option<IpAddr>, n: usize, now: Instant) -> usize {
+        (0..n)
+            .filter(|_| {
+                let allowed = g.allows(client, now);
+                if allowed {
+                    g.charge(client, now);
+                }
+                allowed
+            })
+            .count()
+    }
+
     #[test]
-    fn each_address_has_a_budget_and_hits_earn_reads_back() {
+    fn each_address_has_a_budget_of_misses() {
         let g = Guard::new(AddressBudget::per_second(10));
         let t0 = Instant::now();
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         let a = Some(ip);
         let b = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
-        let spent = (0..100).filter(|_| g.spend(a, t0)).count();
-        assert_eq!(spent, 20);
+        assert_eq!(misses(&g, a, 100, t0), 20);
+        assert!(!g.allows(a, t0));
         // Another address is not affected; no address means no limit.
-        assert!(g.spend(b, t0));
-        assert!((0..100).all(|_| g.spend(None, t0)));
-        // A hit gives one back; time earns more.
-        g.refund(a, t0);
-        assert!(g.spend(a, t0));
-        assert!(!g.spend(a, t0));
-        assert!(g.spend(a, t0 + Duration::from_millis(150)));
+        assert!(g.allows(b, t0));
+        assert_eq!(misses(&g, None, 100, t0), 100);
+        // Time earns more: 10 a second.
+        assert!(!g.allows(a, t0 + Duration::from_millis(50)));
+        assert_eq!(misses(&g, a, 100, t0 + Duration::from_millis(150)), 1);
+        assert_eq!(misses(&g, a, 100, t0 + Duration::from_millis(1150)), 10);
         // The IPv4-mapped form is the same address.
         let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
         assert_eq!(address_key(ip), address_key(mapped));
@@ -297,9 +311,10 @@ mod tests {
         assert_ne!(address_key(one), address_key(other));
         let g = Guard::new(AddressBudget::per_second(1));
         let t0 = Instant::now();
-        assert!(g.spend(Some(one), t0) && g.spend(Some(same), t0));
-        assert!(!g.spend(Some(one), t0));
-        assert!(g.spend(Some(other), t0));
+        g.charge(Some(one), t0);
+        g.charge(Some(same), t0);
+        assert!(!g.allows(Some(one), t0));
+        assert!(g.allows(Some(other), t0));
     }
 
     #[test]
@@ -307,7 +322,7 @@ mod tests {
         let g = Guard::new(AddressBudget::per_second(1));
         let t0 = Instant::now();
         for i in 0..(ADDRESS_CAPACITY as u32 + 10) {
-            g.spend(Some(IpAddr::V4(Ipv4Addr::from(i))), t0);
+            g.charge(Some(IpAddr::V4(Ipv4Addr::from(i))), t0);
         }
         assert!(g.buckets.lock().len() <= ADDRESS_CAPACITY);
     }

@@ -295,7 +295,7 @@ impl RedisTier {
     /// One hello costs at most one Redis read: the identities are de-duplicated, those that
     /// missed recently are answered from memory, and only the first other one is taken (clients
     /// offer one ticket). Reads that find nothing are budgeted per client address
-    /// ([`RedisConfig::misses_per_address`]).
+    /// ([`RedisConfig::misses_per_address`]); reads that find a session cost no budget.
     pub async fn prefetch(&self, cache: &SessionCache, sid_ctx: &[u8], offer: Offer<'_>) {
         let shared = &self.inner.shared;
         let mut read = false;
@@ -490,7 +490,8 @@ impl Shared {
     }
 
     /// A read for a client: answered from the negative cache when the key missed recently,
-    /// refused when the client's address has no reads left, remembered when it misses. A take
+    /// refused when the client's address has no misses left; a miss is remembered, and
+    /// charged to the address. A take
     /// is remembered as it starts: a ticket is single-use, so whatever the outcome, another
     /// take of it here would find nothing.
     async fn guarded_read(&self, kind: Kind, key: SessionKey<'_>, client: Option<IpAddr>) -> Fetch {
@@ -500,7 +501,7 @@ impl Shared {
             stats::bump(&c.negative_hits);
             return Fetch::Miss;
         }
-        if !self.guard.spend(client, now) {
+        if !self.guard.allows(client, now) {
             stats::bump(&c.reads_limited);
             return Fetch::Unavailable;
         }
@@ -508,12 +509,10 @@ impl Shared {
             self.guard.remember(kind, key, now);
         }
         let fetched = self.read(kind, key).await;
-        match &fetched {
-            Fetch::Hit(_) => self.guard.refund(client, Instant::now()),
-            Fetch::Miss => {
-                self.guard.remember(kind, key, Instant::now());
-            }
-            Fetch::Unavailable => {}
+        if let Fetch::Miss = fetched {
+            let now = Instant::now();
+            self.guard.remember(kind, key, now);
+            self.guard.charge(client, now);
         }
         fetched
     }

@@ -809,7 +809,7 @@ async fn each_client_address_has_a_read_budget_that_hits_give_back() {
         assert_eq!(t.stats().reads_limited, limited + limited_more);
     }
 
-    // A client behind one address that resumes is never limited: each hit gives its read back.
+    // A client behind one address that resumes is never limited: hits cost no budget.
     let resumer = Some("198.51.100.9".parse().unwrap());
     for n in 0..30u8 {
         new_session(&made, n, ProtocolVersion::TLS1_2);
