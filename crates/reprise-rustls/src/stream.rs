@@ -90,7 +90,10 @@ impl<S, P: Send + Sync + 'static> SessionStream<S, P> {
 impl<IO> SessionStream<tokio_rustls::server::TlsStream<IO>> {
     /// Wraps an accepted `tokio-rustls` server stream, and reports the end of its handshake
     /// (full or resumed) to `sessions`.
-    pub fn server(stream: tokio_rustls::server::TlsStream<IO>, sessions: ConnectionSessions) -> Self {
+    pub fn server(
+        stream: tokio_rustls::server::TlsStream<IO>,
+        sessions: ConnectionSessions,
+    ) -> Self {
         sessions.handshake_completed(stream.get_ref().1.handshake_kind());
         Self::new(stream, sessions)
     }
@@ -118,9 +121,7 @@ impl<S: AsyncRead + Unpin, P: Send + Sync + 'static> AsyncRead for SessionStream
         let room = buf.remaining();
         let filled = buf.filled().len();
         let inner = &mut this.inner;
-        let polled = this
-            .sessions
-            .enter(|| Pin::new(inner).poll_read(cx, buf));
+        let polled = this.sessions.enter(|| Pin::new(inner).poll_read(cx, buf));
         if let Poll::Ready(Ok(())) = polled {
             if room > 0 && buf.filled().len() == filled {
                 // End of stream without an error: the peer's close_notify.
@@ -139,9 +140,7 @@ impl<S: AsyncWrite + Unpin, P: Send + Sync + 'static> AsyncWrite for SessionStre
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let inner = &mut this.inner;
-        let polled = this
-            .sessions
-            .enter(|| Pin::new(inner).poll_write(cx, buf));
+        let polled = this.sessions.enter(|| Pin::new(inner).poll_write(cx, buf));
         this.check(polled)
     }
 

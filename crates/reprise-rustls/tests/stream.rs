@@ -151,7 +151,11 @@ async fn run(v: Version, end: End) {
         }
         End::Fin | End::Rst => {
             assert!(first.error.is_some(), "{v:?} {end:?}: {first:?}");
-            assert_ne!(first.error, Some(io::ErrorKind::InvalidData), "{v:?} {end:?}");
+            assert_ne!(
+                first.error,
+                Some(io::ErrorKind::InvalidData),
+                "{v:?} {end:?}"
+            );
             assert!(!first.failed && !first.closed_cleanly, "{v:?} {end:?}");
             assert_eq!(removed, 0, "{v:?} {end:?}");
         }
