@@ -69,8 +69,15 @@ impl ServerStore {
         SessionKey::new(id, self.sid_ctx.as_bytes())
     }
 
+    /// Notes a session the current connection created.
     fn record(&self, session: &Arc<reprise::Session>) {
         Tracked::with_current(&self.cache, |conn| conn.record(session));
+    }
+
+    /// Notes a session the current connection offers to resume: it becomes the connection's
+    /// only if the handshake completes as a resumption.
+    fn candidate(&self, session: &Arc<reprise::Session>) {
+        Tracked::with_current(&self.cache, |conn| conn.candidate(session));
     }
 }
 
@@ -96,12 +103,13 @@ impl StoresServerSessions for ServerStore {
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let session = self.cache.lookup(Role::Server, self.key(key))?;
-        self.record(&session);
+        self.candidate(&session);
         Some(session.payload().as_bytes().to_vec())
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
         let session = self.cache.take(Role::Server, self.key(key))?;
+        self.candidate(&session);
         Some(session.payload().as_bytes().to_vec())
     }
 
