@@ -81,6 +81,8 @@ fn go_client() -> &'static Path {
             .env("GOPATH", dir.join("gopath"))
             .env("GO111MODULE", "off")
             .env("GOPROXY", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOENV", "off")
             .env("GOFLAGS", "")
             .env("CGO_ENABLED", "0")
             .output()
