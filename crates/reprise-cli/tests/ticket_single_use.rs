@@ -506,10 +506,25 @@ fn a_ticket_in_one_16923_byte_record_is_used_once() {
 }
 
 #[test]
-fn a_ticket_offered_in_both_hellos_of_a_retry_resumes_once() {
+fn a_ticket_the_prefetch_reads_resumes_once() {
+    let fleet = Fleet::start();
+    // First of five identities: the prefetch takes it for the connection, which resumes it
+    // (the same hand-built hellos as the attacks, so their binders are right).
+    let ticket = fleet.ticket("first");
+    let mut ids = vec![ticket.identity.clone()];
+    ids.extend(decoys(4));
+    assert!(offer(&fleet.a, &ticket, ids, None, MAX_FRAGMENT));
+    assert!(!legitimate(&fleet, &ticket));
+    assert!(!offer(
+        &fleet.b,
+        &ticket,
+        vec![ticket.identity.clone()],
+        None,
+        MAX_FRAGMENT
+    ));
+
     // The honest retry: the prefetch takes the ticket for the first hello, and the second
     // hello of the same connection resumes it.
-    let fleet = Fleet::start();
     let ticket = fleet.ticket("t");
     assert!(offer_after_retry(
         &fleet.a,
