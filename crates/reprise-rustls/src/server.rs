@@ -15,9 +15,10 @@ use crate::sid_ctx::ClientAuth;
 /// It stores TLS 1.2 sessions (by session id) and TLS 1.3 stateful tickets (by ticket id), and
 /// resumes them through the cache, so the cache's mode, size limit, timeout, callbacks and
 /// statistics all apply. TLS 1.3 tickets are taken: each resumes at most once (with a shared
-/// tier, only when handed to the connection with [`ConnectionSessions::confirm_take`]). Every session
-/// carries this store's session-id context, and only resumes through a store with the same one,
-/// so one cache can serve several `ServerConfig`s without a session crossing between them.
+/// tier, only when handed to the connection with [`ConnectionSessions::confirm_take`]). Every
+/// session carries this store's session-id context, and only resumes through a store with the
+/// same one, so one cache can serve several `ServerConfig`s without a session crossing between
+/// them.
 ///
 /// ```
 /// use std::sync::Arc;
