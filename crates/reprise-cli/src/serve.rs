@@ -237,12 +237,19 @@ async fn connection(
         Ok(Err(e)) => {
             let reason = Failure::of(&e);
             shared.metrics.failure(reason);
-            warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            // Every other reason is the client's doing (it went away, sent garbage, offered
+            // nothing in common): counted in the metrics, and logged at debug so that a client
+            // that resets every connection (openssl s_time does) or a flood cannot fill the log.
+            if matches!(reason, Failure::Other) {
+                warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            } else {
+                debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            }
             return;
         }
         Err(_) => {
             shared.metrics.failure(Failure::Timeout);
-            warn!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
+            debug!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
             return;
         }
     };
