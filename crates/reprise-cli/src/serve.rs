@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use reprise_disk::DiskTier;
 use reprise_redis::{Offer, RedisTier};
 use reprise_rustls::client_hello::{ClientHelloParser, Parsed, MAX_BUFFERED};
+use reprise_rustls::ConnectionSessions;
 use reprise_rustls::SessionStream;
 
 use crate::cli::{ServeArgs, TicketMode, TlsVersion};
@@ -222,7 +223,7 @@ async fn connection(
     let sessions = shared.tls.store.connection();
     let handshake = async {
         let stream = match &shared.tls.redis {
-            Some(tier) => prefetch(&shared, tier, tcp).await?,
+            Some(tier) => prefetch(&shared, tier, &sessions, tcp).await?,
             None => Rewind::new(Vec::new(), tcp),
         };
         sessions.instrument(shared.acceptor.accept(stream)).await
@@ -236,12 +237,19 @@ async fn connection(
         Ok(Err(e)) => {
             let reason = Failure::of(&e);
             shared.metrics.failure(reason);
-            warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            // Every other reason is the client's doing (it went away, sent garbage, offered
+            // nothing in common): counted in the metrics, and logged at debug so that a client
+            // that resets every connection (openssl s_time does) or a flood cannot fill the log.
+            if matches!(reason, Failure::Other) {
+                warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            } else {
+                debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            }
             return;
         }
         Err(_) => {
             shared.metrics.failure(Failure::Timeout);
-            warn!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
+            debug!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
             return;
         }
     };
@@ -299,12 +307,18 @@ fn short_hex(bytes: &[u8]) -> String {
 }
 
 /// Reads the client's first bytes until its ClientHello is complete (or shown malformed),
-/// fetches from Redis what it offers to resume into the local tier, and returns the connection
+/// fetches from Redis what it offers to resume (a TLS 1.2 session into the local tier, a TLS
+/// 1.3 ticket taken for this connection, handed to `sessions`), and returns the connection
 /// with those bytes to be read again by rustls. No runtime thread waits on Redis: the fetch is
 /// an await, bounded by the read budget.
+///
+/// A ticket resumes only if taken here: one that this read did not take (a hello it cannot
+/// parse, an identity past the first few, a second ClientHello after a HelloRetryRequest that
+/// offers another ticket) gets a full handshake.
 async fn prefetch(
     shared: &Shared,
     tier: &RedisTier,
+    sessions: &ConnectionSessions,
     mut tcp: TcpStream,
 ) -> std::io::Result<Rewind<TcpStream>> {
     let mut buf = Vec::with_capacity(2048);
@@ -340,12 +354,16 @@ async fn prefetch(
                 session_id,
                 psk_identities: identities,
             };
-            tier.prefetch(
-                &shared.tls.cache,
-                shared.tls.store.sid_ctx().as_bytes(),
-                offer,
-            )
-            .await;
+            let prefetched = tier
+                .prefetch(
+                    &shared.tls.cache,
+                    shared.tls.store.sid_ctx().as_bytes(),
+                    offer,
+                )
+                .await;
+            if let Some(ticket) = prefetched.into_ticket() {
+                sessions.confirm_take(ticket);
+            }
         }
     }
     Ok(Rewind::new(buf, tcp))

@@ -474,7 +474,8 @@ fn garbage_and_stalled_clients_lose_only_their_connection() {
         1
     );
     assert_eq!(reconnect_tls12(&server)[5], "Reused");
-    assert!(server.stderr().contains("handshake failed"));
+    // Failures a client causes are counted, not logged at info: a flood cannot fill the log.
+    assert!(!server.stderr().contains("handshake failed"));
 }
 
 #[test]

@@ -65,6 +65,37 @@ struct Held {
     ids: Vec<Vec<u8>>,
 }
 
+/// Holds this thread's removals for one adapter until [`finish`](Holding::finish), and puts
+/// back what was held before (even if the handshake unwinds).
+struct Holding {
+    outer: Option<Option<Held>>,
+}
+
+impl Holding {
+    fn start(inner: usize) -> Self {
+        let held = Held {
+            inner,
+            ids: Vec::new(),
+        };
+        let outer = ACCEPTING.with(|a| a.replace(Some(held)));
+        Self { outer: Some(outer) }
+    }
+
+    /// Stops holding, and returns what was held.
+    fn finish(mut self) -> Option<Held> {
+        let outer = self.outer.take().flatten();
+        ACCEPTING.with(|a| a.replace(outer))
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if let Some(outer) = self.outer.take() {
+            ACCEPTING.with(|a| a.replace(outer));
+        }
+    }
+}
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -201,15 +232,9 @@ impl ServerCache {
         stream: S,
     ) -> Result<SslStream<S>, HandshakeError<S>> {
         self.handshake_started();
-        let me = Arc::as_ptr(&self.inner) as usize;
-        let outer = ACCEPTING.with(|a| {
-            a.replace(Some(Held {
-                inner: me,
-                ids: Vec::new(),
-            }))
-        });
+        let holding = Holding::start(Arc::as_ptr(&self.inner) as usize);
         let accepted = ssl.accept(stream);
-        let held = ACCEPTING.with(|a| a.replace(outer));
+        let held = holding.finish();
         let ids = held.map(|h| h.ids).unwrap_or_default();
         match &accepted {
             Err(HandshakeError::SetupFailure(_) | HandshakeError::Failure(_)) => {

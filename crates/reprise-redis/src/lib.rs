@@ -9,7 +9,8 @@
 //!   name or a client certificate, and a value that does not open is a miss, counted and
 //!   deleted;
 //! - **single-use for TLS 1.3**: a ticket is taken with one atomic `GETDEL`, so it resumes on
-//!   exactly one instance, once;
+//!   exactly one instance, once, on the connection the `GETDEL` was made for; a local copy
+//!   alone never resumes a ticket;
 //! - **fail-open, and never in the way**: writes leave through a bounded queue, reads have a
 //!   deadline (5 ms by default), a circuit breaker stops asking a failing Redis, and when Redis
 //!   is down every handshake still completes, as a full one.
@@ -25,7 +26,10 @@
 //! let tier = RedisTier::start(config, keys)?;
 //! let cache = Arc::new(SessionCache::new());
 //! tier.install(&cache, Wiring::Prefetch);
-//! // Before each handshake: tier.prefetch(&cache, sid_ctx, offer).await
+//! // Before each handshake, with the connection's handle (reprise-rustls):
+//! // if let Some(ticket) = tier.prefetch(&cache, sid_ctx, offer).await.into_ticket() {
+//! //     sessions.confirm_take(ticket);
+//! // }
 //! # Ok(()) }
 //! ```
 
@@ -41,4 +45,4 @@ pub use config::{RedisConfig, RedisTarget, DEFAULT_PREFIX, DEFAULT_READ_TIMEOUT}
 pub use error::ConfigError;
 pub use reprise_seal::{KeyFileError, KeyRing, OpenError, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
 pub use stats::TierStats;
-pub use tier::{Fetch, Offer, RedisTier, Wiring};
+pub use tier::{Fetch, Offer, Prefetched, RedisTier, Wiring};

@@ -40,7 +40,8 @@ pub struct TierStats {
     pub reads_skipped: u64,
     /// Values that did not open (forged, corrupt, unknown key, bad layout): misses, deleted.
     pub rejected_values: u64,
-    /// Sessions a prefetch put into the local tier.
+    /// Sessions a prefetch fetched: TLS 1.2 sessions put into the local tier, and TLS 1.3
+    /// tickets taken for their connection.
     pub prefetched: u64,
     /// Local copies of single-use sessions dropped because Redis could not confirm the take.
     pub unconfirmed_takes: u64,

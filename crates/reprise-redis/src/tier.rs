@@ -5,7 +5,8 @@
 //! - Explicit removals delete the session in Redis and tell the fleet (pub/sub), whose
 //!   instances drop their local copies.
 //! - Reads have a deadline. A TLS 1.3 ticket is taken with one `GETDEL`: it resumes on one
-//!   instance, once.
+//!   instance, once, and only on the connection whose `GETDEL` returned it; a local copy alone
+//!   never resumes a ticket.
 //! - A circuit breaker stops asking a Redis that keeps failing, and probes it periodically.
 //!
 //! Two wirings: [`Wiring::Prefetch`] for async servers, which call [`RedisTier::prefetch`] with
@@ -53,7 +54,11 @@ pub enum Fetch {
 /// How the tier plugs into a cache; see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wiring {
-    /// New and remove callbacks only; reads happen in [`RedisTier::prefetch`].
+    /// New and remove callbacks, and a take callback that confirms nothing: reads happen in
+    /// [`RedisTier::prefetch`], and a TLS 1.3 ticket resumes only as the [`Prefetched`] ticket
+    /// handed to the connection (`ConnectionSessions::confirm_take` in `reprise-rustls`, or
+    /// [`SessionCache::take_confirmed`]). A plain [`SessionCache::take`] never resumes a ticket
+    /// on a local copy.
     Prefetch,
     /// New, remove, get and take callbacks; get and take wait at most the read budget.
     Blocking,
@@ -67,6 +72,30 @@ pub struct Offer<'a> {
     pub session_id: Option<&'a [u8]>,
     /// The TLS 1.3 PSK identities (stateful ticket ids), in the client's order.
     pub psk_identities: &'a [Vec<u8>],
+}
+
+/// What [`RedisTier::prefetch`] got for one connection: the TLS 1.3 ticket Redis handed over
+/// (taken with `GETDEL`, so no other connection can have it), if any.
+///
+/// The ticket resumes only through the connection it was fetched for: hand it to
+/// `ConnectionSessions::confirm_take` (`reprise-rustls`) or [`SessionCache::take_confirmed`].
+/// Dropped, it is gone: Redis no longer has it.
+#[must_use = "a ticket taken from Redis resumes only when handed to the connection's confirm_take"]
+#[derive(Debug, Default)]
+pub struct Prefetched {
+    ticket: Option<Arc<Session>>,
+}
+
+impl Prefetched {
+    /// The ticket Redis handed over, if any.
+    pub fn ticket(&self) -> Option<&Arc<Session>> {
+        self.ticket.as_ref()
+    }
+
+    /// The ticket Redis handed over, if any, by value.
+    pub fn into_ticket(self) -> Option<Arc<Session>> {
+        self.ticket
+    }
 }
 
 enum Write {
@@ -222,7 +251,16 @@ impl RedisTier {
         match wiring {
             Wiring::Prefetch => {
                 cache.set_get_session_callback(None);
-                cache.set_take_session_callback(None);
+                // A take that the connection's prefetch did not confirm (an identity it did not
+                // read, a second ClientHello, a hello it could not parse) resumes nothing: the
+                // engine then drops the local copy, which Redis cannot vouch for.
+                let tier = self.clone();
+                cache.set_take_session_callback(Some(Arc::new(move |cache, key| {
+                    if has_takeable_copy(cache, *key) {
+                        stats::bump(&tier.inner.shared.counters.unconfirmed_takes);
+                    }
+                    None
+                })));
             }
             Wiring::Blocking => {
                 let tier = self.clone();
@@ -237,11 +275,19 @@ impl RedisTier {
         }
     }
 
-    /// Fetches what a ClientHello offers into the local tier of `cache`, before the handshake:
-    /// the TLS 1.2 session (unless the local tier has it), and the first TLS 1.3 ticket that
-    /// Redis hands over (taken atomically). A local copy of an offered ticket that Redis does
-    /// not hand over is dropped: it was used elsewhere, or its single use cannot be vouched for.
-    pub async fn prefetch(&self, cache: &SessionCache, sid_ctx: &[u8], offer: Offer<'_>) {
+    /// Fetches what a ClientHello offers, before the handshake: the TLS 1.2 session into the
+    /// local tier of `cache` (unless it has it already), and the first TLS 1.3 ticket that
+    /// Redis hands over (taken atomically with `GETDEL`), returned for this connection only.
+    ///
+    /// The ticket is not added to the local tier: hand it to the connection
+    /// (`ConnectionSessions::confirm_take` in `reprise-rustls`), the only way it resumes under
+    /// [`Wiring::Prefetch`]. A local copy of a ticket never resumes with a shared tier.
+    pub async fn prefetch(
+        &self,
+        cache: &SessionCache,
+        sid_ctx: &[u8],
+        offer: Offer<'_>,
+    ) -> Prefetched {
         let shared = &self.inner.shared;
         if let Some(id) = offer.session_id {
             let key = SessionKey::new(id, sid_ctx);
@@ -257,23 +303,14 @@ impl RedisTier {
             if !key.is_well_formed() {
                 continue;
             }
-            match shared.read(key, true).await {
-                Fetch::Hit(session) => {
-                    cache.add(&Arc::new(session));
-                    stats::bump(&shared.counters.prefetched);
-                    return;
-                }
-                Fetch::Miss | Fetch::Unavailable => {
-                    // A TLS 1.2 session is not a ticket: offering its id as one leaves it be.
-                    let ticket = cache
-                        .peek(identity)
-                        .is_some_and(|s| !s.version().is_reusable());
-                    if ticket && cache.forget_key(key) {
-                        stats::bump(&shared.counters.unconfirmed_takes);
-                    }
-                }
+            if let Fetch::Hit(session) = shared.read(key, true).await {
+                stats::bump(&shared.counters.prefetched);
+                return Prefetched {
+                    ticket: Some(Arc::new(session)),
+                };
             }
         }
+        Prefetched::default()
     }
 
     /// Reads a session (`take`: and deletes it, atomically), within the read budget.
@@ -383,6 +420,13 @@ fn expiry(session: &Session) -> Option<u64> {
         .saturating_add(1)
         .min(now.saturating_add(MAX_TTL_SECS));
     (exat > now).then_some(exat)
+}
+
+/// Whether the local tier holds a copy of a ticket (not a TLS 1.2 session) for the key.
+fn has_takeable_copy(cache: &SessionCache, key: SessionKey<'_>) -> bool {
+    cache
+        .peek(key.id)
+        .is_some_and(|s| s.sid_ctx().as_bytes() == key.sid_ctx && !s.version().is_reusable())
 }
 
 /// Whether the local tier holds a resumable, unexpired session for the key.

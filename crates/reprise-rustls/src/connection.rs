@@ -27,7 +27,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use reprise::{Role, SecretBytes, Session, SessionCache};
+use reprise::{Role, SecretBytes, Session, SessionCache, SessionKey};
 use rustls::{ConnectionCommon, HandshakeKind, IoState};
 
 thread_local! {
@@ -51,6 +51,9 @@ struct TrackedState<P> {
     /// Sessions looked up for a resumption: the connection's only if the handshake resumes.
     candidates: Vec<Arc<Session<P>>>,
     pending: Option<PendingCommit>,
+    /// A ticket the shared tier handed over for this connection; see
+    /// [`ConnectionSessions::confirm_take`].
+    confirmed: Option<Arc<Session<P>>>,
     completed: bool,
     clean: bool,
     failed: bool,
@@ -81,6 +84,21 @@ impl<P: Send + Sync + 'static> Tracked<P> {
             return;
         }
         state.candidates.push(Arc::clone(session));
+    }
+
+    /// The ticket confirmed for this connection, if it is the one under `key`: handed out
+    /// once.
+    pub(crate) fn take_confirmed(&self, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+        let mut state = self.state.lock();
+        let matches = state
+            .confirmed
+            .as_ref()
+            .is_some_and(|s| s.id().as_bytes() == key.id && s.sid_ctx().as_bytes() == key.sid_ctx);
+        if matches {
+            state.confirmed.take()
+        } else {
+            None
+        }
     }
 
     /// Defers a store until [`ConnectionSessions::handshake_completed`] says whether the
@@ -139,6 +157,7 @@ impl<P: Send + Sync + 'static> ConnectionSessions<P> {
                 sessions: Vec::new(),
                 candidates: Vec::new(),
                 pending: None,
+                confirmed: None,
                 completed: false,
                 clean: false,
                 failed: false,
@@ -216,6 +235,17 @@ impl<P: Send + Sync + 'static> ConnectionSessions<P> {
             }
         }
         self.cache.handshake_completed(self.role);
+    }
+
+    /// Hands the connection a TLS 1.3 ticket that the shared tier took for it (atomically,
+    /// a `GETDEL` before the handshake; see `RedisTier::prefetch` in `reprise-redis`).
+    ///
+    /// With a shared tier, this is the only way a ticket resumes: when the TLS stack takes the
+    /// ticket's id on this connection, the store resumes this session
+    /// ([`SessionCache::take_confirmed`]) rather than any local copy, and records it as one of
+    /// the connection's sessions. A later confirmation replaces an earlier one.
+    pub fn confirm_take(&self, ticket: Arc<Session<P>>) {
+        self.tracked.state.lock().confirmed = Some(ticket);
     }
 
     /// Notes a close_notify sent or received. Informative only: the sessions survive the end

@@ -1032,3 +1032,55 @@ fn a_tls12_id_taken_as_a_ticket_is_not_burned() {
     assert_eq!(srv.cache.len(), 1);
     assert_eq!(srv.connect(&client), Resumed);
 }
+
+/// With a shared tier whose take confirms nothing (as `reprise-redis`'s prefetch wiring), a
+/// local copy never resumes a ticket; the ticket the tier handed over for one connection
+/// (`confirm_take`, as `reprise serve` does after its prefetch) resumes on that connection,
+/// once, and is one of the connection's sessions.
+#[test]
+fn with_a_shared_tier_only_a_ticket_confirmed_for_the_connection_resumes() {
+    use reprise_rustls::client_hello::{parse, Parsed};
+    let srv = Server::new(&pki(), Version::Tls13, false);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    srv.cache
+        .set_take_session_callback(Some(Arc::new(|_, _| None)));
+
+    // No confirmation: the offered ticket's local copy does not resume, and leaves the cache.
+    let before = srv.cache.len();
+    assert_eq!(srv.connect(&client), Full);
+    assert_eq!(srv.cache.len(), before - 1 + 2);
+
+    // The offered ticket confirmed for this connection (a copy, as Redis hands it over).
+    let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    let mut hello = Vec::new();
+    pair.client.write_tls(&mut hello).unwrap();
+    let Parsed::Complete(info) = parse(&hello) else {
+        panic!("the ClientHello did not parse");
+    };
+    let id = info.psk_identities[0].clone();
+    let local = srv.cache.peek(&id).unwrap();
+    let confirmed = Arc::new(
+        srv.cache
+            .session(&id, local.payload().clone())
+            .sid_ctx(local.sid_ctx().as_bytes())
+            .version(local.version())
+            .build()
+            .unwrap(),
+    );
+    pair.server_sessions.confirm_take(confirmed.clone());
+    let mut rd = &hello[..];
+    while !rd.is_empty() {
+        pair.server.read_tls(&mut rd).unwrap();
+    }
+    pair.server_sessions.process(&mut pair.server).unwrap();
+    assert_eq!(pair.handshake(), Resumed);
+    assert!(!confirmed.is_resumable(), "taken");
+    assert!(srv.cache.peek(&id).is_none(), "the local copy left");
+    assert!(pair
+        .server_sessions
+        .sessions()
+        .iter()
+        .any(|s| Arc::ptr_eq(s, &confirmed)));
+    pair.close_cleanly();
+}
