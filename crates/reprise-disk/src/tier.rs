@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::error::DiskError;
 use crate::pending::{InFlight, Pending};
+use crate::quiet::catch_quietly;
 use crate::store::{split_key, table_key, Op, Recovery, Store};
 
 /// The key file's name inside the cache directory, when no key file is given.
@@ -196,6 +197,32 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Creates the cache directory (and its missing parents) with mode 0700. An existing one is
+/// left as it is (it may be the operator's), with a warning if group or others can enter it.
+fn private_dir(dir: &Path) -> Result<(), DiskError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    let existed = dir.is_dir();
+    builder
+        .create(dir)
+        .map_err(|e| DiskError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    if existed {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).map_or(0, |m| m.permissions().mode());
+        if mode & 0o077 != 0 {
+            warn!(
+                dir = %dir.display(),
+                mode = format_args!("{:o}", mode & 0o777),
+                "the cache directory is open to group or others; the files in it are private (0600), but consider chmod 700"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Loads the key ring from `dir/key`, or generates that file (mode 0600) on first start.
 fn own_key(dir: &Path) -> Result<(KeyRing, PathBuf, bool), DiskError> {
     let path = dir.join(KEY_FILE);
@@ -237,8 +264,7 @@ impl DiskTier {
             ));
         }
         let dir = config.dir.clone();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| DiskError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        private_dir(&dir)?;
         let (keys, key_file) = match keys {
             Some(keys) => (keys, None),
             None => {
@@ -252,22 +278,17 @@ impl DiskTier {
                 (ring, Some((path, generated)))
             }
         };
-        let (store, recovery) = Store::open(&dir)?;
         let marker = dir.join(CLEAN_MARKER);
-        let unclean = recovery == Recovery::Opened && !marker.exists();
-        if marker.exists() {
+        let marked_clean = marker.exists();
+        let (store, recovery, dropped_tls13) = Store::open(&dir, !marked_clean)?;
+        let unclean = recovery == Recovery::Opened && !marked_clean;
+        if marked_clean {
             std::fs::remove_file(&marker)
                 .map_err(|e| DiskError::Io(format!("cannot remove {}: {e}", marker.display())))?;
         }
-        let dropped_tls13 = if unclean {
-            let n = store
-                .drop_tls13()
-                .map_err(|e| DiskError::Db(e.to_string()))?;
-            warn!(dropped = n, "the last run did not shut down cleanly: dropped the stored TLS 1.3 tickets, which may have been used");
-            n
-        } else {
-            0
-        };
+        if unclean {
+            warn!(dropped = dropped_tls13, "the last run did not shut down cleanly: dropped the stored TLS 1.3 tickets, which may have been used");
+        }
         let counters = Arc::new(Counters::default());
         counters
             .file_bytes
@@ -342,10 +363,16 @@ impl DiskTier {
             0 => usize::MAX,
             n => n,
         };
-        let rows = match self.inner.store.read().newest(cache.now(), limit) {
-            Ok(rows) => rows,
-            Err(e) => {
+        // The file was checked when it opened; a panic here (a file changed since) is caught
+        // all the same, and the server starts without its sessions.
+        let rows = match catch_quietly(|| self.inner.store.read().newest(cache.now(), limit)) {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
                 warn!(error = %e, "cannot read the session database; starting without its sessions");
+                return 0;
+            }
+            Err(panic) => {
+                warn!(error = %panic, "cannot read the session database; starting without its sessions");
                 return 0;
             }
         };
