@@ -411,6 +411,11 @@ impl Metrics {
                     "Batches of writes that failed.",
                 ),
                 (
+                    "deletes_lost",
+                    d.deletes_lost,
+                    "Deletions that never reached the file: the shutdown is then not marked clean.",
+                ),
+                (
                     "purged_expired",
                     d.purged_expired,
                     "Expired sessions purged from disk.",

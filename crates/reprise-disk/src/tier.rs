@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use reprise::{Removal, Session, SessionCache, SessionKey};
-use reprise_seal::{open_session, seal_session, KeyRing};
+use reprise_seal::{open_session, seal_session, KeyRing, OpenError, Tier};
 use tracing::{info, warn};
 
 use crate::error::DiskError;
@@ -102,12 +102,20 @@ pub struct DiskStats {
     pub writes_dropped_full: u64,
     /// Batches of writes that failed.
     pub write_failures: u64,
+    /// Deletions that never reached the file (the queue was full, or their batch failed). Any
+    /// at all, and the shutdown is not marked clean: the next start drops the stored TLS 1.3
+    /// tickets, since one of them may have been used.
+    pub deletes_lost: u64,
     /// Expired sessions purged.
     pub purged_expired: u64,
     /// Sessions evicted to keep the file under its cap.
     pub evicted_for_size: u64,
-    /// Stored values that did not open (forged, corrupt, sealed with an unknown key): deleted.
+    /// Stored values that did not open (forged, corrupt, sealed for another tier): deleted.
     pub rejected_values: u64,
+    /// Stored values sealed with a key not in the ring, or in a seal format this build does not
+    /// know: misses, and kept (a rolling update of the key file, or of the binary, must not
+    /// throw sessions away).
+    pub unknown_key_values: u64,
     /// Sessions loaded into the cache at start.
     pub warmed: u64,
     /// Reads (get or take) that found a session that opened.
@@ -134,9 +142,11 @@ struct Counters {
     stores_skipped: AtomicU64,
     writes_dropped_full: AtomicU64,
     write_failures: AtomicU64,
+    deletes_lost: AtomicU64,
     purged_expired: AtomicU64,
     evicted_for_size: AtomicU64,
     rejected_values: AtomicU64,
+    unknown_key_values: AtomicU64,
     warmed: AtomicU64,
     read_hits: AtomicU64,
     read_misses: AtomicU64,
@@ -239,7 +249,8 @@ fn own_key(dir: &Path) -> Result<(KeyRing, PathBuf, bool), DiskError> {
     let mut file = options
         .open(&path)
         .map_err(|e| DiskError::Key(format!("cannot create {}: {e}", path.display())))?;
-    file.write_all(format!("{}\n", &*line).as_bytes())
+    file.write_all(line.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.sync_all())
         .map_err(|e| DiskError::Key(format!("cannot write {}: {e}", path.display())))?;
     let ring = KeyRing::parse(&line).map_err(|e| DiskError::Key(e.to_string()))?;
@@ -381,14 +392,20 @@ impl DiskTier {
             let Some((ctx, id)) = split_key(&key) else {
                 continue;
             };
-            match open_session(&self.inner.keys, SessionKey::new(id, ctx), &stored.sealed) {
+            match open_session(
+                &self.inner.keys,
+                Tier::Disk,
+                SessionKey::new(id, ctx),
+                &stored.sealed,
+            ) {
                 Ok(session) => {
                     cache.add(&Arc::new(session));
                     warmed += 1;
                 }
-                Err(_) => {
-                    add(&self.inner.counters.rejected_values, 1);
-                    self.queue(Op::Delete { key, seq: 0 });
+                Err(e) => {
+                    if self.rejected(e) {
+                        self.queue(Op::Delete { key, seq: 0 });
+                    }
                 }
             }
         }
@@ -429,17 +446,18 @@ impl DiskTier {
         };
         let session = match sealed {
             None => None,
-            Some(sealed) => match open_session(&self.inner.keys, key, &sealed) {
+            Some(sealed) => match open_session(&self.inner.keys, Tier::Disk, key, &sealed) {
                 Ok(session) => Some(session),
-                Err(_) => {
-                    add(&self.inner.counters.rejected_values, 1);
-                    self.queue_locked(
-                        &mut pending,
-                        Op::Delete {
-                            key: tk.clone(),
-                            seq: 0,
-                        },
-                    );
+                Err(e) => {
+                    if self.rejected(e) {
+                        self.queue_locked(
+                            &mut pending,
+                            Op::Delete {
+                                key: tk.clone(),
+                                seq: 0,
+                            },
+                        );
+                    }
                     None
                 }
             },
@@ -481,23 +499,38 @@ impl DiskTier {
     }
 
     fn open_value(&self, key: SessionKey<'_>, sealed: &[u8]) -> Option<Session> {
-        match open_session(&self.inner.keys, key, sealed) {
+        match open_session(&self.inner.keys, Tier::Disk, key, sealed) {
             Ok(s) => Some(s),
-            Err(_) => {
-                add(&self.inner.counters.rejected_values, 1);
-                self.queue(Op::Delete {
-                    key: table_key(key),
-                    seq: 0,
-                });
+            Err(e) => {
+                if self.rejected(e) {
+                    self.queue(Op::Delete {
+                        key: table_key(key),
+                        seq: 0,
+                    });
+                }
                 None
             }
+        }
+    }
+
+    /// Counts a stored value that did not open; true if it is to be deleted. One sealed with a
+    /// key this ring lacks, or in an unknown format, is a miss that stays: another instance, or
+    /// this one after the key file is updated, opens it.
+    fn rejected(&self, e: OpenError) -> bool {
+        let c = &self.inner.counters;
+        if e.is_unknown() {
+            add(&c.unknown_key_values, 1);
+            false
+        } else {
+            add(&c.rejected_values, 1);
+            true
         }
     }
 
     /// Seals a session and queues it for writing. Until it is written, reads find it here.
     pub fn store(&self, session: &Session) {
         let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
-        let sealed: Arc<[u8]> = match seal_session(&self.inner.keys, session) {
+        let sealed: Arc<[u8]> = match seal_session(&self.inner.keys, Tier::Disk, session) {
             Ok(sealed) => sealed.into(),
             Err(e) => {
                 warn!(error = %e, "cannot seal a session; not stored on disk");
@@ -545,18 +578,22 @@ impl DiskTier {
     }
 
     fn queue(&self, op: Op) -> bool {
+        let c = &self.inner.counters;
+        let is_delete = matches!(op, Op::Delete { .. });
         let writes = self.inner.writes.lock();
-        let Some(tx) = writes.as_ref() else {
-            add(&self.inner.counters.writes_dropped_full, 1);
-            return false;
-        };
-        match tx.try_send(Msg::Op(op)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                add(&self.inner.counters.writes_dropped_full, 1);
-                false
+        let sent = writes
+            .as_ref()
+            .is_some_and(|tx| match tx.try_send(Msg::Op(op)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            });
+        if !sent {
+            add(&c.writes_dropped_full, 1);
+            if is_delete {
+                add(&c.deletes_lost, 1);
             }
         }
+        sent
     }
 
     /// Waits until every write queued so far is on disk. Blocking.
@@ -570,13 +607,23 @@ impl DiskTier {
         }
     }
 
-    /// Writes out the queue, stops the writer and marks the shutdown clean, so that the next
-    /// start keeps the stored TLS 1.3 tickets. Blocking; later writes are dropped.
+    /// Writes out the queue, stops the writer and, if every deletion reached the file, marks
+    /// the shutdown clean, so that the next start keeps the stored TLS 1.3 tickets. If one was
+    /// lost ([`DiskStats::deletes_lost`]), the next start drops them: a ticket whose deletion
+    /// is lost may have been used. Blocking; later writes are dropped.
     pub fn close(&self) {
         self.flush();
         drop(self.inner.writes.lock().take());
         if let Some(writer) = self.inner.writer.lock().take() {
             let _ = writer.join();
+        }
+        let lost = self.inner.counters.deletes_lost.load(Ordering::Relaxed);
+        if lost > 0 {
+            warn!(
+                deletes_lost = lost,
+                "deletions did not reach the session database; not marking the shutdown clean, so the next start drops the stored TLS 1.3 tickets"
+            );
+            return;
         }
         let marker = self.inner.dir.join(CLEAN_MARKER);
         if let Err(e) = std::fs::write(&marker, b"") {
@@ -595,9 +642,11 @@ impl DiskTier {
             stores_skipped: r(&c.stores_skipped),
             writes_dropped_full: r(&c.writes_dropped_full),
             write_failures: r(&c.write_failures),
+            deletes_lost: r(&c.deletes_lost),
             purged_expired: r(&c.purged_expired),
             evicted_for_size: r(&c.evicted_for_size),
             rejected_values: r(&c.rejected_values),
+            unknown_key_values: r(&c.unknown_key_values),
             warmed: r(&c.warmed),
             read_hits: r(&c.read_hits),
             read_misses: r(&c.read_misses),
@@ -716,6 +765,11 @@ impl Writer {
             }
             Err(e) => {
                 add(&self.counters.write_failures, 1);
+                let deletes = batch
+                    .iter()
+                    .filter(|op| matches!(op, Op::Delete { .. }))
+                    .count();
+                add(&self.counters.deletes_lost, deletes as u64);
                 warn!(error = %e, writes = batch.len(), "cannot write sessions to disk");
                 false
             }
@@ -804,6 +858,64 @@ mod tests {
         tier.flush();
         assert!(tier.get(key).is_none());
         assert_eq!(tier.stats().in_flight, 0);
+        tier.close();
+        Ok(())
+    }
+
+    /// Attack 10: a ticket whose deletion never reached the file (the queue was full while
+    /// the file was being compacted) must not resume after a clean restart.
+    #[test]
+    fn a_lost_deletion_leaves_no_clean_marker() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut config = DiskConfig::new(dir.path());
+        config.write_queue = 2;
+        let (tier, _) = DiskTier::open(config.clone(), None)?;
+        let mut lost = None;
+        {
+            // Compaction holds the writer off the file: the queue fills and stays full.
+            let _compacting = tier.inner.store.write();
+            let mut filler = 100u8;
+            for id in 1..=50u8 {
+                // A ticket stored (its write queued), then the queue filled, then the ticket
+                // used: its deletion finds the queue full.
+                let queued = tier.stats().stores_queued;
+                tier.store(&ticket(id));
+                if tier.stats().stores_queued == queued {
+                    continue;
+                }
+                let before = tier.stats().writes_dropped_full;
+                for _ in 0..100_000 {
+                    if tier.stats().writes_dropped_full > before {
+                        break;
+                    }
+                    filler = filler.wrapping_add(1).max(100);
+                    tier.store(&ticket(filler));
+                }
+                let dropped = tier.stats().writes_dropped_full;
+                assert!(tier.take(SessionKey::new(&[id; 32], b"ctx")).is_some());
+                if tier.stats().writes_dropped_full > dropped {
+                    lost = Some(id);
+                    break;
+                }
+            }
+        }
+        let lost = lost.ok_or("no deletion was dropped")?;
+        assert!(tier.stats().deletes_lost >= 1, "{:?}", tier.stats());
+        tier.close();
+        assert!(!dir.path().join(CLEAN_MARKER).exists());
+        drop(tier);
+
+        let (tier, startup) = DiskTier::open(config, None)?;
+        let cache = Arc::new(SessionCache::new());
+        tier.install(&cache);
+        tier.warm(&cache);
+        assert!(startup.unclean, "{startup:?}");
+        assert!(
+            cache
+                .take(Role::Server, SessionKey::new(&[lost; 32], b"ctx"))
+                .is_none(),
+            "ticket {lost} was used, its deletion lost, and it resumed after a restart"
+        );
         tier.close();
         Ok(())
     }
