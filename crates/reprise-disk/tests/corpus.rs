@@ -145,7 +145,11 @@ fn the_corpus_opens_without_a_panic() {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = std::fs::read(file).unwrap();
         if name.starts_with("panic-") {
-            assert_eq!(plain_redb(&bytes), Some(true), "{name}: plain redb no longer panics");
+            assert_eq!(
+                plain_redb(&bytes),
+                Some(true),
+                "{name}: plain redb no longer panics"
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("sessions.redb"), &bytes).unwrap();
