@@ -428,7 +428,12 @@ impl Metrics {
                 (
                     "rejected_values",
                     d.rejected_values,
-                    "Stored values that did not open: deleted.",
+                    "Stored values that did not open (forged, corrupt, sealed for another tier): deleted.",
+                ),
+                (
+                    "unknown_key_values",
+                    d.unknown_key_values,
+                    "Stored values sealed with a key not in the ring, or in an unknown format: misses, kept.",
                 ),
                 ("warmed", d.warmed, "Sessions loaded from disk at start."),
                 (

@@ -67,8 +67,11 @@ pub fn encode(session: &Session) -> Zeroizing<Vec<u8>> {
 
 /// Rebuilds the session stored under `key` from its plaintext.
 pub fn decode(key: SessionKey<'_>, plain: &[u8]) -> Result<Session, OpenError> {
-    if plain.len() < HEADER || plain[0] != CODEC_VERSION {
-        return Err(OpenError::BadSession);
+    match plain.first() {
+        // Sealed by a later build, in a layout this one does not know: a value to keep.
+        Some(&v) if v != CODEC_VERSION => return Err(OpenError::Version(v)),
+        _ if plain.len() < HEADER => return Err(OpenError::BadSession),
+        _ => {}
     }
     let version = u16::from_be_bytes([plain[1], plain[2]]);
     let mut time = [0u8; 8];
@@ -108,6 +111,12 @@ mod tests {
             assert_eq!(decode(key, &plain[..n]).err(), Some(OpenError::BadSession));
         }
         assert!(decode(SessionKey::new(&[], b""), &plain).is_err());
+        let mut later = plain.to_vec();
+        later[0] = CODEC_VERSION + 1;
+        assert_eq!(
+            decode(key, &later).err(),
+            Some(OpenError::Version(CODEC_VERSION + 1))
+        );
         assert_ne!(
             associated_data(Tier::Redis, key),
             associated_data(Tier::Redis, SessionKey::new(&[3; 32], b"ctx2"))
