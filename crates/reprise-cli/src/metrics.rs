@@ -426,6 +426,11 @@ impl Metrics {
                     "Batches of writes that failed.",
                 ),
                 (
+                    "deletes_lost",
+                    d.deletes_lost,
+                    "Deletions that never reached the file: the shutdown is then not marked clean.",
+                ),
+                (
                     "purged_expired",
                     d.purged_expired,
                     "Expired sessions purged from disk.",
@@ -438,7 +443,12 @@ impl Metrics {
                 (
                     "rejected_values",
                     d.rejected_values,
-                    "Stored values that did not open: deleted.",
+                    "Stored values that did not open (forged, corrupt, sealed for another tier): deleted.",
+                ),
+                (
+                    "unknown_key_values",
+                    d.unknown_key_values,
+                    "Stored values sealed with a key not in the ring, or in an unknown format: misses, kept.",
                 ),
                 ("warmed", d.warmed, "Sessions loaded from disk at start."),
                 (

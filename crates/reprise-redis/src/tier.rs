@@ -325,7 +325,7 @@ impl RedisTier {
         let Some(exat) = expiry(session) else {
             return;
         };
-        let sealed = seal_session(&shared.keys, session);
+        let sealed = seal_session(&shared.keys, reprise_seal::Tier::Redis, session);
         match sealed {
             Ok(value) => self.queue(Write::Store {
                 key: shared.redis_key(key),
@@ -447,7 +447,7 @@ impl Shared {
     }
 
     fn open(&self, key: SessionKey<'_>, value: &[u8]) -> Result<Session, OpenError> {
-        open_session(&self.keys, key, value)
+        open_session(&self.keys, reprise_seal::Tier::Redis, key, value)
     }
 
     fn failed(&self) {
