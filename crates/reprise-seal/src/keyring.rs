@@ -185,27 +185,30 @@ impl KeyRing {
     /// Reads and parses a key file. The key material goes from the file into one buffer that
     /// is allocated once (it never grows and leaves copies behind) and wiped when dropped, as
     /// are the keys decoded from it. A file that group or others can read is loaded, with one
-    /// warning in the log naming the file and its mode (never its contents).
+    /// warning in the log naming the file and its mode (never its contents); one that does not
+    /// load is only an error.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         let io = |e: std::io::Error| KeyFileError::Io {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
         let mut file = std::fs::File::open(path).map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if let Some(mode) = exposed_mode(&meta) {
+        let exposed = exposed_mode(&file.metadata().map_err(io)?);
+        let text = read_private(&mut file).map_err(io)?;
+        let text = std::str::from_utf8(&text).map_err(|_| KeyFileError::Io {
+            path: path.display().to_string(),
+            reason: "not UTF-8 text".to_owned(),
+        })?;
+        let ring = Self::parse(text).map_err(|e| e.in_file(path))?;
+        // Only for a file that is used: a bad one is an error, and its one line says so.
+        if let Some(mode) = exposed {
             tracing::warn!(
                 key_file = %path.display(),
                 mode = format_args!("{mode:o}"),
                 "the key file can be read by group or others; chmod 600 it"
             );
         }
-        let text = read_private(&mut file).map_err(io)?;
-        let text = std::str::from_utf8(&text).map_err(|_| KeyFileError::Io {
-            path: path.display().to_string(),
-            reason: "not UTF-8 text".to_owned(),
-        })?;
-        Self::parse(text).map_err(|e| e.in_file(path))
+        Ok(ring)
     }
 
     /// A new key-file line with a fresh random key, `name:hex`, built in place (no formatting
