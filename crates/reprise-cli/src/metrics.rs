@@ -106,6 +106,7 @@ pub struct Metrics {
     connections_rejected: AtomicU64,
     connections_open: AtomicI64,
     sessions_removed_unclean: AtomicU64,
+    closes_without_close_notify: AtomicU64,
 }
 
 impl Metrics {
@@ -137,9 +138,17 @@ impl Metrics {
         self.connections_rejected.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a connection that ended without a clean shutdown after its handshake.
+    /// Counts a connection that failed after its handshake (a fatal alert, a TLS error): its
+    /// sessions were removed.
     pub fn unclean_shutdown(&self) {
         self.sessions_removed_unclean
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that ended after its handshake without close_notify on either side
+    /// (a FIN or a reset from the client): its sessions are kept.
+    pub fn close_without_close_notify(&self) {
+        self.closes_without_close_notify
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -256,8 +265,14 @@ impl Metrics {
         family(
             "reprise_unclean_shutdowns_total",
             "counter",
-            "Connections that ended without close_notify after their handshake (their sessions were removed).",
+            "Connections that failed after their handshake (a fatal alert, a TLS error); their sessions were removed.",
             &plain(self.sessions_removed_unclean.load(Ordering::Relaxed)),
+        );
+        family(
+            "reprise_closes_without_close_notify_total",
+            "counter",
+            "Connections that ended after their handshake without close_notify on either side (a FIN or a reset); their sessions were kept.",
+            &plain(self.closes_without_close_notify.load(Ordering::Relaxed)),
         );
         if let Some(r) = redis {
             let gauges = [
@@ -432,6 +447,11 @@ impl Metrics {
                     "Batches of writes that failed.",
                 ),
                 (
+                    "deletes_lost",
+                    d.deletes_lost,
+                    "Deletions that never reached the file: the shutdown is then not marked clean.",
+                ),
+                (
                     "purged_expired",
                     d.purged_expired,
                     "Expired sessions purged from disk.",
@@ -444,7 +464,12 @@ impl Metrics {
                 (
                     "rejected_values",
                     d.rejected_values,
-                    "Stored values that did not open: deleted.",
+                    "Stored values that did not open (forged, corrupt, sealed for another tier): deleted.",
+                ),
+                (
+                    "unknown_key_values",
+                    d.unknown_key_values,
+                    "Stored values sealed with a key not in the ring, or in an unknown format: misses, kept.",
                 ),
                 ("warmed", d.warmed, "Sessions loaded from disk at start."),
                 (

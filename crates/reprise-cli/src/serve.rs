@@ -19,6 +19,8 @@ use tracing::{debug, info, warn};
 use reprise_disk::DiskTier;
 use reprise_redis::{Offer, RedisTier};
 use reprise_rustls::client_hello::{ClientHelloParser, Parsed, MAX_BUFFERED};
+use reprise_rustls::ConnectionSessions;
+use reprise_rustls::SessionStream;
 
 use crate::cli::{ServeArgs, TicketMode, TlsVersion};
 use crate::config::Settings;
@@ -221,7 +223,7 @@ async fn connection(
     let sessions = shared.tls.store.connection();
     let handshake = async {
         let stream = match &shared.tls.redis {
-            Some(tier) => prefetch(&shared, tier, tcp, peer).await?,
+            Some(tier) => prefetch(&shared, tier, &sessions, tcp, peer).await?,
             None => Rewind::new(Vec::new(), tcp),
         };
         sessions.instrument(shared.acceptor.accept(stream)).await
@@ -230,17 +232,24 @@ async fn connection(
         r = tokio::time::timeout(shared.settings.handshake_timeout, handshake) => r,
         _ = shared.shutdown.cancelled() => return,
     };
-    let mut stream = match handshake {
+    let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             let reason = Failure::of(&e);
             shared.metrics.failure(reason);
-            warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            // Every other reason is the client's doing (it went away, sent garbage, offered
+            // nothing in common): counted in the metrics, and logged at debug so that a client
+            // that resets every connection (openssl s_time does) or a flood cannot fill the log.
+            if matches!(reason, Failure::Other) {
+                warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            } else {
+                debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            }
             return;
         }
         Err(_) => {
             shared.metrics.failure(Failure::Timeout);
-            warn!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
+            debug!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
             return;
         }
     };
@@ -252,7 +261,9 @@ async fn connection(
             conn.negotiated_cipher_suite(),
         )
     };
-    sessions.handshake_completed(kind);
+    // Notes the handshake's end; a TLS failure from here on (a fatal alert, a bad record)
+    // removes the connection's sessions. A FIN, a reset or a timeout keeps them.
+    let mut stream = SessionStream::server(stream, sessions);
     shared.metrics.handshake(kind, version);
     let resumed = kind == Some(rustls::HandshakeKind::Resumed);
     debug!(%peer, ?version, resumed, "handshake completed");
@@ -272,14 +283,18 @@ async fn connection(
                 ending => ending,
             }
         }
-        Some(upstream) => proxy(&shared, stream, upstream, peer).await,
+        Some(upstream) => proxy(&shared, &mut stream, upstream, peer).await,
     };
-    match ending {
-        Ending::Clean | Ending::Close | Ending::PeerClosed => sessions.closed_cleanly(),
-        // Dropping `sessions` now removes the connection's sessions, as the seeds require.
-        Ending::Unclean => shared.metrics.unclean_shutdown(),
+    if stream.sessions().has_failed() {
+        shared.metrics.unclean_shutdown();
+    } else if ending == Ending::Unclean {
+        // No close_notify either way (a FIN, a reset): the session is kept.
+        shared.metrics.close_without_close_notify();
     }
 }
+
+/// The server's side of a connection after its handshake.
+type Tls = SessionStream<TlsStream<Rewind<TcpStream>>>;
 
 /// The first bytes of a value in hex, enough to compare contexts in logs.
 fn short_hex(bytes: &[u8]) -> String {
@@ -292,12 +307,18 @@ fn short_hex(bytes: &[u8]) -> String {
 }
 
 /// Reads the client's first bytes until its ClientHello is complete (or shown malformed),
-/// fetches from Redis what it offers to resume into the local tier, and returns the connection
+/// fetches from Redis what it offers to resume (a TLS 1.2 session into the local tier, a TLS
+/// 1.3 ticket taken for this connection, handed to `sessions`), and returns the connection
 /// with those bytes to be read again by rustls. No runtime thread waits on Redis: the fetch is
 /// an await, bounded by the read budget.
+///
+/// A ticket resumes only if taken here: one that this read did not take (a hello it cannot
+/// parse, an identity past the first few, a second ClientHello after a HelloRetryRequest that
+/// offers another ticket) gets a full handshake.
 async fn prefetch(
     shared: &Shared,
     tier: &RedisTier,
+    sessions: &ConnectionSessions,
     mut tcp: TcpStream,
     peer: SocketAddr,
 ) -> std::io::Result<Rewind<TcpStream>> {
@@ -335,12 +356,16 @@ async fn prefetch(
                 psk_identities: identities,
                 client: Some(peer.ip()),
             };
-            tier.prefetch(
-                &shared.tls.cache,
-                shared.tls.store.sid_ctx().as_bytes(),
-                offer,
-            )
-            .await;
+            let prefetched = tier
+                .prefetch(
+                    &shared.tls.cache,
+                    shared.tls.store.sid_ctx().as_bytes(),
+                    offer,
+                )
+                .await;
+            if let Some(ticket) = prefetched.into_ticket() {
+                sessions.confirm_take(ticket);
+            }
         }
     }
     Ok(Rewind::new(buf, tcp))
@@ -355,23 +380,18 @@ fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
 }
 
 /// Proxies a decrypted connection to the upstream in both directions, passing half-closes on.
-async fn proxy(
-    shared: &Shared,
-    mut tls: TlsStream<Rewind<TcpStream>>,
-    upstream: &str,
-    peer: SocketAddr,
-) -> Ending {
+async fn proxy(shared: &Shared, tls: &mut Tls, upstream: &str, peer: SocketAddr) -> Ending {
     let connected =
         tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await;
     let up = match connected {
         Ok(Ok(up)) => up,
         Ok(Err(e)) => {
             warn!(%peer, %upstream, error = %e, "upstream connect failed");
-            return close(&mut tls).await;
+            return close(tls).await;
         }
         Err(_) => {
             warn!(%peer, %upstream, "upstream connect timed out");
-            return close(&mut tls).await;
+            return close(tls).await;
         }
     };
     let _ = up.set_nodelay(true);
@@ -443,8 +463,8 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// segment as the FIN, one loopback or network round of TCP work fewer per connection. Only
 /// then: had the client sent more data, unread at the close, the kernel would answer with a
 /// reset and drop the held alert.
-async fn close_notify(stream: &mut TlsStream<Rewind<TcpStream>>, peer_closed: bool) -> Ending {
-    let (io, conn) = stream.get_mut();
+async fn close_notify(stream: &mut Tls, peer_closed: bool) -> Ending {
+    let (io, conn) = stream.get_mut().get_mut();
     conn.send_close_notify();
     if peer_closed {
         let mut held = HeldWriter(io.inner());

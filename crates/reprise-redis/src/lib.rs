@@ -10,7 +10,8 @@
 //!   deleted if forged or corrupt; kept if sealed under a key this instance lacks, so that keys
 //!   rotate without losing sessions);
 //! - **single-use for TLS 1.3**: a ticket is taken with one atomic script, so it resumes on
-//!   exactly one instance, once; tickets and reusable TLS 1.2 sessions live in separate key
+//!   exactly one instance, once, on the connection the take was made for; a local copy alone
+//!   never resumes a ticket; tickets and reusable TLS 1.2 sessions live in separate key
 //!   spaces, so a take never touches a reusable session;
 //! - **cheap to attack**: one Redis read per ClientHello at most, none for an id that missed
 //!   recently, and a read budget per client address;
@@ -29,7 +30,10 @@
 //! let tier = RedisTier::start(config, keys)?;
 //! let cache = Arc::new(SessionCache::new());
 //! tier.install(&cache, Wiring::Prefetch);
-//! // Before each handshake: tier.prefetch(&cache, sid_ctx, offer).await
+//! // Before each handshake, with the connection's handle (reprise-rustls):
+//! // if let Some(ticket) = tier.prefetch(&cache, sid_ctx, offer).await.into_ticket() {
+//! //     sessions.confirm_take(ticket);
+//! // }
 //! # Ok(()) }
 //! ```
 
@@ -50,4 +54,4 @@ pub use error::ConfigError;
 pub use guard::{SESSION_MISS_TTL, TICKET_MISS_TTL};
 pub use reprise_seal::{KeyFileError, KeyRing, OpenError, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
 pub use stats::TierStats;
-pub use tier::{Fetch, Kind, Offer, RedisTier, Wiring};
+pub use tier::{Fetch, Kind, Offer, Prefetched, RedisTier, Wiring};

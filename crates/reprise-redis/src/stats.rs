@@ -54,7 +54,8 @@ pub struct TierStats {
     pub reads_limited: u64,
     /// Recent misses remembered now (the negative cache's size).
     pub misses_remembered: u64,
-    /// Sessions a prefetch put into the local tier.
+    /// Sessions a prefetch fetched: TLS 1.2 sessions put into the local tier, and TLS 1.3
+    /// tickets taken for their connection.
     pub prefetched: u64,
     /// Local copies of single-use sessions dropped because Redis could not confirm the take.
     pub unconfirmed_takes: u64,

@@ -5,7 +5,8 @@
 //! - Explicit removals delete the session in Redis and tell the fleet (pub/sub), whose
 //!   instances drop their local copies.
 //! - Reads have a deadline. A TLS 1.3 ticket is taken with one atomic script (read, and delete
-//!   if this instance's key ring can open it): it resumes on one instance, once.
+//!   if this instance's key ring can open it): it resumes on one instance, once, and only on the
+//!   connection whose take returned it; a local copy alone never resumes a ticket.
 //! - Tickets and reusable (TLS 1.2) sessions live in separate key spaces (`PREFIX t:…` and
 //!   `PREFIX s:…`, see [`Kind`]): a take never touches a reusable session, whatever id a client
 //!   offers.
@@ -63,7 +64,11 @@ pub enum Fetch {
 /// How the tier plugs into a cache; see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wiring {
-    /// New and remove callbacks only; reads happen in [`RedisTier::prefetch`].
+    /// New and remove callbacks, and a take callback that confirms nothing: reads happen in
+    /// [`RedisTier::prefetch`], and a TLS 1.3 ticket resumes only as the [`Prefetched`] ticket
+    /// handed to the connection (`ConnectionSessions::confirm_take` in `reprise-rustls`, or
+    /// [`SessionCache::take_confirmed`]). A plain [`SessionCache::take`] never resumes a ticket
+    /// on a local copy.
     Prefetch,
     /// New, remove, get and take callbacks; get and take wait at most the read budget.
     Blocking,
@@ -108,6 +113,30 @@ pub struct Offer<'a> {
     /// The client's address, for the read budget per address
     /// ([`RedisConfig::misses_per_address`]); `None` leaves the hello unbudgeted.
     pub client: Option<IpAddr>,
+}
+
+/// What [`RedisTier::prefetch`] got for one connection: the TLS 1.3 ticket Redis handed over
+/// (taken atomically, so no other connection can have it), if any.
+///
+/// The ticket resumes only through the connection it was fetched for: hand it to
+/// `ConnectionSessions::confirm_take` (`reprise-rustls`) or [`SessionCache::take_confirmed`].
+/// Dropped, it is gone: Redis no longer has it.
+#[must_use = "a ticket taken from Redis resumes only when handed to the connection's confirm_take"]
+#[derive(Debug, Default)]
+pub struct Prefetched {
+    ticket: Option<Arc<Session>>,
+}
+
+impl Prefetched {
+    /// The ticket Redis handed over, if any.
+    pub fn ticket(&self) -> Option<&Arc<Session>> {
+        self.ticket.as_ref()
+    }
+
+    /// The ticket Redis handed over, if any, by value.
+    pub fn into_ticket(self) -> Option<Arc<Session>> {
+        self.ticket
+    }
 }
 
 enum Write {
@@ -272,7 +301,16 @@ impl RedisTier {
         match wiring {
             Wiring::Prefetch => {
                 cache.set_get_session_callback(None);
-                cache.set_take_session_callback(None);
+                // A take that the connection's prefetch did not confirm (an identity it did not
+                // read, a second ClientHello, a hello it could not parse) resumes nothing: the
+                // engine then drops the local copy, which Redis cannot vouch for.
+                let tier = self.clone();
+                cache.set_take_session_callback(Some(Arc::new(move |cache, key| {
+                    if has_takeable_copy(cache, *key) {
+                        stats::bump(&tier.inner.shared.counters.unconfirmed_takes);
+                    }
+                    None
+                })));
             }
             Wiring::Blocking => {
                 let tier = self.clone();
@@ -287,45 +325,47 @@ impl RedisTier {
         }
     }
 
-    /// Fetches what a ClientHello offers into the local tier of `cache`, before the handshake:
-    /// the first TLS 1.3 ticket that Redis hands over (taken atomically), or else the TLS 1.2
-    /// session (unless the local tier has it). A local copy of an offered ticket that Redis does
-    /// not hand over is dropped: it was used elsewhere, or its single use cannot be vouched for.
+    /// Fetches what a ClientHello offers, before the handshake: the first TLS 1.3 ticket that
+    /// Redis hands over (taken atomically), returned for this connection only; or else the TLS
+    /// 1.2 session, into the local tier of `cache` (unless it has it already).
     ///
-    /// One hello costs at most one Redis read: the identities are de-duplicated, those that
-    /// missed recently are answered from memory, and only the first other one is taken (clients
-    /// offer one ticket). Reads that find nothing are budgeted per client address
-    /// ([`RedisConfig::misses_per_address`]); reads that find a session cost no budget.
-    pub async fn prefetch(&self, cache: &SessionCache, sid_ctx: &[u8], offer: Offer<'_>) {
+    /// The ticket is not added to the local tier: hand it to the connection
+    /// (`ConnectionSessions::confirm_take` in `reprise-rustls`), the only way it resumes under
+    /// [`Wiring::Prefetch`]. A local copy of a ticket never resumes with a shared tier.
+    ///
+    /// One hello costs at most one Redis read: identities that missed recently are answered
+    /// from memory, and only the first other one is taken (clients offer one ticket), so
+    /// repeated identities cost nothing. Reads that find nothing are budgeted per client
+    /// address ([`RedisConfig::misses_per_address`]); reads that find a session cost no budget.
+    pub async fn prefetch(
+        &self,
+        cache: &SessionCache,
+        sid_ctx: &[u8],
+        offer: Offer<'_>,
+    ) -> Prefetched {
         let shared = &self.inner.shared;
-        let mut read = false;
         for identity in offer.psk_identities {
             let key = SessionKey::new(identity, sid_ctx);
             if !key.is_well_formed() {
                 continue;
             }
-            if !read && shared.guard.missed(Kind::Ticket, key, Instant::now()) {
+            if shared.guard.missed(Kind::Ticket, key, Instant::now()) {
                 stats::bump(&shared.counters.negative_hits);
-            } else if !read {
-                read = true;
-                let fetched = shared.guarded_read(Kind::Ticket, key, offer.client).await;
-                if let Fetch::Hit(session) = fetched {
-                    cache.add(&Arc::new(session));
-                    stats::bump(&shared.counters.prefetched);
-                    return;
-                }
+                continue;
             }
-            // A TLS 1.2 session is not a ticket: offering its id as one leaves it be.
-            let ticket = cache
-                .peek(identity)
-                .is_some_and(|s| !s.version().is_reusable());
-            if ticket && cache.forget_key(key) {
-                stats::bump(&shared.counters.unconfirmed_takes);
+            // The one read of this hello.
+            if let Fetch::Hit(session) = shared.guarded_read(Kind::Ticket, key, offer.client).await
+            {
+                stats::bump(&shared.counters.prefetched);
+                return Prefetched {
+                    ticket: Some(Arc::new(session)),
+                };
             }
+            return Prefetched::default();
         }
         if let Some(id) = offer.session_id {
             let key = SessionKey::new(id, sid_ctx);
-            if !read && key.is_well_formed() && !has_valid(cache, key) {
+            if key.is_well_formed() && !has_valid(cache, key) {
                 if let Fetch::Hit(session) =
                     shared.guarded_read(Kind::Session, key, offer.client).await
                 {
@@ -334,6 +374,7 @@ impl RedisTier {
                 }
             }
         }
+        Prefetched::default()
     }
 
     /// Reads a session within the read budget: `take`, a ticket (and removes it, atomically);
@@ -350,7 +391,7 @@ impl RedisTier {
         let Some(exat) = expiry(session) else {
             return;
         };
-        let sealed = seal_session(&shared.keys, session);
+        let sealed = seal_session(&shared.keys, reprise_seal::Tier::Redis, session);
         match sealed {
             Ok(value) => self.queue(Write::Store {
                 key: shared.redis_key(Kind::of(session), key),
@@ -441,6 +482,13 @@ fn expiry(session: &Session) -> Option<u64> {
     (exat > now).then_some(exat)
 }
 
+/// Whether the local tier holds a copy of a ticket (not a TLS 1.2 session) for the key.
+fn has_takeable_copy(cache: &SessionCache, key: SessionKey<'_>) -> bool {
+    cache
+        .peek(key.id)
+        .is_some_and(|s| s.sid_ctx().as_bytes() == key.sid_ctx && !s.version().is_reusable())
+}
+
 /// Whether the local tier holds a resumable, unexpired session for the key.
 fn has_valid(cache: &SessionCache, key: SessionKey<'_>) -> bool {
     cache.peek(key.id).is_some_and(|s| {
@@ -460,7 +508,7 @@ impl Shared {
     }
 
     fn open(&self, key: SessionKey<'_>, value: &[u8]) -> Result<Session, OpenError> {
-        open_session(&self.keys, key, value)
+        open_session(&self.keys, reprise_seal::Tier::Redis, key, value)
     }
 
     fn queue(&self, writes: &mpsc::Sender<Write>, write: Write) {
@@ -611,7 +659,7 @@ impl Shared {
                 stats::bump(&c.rejected_values);
                 Fetch::Miss
             }
-            Err(OpenError::UnknownKey | OpenError::Version(_)) => {
+            Err(e) if e.is_unknown() => {
                 // Sealed under a key this instance lacks, or in a format it does not know: a
                 // rotation or an upgrade in progress. Left for the instances that can open it.
                 stats::bump(&c.unknown_key_values);

@@ -84,6 +84,23 @@ fn key(id: u8) -> [u8; 32] {
     [id; 32]
 }
 
+/// What one connection resumes when rustls takes the ticket `k` after prefetching `offer`, as
+/// `ServerStore::take` does: the ticket Redis handed over for this connection if it is `k`,
+/// else whatever the cache's own take gives (with a shared tier: nothing, whatever the cache
+/// holds locally).
+async fn prefetch_and_take(
+    tier: &RedisTier,
+    cache: &SessionCache,
+    offer: Offer<'_>,
+    k: SessionKey<'_>,
+) -> Option<Arc<Session>> {
+    let prefetched = tier.prefetch(cache, CTX, offer).await;
+    match prefetched.into_ticket() {
+        Some(ticket) if ticket.id().as_bytes() == k.id => cache.take_confirmed(k, ticket),
+        _ => cache.take(Role::Server, k),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_made_on_one_instance_resumes_on_another() {
     let redis = RedisServer::start();
@@ -94,16 +111,21 @@ async fn a_session_made_on_one_instance_resumes_on_another() {
     assert!(b
         .lookup(Role::Server, SessionKey::new(&key(1), CTX))
         .is_none());
-    tb.prefetch(
-        &b,
-        CTX,
-        Offer {
-            session_id: Some(&key(1)),
-            psk_identities: &[],
-            client: None,
-        },
-    )
-    .await;
+    let prefetched = tb
+        .prefetch(
+            &b,
+            CTX,
+            Offer {
+                session_id: Some(&key(1)),
+                psk_identities: &[],
+                client: None,
+            },
+        )
+        .await;
+    assert!(
+        prefetched.ticket().is_none(),
+        "a TLS 1.2 session is no ticket"
+    );
     let got = b
         .lookup(Role::Server, SessionKey::new(&key(1), CTX))
         .unwrap();
@@ -153,15 +175,19 @@ async fn a_tls13_ticket_is_taken_once_across_the_fleet() {
     let k = SessionKey::new(&id7, CTX);
 
     // Instance 1 takes it from Redis and resumes it.
-    tiers[1].prefetch(&caches[1], CTX, offer).await;
-    assert!(caches[1].take(Role::Server, k).is_some());
+    assert!(prefetch_and_take(&tiers[1], &caches[1], offer, k)
+        .await
+        .is_some());
     // Instance 2 finds nothing; instance 0 still holds its local copy, but Redis cannot
     // confirm the take, so it drops it.
-    tiers[2].prefetch(&caches[2], CTX, offer).await;
-    assert!(caches[2].take(Role::Server, k).is_none());
+    assert!(prefetch_and_take(&tiers[2], &caches[2], offer, k)
+        .await
+        .is_none());
     assert!(caches[0].peek(&key(7)).is_some());
-    tiers[0].prefetch(&caches[0], CTX, offer).await;
-    assert!(caches[0].take(Role::Server, k).is_none());
+    assert!(prefetch_and_take(&tiers[0], &caches[0], offer, k)
+        .await
+        .is_none());
+    assert!(caches[0].peek(&key(7)).is_none());
     assert_eq!(tiers[0].stats().unconfirmed_takes, 1);
     assert_eq!(
         redis
@@ -194,11 +220,9 @@ async fn a_tls12_session_id_offered_as_a_ticket_burns_nothing() {
     let ttl_before = redis.command(&["PEXPIRETIME", &redis_key]).unwrap();
 
     // On the instance that made it, and on another: a miss, and nothing is lost.
-    ta.prefetch(&a, CTX, as_ticket).await;
-    assert!(a.take(Role::Server, k).is_none());
+    assert!(prefetch_and_take(&ta, &a, as_ticket, k).await.is_none());
     assert!(a.lookup(Role::Server, k).is_some(), "local copy kept");
-    tb.prefetch(&b, CTX, as_ticket).await;
-    assert!(b.take(Role::Server, k).is_none());
+    assert!(prefetch_and_take(&tb, &b, as_ticket, k).await.is_none());
     assert!(matches!(tb.fetch(k, true).await, Fetch::Miss));
     // The session was never touched: same key, same expiry, still resumable fleet-wide.
     assert_eq!(
@@ -238,7 +262,7 @@ async fn a_fleet_removal_is_never_undone_by_a_concurrent_take() {
                     psk_identities: &ids,
                     client: None,
                 };
-                tb.prefetch(&cache, CTX, offer).await;
+                let _ = tb.prefetch(&cache, CTX, offer).await;
                 let _ = tb.fetch(SessionKey::new(&ids[0], CTX), true).await;
             })
         });
@@ -371,8 +395,9 @@ async fn keys_rotate_without_losing_sessions() {
         psk_identities: &ids,
         client: None,
     };
-    t_old.prefetch(&c_old, CTX, offer).await;
-    assert!(c_old.take(Role::Server, k11).is_none());
+    assert!(prefetch_and_take(&t_old, &c_old, offer, k11)
+        .await
+        .is_none());
     assert!(matches!(t_old.fetch(k11, true).await, Fetch::Miss));
     assert_eq!(t_old.stats().unknown_key_values, 3);
     assert_eq!(t_old.stats().rejected_values, 0);
@@ -380,9 +405,10 @@ async fn keys_rotate_without_losing_sessions() {
         redis.command(&["EXISTS", &ticket_key]).as_deref(),
         Some(":1")
     );
-    let c_other = Arc::new(SessionCache::new());
-    t_rotated.prefetch(&c_other, CTX, offer).await;
-    assert!(c_other.take(Role::Server, k11).is_some());
+    let c_other = instance(&t_rotated, Wiring::Prefetch);
+    assert!(prefetch_and_take(&t_rotated, &c_other, offer, k11)
+        .await
+        .is_some());
     assert_eq!(
         redis.command(&["EXISTS", &ticket_key]).as_deref(),
         Some(":0")
@@ -424,16 +450,18 @@ async fn explicit_removal_reaches_the_whole_fleet() {
 
     let s = new_session(&a, 5, ProtocolVersion::TLS1_2);
     wait_written(&ta, 1).await;
-    tb.prefetch(
-        &b,
-        CTX,
-        Offer {
-            session_id: Some(&key(5)),
-            psk_identities: &[],
-            client: None,
-        },
-    )
-    .await;
+    let prefetched = tb
+        .prefetch(
+            &b,
+            CTX,
+            Offer {
+                session_id: Some(&key(5)),
+                psk_identities: &[],
+                client: None,
+            },
+        )
+        .await;
+    assert!(prefetched.ticket().is_none());
     assert!(b.peek(&key(5)).is_some());
 
     assert!(a.remove(&s));
@@ -598,16 +626,18 @@ async fn a_three_node_cluster_works_the_same() {
     }
     wait_written(&ta, 20).await;
     for id in (1..=20u8).step_by(2) {
-        tb.prefetch(
-            &b,
-            CTX,
-            Offer {
-                session_id: Some(&key(id)),
-                psk_identities: &[],
-                client: None,
-            },
-        )
-        .await;
+        let prefetched = tb
+            .prefetch(
+                &b,
+                CTX,
+                Offer {
+                    session_id: Some(&key(id)),
+                    psk_identities: &[],
+                    client: None,
+                },
+            )
+            .await;
+        assert!(prefetched.ticket().is_none());
         assert!(
             b.lookup(Role::Server, SessionKey::new(&key(id), CTX))
                 .is_some(),
@@ -616,36 +646,15 @@ async fn a_three_node_cluster_works_the_same() {
     }
     for id in (2..=20u8).step_by(2) {
         let ids = vec![key(id).to_vec()];
-        tb.prefetch(
-            &b,
-            CTX,
-            Offer {
-                session_id: None,
-                psk_identities: &ids,
-                client: None,
-            },
-        )
-        .await;
-        assert!(
-            b.take(Role::Server, SessionKey::new(&key(id), CTX))
-                .is_some(),
-            "{id}"
-        );
-        ta.prefetch(
-            &a,
-            CTX,
-            Offer {
-                session_id: None,
-                psk_identities: &ids,
-                client: None,
-            },
-        )
-        .await;
-        assert!(
-            a.take(Role::Server, SessionKey::new(&key(id), CTX))
-                .is_none(),
-            "{id}"
-        );
+        let offer = Offer {
+            session_id: None,
+            psk_identities: &ids,
+            client: None,
+        };
+        let kid = key(id);
+        let k = SessionKey::new(&kid, CTX);
+        assert!(prefetch_and_take(&tb, &b, offer, k).await.is_some(), "{id}");
+        assert!(prefetch_and_take(&ta, &a, offer, k).await.is_none(), "{id}");
     }
     // The keys spread over the three nodes.
     let per_node: Vec<u64> = cluster
@@ -663,6 +672,97 @@ async fn a_three_node_cluster_works_the_same() {
     assert!(
         per_node.iter().filter(|&&n| n > 0).count() >= 2,
         "{per_node:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_copy_alone_never_resumes_a_ticket() {
+    let redis = RedisServer::start();
+    let (ta, tb, a, b) = two_instances(&redis).await;
+    new_session(&a, 4, ProtocolVersion::TLS1_3);
+    wait_written(&ta, 1).await;
+    let id4 = key(4);
+    let k = SessionKey::new(&id4, CTX);
+    let redis_key = ta.redis_key(Kind::Ticket, k);
+
+    // The instance that made the ticket holds a copy, and Redis has it. A take that no
+    // prefetch confirmed for this connection (the ticket past the identities the prefetch
+    // reads, a second ClientHello, a hello the parser could not read) resumes nothing.
+    assert!(a.peek(&key(4)).is_some());
+    assert!(a.take(Role::Server, k).is_none());
+    assert_eq!(ta.stats().unconfirmed_takes, 1);
+    // A prefetch of other identities confirms nothing for this one either.
+    let others: Vec<Vec<u8>> = (40..44).map(|i| key(i).to_vec()).collect();
+    let offer = Offer {
+        session_id: None,
+        psk_identities: &others,
+        client: None,
+    };
+    let copy = a
+        .session(&key(4), SecretBytes::from(vec![4; 48]))
+        .sid_ctx(CTX)
+        .version(ProtocolVersion::TLS1_3)
+        .build()
+        .unwrap();
+    assert!(a.add(&Arc::new(copy)));
+    assert!(prefetch_and_take(&ta, &a, offer, k).await.is_none());
+    // Nothing burnt the ticket in Redis: the fleet can still resume it, exactly once.
+    assert_eq!(
+        redis.command(&["EXISTS", &redis_key]).as_deref(),
+        Some(":1")
+    );
+    let mine = vec![key(4).to_vec()];
+    let offer = Offer {
+        session_id: None,
+        psk_identities: &mine,
+        client: None,
+    };
+    let prefetched = tb.prefetch(&b, CTX, offer).await;
+    let ticket = prefetched.ticket().cloned().unwrap();
+    assert!(
+        b.take(Role::Server, k).is_none(),
+        "only through the connection"
+    );
+    assert!(b.take_confirmed(k, ticket.clone()).is_some());
+    assert!(b.take_confirmed(k, ticket).is_none(), "once");
+    assert!(prefetch_and_take(&ta, &a, offer, k).await.is_none());
+    assert!(prefetch_and_take(&tb, &b, offer, k).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_wiring_takes_a_ticket_once_whoever_holds_a_copy() {
+    let redis = RedisServer::start();
+    let (ta, tb) = (tier(&redis.url(), keys()), tier(&redis.url(), keys()));
+    let (a, b) = (
+        instance(&ta, Wiring::Blocking),
+        instance(&tb, Wiring::Blocking),
+    );
+    wait_connected(&ta).await;
+    wait_connected(&tb).await;
+    new_session(&a, 6, ProtocolVersion::TLS1_3);
+    wait_written(&ta, 1).await;
+    let id6 = key(6);
+    let k = SessionKey::new(&id6, CTX);
+    // The maker's take goes through Redis too (GETDEL), and then nobody resumes it again:
+    // neither the maker (its copy left with the take) nor another instance.
+    let (a2, b2) = (a.clone(), b.clone());
+    let taken = tokio::task::spawn_blocking(move || {
+        let id6 = key(6);
+        let k = SessionKey::new(&id6, CTX);
+        let first = a2.take(Role::Server, k).is_some();
+        let again = a2.take(Role::Server, k).is_some();
+        let elsewhere = b2.take(Role::Server, k).is_some();
+        (first, again, elsewhere)
+    })
+    .await
+    .unwrap();
+    assert_eq!(taken, (true, false, false));
+    assert!(a.peek(&key(6)).is_none());
+    assert_eq!(
+        redis
+            .command(&["EXISTS", &ta.redis_key(Kind::Ticket, k)])
+            .as_deref(),
+        Some(":0")
     );
 }
 
@@ -703,7 +803,7 @@ async fn hostile_hellos_cost_at_most_one_read_and_repeated_ones_none() {
             psk_identities: &ids,
             client: attacker,
         };
-        t.prefetch(&c, CTX, offer).await;
+        let _ = t.prefetch(&c, CTX, offer).await;
     }
     assert_eq!(redis_reads(&redis), 50);
     // The same hello again and again: no read at all, whether tickets or a TLS 1.2 id.
@@ -719,13 +819,13 @@ async fn hostile_hellos_cost_at_most_one_read_and_repeated_ones_none() {
         psk_identities: &[],
         client: attacker,
     };
-    t.prefetch(&c, CTX, repeated).await;
-    t.prefetch(&c, CTX, repeated).await; // identity 201 now, the first one that is unknown
-    t.prefetch(&c, CTX, repeated12).await;
+    let _ = t.prefetch(&c, CTX, repeated).await;
+    let _ = t.prefetch(&c, CTX, repeated).await; // identity 201 now, the first one unknown
+    let _ = t.prefetch(&c, CTX, repeated12).await;
     redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
     for _ in 0..20 {
-        t.prefetch(&c, CTX, repeated).await;
-        t.prefetch(&c, CTX, repeated12).await;
+        let _ = t.prefetch(&c, CTX, repeated).await;
+        let _ = t.prefetch(&c, CTX, repeated12).await;
     }
     // TLS 1.2 misses are remembered for a second only: at most one read per second here.
     let reads = redis_reads(&redis);
@@ -754,10 +854,10 @@ async fn hostile_hellos_cost_at_most_one_read_and_repeated_ones_none() {
         psk_identities: &ids,
         client: attacker,
     };
-    t.prefetch(&c, CTX, offer).await;
-    assert!(c.take(Role::Server, SessionKey::new(&id210, CTX)).is_some());
+    let k210 = SessionKey::new(&id210, CTX);
+    assert!(prefetch_and_take(&t, &c, offer, k210).await.is_some());
     redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
-    t.prefetch(&c, CTX, offer).await;
+    assert!(prefetch_and_take(&t, &c, offer, k210).await.is_none());
     assert_eq!(redis_reads(&redis), 0);
 }
 
@@ -787,7 +887,7 @@ async fn each_client_address_has_a_read_budget_that_hits_give_back() {
             psk_identities: &[],
             client: attacker,
         };
-        t.prefetch(&c, CTX, offer).await;
+        let _ = t.prefetch(&c, CTX, offer).await;
     }
     let allowed = 10 + 5 * (started.elapsed().as_secs() + 1);
     let reads = redis_reads(&redis);
@@ -805,7 +905,7 @@ async fn each_client_address_has_a_read_budget_that_hits_give_back() {
             psk_identities: &[],
             client,
         };
-        t.prefetch(&c, CTX, offer).await;
+        let _ = t.prefetch(&c, CTX, offer).await;
         assert_eq!(t.stats().reads_limited, limited + limited_more);
     }
 
@@ -822,7 +922,7 @@ async fn each_client_address_has_a_read_budget_that_hits_give_back() {
             psk_identities: &[],
             client: resumer,
         };
-        t.prefetch(&c, CTX, offer).await;
+        let _ = t.prefetch(&c, CTX, offer).await;
         assert!(
             c.lookup(Role::Server, SessionKey::new(&id, CTX)).is_some(),
             "{n}"
