@@ -178,8 +178,8 @@ pub struct ServeArgs {
     pub redis_prefix: Option<String>,
 
     /// Redis reads a second that one client address (IPv4 address, IPv6 /64) may cause with ids
-    /// that find nothing, in bursts of twice as many (reads that find a session cost nothing);
-    /// 0 for no limit [default: 50].
+    /// that find nothing, in bursts of twice as many (a read that finds a session earns one
+    /// back); 0 for no limit [default: 50].
     #[arg(long, value_name = "N")]
     pub redis_misses_per_address: Option<u32>,
 

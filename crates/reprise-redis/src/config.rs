@@ -226,8 +226,8 @@ pub struct RedisConfig {
     pub breaker_cooldown: Duration,
     /// Reads that find nothing, a second, that one client address (an IPv4 address, an IPv6
     /// /64) may cause, in bursts of up to twice as many; once they are spent, the address's
-    /// reads wait for the budget to refill. Reads that find a session cost nothing (default
-    /// 50; 0: no limit).
+    /// reads wait for the budget to refill. A read that finds a session earns one back
+    /// (default 50; 0: no limit).
     pub misses_per_address: u32,
 }
 

@@ -7,8 +7,10 @@
 //!   instance may be writing that session right now). A repeated hello costs no read.
 //! - A **budget of misses per client address** (IPv4 address, IPv6 /64) caps the reads one
 //!   address can cause with ids that find nothing: a token bucket, where a read is sent only
-//!   while the address has a token, and only a miss spends one. Resuming clients behind one
-//!   address are never limited (however many read at once), and a flood of made-up ids is.
+//!   while the address has a token, a miss spends one and a hit earns one back. Resuming
+//!   clients behind one address are not limited (however many read at once, and even when some
+//!   of their reads miss), and a flood of made-up ids is: to earn a miss, a client must resume a
+//!   real session through Redis, which costs it a full handshake for every two tickets.
 //!
 //! Both are bounded in memory: entries are fingerprints (a keyed 64-bit hash), and each table
 //! has a capacity beyond which its oldest (or idle) entries go.
@@ -224,6 +226,17 @@ impl Guard {
         bucket.tokens = (bucket.tokens - 1.0).max(0.0);
     }
 
+    /// Gives a miss back to the client's budget: a read found a session.
+    pub(crate) fn credit(&self, client: Option<IpAddr>, now: Instant) {
+        let (Some(budget), Some(ip)) = (self.budget, client) else {
+            return;
+        };
+        if let Some(bucket) = self.buckets.lock().get_mut(&address_key(ip)) {
+            bucket.refill(budget, now);
+            bucket.tokens = (bucket.tokens + 1.0).min(budget.burst);
+        }
+    }
+
     /// Misses remembered, both kinds.
     pub(crate) fn remembered(&self) -> usize {
         self.tickets.len() + self.sessions.len()
@@ -297,6 +310,18 @@ mod tests {
         assert!(!g.allows(a, t0 + Duration::from_millis(50)));
         assert_eq!(misses(&g, a, 100, t0 + Duration::from_millis(150)), 1);
         assert_eq!(misses(&g, a, 100, t0 + Duration::from_millis(1150)), 10);
+        // A hit earns a miss back.
+        let t2 = t0 + Duration::from_millis(1150);
+        assert!(!g.allows(a, t2));
+        g.credit(a, t2);
+        assert_eq!(misses(&g, a, 100, t2), 1);
+        // An address that hits as often as it misses never runs dry.
+        let c = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3)));
+        for _ in 0..1000 {
+            assert!(g.allows(c, t2));
+            g.charge(c, t2);
+            g.credit(c, t2);
+        }
         // The IPv4-mapped form is the same address.
         let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
         assert_eq!(address_key(ip), address_key(mapped));

@@ -336,7 +336,7 @@ impl RedisTier {
     /// One hello costs at most one Redis read: identities that missed recently are answered
     /// from memory, and only the first other one is taken (clients offer one ticket), so
     /// repeated identities cost nothing. Reads that find nothing are budgeted per client
-    /// address ([`RedisConfig::misses_per_address`]); reads that find a session cost no budget.
+    /// address ([`RedisConfig::misses_per_address`]); a read that finds a session earns one back.
     pub async fn prefetch(
         &self,
         cache: &SessionCache,
@@ -539,7 +539,7 @@ impl Shared {
 
     /// A read for a client: answered from the negative cache when the key missed recently,
     /// refused when the client's address has no misses left; a miss is remembered, and
-    /// charged to the address. A take
+    /// charged to the address, and a hit credits the address with one. A take
     /// is remembered as it starts: a ticket is single-use, so whatever the outcome, another
     /// take of it here would find nothing.
     async fn guarded_read(&self, kind: Kind, key: SessionKey<'_>, client: Option<IpAddr>) -> Fetch {
@@ -557,10 +557,14 @@ impl Shared {
             self.guard.remember(kind, key, now);
         }
         let fetched = self.read(kind, key).await;
-        if let Fetch::Miss = fetched {
-            let now = Instant::now();
-            self.guard.remember(kind, key, now);
-            self.guard.charge(client, now);
+        match fetched {
+            Fetch::Hit(_) => self.guard.credit(client, Instant::now()),
+            Fetch::Miss => {
+                let now = Instant::now();
+                self.guard.remember(kind, key, now);
+                self.guard.charge(client, now);
+            }
+            Fetch::Unavailable => {}
         }
         fetched
     }

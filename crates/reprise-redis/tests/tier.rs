@@ -909,25 +909,32 @@ async fn each_client_address_has_a_read_budget_that_hits_give_back() {
         assert_eq!(t.stats().reads_limited, limited + limited_more);
     }
 
-    // A client behind one address that resumes is never limited: hits cost no budget.
+    // A client behind one address that resumes is not limited, even when some reads miss:
+    // each hit earns a miss back.
     let resumer = Some("198.51.100.9".parse().unwrap());
     for n in 0..30u8 {
         new_session(&made, n, ProtocolVersion::TLS1_2);
     }
     wait_written(&maker, 30).await;
+    let limited = t.stats().reads_limited;
     for n in 0..30u8 {
+        // One that misses (its session expired, say), then one that resumes.
+        let gone = [0xa0 ^ n; 32];
         let id = key(n);
-        let offer = Offer {
-            session_id: Some(&id),
-            psk_identities: &[],
-            client: resumer,
-        };
-        let _ = t.prefetch(&c, CTX, offer).await;
+        for id in [&gone, &id] {
+            let offer = Offer {
+                session_id: Some(id),
+                psk_identities: &[],
+                client: resumer,
+            };
+            let _ = t.prefetch(&c, CTX, offer).await;
+        }
         assert!(
             c.lookup(Role::Server, SessionKey::new(&id, CTX)).is_some(),
             "{n}"
         );
     }
+    assert_eq!(t.stats().reads_limited, limited);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
