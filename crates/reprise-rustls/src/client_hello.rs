@@ -41,8 +41,8 @@
 //! The input is attacker-controlled, so the parser is strict, and cheap:
 //!
 //! - **Records** (RFC 8446 §5.1): every record up to the end of the ClientHello has content type
-//!   22 (handshake), a legacy version whose major byte is 3, and a length of 1 to 2^14
-//!   ([`MAX_RECORD_LEN`]). The fragments of consecutive records are joined: the hello may span
+//!   22 (handshake), a legacy version whose major byte is 3, and a length of 1 to 2^14 + 2048
+//!   ([`MAX_RECORD_LEN`], what rustls accepts). The fragments of consecutive records are joined: the hello may span
 //!   records, and TCP segments anywhere. The ClientHello must end where a record ends (it
 //!   precedes a key change in TLS 1.3). Bytes after that record are not looked at.
 //! - **Handshake**: the first handshake message is a client_hello (type 1) whose 24-bit length
@@ -66,24 +66,36 @@
 /// The largest ClientHello accepted: the handshake message's 24-bit length, in bytes (not
 /// counting the message's own 4-byte header, nor the record headers).
 ///
-/// Real ClientHellos are a few hundred bytes, a few KiB with post-quantum key shares, so 32 KiB
-/// leaves ample room. A longer one is [`Parsed::Invalid`] ("ClientHello too large") as soon as
-/// its length has been read.
-pub const MAX_CLIENT_HELLO: usize = 32 * 1024;
+/// It is rustls's own limit on a handshake message (0xffff bytes), so that every ClientHello
+/// rustls accepts can be read here. Real ClientHellos are a few hundred bytes, a few KiB with
+/// post-quantum key shares. A longer one is [`Parsed::Invalid`] ("ClientHello too large") as
+/// soon as its length has been read.
+pub const MAX_CLIENT_HELLO: usize = 0xffff;
 
-/// The largest record fragment TLS allows: 2^14 bytes (RFC 8446 §5.1). A record header with a
+/// The longest record accepted: 2^14 bytes of fragment (RFC 8446 §5.1) plus the 2,048 bytes of
+/// expansion rustls allows on any record it reads, protected or not. A record header with a
 /// longer length makes the input [`Parsed::Invalid`].
-pub const MAX_RECORD_LEN: usize = 1 << 14;
+pub const MAX_RECORD_LEN: usize = (1 << 14) + 2048;
 
 /// How many bytes a caller may have to buffer before the parser decides: [`parse`] never returns
 /// [`Parsed::Incomplete`] for an input this long or longer.
 ///
 /// That many bytes are needed only for a ClientHello of [`MAX_CLIENT_HELLO`] bytes sent in
-/// records of one byte each (5 header bytes for each byte of handshake); a caller can use it as
-/// the limit of its read buffer without ever cutting a valid hello short.
+/// records of one byte each (5 header bytes for each byte of handshake). rustls itself buffers
+/// no more than about [`MAX_FIRST_FLIGHT`] bytes of a handshake message, so a caller that
+/// forwards the bytes to rustls can stop there instead.
 pub const MAX_BUFFERED: usize = 6 * (HANDSHAKE_HEADER_LEN + MAX_CLIENT_HELLO);
 
+/// The most bytes of a first flight worth reading for a ClientHello that rustls may accept.
+///
+/// rustls stops reading into its buffer once it holds 0xffff bytes of an unfinished handshake
+/// message, having read at most 4 KiB at a time: a ClientHello whose records take more than
+/// this is one rustls rejects. A caller may stop reading here with [`Parsed::Incomplete`] and
+/// let rustls decide.
+pub const MAX_FIRST_FLIGHT: usize = 0xffff + 4096;
+
 const CONTENT_TYPE_HANDSHAKE: u8 = 22;
+const CONTENT_TYPE_CHANGE_CIPHER_SPEC: u8 = 20;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const RECORD_HEADER_LEN: usize = 5;
 const HANDSHAKE_HEADER_LEN: usize = 4;
@@ -147,12 +159,29 @@ pub struct ClientHelloParser {
     message: Vec<u8>,
     /// The answer, once it is known.
     done: Option<Parsed>,
+    /// Whether one change_cipher_spec record may come first (the second ClientHello).
+    after_retry: bool,
+    /// Where the ClientHello's first record starts.
+    hello_start: usize,
 }
 
 impl ClientHelloParser {
     /// A parser that has seen nothing yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A parser for the second ClientHello of a TLS 1.3 handshake, the one a client sends after
+    /// the server's HelloRetryRequest: the client's bytes from there on, which may start with
+    /// one change_cipher_spec record (middlebox compatibility, RFC 8446 §D.4) before the
+    /// hello's records. That record is skipped; everything else is checked as by [`new`].
+    ///
+    /// [`new`]: Self::new
+    pub fn after_retry() -> Self {
+        Self {
+            after_retry: true,
+            ..Self::default()
+        }
     }
 
     /// Parses the bytes read so far, like [`parse`], without reading again what earlier calls
@@ -180,6 +209,28 @@ impl ClientHelloParser {
             buf.get(self.consumed..)
                 .ok_or("input shorter than in an earlier call")?,
         );
+        if self.after_retry {
+            if records.is_empty() {
+                return Ok(None);
+            }
+            // An optional change_cipher_spec record: exactly 20, 3, x, 0, 1, 1.
+            let mut ccs = records;
+            if ccs.u8() == Some(CONTENT_TYPE_CHANGE_CIPHER_SPEC) {
+                for expected in [Some(3), None, Some(0), Some(1), Some(1)] {
+                    match (ccs.u8(), expected) {
+                        (None, _) => return Ok(None),
+                        (Some(byte), Some(want)) if byte != want => {
+                            return Err("malformed change_cipher_spec before the ClientHello")
+                        }
+                        _ => {}
+                    }
+                }
+                self.consumed = RECORD_HEADER_LEN + 1;
+                self.hello_start = self.consumed;
+                records = ccs;
+            }
+            self.after_retry = false;
+        }
         loop {
             // The record header, each byte checked as soon as it is there.
             let mut record = records;
@@ -187,7 +238,7 @@ impl ClientHelloParser {
                 return Ok(None);
             };
             if content_type != CONTENT_TYPE_HANDSHAKE {
-                return Err(if self.consumed == 0 {
+                return Err(if self.consumed == self.hello_start {
                     "not a TLS handshake"
                 } else {
                     "a non-handshake record inside the ClientHello"
@@ -207,7 +258,7 @@ impl ClientHelloParser {
                 return Err("empty handshake record");
             }
             if len > MAX_RECORD_LEN {
-                return Err("record longer than 2^14 bytes");
+                return Err("record longer than 2^14 + 2048 bytes");
             }
             let fragment = record.take_up_to(len);
             let partial = fragment.len() < len;
@@ -1370,15 +1421,16 @@ mod tests {
         }
         // Empty and oversized records, at the header.
         assert_eq!(invalid(&[22, 3, 1, 0, 0]), "empty handshake record");
+        // rustls's limit: 2^14 + 2048 = 0x4800.
         assert_eq!(
-            invalid(&[22, 3, 1, 0x40, 1]),
-            "record longer than 2^14 bytes"
+            invalid(&[22, 3, 1, 0x48, 1]),
+            "record longer than 2^14 + 2048 bytes"
         );
         assert_eq!(
             invalid(&[22, 3, 1, 0xff, 0xff]),
-            "record longer than 2^14 bytes"
+            "record longer than 2^14 + 2048 bytes"
         );
-        assert_eq!(parse(&[22, 3, 1, 0x40, 0]), Parsed::Incomplete);
+        assert_eq!(parse(&[22, 3, 1, 0x48, 0]), Parsed::Incomplete);
         // A record that is not a handshake between the hello's fragments.
         let split = records(&handshake(&Hello::tls13().body()), &[10]);
         let mut bad = split[..15].to_vec();
@@ -1407,25 +1459,17 @@ mod tests {
 
     #[test]
     fn too_large_is_known_from_the_header() {
-        // Decided from the length's first byte, and from the whole length.
-        assert_eq!(invalid(&[22, 3, 1, 0x40, 0, 1, 1]), "ClientHello too large");
+        // rustls's limit, 0xffff: decided from the length's first byte.
+        assert_eq!(invalid(&[22, 3, 1, 0x48, 0, 1, 1]), "ClientHello too large");
+        assert_eq!(parse(&[22, 3, 1, 0x48, 0, 1, 0]), Parsed::Incomplete);
         assert_eq!(
-            invalid(&[22, 3, 1, 0x40, 0, 1, 0, 0x81]),
-            "ClientHello too large"
-        );
-        assert_eq!(parse(&[22, 3, 1, 0x40, 0, 1, 0, 0x80]), Parsed::Incomplete);
-        assert_eq!(
-            invalid(&[22, 3, 1, 0x40, 0, 1, 0, 0x80, 1]),
-            "ClientHello too large"
-        );
-        assert_eq!(
-            parse(&[22, 3, 1, 0x40, 0, 1, 0, 0x80, 0]),
+            parse(&[22, 3, 1, 0x48, 0, 1, 0, 0xff, 0xff]),
             Parsed::Incomplete
         );
         // Split over records of one byte.
-        let header = records(&[1, 0, 0x80, 1], &[1]);
-        assert_eq!(invalid(&header), "ClientHello too large");
-        assert_eq!(parse(&header[..header.len() - 1]), Parsed::Incomplete);
+        let header = records(&[1, 1, 0, 0], &[1]);
+        assert_eq!(invalid(&header[..12]), "ClientHello too large");
+        assert_eq!(parse(&header[..6]), Parsed::Incomplete);
     }
 
     /// A hello whose body is exactly `len` bytes long, with a padding extension.
@@ -1812,11 +1856,11 @@ mod tests {
         ));
         files.push((
             "invalid-too-large.bin".into(),
-            vec![22, 3, 1, 0x40, 0, 1, 0, 0x80, 1],
+            vec![22, 3, 1, 0x48, 0, 1, 1, 0, 0],
         ));
         files.push((
             "invalid-record-too-long.bin".into(),
-            vec![22, 3, 1, 0x40, 1, 1],
+            vec![22, 3, 1, 0x48, 1, 1],
         ));
         let mut hello = Hello::tls13();
         hello.session_id = vec![7; 33];
