@@ -35,7 +35,7 @@ pub use client_hello::{ClientHelloInfo, ClientHelloParser};
 pub use connection::{ConnectionSessions, Instrumented};
 pub use error::Error;
 pub use server::ServerStore;
-pub use sid_ctx::{derive_sid_ctx, ClientAuth};
+pub use sid_ctx::{derive_sid_ctx, named_sid_ctx, ClientAuth};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]
