@@ -47,8 +47,8 @@
 //!   precedes a key change in TLS 1.3). Bytes after that record are not looked at.
 //! - **Handshake**: the first handshake message is a client_hello (type 1) whose 24-bit length
 //!   is at most [`MAX_CLIENT_HELLO`].
-//! - **ClientHello** (RFC 8446 §4.1.2, RFC 5246 §7.4.1.2): legacy_version with major byte 3,
-//!   32 bytes of random, a legacy_session_id of at most 32 bytes, a non-empty, even-length
+//! - **ClientHello** (RFC 8446 §4.1.2, RFC 5246 §7.4.1.2): a legacy_version (any value: rustls
+//!   ignores it when supported_versions is there, and the server decides the version), 32 bytes of random, a legacy_session_id of at most 32 bytes, a non-empty, even-length
 //!   cipher_suites, a non-empty legacy_compression_methods that offers null (0), then either
 //!   the end of the message or an extensions block whose length is exactly the rest of it.
 //! - **Extensions**: no type twice; pre_shared_key (41) last (RFC 8446 §4.2.11). Three are
@@ -310,10 +310,9 @@ impl ClientHelloParser {
 /// Parses a ClientHello's body: the handshake message without its 4-byte header.
 fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, &'static str> {
     let mut r = Reader::new(body);
-    let version = r.u16().ok_or("truncated legacy_version")?;
-    if version >> 8 != 3 {
-        return Err("bad ClientHello legacy_version");
-    }
+    // Any value: rustls negotiates TLS 1.3 from supported_versions whatever it says, and
+    // answers a version it does not take with its own alert.
+    r.u16().ok_or("truncated legacy_version")?;
     r.take(32).ok_or("truncated random")?;
     let session_id = r.vec8().ok_or("truncated legacy_session_id")?;
     if session_id.len() > MAX_SESSION_ID_LEN {
@@ -1394,10 +1393,11 @@ mod tests {
                 "legacy_compression_methods without null"
             );
         }
-        for version in [0x0203, 0x0403, 0] {
+        // Any legacy_version is read (rustls ignores it for TLS 1.3).
+        for version in [0x0203, 0x0403, 0, 0xff03] {
             let mut hello = Hello::tls13();
             hello.version = version;
-            assert_eq!(invalid(&hello.framed()), "bad ClientHello legacy_version");
+            assert!(complete(&hello.framed()).supports_tls13);
         }
         // Any minor version is taken: 0x0300 to 0x03ff.
         let mut hello = Hello::tls13();
