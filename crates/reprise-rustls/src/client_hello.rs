@@ -51,10 +51,10 @@
 //!   ignores it when supported_versions is there, and the server decides the version), 32 bytes of random, a legacy_session_id of at most 32 bytes, a non-empty, even-length
 //!   cipher_suites, a non-empty legacy_compression_methods that offers null (0), then either
 //!   the end of the message or an extensions block whose length is exactly the rest of it.
-//! - **Extensions**: no type twice; pre_shared_key (41) last (RFC 8446 §4.2.11). Three are
-//!   parsed, and must use up their data exactly: server_name (0, RFC 6066 §3: a non-empty list,
-//!   at most one host_name, which is non-empty), supported_versions (43: a list of 1 to 127
-//!   versions), and pre_shared_key (at least one identity, none empty; as many binders as
+//! - **Extensions**: no type twice; pre_shared_key (41) last (RFC 8446 §4.2.11). server_name
+//!   (0, RFC 6066 §3) is read for its first host_name, and a malformed one is no name, not an
+//!   error (rustls takes much of it). Two are parsed, and must use up their data exactly:
+//!   supported_versions (43: a list of 1 to 127 versions), and pre_shared_key (at least one identity, none empty; as many binders as
 //!   identities, each at least 32 bytes long). The others are skipped.
 //!
 //! Anything else — TLS or not — is [`Parsed::Invalid`], as soon as the bytes that show it have
@@ -357,7 +357,7 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, &'static str> {
         }
         *word |= bit;
         match ext_type {
-            EXT_SERVER_NAME => info.server_name = parse_server_name(data)?,
+            EXT_SERVER_NAME => info.server_name = parse_server_name(data),
             EXT_SUPPORTED_VERSIONS => info.supports_tls13 = parse_supported_versions(data)?,
             EXT_PRE_SHARED_KEY => {
                 info.psk_identities = parse_pre_shared_key(data)?;
@@ -369,35 +369,25 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, &'static str> {
     Ok(info)
 }
 
-/// server_name (RFC 6066 §3): the host_name, if it is printable ASCII.
-fn parse_server_name(mut data: Reader<'_>) -> Result<Option<String>, &'static str> {
-    let mut list = data.vec16().ok_or("truncated server_name list")?;
-    if !data.is_empty() {
-        return Err("data after the server_name list");
-    }
-    if list.is_empty() {
-        return Err("empty server_name list");
-    }
-    let mut host_name = None;
-    let mut seen_host_name = false;
+/// server_name (RFC 6066 §3): the first host_name, if it is printable ASCII.
+///
+/// Never an error: rustls reads past much that is malformed here (it stops at a name type it
+/// does not know, and takes an unusable name as no name), and a server name only labels the
+/// hello. A malformed list yields what was read before the fault.
+fn parse_server_name(mut data: Reader<'_>) -> Option<String> {
+    let mut list = data.vec16()?;
     while !list.is_empty() {
-        let name_type = list.u8().ok_or("truncated server_name entry")?;
-        let name = list.vec16().ok_or("truncated server_name entry")?;
+        let name_type = list.u8()?;
+        let name = list.vec16()?;
         if name_type == SNI_HOST_NAME {
-            if seen_host_name {
-                return Err("more than one host_name in server_name");
-            }
-            seen_host_name = true;
             let name = name.bytes();
-            if name.is_empty() {
-                return Err("empty host_name");
+            if !name.is_empty() && name.iter().all(u8::is_ascii_graphic) {
+                return std::str::from_utf8(name).ok().map(str::to_owned);
             }
-            if name.iter().all(u8::is_ascii_graphic) {
-                host_name = std::str::from_utf8(name).ok().map(str::to_owned);
-            }
+            return None;
         }
     }
-    Ok(host_name)
+    None
 }
 
 /// supported_versions in a ClientHello (RFC 8446 §4.2.1): whether it offers TLS 1.3.
@@ -1175,9 +1165,14 @@ mod tests {
         for hello in hellos {
             let body = hello.body();
             assert!(length_fields(&body).len() >= 3);
+            let name = complete(&framed(&body)).server_name;
             for (at, bad) in corruptions(&body) {
-                let why = invalid(&framed(&bad));
-                assert!(!why.is_empty(), "{at}");
+                match parse(&framed(&bad)) {
+                    Parsed::Invalid(why) => assert!(!why.is_empty(), "{at}"),
+                    // Inside server_name, which is read leniently: the name is lost, or cut.
+                    Parsed::Complete(info) => assert_ne!(info.server_name, name, "{at}"),
+                    Parsed::Incomplete => panic!("{at}: incomplete"),
+                }
             }
         }
         // rustls's hellos, whose key shares and randoms differ each run: some corruptions
@@ -1337,30 +1332,41 @@ mod tests {
             "truncated PSK obfuscated_ticket_age"
         );
 
-        let bad_sni: [(&str, Vec<u8>); 5] = [
-            ("empty server_name list", v16(&[])),
-            ("empty host_name", sni(b"")),
-            ("data after the server_name list", {
+        // A malformed server_name is no name, not an error: rustls takes much of it.
+        let bad_sni: [Vec<u8>; 6] = [
+            v16(&[]),
+            sni(b""),
+            {
                 let mut d = sni(b"a.test");
                 d.push(0);
                 d
-            }),
-            ("truncated server_name list", vec![0]),
-            ("more than one host_name in server_name", {
-                let mut list = vec![0];
-                list.extend_from_slice(&v16(b"a.test"));
-                list.push(0);
-                list.extend_from_slice(&v16(b"b.test"));
+            },
+            vec![0],
+            {
+                let mut list = vec![7];
+                list.extend_from_slice(b"localhost");
                 v16(&list)
-            }),
+            },
+            vec![],
         ];
-        for (why, data) in bad_sni {
+        for data in bad_sni {
             let hello = Hello::tls13().with_extensions(vec![ext(EXT_SERVER_NAME, &data)]);
-            assert_eq!(invalid(&hello.framed()), why);
+            let info = complete(&hello.framed());
+            assert!(
+                info.server_name.is_none() || info.server_name.as_deref() == Some("a.test"),
+                "{data:?}"
+            );
         }
-        // An empty server_name extension (as in a ServerHello) is not a ClientHello's.
-        let hello = Hello::tls13().with_extensions(vec![ext(EXT_SERVER_NAME, &[])]);
-        invalid(&hello.framed());
+        // Two host names: the first.
+        let mut list = vec![0];
+        list.extend_from_slice(&v16(b"a.test"));
+        list.push(0);
+        list.extend_from_slice(&v16(b"b.test"));
+        let hello = Hello::tls13().with_extensions(vec![ext(EXT_SERVER_NAME, &v16(&list))]);
+        assert_eq!(
+            complete(&hello.framed()).server_name.as_deref(),
+            Some("a.test")
+        );
 
         for data in [v8(&[]), v8(&[3]), v8(&[3, 4, 3]), vec![], {
             let mut d = versions(&[0x0304]);
