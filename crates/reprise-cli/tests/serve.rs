@@ -495,7 +495,7 @@ fn max_connections_closes_the_excess_at_accept() {
         "--max-connections",
         "5",
         "--max-connections-per-address",
-        "5",
+        "6",
     ]);
     let idle: Vec<TcpStream> = (0..5)
         .map(|_| TcpStream::connect(server.addr).unwrap())
