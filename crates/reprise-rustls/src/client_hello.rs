@@ -40,7 +40,9 @@
 //!
 //! The input is attacker-controlled, so the parser is strict, and cheap:
 //!
-//! - **Records** (RFC 8446 §5.1): every record up to the end of the ClientHello has content type
+//! - **Records** (RFC 8446 §5.1): up to four warning alerts may come first (rustls ignores them
+//!   until it knows the version), each a record of exactly two bytes; then every record up to
+//!   the end of the ClientHello has content type
 //!   22 (handshake), a legacy version whose major byte is 3, and a length of 1 to 2^14 + 2048
 //!   ([`MAX_RECORD_LEN`], what rustls accepts). The fragments of consecutive records are joined: the hello may span
 //!   records, and TCP segments anywhere. The ClientHello must end where a record ends (it
@@ -96,6 +98,10 @@ pub const MAX_FIRST_FLIGHT: usize = 0xffff + 4096;
 
 const CONTENT_TYPE_HANDSHAKE: u8 = 22;
 const CONTENT_TYPE_CHANGE_CIPHER_SPEC: u8 = 20;
+const CONTENT_TYPE_ALERT: u8 = 21;
+const ALERT_WARNING: u8 = 1;
+/// rustls ignores this many warning alerts, and fails on the next.
+const MAX_WARNING_ALERTS: u8 = 4;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const RECORD_HEADER_LEN: usize = 5;
 const HANDSHAKE_HEADER_LEN: usize = 4;
@@ -161,6 +167,10 @@ pub struct ClientHelloParser {
     done: Option<Parsed>,
     /// Whether one change_cipher_spec record may come first (the second ClientHello).
     after_retry: bool,
+    /// Whether this is the second ClientHello (no alerts are taken before it).
+    retry: bool,
+    /// Warning alerts read before the ClientHello.
+    alerts: u8,
     /// Where the ClientHello's first record starts.
     hello_start: usize,
 }
@@ -180,6 +190,7 @@ impl ClientHelloParser {
     pub fn after_retry() -> Self {
         Self {
             after_retry: true,
+            retry: true,
             ..Self::default()
         }
     }
@@ -209,28 +220,55 @@ impl ClientHelloParser {
             buf.get(self.consumed..)
                 .ok_or("input shorter than in an earlier call")?,
         );
-        if self.after_retry {
-            if records.is_empty() {
+        // Records rustls takes before a ClientHello, each checked as soon as its bytes are
+        // there: after a HelloRetryRequest, one change_cipher_spec; before a first hello, up to
+        // four warning alerts (rustls ignores them until the version is known).
+        while self.consumed == self.hello_start {
+            let Some(&content_type) = records.bytes().first() else {
                 return Ok(None);
-            }
-            // An optional change_cipher_spec record: exactly 20, 3, x, 0, 1, 1.
-            let mut ccs = records;
-            if ccs.u8() == Some(CONTENT_TYPE_CHANGE_CIPHER_SPEC) {
-                for expected in [Some(3), None, Some(0), Some(1), Some(1)] {
-                    match (ccs.u8(), expected) {
-                        (None, _) => return Ok(None),
-                        (Some(byte), Some(want)) if byte != want => {
-                            return Err("malformed change_cipher_spec before the ClientHello")
-                        }
-                        _ => {}
+            };
+            let (pattern, why): (&[Option<u8>], _) = match content_type {
+                CONTENT_TYPE_CHANGE_CIPHER_SPEC if self.after_retry => (
+                    &[None, Some(3), None, Some(0), Some(1), Some(1)],
+                    "malformed change_cipher_spec before the ClientHello",
+                ),
+                CONTENT_TYPE_ALERT if !self.retry => {
+                    if self.alerts == MAX_WARNING_ALERTS {
+                        return Err("more than four alerts before the ClientHello");
                     }
+                    (
+                        &[
+                            None,
+                            Some(3),
+                            None,
+                            Some(0),
+                            Some(2),
+                            Some(ALERT_WARNING),
+                            None,
+                        ],
+                        "an alert before the ClientHello that is not a warning",
+                    )
                 }
-                self.consumed = RECORD_HEADER_LEN + 1;
-                self.hello_start = self.consumed;
-                records = ccs;
+                _ => break,
+            };
+            let mut record = records;
+            for expected in pattern {
+                match (record.u8(), expected) {
+                    (None, _) => return Ok(None),
+                    (Some(byte), Some(want)) if byte != *want => return Err(why),
+                    _ => {}
+                }
             }
-            self.after_retry = false;
+            if content_type == CONTENT_TYPE_ALERT {
+                self.alerts += 1;
+            } else {
+                self.after_retry = false;
+            }
+            self.consumed += pattern.len();
+            self.hello_start = self.consumed;
+            records = record;
         }
+        self.after_retry = false;
         loop {
             // The record header, each byte checked as soon as it is there.
             let mut record = records;
@@ -1414,13 +1452,53 @@ mod tests {
     #[test]
     fn record_rules() {
         let good = Hello::tls13().framed();
-        // Not a handshake record, at the first byte.
-        for first in [20, 21, 23, 24, 0, 0x16 + 0x80] {
+        // Not a handshake record, at the first byte (an alert is read first: see below).
+        for first in [20, 23, 24, 0, 0x16 + 0x80] {
             assert_eq!(invalid(&[first]), "not a TLS handshake");
             let mut bad = good.clone();
             bad[0] = first;
             assert_eq!(invalid(&bad), "not a TLS handshake");
         }
+        // Up to four warning alerts before the hello, as rustls takes them; not a fifth, not a
+        // fatal one, not a malformed one, and none inside the hello.
+        let warning = [21, 3, 3, 0, 2, 1, 46];
+        for n in 0..=4 {
+            let mut flight = warning.repeat(n);
+            flight.extend_from_slice(&good);
+            assert!(complete(&flight).supports_tls13, "{n}");
+            assert_eq!(parse(&flight[..flight.len() - 1]), Parsed::Incomplete);
+        }
+        let mut five = warning.repeat(5);
+        five.extend_from_slice(&good);
+        assert_eq!(
+            invalid(&five),
+            "more than four alerts before the ClientHello"
+        );
+        for bad in [
+            [21, 3, 3, 0, 2, 2, 46],
+            [21, 3, 3, 0, 3, 1, 46],
+            [21, 4, 3, 0, 2, 1, 46],
+        ] {
+            let mut flight = bad.to_vec();
+            flight.extend_from_slice(&good);
+            assert_eq!(
+                invalid(&flight),
+                "an alert before the ClientHello that is not a warning"
+            );
+        }
+        assert_eq!(parse(&warning[..6]), Parsed::Incomplete);
+        let split = records(&handshake(&Hello::tls13().body()), &[10]);
+        let mut inside = split[..15].to_vec();
+        inside.extend_from_slice(&warning);
+        assert_eq!(
+            invalid(&inside),
+            "a non-handshake record inside the ClientHello"
+        );
+        // The second hello takes no alert.
+        assert_eq!(
+            ClientHelloParser::after_retry().parse(&warning),
+            Parsed::Invalid("not a TLS handshake")
+        );
         // The record version's major byte, at the second.
         for major in [0, 2, 4, 0xff] {
             assert_eq!(invalid(&[22, major]), "bad record version");

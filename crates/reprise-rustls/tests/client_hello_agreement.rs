@@ -295,6 +295,20 @@ fn every_hello_rustls_accepts_is_read_by_the_parser() {
         assert_eq!(info.server_name.as_deref(), Some("localhost"), "{name}");
     }
 
+    // Warning alerts before the hello: rustls ignores four, and fails on a fifth.
+    let warning = [21, 3, 3, 0, 2, 1, 46];
+    for (name, flight) in &hellos {
+        for n in 1..=5 {
+            let mut alerted = warning.repeat(n);
+            alerted.extend_from_slice(flight);
+            let accepted = rustls_accepts(&server, &alerted);
+            assert_eq!(accepted, n <= 4, "{name} after {n} alerts");
+            if accepted {
+                parser_reads(&format!("{name} after {n} alerts"), &alerted, false);
+            }
+        }
+    }
+
     // HelloRetryRequest flows: the second flight starts with a change_cipher_spec record.
     for (name, flight) in retry_flights(&pki) {
         let info = parser_reads(&name, &flight, true);
