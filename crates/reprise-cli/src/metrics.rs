@@ -312,6 +312,12 @@ impl Metrics {
                     &plain(u64::from(value)),
                 );
             }
+            family(
+                "reprise_redis_misses_remembered",
+                "gauge",
+                "Recent misses remembered, so that the same ids cost no Redis read.",
+                &plain(r.misses_remembered),
+            );
             let counters = [
                 (
                     "breaker_opens",
@@ -350,7 +356,12 @@ impl Metrics {
                 (
                     "read_timeouts",
                     r.read_timeouts,
-                    "Reads that ran out of time.",
+                    "Reads that ran out of time (counted against Redis by the circuit breaker).",
+                ),
+                (
+                    "read_timeouts_local",
+                    r.read_timeouts_local,
+                    "Read deadlines missed because this machine was busy (not counted against Redis).",
                 ),
                 ("read_errors", r.read_errors, "Reads that failed."),
                 (
@@ -361,7 +372,22 @@ impl Metrics {
                 (
                     "rejected_values",
                     r.rejected_values,
-                    "Values that did not open (forged, corrupt, unknown key): deleted.",
+                    "Values that did not open (forged, corrupt, wrong kind): deleted.",
+                ),
+                (
+                    "unknown_key_values",
+                    r.unknown_key_values,
+                    "Values sealed under a key or in a format this instance lacks: misses, kept.",
+                ),
+                (
+                    "negative_hits",
+                    r.negative_hits,
+                    "Reads not sent because the id missed recently.",
+                ),
+                (
+                    "reads_limited",
+                    r.reads_limited,
+                    "Reads not sent because the client address spent its read budget.",
                 ),
                 (
                     "prefetched",
@@ -372,11 +398,6 @@ impl Metrics {
                     "unconfirmed_takes",
                     r.unconfirmed_takes,
                     "Local ticket copies dropped because Redis could not confirm the take.",
-                ),
-                (
-                    "refused_takes",
-                    r.refused_takes,
-                    "Ticket lookups that named a TLS 1.2 session: misses, written back.",
                 ),
                 (
                     "invalidations_sent",

@@ -271,7 +271,7 @@ async fn established(
     let sessions = shared.tls.store.connection();
     let handshake = async {
         if let (Some(tier), Some(hello)) = (&shared.tls.redis, &first.hello) {
-            prefetch(shared, tier, &sessions, hello).await;
+            prefetch(shared, tier, &sessions, hello, peer).await;
         }
         let stream = Rewind::new(first.bytes, tcp);
         sessions.instrument(shared.acceptor.accept(stream)).await
@@ -367,6 +367,7 @@ async fn prefetch(
     tier: &RedisTier,
     sessions: &ConnectionSessions,
     hello: &ClientHelloInfo,
+    peer: SocketAddr,
 ) {
     let versions = &shared.settings.tls_versions;
     let tls13 = versions.contains(&TlsVersion::Tls13) && hello.supports_tls13;
@@ -384,6 +385,7 @@ async fn prefetch(
         let offer = Offer {
             session_id,
             psk_identities: identities,
+            client: Some(peer.ip()),
         };
         let prefetched = tier
             .prefetch(
