@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # `reprise serve` against nginx on loopback: handshakes per second and server CPU time per
 # handshake, full and resumed, TLS 1.2 and 1.3, with `openssl s_time` (one sequential client)
-# and `reprise bench` (concurrent: 8 connections in flight). Both servers get the same ECDSA P-256
+# and `reprise bench` (concurrent: 8 connections in flight). One s_time row runs `-reuse`
+# without `-www`: the client closes each connection right after the handshake, without
+# close_notify (TLS 1.2 only: without `-www` s_time never reads a TLS 1.3 ticket), as many
+# real clients do. Both servers get the same ECDSA P-256
 # certificate and one worker; the runs alternate between them, round after round, and the table
 # shows the medians over the rounds.
 #
 # Usage: bench/compare.sh [seconds per run, default 5] [rounds, default 3] [bench concurrency, default 8]
+#
+# COMPARE_TESTS (environment) runs a subset of the rows, by their test names: s_time-new
+# s_time-reuse s_time-reuse-nonotify bench-1.2-full bench-1.2-resume bench-1.3-full
+# bench-1.3-resume (the default is all of them).
 #
 # nginx is Debian's package (installed with apt-get when missing, as root), configured with
 # `ssl_session_cache shared:SSL:10m; ssl_session_tickets off;`. Server CPU time is read from
@@ -183,6 +190,8 @@ run() { # test, server, round
   case "$test" in
     s_time-new) cmd=(openssl s_time -connect 127.0.0.1:"$port" -new -tls1_2 -time "$secs" -www /) ;;
     s_time-reuse) cmd=(openssl s_time -connect 127.0.0.1:"$port" -reuse -tls1_2 -time "$secs" -www /) ;;
+    # No -www: s_time closes right after the handshake, without close_notify.
+    s_time-reuse-nonotify) cmd=(openssl s_time -connect 127.0.0.1:"$port" -reuse -tls1_2 -time "$secs") ;;
     bench-*)
       local tls=${test#bench-} mode
       mode=${tls#*-}
@@ -231,7 +240,11 @@ EOF
   tail -n 1 "$work/results" | awk '{ printf "  round %s  %-16s %-7s %6.0f hs/s  server %6.1f us/hs, busy %3.0f %%  client %6.1f us/hs  others %3.0f %%  resumed %5.1f %%\n", $3, $1, $2, $4 / $6, 1e6 * $7 / $4, 100 * $7 / $6, 1e6 * $8 / $4, 100 * $9 / $6, 100 * $5 / $4 }' >&2
 }
 
-tests="s_time-new s_time-reuse bench-1.2-full bench-1.2-resume bench-1.3-full bench-1.3-resume"
+all_tests="s_time-new s_time-reuse s_time-reuse-nonotify bench-1.2-full bench-1.2-resume bench-1.3-full bench-1.3-resume"
+tests=${COMPARE_TESTS:-$all_tests}
+for test in $tests; do
+  [[ " $all_tests " == *" $test "* ]] || { echo "compare.sh: unknown test '$test' in COMPARE_TESTS" >&2; usage; }
+done
 # Is the machine quiet? One second with both servers idle.
 m0=$(machine_ticks)
 sleep 1
@@ -266,6 +279,7 @@ rows = [l.split() for l in open(path) if l.strip()]
 names = {
     "s_time-new": ("s_time -new", "1.2", "full"),
     "s_time-reuse": ("s_time -reuse", "1.2", "resumed"),
+    "s_time-reuse-nonotify": ("s_time -reuse, no -www (no close_notify)", "1.2", "resumed"),
     "bench-1.2-full": (f"bench c={conc}", "1.2", "full"),
     "bench-1.2-resume": (f"bench c={conc}", "1.2", "resumed"),
     "bench-1.3-full": (f"bench c={conc}", "1.3", "full"),
@@ -273,6 +287,7 @@ names = {
 }
 med = statistics.median
 stats = {}
+names = {t: v for t, v in names.items() if any(r[0] == t for r in rows)}
 for test in names:
     for server in ("reprise", "nginx"):
         rs = [r for r in rows if r[0] == test and r[1] == server]
@@ -316,18 +331,22 @@ if disturbed:
 print("\ntargets (bench rows load the server, which is saturated only where its busy column is near 100 %;\n"
       "s_time rows are latency-bound, shown for reference):")
 def check(label, test, key, op, bound):
+    if test not in names:
+        return
     r, n = stats[test, "reprise"][key], stats[test, "nginx"][key]
     v = ratio(r, n)
     ok = v >= bound if op == ">=" else v <= bound
     note = ""
-    if test.endswith("resume") or test == "s_time-reuse":
+    if test.endswith("resume") or test.startswith("s_time-reuse"):
         if min(stats[test, "reprise"]["resumed"], stats[test, "nginx"]["resumed"]) < 95:
             note = " (resumed shares differ: compare with care)"
-    print(f"  {'holds ' if ok else 'MISSES'} {label:<44} {v:5.2f} (target {op} {bound:.2f}){note}")
+    print(f"  {'holds ' if ok else 'MISSES'} {label:<54} {v:5.2f} (target {op} {bound:.2f}){note}")
 check("resumed TLS 1.2 throughput, bench", "bench-1.2-resume", "rate", ">=", 1.5)
 check("resumed TLS 1.2 server CPU/handshake, bench", "bench-1.2-resume", "cpu", "<=", 2 / 3)
 check("resumed TLS 1.2 throughput, s_time", "s_time-reuse", "rate", ">=", 1.5)
 check("resumed TLS 1.2 server CPU/handshake, s_time", "s_time-reuse", "cpu", "<=", 2 / 3)
+check("resumed TLS 1.2 throughput, s_time, no close_notify", "s_time-reuse-nonotify", "rate", ">=", 1.0)
+check("resumed TLS 1.2 server CPU/hs, s_time, no close_notify", "s_time-reuse-nonotify", "cpu", "<=", 1.0)
 check("full TLS 1.2 throughput, bench", "bench-1.2-full", "rate", ">=", 1.0)
 check("full TLS 1.3 throughput, bench", "bench-1.3-full", "rate", ">=", 1.0)
 check("full TLS 1.2 throughput, s_time", "s_time-new", "rate", ">=", 1.0)

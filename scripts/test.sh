@@ -13,6 +13,12 @@ declare -A packages=(
   [redis-server]=redis-server
   [redis-cli]=redis-tools
   [pkg-config]=pkg-config
+  # The interop suite's client stacks (crates/reprise-cli/tests/interop.rs).
+  [go]=golang-go
+  [node]=nodejs
+  [gnutls-cli]=gnutls-bin
+  [curl]=curl
+  [python3]=python3
 )
 missing=()
 for cmd in "${!packages[@]}"; do

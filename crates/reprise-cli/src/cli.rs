@@ -188,6 +188,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "STRING")]
     pub redis_prefix: Option<String>,
 
+    /// Redis reads a second that one client address (IPv4 address, IPv6 /64) may cause with ids
+    /// that find nothing, in bursts of twice as many (reads that find a session cost nothing);
+    /// 0 for no limit [default: 50].
+    #[arg(long, value_name = "N")]
+    pub redis_misses_per_address: Option<u32>,
+
     /// Keep sessions on disk in this directory, so that they survive a restart (a server that
     /// runs alone). Sealed with --redis-key-file if given, else with a key kept in the directory.
     #[arg(long, value_name = "DIR")]

@@ -49,6 +49,7 @@ pub struct FileConfig {
     redis_key_file: Option<PathBuf>,
     redis_timeout_ms: Option<u64>,
     redis_prefix: Option<String>,
+    redis_misses_per_address: Option<u32>,
     cache_dir: Option<PathBuf>,
     cache_dir_max_bytes: Option<u64>,
 }
@@ -122,6 +123,8 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// The key prefix.
     pub prefix: String,
+    /// Reads a second per client address that find nothing (0: no limit).
+    pub misses_per_address: u32,
 }
 
 /// The defaults, in one place.
@@ -330,6 +333,10 @@ impl Settings {
                         .redis_prefix
                         .or(file.redis_prefix)
                         .unwrap_or_else(|| reprise_redis::DEFAULT_PREFIX.to_owned()),
+                    misses_per_address: args
+                        .redis_misses_per_address
+                        .or(file.redis_misses_per_address)
+                        .unwrap_or(reprise_redis::DEFAULT_MISSES_PER_ADDRESS),
                 })
             }
             (Some(_), None) => bail!("--redis needs --redis-key-file (sessions in Redis are sealed; see `reprise keygen`)"),
@@ -337,8 +344,12 @@ impl Settings {
             (None, None) => {
                 if args.redis_timeout_ms.or(file.redis_timeout_ms).is_some()
                     || args.redis_prefix.or(file.redis_prefix).is_some()
+                    || args
+                        .redis_misses_per_address
+                        .or(file.redis_misses_per_address)
+                        .is_some()
                 {
-                    bail!("redis-timeout-ms and redis-prefix need --redis");
+                    bail!("redis-timeout-ms, redis-prefix and redis-misses-per-address need --redis");
                 }
                 None
             }

@@ -12,6 +12,7 @@ mod rewind;
 mod serve;
 mod tls;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -85,7 +86,12 @@ fn keygen(args: cli::KeygenArgs) -> anyhow::Result<()> {
         format!("key-{secs}")
     });
     let line = reprise_redis::KeyRing::generate_line(&name).map_err(startup)?;
-    println!("{}", *line);
+    // Written as bytes: no formatting copies of the key.
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow::anyhow!("cannot write the key line: {e}"))?;
     Ok(())
 }
 

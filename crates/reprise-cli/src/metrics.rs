@@ -107,6 +107,7 @@ pub struct Metrics {
     connections_rejected_per_address: AtomicU64,
     connections_open: AtomicI64,
     sessions_removed_unclean: AtomicU64,
+    closes_without_close_notify: AtomicU64,
 }
 
 impl Metrics {
@@ -145,9 +146,17 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a connection that ended without a clean shutdown after its handshake.
+    /// Counts a connection that failed after its handshake (a fatal alert, a TLS error): its
+    /// sessions were removed.
     pub fn unclean_shutdown(&self) {
         self.sessions_removed_unclean
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that ended after its handshake without close_notify on either side
+    /// (a FIN or a reset from the client): its sessions are kept.
+    pub fn close_without_close_notify(&self) {
+        self.closes_without_close_notify
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -273,8 +282,14 @@ impl Metrics {
         family(
             "reprise_unclean_shutdowns_total",
             "counter",
-            "Connections that ended without close_notify after their handshake (their sessions were removed).",
+            "Connections that failed after their handshake (a fatal alert, a TLS error); their sessions were removed.",
             &plain(self.sessions_removed_unclean.load(Ordering::Relaxed)),
+        );
+        family(
+            "reprise_closes_without_close_notify_total",
+            "counter",
+            "Connections that ended after their handshake without close_notify on either side (a FIN or a reset); their sessions were kept.",
+            &plain(self.closes_without_close_notify.load(Ordering::Relaxed)),
         );
         if let Some(r) = redis {
             let gauges = [
@@ -297,6 +312,12 @@ impl Metrics {
                     &plain(u64::from(value)),
                 );
             }
+            family(
+                "reprise_redis_misses_remembered",
+                "gauge",
+                "Recent misses remembered, so that the same ids cost no Redis read.",
+                &plain(r.misses_remembered),
+            );
             let counters = [
                 (
                     "breaker_opens",
@@ -335,7 +356,12 @@ impl Metrics {
                 (
                     "read_timeouts",
                     r.read_timeouts,
-                    "Reads that ran out of time.",
+                    "Reads that ran out of time (counted against Redis by the circuit breaker).",
+                ),
+                (
+                    "read_timeouts_local",
+                    r.read_timeouts_local,
+                    "Read deadlines missed because this machine was busy (not counted against Redis).",
                 ),
                 ("read_errors", r.read_errors, "Reads that failed."),
                 (
@@ -346,7 +372,22 @@ impl Metrics {
                 (
                     "rejected_values",
                     r.rejected_values,
-                    "Values that did not open (forged, corrupt, unknown key): deleted.",
+                    "Values that did not open (forged, corrupt, wrong kind): deleted.",
+                ),
+                (
+                    "unknown_key_values",
+                    r.unknown_key_values,
+                    "Values sealed under a key or in a format this instance lacks: misses, kept.",
+                ),
+                (
+                    "negative_hits",
+                    r.negative_hits,
+                    "Reads not sent because the id missed recently.",
+                ),
+                (
+                    "reads_limited",
+                    r.reads_limited,
+                    "Reads not sent because the client address spent its read budget.",
                 ),
                 (
                     "prefetched",
@@ -357,11 +398,6 @@ impl Metrics {
                     "unconfirmed_takes",
                     r.unconfirmed_takes,
                     "Local ticket copies dropped because Redis could not confirm the take.",
-                ),
-                (
-                    "refused_takes",
-                    r.refused_takes,
-                    "Ticket lookups that named a TLS 1.2 session: misses, written back.",
                 ),
                 (
                     "invalidations_sent",
@@ -428,6 +464,11 @@ impl Metrics {
                     "Batches of writes that failed.",
                 ),
                 (
+                    "deletes_lost",
+                    d.deletes_lost,
+                    "Deletions that never reached the file: the shutdown is then not marked clean.",
+                ),
+                (
                     "purged_expired",
                     d.purged_expired,
                     "Expired sessions purged from disk.",
@@ -440,7 +481,12 @@ impl Metrics {
                 (
                     "rejected_values",
                     d.rejected_values,
-                    "Stored values that did not open: deleted.",
+                    "Stored values that did not open (forged, corrupt, sealed for another tier): deleted.",
+                ),
+                (
+                    "unknown_key_values",
+                    d.unknown_key_values,
+                    "Stored values sealed with a key not in the ring, or in an unknown format: misses, kept.",
                 ),
                 ("warmed", d.warmed, "Sessions loaded from disk at start."),
                 (

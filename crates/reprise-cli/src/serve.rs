@@ -19,6 +19,8 @@ use tracing::{debug, info, warn};
 use reprise_disk::DiskTier;
 use reprise_redis::{Offer, RedisTier};
 use reprise_rustls::client_hello::ClientHelloInfo;
+use reprise_rustls::ConnectionSessions;
+use reprise_rustls::SessionStream;
 
 use crate::admission::{self, AddressPermit, PerAddress};
 use crate::cli::{ServeArgs, TicketMode, TlsVersion};
@@ -244,12 +246,12 @@ async fn connection(
         Ok(Err(e)) => {
             let reason = Failure::of(&e);
             shared.metrics.failure(reason);
-            warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
             return;
         }
         Err(_) => {
             shared.metrics.failure(Failure::Timeout);
-            warn!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: no ClientHello within hello-timeout");
+            debug!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: no ClientHello within hello-timeout");
             return;
         }
     };
@@ -269,7 +271,7 @@ async fn established(
     let sessions = shared.tls.store.connection();
     let handshake = async {
         if let (Some(tier), Some(hello)) = (&shared.tls.redis, &first.hello) {
-            prefetch(shared, tier, hello).await;
+            prefetch(shared, tier, &sessions, hello, peer).await;
         }
         let stream = Rewind::new(first.bytes, tcp);
         sessions.instrument(shared.acceptor.accept(stream)).await
@@ -278,17 +280,24 @@ async fn established(
         r = tokio::time::timeout_at(handshake_deadline.into(), handshake) => r,
         _ = shared.shutdown.cancelled() => return,
     };
-    let mut stream = match handshake {
+    let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             let reason = Failure::of(&e);
             shared.metrics.failure(reason);
-            warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            // Every other reason is the client's doing (it went away, sent garbage, offered
+            // nothing in common): counted in the metrics, and logged at debug so that a client
+            // that resets every connection (openssl s_time does) or a flood cannot fill the log.
+            if matches!(reason, Failure::Other) {
+                warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            } else {
+                debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            }
             return;
         }
         Err(_) => {
             shared.metrics.failure(Failure::Timeout);
-            warn!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
+            debug!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
             return;
         }
     };
@@ -300,7 +309,9 @@ async fn established(
             conn.negotiated_cipher_suite(),
         )
     };
-    sessions.handshake_completed(kind);
+    // Notes the handshake's end; a TLS failure from here on (a fatal alert, a bad record)
+    // removes the connection's sessions. A FIN, a reset or a timeout keeps them.
+    let mut stream = SessionStream::server(stream, sessions);
     shared.metrics.handshake(kind, version);
     let resumed = kind == Some(rustls::HandshakeKind::Resumed);
     debug!(%peer, ?version, resumed, "handshake completed");
@@ -320,14 +331,18 @@ async fn established(
                 ending => ending,
             }
         }
-        Some(upstream) => proxy(shared, stream, upstream, peer).await,
+        Some(upstream) => proxy(shared, &mut stream, upstream, peer).await,
     };
-    match ending {
-        Ending::Clean | Ending::Close | Ending::PeerClosed => sessions.closed_cleanly(),
-        // Dropping `sessions` now removes the connection's sessions, as the seeds require.
-        Ending::Unclean => shared.metrics.unclean_shutdown(),
+    if stream.sessions().has_failed() {
+        shared.metrics.unclean_shutdown();
+    } else if ending == Ending::Unclean {
+        // No close_notify either way (a FIN, a reset): the session is kept.
+        shared.metrics.close_without_close_notify();
     }
 }
+
+/// The server's side of a connection after its handshake.
+type Tls = SessionStream<TlsStream<Rewind<TcpStream>>>;
 
 /// The first bytes of a value in hex, enough to compare contexts in logs.
 fn short_hex(bytes: &[u8]) -> String {
@@ -339,10 +354,21 @@ fn short_hex(bytes: &[u8]) -> String {
     }
 }
 
-/// Fetches from Redis what the client's ClientHello offers to resume into the local tier, before
-/// rustls reads the hello. No runtime thread waits on Redis: the fetch is an await, bounded by
-/// the read budget.
-async fn prefetch(shared: &Shared, tier: &RedisTier, hello: &ClientHelloInfo) {
+/// Fetches from Redis what the client's ClientHello offers to resume, before rustls reads the
+/// hello: a TLS 1.2 session into the local tier, a TLS 1.3 ticket taken for this connection and
+/// handed to `sessions`. No runtime thread waits on Redis: the fetch is an await, bounded by the
+/// read budget.
+///
+/// A ticket resumes only if taken here: one that this read did not take (an identity past the
+/// first few, a second ClientHello after a HelloRetryRequest that offers another ticket) gets a
+/// full handshake.
+async fn prefetch(
+    shared: &Shared,
+    tier: &RedisTier,
+    sessions: &ConnectionSessions,
+    hello: &ClientHelloInfo,
+    peer: SocketAddr,
+) {
     let versions = &shared.settings.tls_versions;
     let tls13 = versions.contains(&TlsVersion::Tls13) && hello.supports_tls13;
     // A TLS 1.3 client's legacy session id is random: only a TLS 1.2 handshake looks it up.
@@ -359,13 +385,18 @@ async fn prefetch(shared: &Shared, tier: &RedisTier, hello: &ClientHelloInfo) {
         let offer = Offer {
             session_id,
             psk_identities: identities,
+            client: Some(peer.ip()),
         };
-        tier.prefetch(
-            &shared.tls.cache,
-            shared.tls.store.sid_ctx().as_bytes(),
-            offer,
-        )
-        .await;
+        let prefetched = tier
+            .prefetch(
+                &shared.tls.cache,
+                shared.tls.store.sid_ctx().as_bytes(),
+                offer,
+            )
+            .await;
+        if let Some(ticket) = prefetched.into_ticket() {
+            sessions.confirm_take(ticket);
+        }
     }
 }
 
@@ -378,23 +409,18 @@ fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
 }
 
 /// Proxies a decrypted connection to the upstream in both directions, passing half-closes on.
-async fn proxy(
-    shared: &Shared,
-    mut tls: TlsStream<Rewind<TcpStream>>,
-    upstream: &str,
-    peer: SocketAddr,
-) -> Ending {
+async fn proxy(shared: &Shared, tls: &mut Tls, upstream: &str, peer: SocketAddr) -> Ending {
     let connected =
         tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await;
     let up = match connected {
         Ok(Ok(up)) => up,
         Ok(Err(e)) => {
             warn!(%peer, %upstream, error = %e, "upstream connect failed");
-            return close(&mut tls).await;
+            return close(tls).await;
         }
         Err(_) => {
             warn!(%peer, %upstream, "upstream connect timed out");
-            return close(&mut tls).await;
+            return close(tls).await;
         }
     };
     let _ = up.set_nodelay(true);
@@ -466,8 +492,8 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// segment as the FIN, one loopback or network round of TCP work fewer per connection. Only
 /// then: had the client sent more data, unread at the close, the kernel would answer with a
 /// reset and drop the held alert.
-async fn close_notify(stream: &mut TlsStream<Rewind<TcpStream>>, peer_closed: bool) -> Ending {
-    let (io, conn) = stream.get_mut();
+async fn close_notify(stream: &mut Tls, peer_closed: bool) -> Ending {
+    let (io, conn) = stream.get_mut().get_mut();
     conn.send_close_notify();
     if peer_closed {
         let mut held = HeldWriter(io.inner());

@@ -194,6 +194,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             let mut config = RedisConfig::new(r.target.clone());
             config.prefix = r.prefix.clone();
             config.read_timeout = r.timeout;
+            config.misses_per_address = r.misses_per_address;
             let tier = RedisTier::start(config, keys).map_err(|e| anyhow::anyhow!("redis: {e}"))?;
             tier.install(&cache, Wiring::Prefetch);
             Some(tier)

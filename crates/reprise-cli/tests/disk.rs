@@ -251,3 +251,90 @@ fn disk_flags_are_checked() {
         assert!(stderr.contains(want), "{want}: {stderr}");
     }
 }
+
+/// Attack 6: a database on which redb itself panics (a file from the fuzzing corpus: the server
+/// used to exit 101 on every start) is set aside with one log line and no panic output; the
+/// server starts empty, serves, and resumes.
+#[test]
+fn a_database_that_makes_redb_panic_is_set_aside() {
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/disk_open");
+    let crashing = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("panic-")
+        })
+        .expect("a panic-* file in the corpus");
+    let disk = Disk::new(&[]);
+    let cache = disk.database().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::copy(&crashing, disk.database()).unwrap();
+
+    let server = disk.serve();
+    let log = server.stderr();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("moved it aside")).count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("panicked at"), "{log}");
+    assert!(!log.contains("stack backtrace"), "{log}");
+    let aside: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sessions.redb.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(cache.join(&aside[0])).unwrap().len(),
+        std::fs::read(&crashing).unwrap().len()
+    );
+    let s12 = disk.file("s12");
+    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    // A clean restart opens the new file, and nothing more is set aside.
+    let server = disk.restart_cleanly(server);
+    assert!(!server.stderr().contains("moved it aside"));
+    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+/// Item 11: the cache directory is 0700 and the database 0600; a key file that group or others
+/// can read is used, with one warning that names it and not its contents.
+#[cfg(unix)]
+#[test]
+fn files_are_private_and_an_exposed_key_file_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let disk = Disk::new(&[]);
+    let cache = disk.database().parent().unwrap().to_path_buf();
+    let s12 = disk.file("s12");
+    let server = disk.serve();
+    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&disk.database()), 0o600);
+    let key = cache.join("key");
+    assert_eq!(mode(&key), 0o600);
+    assert!(!server.stderr().contains("can be read by group or others"));
+    assert_eq!(server.terminate().code(), Some(0));
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = disk.serve();
+    let log = server.stderr();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("can be read by group or others"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("mode=644"), "{log}");
+    let key_hex = std::fs::read_to_string(&key).unwrap();
+    let key_hex = key_hex.trim().split(':').nth(1).unwrap();
+    assert!(!log.contains(key_hex), "the key is in the log");
+    // The key still works: the session stored before the restart resumes.
+    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(server.terminate().code(), Some(0));
+}

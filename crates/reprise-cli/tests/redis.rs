@@ -190,8 +190,13 @@ fn garbage_and_forged_values_never_resume() {
     let sealed2 = redis.command(&["GET", &key2]).unwrap();
     let forged_key = key1.clone();
     redis.command(&["SET", &forged_key, &sealed2]).unwrap();
+    // On another instance: b remembers that this id missed a moment ago, and asks Redis no more.
+    let c = fleet.instance(&redis.url(), "keys");
+    assert_eq!(request(&c, &["-tls1_2", "-sess_in", &s1]), "New");
     assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s1]), "New");
-    assert_eq!(b.metric("reprise_redis_rejected_values_total"), 2);
+    assert_eq!(b.metric("reprise_redis_rejected_values_total"), 1);
+    assert_eq!(c.metric("reprise_redis_rejected_values_total"), 1);
+    assert!(b.metric("reprise_redis_negative_hits_total") >= 1);
     // Rejected values are deleted; the genuine second session still resumes.
     assert!(wait_until(Duration::from_secs(5), || redis
         .command(&["EXISTS", &key1])
@@ -219,6 +224,68 @@ fn keys_rotate_without_losing_sessions() {
     assert_eq!(request(&after, &["-tls1_2", "-sess_out", &t]), "New");
     written(&after, 1);
     assert_eq!(request(&before, &["-tls1_2", "-sess_in", &t]), "New");
+    // ... nor deleted by it (attack 8): the rotated instances still resume it.
+    let after2 = fleet.instance(&redis.url(), "rotated");
+    assert_eq!(request(&after2, &["-tls1_2", "-sess_in", &t]), "Reused");
+    // The same for a TLS 1.3 ticket: an instance without the key leaves it, one with the key
+    // takes it, once.
+    let t13 = fleet.sess("t13");
+    assert_eq!(request(&after, &["-tls1_3", "-sess_out", &t13]), "New");
+    written(&after, 3);
+    assert_eq!(request(&before, &["-tls1_3", "-sess_in", &t13]), "New");
+    assert!(before.metric("reprise_redis_unknown_key_values_total") >= 2);
+    assert_eq!(before.metric("reprise_redis_rejected_values_total"), 0);
+    assert_eq!(request(&after2, &["-tls1_3", "-sess_in", &t13]), "Reused");
+    assert_eq!(request(&after, &["-tls1_3", "-sess_in", &t13]), "New");
+}
+
+#[test]
+fn the_redis_password_is_never_logged_nor_in_errors() {
+    const PASSWORD: &str = "Pw-9f8e7d6c-secret";
+    const WRONG: &str = "Wrong-Pw-1a2b3c";
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let fleet = Fleet::new();
+    let url = format!("redis://default:{PASSWORD}@127.0.0.1:{}", redis.port);
+    let (a, b) = (fleet.instance(&url, "keys"), fleet.instance(&url, "keys"));
+    // It authenticates: sessions resume across the two instances.
+    let s = fleet.sess("s");
+    assert_eq!(request(&a, &["-tls1_2", "-sess_out", &s]), "New");
+    written(&a, 1);
+    assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s]), "Reused");
+    for server in [&a, &b] {
+        let log = server.stderr();
+        assert!(log.contains("connected to redis"), "{log}");
+        assert!(log.contains("default:***@127.0.0.1"), "{log}");
+        assert!(!log.contains(PASSWORD), "{log}");
+        assert!(!server.metrics_text().contains(PASSWORD));
+    }
+    // A wrong password: the warning about it does not show it either.
+    let wrong = fleet.instance(
+        &format!("redis://default:{WRONG}@127.0.0.1:{}", redis.port),
+        "keys",
+    );
+    assert!(wait_until(Duration::from_secs(10), || wrong
+        .stderr()
+        .contains("cannot connect to redis yet")));
+    assert!(!wrong.stderr().contains(WRONG), "{}", wrong.stderr());
+    // Nor do configuration errors.
+    for bad in [
+        format!("redis://default:{PASSWORD}@127.0.0.1:notaport"),
+        format!("http://default:{PASSWORD}@127.0.0.1:1"),
+        format!("redis+cluster://:{PASSWORD}@h:1,:{PASSWORD}@h:x"),
+    ] {
+        let stderr = fails_to_start(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis",
+            &bad,
+            "--redis-key-file",
+            "/nonexistent",
+        ]);
+        assert!(stderr.contains("redis"), "{stderr}");
+        assert!(!stderr.contains(PASSWORD), "{stderr}");
+    }
 }
 
 #[test]
@@ -269,6 +336,10 @@ fn bad_key_files_are_start_up_errors() {
         (
             vec!["--redis", "http://x", "--redis-key-file", "k"],
             "redis",
+        ),
+        (
+            vec!["--redis-misses-per-address", "5"],
+            "redis-misses-per-address need --redis",
         ),
     ] {
         let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];

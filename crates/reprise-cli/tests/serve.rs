@@ -474,7 +474,8 @@ fn garbage_and_stalled_clients_lose_only_their_connection() {
         1
     );
     assert_eq!(reconnect_tls12(&server)[5], "Reused");
-    assert!(server.stderr().contains("handshake failed"));
+    // Failures a client causes are counted, not logged at info: a flood cannot fill the log.
+    assert!(!server.stderr().contains("handshake failed"));
 }
 
 #[test]
@@ -525,57 +526,6 @@ fn max_connections_closes_the_excess_at_accept() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(served);
-}
-
-#[test]
-fn unclean_shutdown_removes_the_session() {
-    let server = Server::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let sess = path_in(dir.path(), "s");
-    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &sess]), "New");
-    // A raw TLS client that completes the handshake and drops TCP without close_notify.
-    let provider = rustls::crypto::ring::default_provider();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider.clone()))
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(insecure::AnyCert(provider)))
-        .with_no_client_auth();
-    let config = Arc::new(config);
-    for round in 1..=2u64 {
-        let conn =
-            rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap();
-        let tcp = TcpStream::connect(server.addr).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut response = Vec::new();
-        let mut buf = [0u8; 512];
-        while !String::from_utf8_lossy(&response).contains("resumed: ")
-            || !response.ends_with(b"\n")
-        {
-            let n = tls.read(&mut buf).unwrap();
-            assert!(n > 0);
-            response.extend_from_slice(&buf[..n]);
-        }
-        // The first connection's session was removed when it ended uncleanly: the second,
-        // which offered it, made a full handshake.
-        assert!(String::from_utf8_lossy(&response).contains("resumed: no"));
-        // Dropped without close_notify; wait (bounded) until the server has seen it.
-        drop(tls);
-        let mut seen = false;
-        for _ in 0..400 {
-            if server.metric("reprise_unclean_shutdowns_total") == round {
-                seen = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        assert!(seen);
-    }
-    // The openssl session, closed cleanly, still resumes.
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &sess]), "Reused");
 }
 
 #[test]

@@ -27,6 +27,7 @@
 
 mod error;
 mod pending;
+mod quiet;
 mod store;
 mod tier;
 

@@ -10,13 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
-};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use reprise::{ProtocolVersion, SessionKey};
 
 use crate::error::DiskError;
+use crate::quiet::catch_quietly;
 
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 const BY_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("by_expiry");
@@ -116,87 +114,161 @@ pub(crate) struct Store {
     data_bytes: AtomicU64,
 }
 
-fn check(db: &Database) -> Result<(u64, u64), redb::Error> {
+/// Reads every row of both tables, as a start would: the sessions, and every expiry entry with
+/// the session it names. Returns the data's size in bytes.
+fn check(db: &Database) -> Result<u64, redb::Error> {
     let read = db.begin_read()?;
     let mut bytes = 0u64;
     let mut count = 0u64;
-    match read.open_table(SESSIONS) {
-        Ok(table) => {
-            for row in table.iter()? {
-                let (k, v) = row?;
-                bytes += (k.value().len() + v.value().len()) as u64 * 2;
-                count += 1;
-            }
-            let index = read.open_table(BY_EXPIRY)?;
-            if index.len()? != count {
-                return Err(redb::Error::Corrupted(
-                    "the expiry index does not match the sessions".into(),
-                ));
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
+    let sessions = match read.open_table(SESSIONS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
         Err(e) => return Err(e.into()),
+    };
+    for row in sessions.iter()? {
+        let (k, v) = row?;
+        bytes += (k.value().len() + v.value().len()) as u64 * 2;
+        count += 1;
     }
-    Ok((bytes, count))
+    let index = read.open_table(BY_EXPIRY)?;
+    let mut entries = 0u64;
+    for row in index.iter()? {
+        let (entry, _) = row?;
+        let key = entry.value().get(8..).unwrap_or_default();
+        if sessions.get(key)?.is_none() {
+            return Err(redb::Error::Corrupted(
+                "the expiry index names a session that is not stored".into(),
+            ));
+        }
+        entries += 1;
+    }
+    if entries != count {
+        return Err(redb::Error::Corrupted(
+            "the expiry index does not match the sessions".into(),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Why an existing file was not used.
+enum Unusable {
+    /// Another process has it open: not damage, and not to be touched.
+    InUse,
+    /// redb failed, or panicked, opening, checking or loading it.
+    Damaged(String),
+}
+
+/// Creates the file if it does not exist, readable and writable by the owner only (0600), and
+/// takes group and other permissions off an existing one (an older version made it 0644).
+fn private_file(path: &Path) -> Result<(), DiskError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
+        .open(path)
+        .map_err(|e| DiskError::Io(format!("cannot create {}: {e}", path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = file
+            .metadata()
+            .map_err(|e| DiskError::Io(format!("cannot read {}: {e}", path.display())))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| {
+                    DiskError::Io(format!("cannot make {} private: {e}", path.display()))
+                })?;
+        }
+    }
+    drop(file);
+    Ok(())
+}
+
+/// Opens the file with redb's integrity check (every page checksum of the committed trees), reads
+/// every row back, and, after an unclean shutdown, drops the TLS 1.3 sessions. Any error, and
+/// any panic of redb on a file damaged outside it, makes the file unusable.
+fn open_checked(path: &Path, drop_tls13: bool) -> Result<(Store, u64), Unusable> {
+    let opened = catch_quietly(|| -> Result<(Store, u64), redb::Error> {
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(path)?;
+        let bytes = check(&db)?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            data_bytes: AtomicU64::new(bytes),
+        };
+        let dropped = if drop_tls13 { store.drop_tls13()? } else { 0 };
+        Ok((store, dropped))
+    });
+    match opened {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(redb::Error::DatabaseAlreadyOpen)) => Err(Unusable::InUse),
+        Ok(Err(e)) => Err(Unusable::Damaged(e.to_string())),
+        Err(panic) => Err(Unusable::Damaged(format!("the database panicked: {panic}"))),
+    }
+}
+
+/// A name to move a damaged file to: `sessions.redb.corrupt-<unix seconds>`, with a counter
+/// if that exists already.
+fn aside_path(dir: &Path) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let first = dir.join(format!("{FILE_NAME}.corrupt-{stamp}"));
+    if !first.exists() {
+        return first;
+    }
+    (1..1000)
+        .map(|n| dir.join(format!("{FILE_NAME}.corrupt-{stamp}-{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`. A file that does not open, or whose tables do
-    /// not read back, is moved aside and replaced by an empty one; one that another process
-    /// holds is an error.
-    pub(crate) fn open(dir: &Path) -> Result<(Store, Recovery), DiskError> {
+    /// Opens (or creates, mode 0600) the database in `dir`. A file that does not open, whose
+    /// tables do not read back, or on which redb panics, is moved aside (one warning in the
+    /// log) and replaced by an empty one; one that another process holds is an error. With
+    /// `drop_tls13` (the last run did not shut down cleanly), an existing file's TLS 1.3
+    /// sessions are removed. Returns the store, how the file opened, and how many TLS 1.3
+    /// sessions were dropped.
+    pub(crate) fn open(dir: &Path, drop_tls13: bool) -> Result<(Store, Recovery, u64), DiskError> {
         let path = dir.join(FILE_NAME);
-        let existed = path.exists();
-        let opened = Database::create(&path)
-            .map_err(redb::Error::from)
-            .and_then(|db| check(&db).map(|c| (db, c)));
-        match opened {
-            Ok((db, (bytes, _))) => {
+        let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        private_file(&path)?;
+        let e = match open_checked(&path, drop_tls13 && existed) {
+            Ok((store, dropped)) => {
                 let recovery = if existed {
                     Recovery::Opened
                 } else {
                     Recovery::Created
                 };
-                Ok((
-                    Store {
-                        db,
-                        path,
-                        data_bytes: AtomicU64::new(bytes),
-                    },
-                    recovery,
-                ))
+                return Ok((store, recovery, dropped));
             }
-            Err(redb::Error::DatabaseAlreadyOpen) => {
-                Err(DiskError::InUse(path.display().to_string()))
-            }
-            Err(e) => {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let aside = dir.join(format!("{FILE_NAME}.corrupt-{stamp}"));
-                std::fs::rename(&path, &aside).map_err(|io| {
-                    DiskError::Io(format!(
-                        "cannot move the unreadable {} aside ({e}): {io}",
-                        path.display()
-                    ))
-                })?;
-                let db = Database::create(&path).map_err(|e| DiskError::Db(e.to_string()))?;
-                tracing::warn!(
-                    file = %path.display(),
-                    moved_to = %aside.display(),
-                    error = %e,
-                    "the session database could not be read; moved it aside and started empty"
-                );
-                Ok((
-                    Store {
-                        db,
-                        path,
-                        data_bytes: AtomicU64::new(0),
-                    },
-                    Recovery::SetAside(aside),
-                ))
-            }
-        }
+            Err(Unusable::InUse) => return Err(DiskError::InUse(path.display().to_string())),
+            Err(Unusable::Damaged(e)) => e,
+        };
+        let aside = aside_path(dir);
+        std::fs::rename(&path, &aside).map_err(|io| {
+            DiskError::Io(format!(
+                "cannot move the unreadable {} aside ({e}): {io}",
+                path.display()
+            ))
+        })?;
+        private_file(&path)?;
+        let (store, _) = match open_checked(&path, false) {
+            Ok(done) => done,
+            Err(Unusable::InUse) => return Err(DiskError::InUse(path.display().to_string())),
+            Err(Unusable::Damaged(e)) => return Err(DiskError::Db(e)),
+        };
+        tracing::warn!(
+            file = %path.display(),
+            moved_to = %aside.display(),
+            error = %e,
+            "the session database could not be read; moved it aside and started empty"
+        );
+        Ok((store, Recovery::SetAside(aside), 0))
     }
 
     /// Bytes of keys and values in the tables (not the file's size).

@@ -21,11 +21,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use reprise::{Removal, Session, SessionCache, SessionKey};
-use reprise_seal::{open_session, seal_session, KeyRing};
+use reprise_seal::{open_session, seal_session, KeyRing, OpenError, Tier};
 use tracing::{info, warn};
 
 use crate::error::DiskError;
 use crate::pending::{InFlight, Pending};
+use crate::quiet::catch_quietly;
 use crate::store::{split_key, table_key, Op, Recovery, Store};
 
 /// The key file's name inside the cache directory, when no key file is given.
@@ -101,12 +102,20 @@ pub struct DiskStats {
     pub writes_dropped_full: u64,
     /// Batches of writes that failed.
     pub write_failures: u64,
+    /// Deletions that never reached the file (the queue was full, or their batch failed). Any
+    /// at all, and the shutdown is not marked clean: the next start drops the stored TLS 1.3
+    /// tickets, since one of them may have been used.
+    pub deletes_lost: u64,
     /// Expired sessions purged.
     pub purged_expired: u64,
     /// Sessions evicted to keep the file under its cap.
     pub evicted_for_size: u64,
-    /// Stored values that did not open (forged, corrupt, sealed with an unknown key): deleted.
+    /// Stored values that did not open (forged, corrupt, sealed for another tier): deleted.
     pub rejected_values: u64,
+    /// Stored values sealed with a key not in the ring, or in a seal format this build does not
+    /// know: misses, and kept (a rolling update of the key file, or of the binary, must not
+    /// throw sessions away).
+    pub unknown_key_values: u64,
     /// Sessions loaded into the cache at start.
     pub warmed: u64,
     /// Reads (get or take) that found a session that opened.
@@ -133,9 +142,11 @@ struct Counters {
     stores_skipped: AtomicU64,
     writes_dropped_full: AtomicU64,
     write_failures: AtomicU64,
+    deletes_lost: AtomicU64,
     purged_expired: AtomicU64,
     evicted_for_size: AtomicU64,
     rejected_values: AtomicU64,
+    unknown_key_values: AtomicU64,
     warmed: AtomicU64,
     read_hits: AtomicU64,
     read_misses: AtomicU64,
@@ -196,6 +207,32 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Creates the cache directory (and its missing parents) with mode 0700. An existing one is
+/// left as it is (it may be the operator's), with a warning if group or others can enter it.
+fn private_dir(dir: &Path) -> Result<(), DiskError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    let existed = dir.is_dir();
+    builder
+        .create(dir)
+        .map_err(|e| DiskError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    if existed {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).map_or(0, |m| m.permissions().mode());
+        if mode & 0o077 != 0 {
+            warn!(
+                dir = %dir.display(),
+                mode = format_args!("{:o}", mode & 0o777),
+                "the cache directory is open to group or others; the files in it are private (0600), but consider chmod 700"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Loads the key ring from `dir/key`, or generates that file (mode 0600) on first start.
 fn own_key(dir: &Path) -> Result<(KeyRing, PathBuf, bool), DiskError> {
     let path = dir.join(KEY_FILE);
@@ -212,7 +249,8 @@ fn own_key(dir: &Path) -> Result<(KeyRing, PathBuf, bool), DiskError> {
     let mut file = options
         .open(&path)
         .map_err(|e| DiskError::Key(format!("cannot create {}: {e}", path.display())))?;
-    file.write_all(format!("{}\n", &*line).as_bytes())
+    file.write_all(line.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.sync_all())
         .map_err(|e| DiskError::Key(format!("cannot write {}: {e}", path.display())))?;
     let ring = KeyRing::parse(&line).map_err(|e| DiskError::Key(e.to_string()))?;
@@ -237,8 +275,7 @@ impl DiskTier {
             ));
         }
         let dir = config.dir.clone();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| DiskError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        private_dir(&dir)?;
         let (keys, key_file) = match keys {
             Some(keys) => (keys, None),
             None => {
@@ -252,22 +289,17 @@ impl DiskTier {
                 (ring, Some((path, generated)))
             }
         };
-        let (store, recovery) = Store::open(&dir)?;
         let marker = dir.join(CLEAN_MARKER);
-        let unclean = recovery == Recovery::Opened && !marker.exists();
-        if marker.exists() {
+        let marked_clean = marker.exists();
+        let (store, recovery, dropped_tls13) = Store::open(&dir, !marked_clean)?;
+        let unclean = recovery == Recovery::Opened && !marked_clean;
+        if marked_clean {
             std::fs::remove_file(&marker)
                 .map_err(|e| DiskError::Io(format!("cannot remove {}: {e}", marker.display())))?;
         }
-        let dropped_tls13 = if unclean {
-            let n = store
-                .drop_tls13()
-                .map_err(|e| DiskError::Db(e.to_string()))?;
-            warn!(dropped = n, "the last run did not shut down cleanly: dropped the stored TLS 1.3 tickets, which may have been used");
-            n
-        } else {
-            0
-        };
+        if unclean {
+            warn!(dropped = dropped_tls13, "the last run did not shut down cleanly: dropped the stored TLS 1.3 tickets, which may have been used");
+        }
         let counters = Arc::new(Counters::default());
         counters
             .file_bytes
@@ -342,10 +374,16 @@ impl DiskTier {
             0 => usize::MAX,
             n => n,
         };
-        let rows = match self.inner.store.read().newest(cache.now(), limit) {
-            Ok(rows) => rows,
-            Err(e) => {
+        // The file was checked when it opened; a panic here (a file changed since) is caught
+        // all the same, and the server starts without its sessions.
+        let rows = match catch_quietly(|| self.inner.store.read().newest(cache.now(), limit)) {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
                 warn!(error = %e, "cannot read the session database; starting without its sessions");
+                return 0;
+            }
+            Err(panic) => {
+                warn!(error = %panic, "cannot read the session database; starting without its sessions");
                 return 0;
             }
         };
@@ -354,14 +392,20 @@ impl DiskTier {
             let Some((ctx, id)) = split_key(&key) else {
                 continue;
             };
-            match open_session(&self.inner.keys, SessionKey::new(id, ctx), &stored.sealed) {
+            match open_session(
+                &self.inner.keys,
+                Tier::Disk,
+                SessionKey::new(id, ctx),
+                &stored.sealed,
+            ) {
                 Ok(session) => {
                     cache.add(&Arc::new(session));
                     warmed += 1;
                 }
-                Err(_) => {
-                    add(&self.inner.counters.rejected_values, 1);
-                    self.queue(Op::Delete { key, seq: 0 });
+                Err(e) => {
+                    if self.rejected(e) {
+                        self.queue(Op::Delete { key, seq: 0 });
+                    }
                 }
             }
         }
@@ -402,17 +446,18 @@ impl DiskTier {
         };
         let session = match sealed {
             None => None,
-            Some(sealed) => match open_session(&self.inner.keys, key, &sealed) {
+            Some(sealed) => match open_session(&self.inner.keys, Tier::Disk, key, &sealed) {
                 Ok(session) => Some(session),
-                Err(_) => {
-                    add(&self.inner.counters.rejected_values, 1);
-                    self.queue_locked(
-                        &mut pending,
-                        Op::Delete {
-                            key: tk.clone(),
-                            seq: 0,
-                        },
-                    );
+                Err(e) => {
+                    if self.rejected(e) {
+                        self.queue_locked(
+                            &mut pending,
+                            Op::Delete {
+                                key: tk.clone(),
+                                seq: 0,
+                            },
+                        );
+                    }
                     None
                 }
             },
@@ -454,23 +499,38 @@ impl DiskTier {
     }
 
     fn open_value(&self, key: SessionKey<'_>, sealed: &[u8]) -> Option<Session> {
-        match open_session(&self.inner.keys, key, sealed) {
+        match open_session(&self.inner.keys, Tier::Disk, key, sealed) {
             Ok(s) => Some(s),
-            Err(_) => {
-                add(&self.inner.counters.rejected_values, 1);
-                self.queue(Op::Delete {
-                    key: table_key(key),
-                    seq: 0,
-                });
+            Err(e) => {
+                if self.rejected(e) {
+                    self.queue(Op::Delete {
+                        key: table_key(key),
+                        seq: 0,
+                    });
+                }
                 None
             }
+        }
+    }
+
+    /// Counts a stored value that did not open; true if it is to be deleted. One sealed with a
+    /// key this ring lacks, or in an unknown format, is a miss that stays: another instance, or
+    /// this one after the key file is updated, opens it.
+    fn rejected(&self, e: OpenError) -> bool {
+        let c = &self.inner.counters;
+        if e.is_unknown() {
+            add(&c.unknown_key_values, 1);
+            false
+        } else {
+            add(&c.rejected_values, 1);
+            true
         }
     }
 
     /// Seals a session and queues it for writing. Until it is written, reads find it here.
     pub fn store(&self, session: &Session) {
         let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
-        let sealed: Arc<[u8]> = match seal_session(&self.inner.keys, session) {
+        let sealed: Arc<[u8]> = match seal_session(&self.inner.keys, Tier::Disk, session) {
             Ok(sealed) => sealed.into(),
             Err(e) => {
                 warn!(error = %e, "cannot seal a session; not stored on disk");
@@ -518,18 +578,22 @@ impl DiskTier {
     }
 
     fn queue(&self, op: Op) -> bool {
+        let c = &self.inner.counters;
+        let is_delete = matches!(op, Op::Delete { .. });
         let writes = self.inner.writes.lock();
-        let Some(tx) = writes.as_ref() else {
-            add(&self.inner.counters.writes_dropped_full, 1);
-            return false;
-        };
-        match tx.try_send(Msg::Op(op)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                add(&self.inner.counters.writes_dropped_full, 1);
-                false
+        let sent = writes
+            .as_ref()
+            .is_some_and(|tx| match tx.try_send(Msg::Op(op)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            });
+        if !sent {
+            add(&c.writes_dropped_full, 1);
+            if is_delete {
+                add(&c.deletes_lost, 1);
             }
         }
+        sent
     }
 
     /// Waits until every write queued so far is on disk. Blocking.
@@ -543,13 +607,23 @@ impl DiskTier {
         }
     }
 
-    /// Writes out the queue, stops the writer and marks the shutdown clean, so that the next
-    /// start keeps the stored TLS 1.3 tickets. Blocking; later writes are dropped.
+    /// Writes out the queue, stops the writer and, if every deletion reached the file, marks
+    /// the shutdown clean, so that the next start keeps the stored TLS 1.3 tickets. If one was
+    /// lost ([`DiskStats::deletes_lost`]), the next start drops them: a ticket whose deletion
+    /// is lost may have been used. Blocking; later writes are dropped.
     pub fn close(&self) {
         self.flush();
         drop(self.inner.writes.lock().take());
         if let Some(writer) = self.inner.writer.lock().take() {
             let _ = writer.join();
+        }
+        let lost = self.inner.counters.deletes_lost.load(Ordering::Relaxed);
+        if lost > 0 {
+            warn!(
+                deletes_lost = lost,
+                "deletions did not reach the session database; not marking the shutdown clean, so the next start drops the stored TLS 1.3 tickets"
+            );
+            return;
         }
         let marker = self.inner.dir.join(CLEAN_MARKER);
         if let Err(e) = std::fs::write(&marker, b"") {
@@ -568,9 +642,11 @@ impl DiskTier {
             stores_skipped: r(&c.stores_skipped),
             writes_dropped_full: r(&c.writes_dropped_full),
             write_failures: r(&c.write_failures),
+            deletes_lost: r(&c.deletes_lost),
             purged_expired: r(&c.purged_expired),
             evicted_for_size: r(&c.evicted_for_size),
             rejected_values: r(&c.rejected_values),
+            unknown_key_values: r(&c.unknown_key_values),
             warmed: r(&c.warmed),
             read_hits: r(&c.read_hits),
             read_misses: r(&c.read_misses),
@@ -689,6 +765,11 @@ impl Writer {
             }
             Err(e) => {
                 add(&self.counters.write_failures, 1);
+                let deletes = batch
+                    .iter()
+                    .filter(|op| matches!(op, Op::Delete { .. }))
+                    .count();
+                add(&self.counters.deletes_lost, deletes as u64);
                 warn!(error = %e, writes = batch.len(), "cannot write sessions to disk");
                 false
             }
@@ -777,6 +858,64 @@ mod tests {
         tier.flush();
         assert!(tier.get(key).is_none());
         assert_eq!(tier.stats().in_flight, 0);
+        tier.close();
+        Ok(())
+    }
+
+    /// Attack 10: a ticket whose deletion never reached the file (the queue was full while
+    /// the file was being compacted) must not resume after a clean restart.
+    #[test]
+    fn a_lost_deletion_leaves_no_clean_marker() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut config = DiskConfig::new(dir.path());
+        config.write_queue = 2;
+        let (tier, _) = DiskTier::open(config.clone(), None)?;
+        let mut lost = None;
+        {
+            // Compaction holds the writer off the file: the queue fills and stays full.
+            let _compacting = tier.inner.store.write();
+            let mut filler = 100u8;
+            for id in 1..=50u8 {
+                // A ticket stored (its write queued), then the queue filled, then the ticket
+                // used: its deletion finds the queue full.
+                let queued = tier.stats().stores_queued;
+                tier.store(&ticket(id));
+                if tier.stats().stores_queued == queued {
+                    continue;
+                }
+                let before = tier.stats().writes_dropped_full;
+                for _ in 0..100_000 {
+                    if tier.stats().writes_dropped_full > before {
+                        break;
+                    }
+                    filler = filler.wrapping_add(1).max(100);
+                    tier.store(&ticket(filler));
+                }
+                let dropped = tier.stats().writes_dropped_full;
+                assert!(tier.take(SessionKey::new(&[id; 32], b"ctx")).is_some());
+                if tier.stats().writes_dropped_full > dropped {
+                    lost = Some(id);
+                    break;
+                }
+            }
+        }
+        let lost = lost.ok_or("no deletion was dropped")?;
+        assert!(tier.stats().deletes_lost >= 1, "{:?}", tier.stats());
+        tier.close();
+        assert!(!dir.path().join(CLEAN_MARKER).exists());
+        drop(tier);
+
+        let (tier, startup) = DiskTier::open(config, None)?;
+        let cache = Arc::new(SessionCache::new());
+        tier.install(&cache);
+        tier.warm(&cache);
+        assert!(startup.unclean, "{startup:?}");
+        assert!(
+            cache
+                .take(Role::Server, SessionKey::new(&[lost; 32], b"ctx"))
+                .is_none(),
+            "ticket {lost} was used, its deletion lost, and it resumed after a restart"
+        );
         tier.close();
         Ok(())
     }

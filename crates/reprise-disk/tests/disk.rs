@@ -267,23 +267,37 @@ fn the_file_stays_within_its_cap() {
     tier.close();
 }
 
+/// Attack 8: an instance whose key ring lacks the sealing key (a rolling update of the key
+/// file) misses the value and keeps it; an instance with the key still resumes it.
 #[test]
-fn values_sealed_with_another_key_are_rejected_and_deleted() {
+fn values_sealed_with_a_key_outside_the_ring_are_missed_and_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let other = KeyRing::parse(&format!("other:{}", "77".repeat(32))).unwrap();
-    let (tier, _) = DiskTier::open(DiskConfig::new(dir.path()), Some(other)).unwrap();
+    let other = || KeyRing::parse(&format!("other:{}", "77".repeat(32))).unwrap();
+    let (tier, _) = DiskTier::open(DiskConfig::new(dir.path()), Some(other())).unwrap();
     let cache = cache();
     tier.install(&cache);
     add_live(&cache, 1, ProtocolVersion::TLS1_2);
     tier.close();
     drop((tier, cache));
-    // The directory's own key (generated now) cannot open it.
+    // The directory's own key (generated now) cannot open it: a miss, not a deletion.
     let (tier, cache, _) = start(dir.path());
     assert_eq!(tier.stats().warmed, 0);
-    assert_eq!(tier.stats().rejected_values, 1);
+    assert_eq!(tier.stats().unknown_key_values, 1);
+    assert_eq!(tier.stats().rejected_values, 0);
     assert!(cache.is_empty());
-    tier.flush();
     assert!(tier.get(SessionKey::new(&key_of(1), CTX)).is_none());
+    assert!(tier.take(SessionKey::new(&key_of(1), CTX)).is_none());
+    assert_eq!(tier.stats().unknown_key_values, 3);
+    tier.close();
+    drop((tier, cache));
+    // The ring that sealed it still resumes it.
+    let (tier, _) = DiskTier::open(DiskConfig::new(dir.path()), Some(other())).unwrap();
+    let cache = self::cache();
+    tier.install(&cache);
+    assert_eq!(tier.warm(&cache), 1);
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&key_of(1), CTX))
+        .is_some());
     tier.close();
 }
 
@@ -403,5 +417,29 @@ fn a_removed_session_is_not_read_back_before_its_deletion_is_written() {
     tier.flush();
     assert!(tier.get(SessionKey::new(&k5, CTX)).is_none());
     assert_eq!(tier.stats().in_flight, 0);
+    tier.close();
+}
+
+/// The cache directory is made 0700 and the database 0600; a database an older version left
+/// at 0644 is made private at the next start.
+#[cfg(unix)]
+#[test]
+fn the_directory_and_the_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = work.path().join("cache").join("reprise");
+    let (tier, _, _) = start(&dir);
+    let db = dir.join("sessions.redb");
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(dir.parent().unwrap()), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    tier.close();
+    drop(tier);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (tier, _, startup) = start(&dir);
+    assert_eq!(startup.recovery, Recovery::Opened);
+    assert_eq!(mode(&db), 0o600);
     tier.close();
 }

@@ -1,6 +1,7 @@
 //! The server adapter: a Reprise cache as the external session cache of an OpenSSL context.
 
 use core::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
@@ -34,6 +35,10 @@ pub struct ServerStats {
     /// Removals OpenSSL asked for (remove-session callback calls), for example after a
     /// connection that was not shut down cleanly.
     pub removals: u64,
+    /// Removals OpenSSL asked for inside [`ServerCache::accept`] of a handshake that then
+    /// failed (a refused or failed resumption): not passed on to the cache, since the peer
+    /// never proved it held the session.
+    pub ignored_removals: u64,
 }
 
 #[derive(Default)]
@@ -45,6 +50,50 @@ struct Counters {
     unencodable: AtomicU64,
     version_mismatches: AtomicU64,
     removals: AtomicU64,
+    ignored_removals: AtomicU64,
+}
+
+thread_local! {
+    /// The removals OpenSSL asked for on this thread during [`ServerCache::accept`], with the
+    /// adapter they belong to, held until the handshake's outcome is known.
+    static ACCEPTING: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+/// Removals held during one `accept`: the adapter's address and the session ids.
+struct Held {
+    inner: usize,
+    ids: Vec<Vec<u8>>,
+}
+
+/// Holds this thread's removals for one adapter until [`finish`](Holding::finish), and puts
+/// back what was held before (even if the handshake unwinds).
+struct Holding {
+    outer: Option<Option<Held>>,
+}
+
+impl Holding {
+    fn start(inner: usize) -> Self {
+        let held = Held {
+            inner,
+            ids: Vec::new(),
+        };
+        let outer = ACCEPTING.with(|a| a.replace(Some(held)));
+        Self { outer: Some(outer) }
+    }
+
+    /// Stops holding, and returns what was held.
+    fn finish(mut self) -> Option<Held> {
+        let outer = self.outer.take().flatten();
+        ACCEPTING.with(|a| a.replace(outer))
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if let Some(outer) = self.outer.take() {
+            ACCEPTING.with(|a| a.replace(outer));
+        }
+    }
 }
 
 fn bump(counter: &AtomicU64) {
@@ -159,6 +208,7 @@ impl ServerCache {
             unencodable: read(&c.unencodable),
             version_mismatches: read(&c.version_mismatches),
             removals: read(&c.removals),
+            ignored_removals: read(&c.ignored_removals),
         }
     }
 
@@ -177,13 +227,37 @@ impl ServerCache {
     /// `accept_good` if it completes. With a non-blocking stream, a handshake that would block
     /// is not counted as completed: call [`handshake_completed`](Self::handshake_completed)
     /// when it finishes.
+    ///
+    /// OpenSSL's remove callback does not say which connection removed a session, nor whether
+    /// its resumption completed. Here the adapter knows: the removals OpenSSL asks for during
+    /// this handshake are held, applied if it completes (or would block), and dropped if it
+    /// fails (counted in [`ServerStats::ignored_removals`]). A client that offers someone
+    /// else's session id (it travels in clear) and fails the resumption removes nothing.
     pub fn accept<S: Read + Write>(
         &self,
         ssl: Ssl,
         stream: S,
     ) -> Result<SslStream<S>, HandshakeError<S>> {
         self.handshake_started();
-        let tls = ssl.accept(stream)?;
+        let holding = Holding::start(Arc::as_ptr(&self.inner) as usize);
+        let accepted = ssl.accept(stream);
+        let held = holding.finish();
+        let ids = held.map(|h| h.ids).unwrap_or_default();
+        match &accepted {
+            Err(HandshakeError::SetupFailure(_) | HandshakeError::Failure(_)) => {
+                let ignored = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+                self.inner
+                    .counters
+                    .ignored_removals
+                    .fetch_add(ignored, Ordering::Relaxed);
+            }
+            Ok(_) | Err(HandshakeError::WouldBlock(_)) => {
+                for id in &ids {
+                    self.inner.remove_id(id);
+                }
+            }
+        }
+        let tls = accepted?;
         self.handshake_completed();
         Ok(tls)
     }
@@ -273,9 +347,26 @@ impl Inner {
     /// the connection's fresh session): those are not passed on, since there is nothing to
     /// remove, and passing them on would turn failed handshakes into external-cache traffic.
     /// The cache's callbacks never call back into OpenSSL, so this cannot loop.
+    ///
+    /// Inside [`ServerCache::accept`] the removal waits for the handshake's outcome.
     fn on_remove(&self, session: &SslSessionRef) {
         bump(&self.counters.removals);
-        if let Some(cached) = self.cache.peek(session.id()) {
+        let me = self as *const Inner as usize;
+        let held = ACCEPTING.with(|a| match a.borrow_mut().as_mut() {
+            Some(held) if held.inner == me => {
+                held.ids.push(session.id().to_vec());
+                true
+            }
+            _ => false,
+        });
+        if !held {
+            self.remove_id(session.id());
+        }
+    }
+
+    /// Removes the cached session with this id, if any, with the cache's remove callback.
+    fn remove_id(&self, id: &[u8]) {
+        if let Some(cached) = self.cache.peek(id) {
             self.cache.remove(&cached);
         }
     }

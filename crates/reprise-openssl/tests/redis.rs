@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{connect, serve, Close, Conn, Pki, Version};
 use openssl::ssl::{Ssl, SslContext};
-use reprise::{SecretBytes, Session, SessionCache};
+use reprise::{ProtocolVersion, SecretBytes, Session, SessionCache};
 use reprise_openssl::ServerCache;
 use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
 use reprise_testkit::{wait_until, RedisServer};
@@ -124,7 +124,7 @@ fn a_tls13_ticket_resumes_once_in_the_whole_fleet() {
     a.wait_written(2);
     let ticket = first.session.unwrap();
     assert!(b.connect(client, Some(&ticket)).resumed);
-    // Taken from Redis (GETDEL): neither B again nor A, which still has a local copy, resumes it.
+    // Taken from Redis (the take script): neither B again nor A, which still has a local copy, resumes it.
     assert!(!b.connect(client, Some(&ticket)).resumed);
     assert!(!a.connect(client, Some(&ticket)).resumed);
 }
@@ -141,6 +141,7 @@ fn a_value_from_redis_that_does_not_decode_is_a_miss() {
     let writer = tier(&redis.url());
     let garbage = Session::builder(&id, SecretBytes::from(b"not a DER session".to_vec()))
         .sid_ctx(CTX)
+        .version(ProtocolVersion::TLS1_2)
         .build()
         .unwrap();
     writer.store(&garbage);

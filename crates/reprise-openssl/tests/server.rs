@@ -141,6 +141,10 @@ fn an_undecodable_value_is_a_miss() {
 }
 
 /// The seeds: the remove callback is called "when a connection was not shutdown cleanly".
+/// After the handshake OpenSSL decides: the server here drops the connection without
+/// `SSL_shutdown` when the client goes away without close_notify (and OpenSSL 3 takes that end
+/// of file as an error), so the session goes. A known difference from the rustls adapter and
+/// `reprise serve`, which keep it (README, "Known differences").
 #[test]
 fn an_unclean_shutdown_removes_the_session() {
     let pki = Pki::new();
@@ -294,6 +298,55 @@ fn a_failed_handshake_caches_and_removes_nothing() {
     // OpenSSL called the remove callback for the failed connection's session, which was
     // never cached: nothing was passed on.
     assert!(sessions.stats().removals >= 1);
+}
+
+/// Attack 3 of issue 13 against the adapter: a TLS 1.2 session id travels in clear, so anyone
+/// can offer it. Here the attacker offers the victim's session with none of its ciphers:
+/// OpenSSL refuses the resumption inside `accept` with a fatal alert, and its remove callback
+/// names the victim's session. The adapter's `accept` drops removals from a handshake that
+/// failed, so the victim still resumes.
+#[test]
+fn a_failed_resumption_inside_accept_removes_nothing() {
+    let pki = Pki::new();
+    let srv = Server::new(&pki, Version::Tls12);
+    let mut victim = pki.client_builder(Version::Tls12);
+    victim
+        .set_cipher_list("ECDHE-ECDSA-AES128-GCM-SHA256")
+        .unwrap();
+    let victim = victim.build();
+    let mut attacker = pki.client_builder(Version::Tls12);
+    attacker
+        .set_cipher_list("ECDHE-ECDSA-AES256-GCM-SHA384")
+        .unwrap();
+    let attacker = attacker.build();
+    let run = |client: &SslContext, offer: Option<&[u8]>| {
+        connect(client, offer, Close::Clean, |sock| {
+            serve(srv.sessions.accept(Ssl::new(&srv.ctx).unwrap(), sock))
+        })
+    };
+
+    let first = run(&victim, None);
+    assert!(first.ok && !first.resumed);
+    assert_eq!(srv.cache.len(), 1);
+    let before = srv.sessions.stats();
+
+    let attack = run(&attacker, first.session.as_deref());
+    assert!(!attack.ok, "the resumption must fail: no common cipher");
+    let after = srv.sessions.stats();
+    assert!(
+        after.removals > before.removals,
+        "OpenSSL asked for a removal"
+    );
+    assert_eq!(
+        after.ignored_removals - before.ignored_removals,
+        after.removals - before.removals,
+        "every removal inside the failed accept was ignored"
+    );
+    assert!(srv.removed.lock().is_empty(), "{:?}", srv.removed.lock());
+    assert_eq!(srv.cache.len(), 1);
+
+    let again = run(&victim, first.session.as_deref());
+    assert!(again.ok && again.resumed, "the victim still resumes");
 }
 
 /// Attack 2 of issue 13: servers that share a cache and a session-id context name but differ

@@ -1,13 +1,17 @@
 //! Configuration of the Redis tier: where Redis is (one server or a cluster), the key prefix,
 //! and the time and space budgets that keep it off the handshake's critical path.
+//!
+//! A Redis URL may carry a password (`redis://user:PASSWORD@host:port`): it never appears in a
+//! log line, a `Debug` or `Display` output or an error; see [`redact`].
 
+use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::ConfigError;
 
-/// Where Redis is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Redis is. Its `Debug` and `Display` hide the passwords.
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// One server (or a primary behind a proxy): `redis://HOST:PORT[/DB]` or `rediss://…` for TLS.
     Single(String),
@@ -16,13 +20,136 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
+/// A Redis URL (or a cluster's comma-separated seed list, or any text given as one) with its
+/// credentials hidden, for logs and errors: the password becomes `***` (and a user name given
+/// alone, which may be a password, too), and a query string (`?…`, where some clients take a
+/// password) becomes `?***`.
+///
+/// ```
+/// use reprise_redis::redact;
+/// assert_eq!(redact("redis://app:s3cret@10.0.0.5:6379/2"), "redis://app:***@10.0.0.5:6379/2");
+/// assert_eq!(redact("redis://:s3cret@h:1"), "redis://:***@h:1");
+/// assert_eq!(redact("redis+cluster://:a@h:1,:b@h:2"), "redis+cluster://:***@h:1,:***@h:2");
+/// assert_eq!(redact("redis://h:1?password=s3cret"), "redis://h:1?***");
+/// assert_eq!(redact("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
+/// ```
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let redact_node = |node: &str| -> String {
+        let (node, query) = match node.split_once('?') {
+            Some((n, _)) => (n, "?***"),
+            None => (node, ""),
+        };
+        let node = match node.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => format!("***@{host}"),
+            },
+            None => node.to_owned(),
+        };
+        node + query
+    };
+    let nodes: Vec<String> = if scheme.contains("+cluster") {
+        rest.split(',').map(redact_node).collect()
+    } else {
+        vec![redact_node(rest)]
+    };
+    format!("{scheme}{}", nodes.join(","))
+}
+
+/// The secrets of a URL: the password (as written and percent-decoded), a user name given
+/// alone, and the query string's values.
+fn secrets(url: &str) -> Vec<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let mut out = Vec::new();
+    for node in rest.split(',') {
+        let (node, query) = node.split_once('?').unwrap_or((node, ""));
+        if let Some((userinfo, _)) = node.rsplit_once('@') {
+            let secret = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+            out.push(secret.to_owned());
+            out.push(percent_decode(secret));
+        }
+        out.extend(
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(_, v)| v.to_owned()),
+        );
+    }
+    out.retain(|s| !s.is_empty());
+    // Longest first, so that a secret containing another is hidden whole.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl RedisTarget {
+    fn urls(&self) -> &[String] {
+        match self {
+            RedisTarget::Single(url) => std::slice::from_ref(url),
+            RedisTarget::Cluster(urls) => urls,
+        }
+    }
+
+    /// `text` (an error message, say) with every secret of this target's URLs hidden.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for url in self.urls() {
+            for secret in secrets(url) {
+                text = text.replace(&secret, "***");
+            }
+        }
+        text
+    }
+
     /// The URL to subscribe for invalidations on: the server, or the first seed node (a
     /// cluster delivers every publication to every node).
     pub(crate) fn pubsub_url(&self) -> &str {
         match self {
             RedisTarget::Single(url) => url,
             RedisTarget::Cluster(urls) => urls.first().map_or("", String::as_str),
+        }
+    }
+}
+
+impl fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls().iter().map(|u| redact(u)).collect();
+        f.write_str(&urls.join(","))
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls().iter().map(|u| redact(u)).collect();
+        match self {
+            RedisTarget::Single(_) => f.debug_tuple("Single").field(&urls[0]).finish(),
+            RedisTarget::Cluster(_) => f.debug_tuple("Cluster").field(&urls).finish(),
         }
     }
 }
@@ -40,7 +167,7 @@ impl FromStr for RedisTarget {
     /// assert!("http://x".parse::<RedisTarget>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ConfigError::BadUrl(s.to_owned());
+        let bad = || ConfigError::BadUrl(redact(s));
         let check_host_port = |hp: &str| -> Result<(), ConfigError> {
             let authority = hp.rsplit_once('@').map_or(hp, |(_, a)| a);
             let authority = authority.split('/').next().unwrap_or_default();
@@ -97,10 +224,18 @@ pub struct RedisConfig {
     pub breaker_threshold: u32,
     /// How long the breaker stays open before a probe (default 1 s).
     pub breaker_cooldown: Duration,
+    /// Reads that find nothing, a second, that one client address (an IPv4 address, an IPv6
+    /// /64) may cause, in bursts of up to twice as many; once they are spent, the address's
+    /// reads wait for the budget to refill. Reads that find a session cost nothing (default
+    /// 50; 0: no limit).
+    pub misses_per_address: u32,
 }
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "reprise:";
+
+/// The default read budget per client address, a second.
+pub const DEFAULT_MISSES_PER_ADDRESS: u32 = 50;
 
 /// The default read budget.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(5);
@@ -116,6 +251,7 @@ impl RedisConfig {
             write_queue: 65536,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
+            misses_per_address: DEFAULT_MISSES_PER_ADDRESS,
         }
     }
 

@@ -6,10 +6,10 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The Redis address is not a URL this tier understands.
+    /// The Redis address is not a URL this tier understands (shown with its password hidden).
     #[error("redis address {0:?}: expected redis://HOST:PORT, rediss://HOST:PORT, or redis+cluster://HOST:PORT,HOST:PORT,...")]
     BadUrl(String),
-    /// The Redis client refused the address.
+    /// The Redis client refused the address (shown with its password hidden).
     #[error("redis address {url:?}: {reason}")]
     Client {
         /// The address.

@@ -6,10 +6,15 @@
 //!
 //! - **sealed**: every value is encrypted and authenticated (XChaCha20-Poly1305) under a
 //!   [`KeyRing`], bound to its Redis key; nothing in Redis reveals a master secret, a server
-//!   name or a client certificate, and a value that does not open is a miss, counted and
-//!   deleted;
-//! - **single-use for TLS 1.3**: a ticket is taken with one atomic `GETDEL`, so it resumes on
-//!   exactly one instance, once;
+//!   name or a client certificate, and a value that does not open is a miss, counted (and
+//!   deleted if forged or corrupt; kept if sealed under a key this instance lacks, so that keys
+//!   rotate without losing sessions);
+//! - **single-use for TLS 1.3**: a ticket is taken with one atomic script, so it resumes on
+//!   exactly one instance, once, on the connection the take was made for; a local copy alone
+//!   never resumes a ticket; tickets and reusable TLS 1.2 sessions live in separate key
+//!   spaces, so a take never touches a reusable session;
+//! - **cheap to attack**: one Redis read per ClientHello at most, none for an id that missed
+//!   recently, and a read budget per client address;
 //! - **fail-open, and never in the way**: writes leave through a bounded queue, reads have a
 //!   deadline (5 ms by default), a circuit breaker stops asking a failing Redis, and when Redis
 //!   is down every handshake still completes, as a full one.
@@ -25,7 +30,10 @@
 //! let tier = RedisTier::start(config, keys)?;
 //! let cache = Arc::new(SessionCache::new());
 //! tier.install(&cache, Wiring::Prefetch);
-//! // Before each handshake: tier.prefetch(&cache, sid_ctx, offer).await
+//! // Before each handshake, with the connection's handle (reprise-rustls):
+//! // if let Some(ticket) = tier.prefetch(&cache, sid_ctx, offer).await.into_ticket() {
+//! //     sessions.confirm_take(ticket);
+//! // }
 //! # Ok(()) }
 //! ```
 
@@ -33,12 +41,17 @@ mod breaker;
 mod config;
 mod conn;
 mod error;
+mod guard;
 mod stats;
 mod tier;
 
 pub use breaker::BreakerState;
-pub use config::{RedisConfig, RedisTarget, DEFAULT_PREFIX, DEFAULT_READ_TIMEOUT};
+pub use config::{
+    redact, RedisConfig, RedisTarget, DEFAULT_MISSES_PER_ADDRESS, DEFAULT_PREFIX,
+    DEFAULT_READ_TIMEOUT,
+};
 pub use error::ConfigError;
+pub use guard::{SESSION_MISS_TTL, TICKET_MISS_TTL};
 pub use reprise_seal::{KeyFileError, KeyRing, OpenError, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
 pub use stats::TierStats;
-pub use tier::{Fetch, Offer, RedisTier, Wiring};
+pub use tier::{Fetch, Kind, Offer, Prefetched, RedisTier, Wiring};

@@ -32,21 +32,33 @@ pub struct TierStats {
     pub read_hits: u64,
     /// Reads that found nothing.
     pub read_misses: u64,
-    /// Reads that ran out of time.
+    /// Reads that ran out of time (failures of Redis, for the circuit breaker).
     pub read_timeouts: u64,
+    /// Read deadlines missed because this machine was busy (the timer fired late): given a
+    /// second budget, and never counted against Redis.
+    pub read_timeouts_local: u64,
     /// Reads that failed.
     pub read_errors: u64,
     /// Reads not sent because Redis was unavailable.
     pub reads_skipped: u64,
-    /// Values that did not open (forged, corrupt, unknown key, bad layout): misses, deleted.
+    /// Values that did not open (forged, corrupt, bad layout, or of the wrong kind): misses,
+    /// deleted.
     pub rejected_values: u64,
-    /// Sessions a prefetch put into the local tier.
+    /// Values sealed under a key this instance's ring lacks, or in a format it does not know:
+    /// misses, left in Redis for the instances that can open them.
+    pub unknown_key_values: u64,
+    /// Reads not sent because the same id missed recently (or, for a ticket, a take already
+    /// went after it).
+    pub negative_hits: u64,
+    /// Reads not sent because the client's address had spent its read budget.
+    pub reads_limited: u64,
+    /// Recent misses remembered now (the negative cache's size).
+    pub misses_remembered: u64,
+    /// Sessions a prefetch fetched: TLS 1.2 sessions put into the local tier, and TLS 1.3
+    /// tickets taken for their connection.
     pub prefetched: u64,
     /// Local copies of single-use sessions dropped because Redis could not confirm the take.
     pub unconfirmed_takes: u64,
-    /// Takes (TLS 1.3 ticket lookups) that found a TLS 1.2 session, which a take must not
-    /// consume: misses, and the session is written back.
-    pub refused_takes: u64,
     /// Invalidations published to the fleet.
     pub invalidations_sent: u64,
     /// Invalidations received from the fleet and applied.
@@ -66,12 +78,15 @@ pub(crate) struct Counters {
     pub(crate) read_hits: AtomicU64,
     pub(crate) read_misses: AtomicU64,
     pub(crate) read_timeouts: AtomicU64,
+    pub(crate) read_timeouts_local: AtomicU64,
     pub(crate) read_errors: AtomicU64,
     pub(crate) reads_skipped: AtomicU64,
     pub(crate) rejected_values: AtomicU64,
+    pub(crate) unknown_key_values: AtomicU64,
+    pub(crate) negative_hits: AtomicU64,
+    pub(crate) reads_limited: AtomicU64,
     pub(crate) prefetched: AtomicU64,
     pub(crate) unconfirmed_takes: AtomicU64,
-    pub(crate) refused_takes: AtomicU64,
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
 }
@@ -101,12 +116,16 @@ impl Counters {
             read_hits: r(&self.read_hits),
             read_misses: r(&self.read_misses),
             read_timeouts: r(&self.read_timeouts),
+            read_timeouts_local: r(&self.read_timeouts_local),
             read_errors: r(&self.read_errors),
             reads_skipped: r(&self.reads_skipped),
             rejected_values: r(&self.rejected_values),
+            unknown_key_values: r(&self.unknown_key_values),
+            negative_hits: r(&self.negative_hits),
+            reads_limited: r(&self.reads_limited),
+            misses_remembered: 0,
             prefetched: r(&self.prefetched),
             unconfirmed_takes: r(&self.unconfirmed_takes),
-            refused_takes: r(&self.refused_takes),
             invalidations_sent: r(&self.invalidations_sent),
             invalidations_received: r(&self.invalidations_received),
         }

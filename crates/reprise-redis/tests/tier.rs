@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey};
-use reprise_redis::{Fetch, KeyRing, Offer, RedisConfig, RedisTier, Wiring};
+use reprise_redis::{Fetch, KeyRing, Kind, Offer, RedisConfig, RedisTier, Wiring};
 use reprise_testkit::{wait_until, RedisCluster, RedisServer};
 
 const CTX: &[u8] = b"test-context";
@@ -84,6 +84,23 @@ fn key(id: u8) -> [u8; 32] {
     [id; 32]
 }
 
+/// What one connection resumes when rustls takes the ticket `k` after prefetching `offer`, as
+/// `ServerStore::take` does: the ticket Redis handed over for this connection if it is `k`,
+/// else whatever the cache's own take gives (with a shared tier: nothing, whatever the cache
+/// holds locally).
+async fn prefetch_and_take(
+    tier: &RedisTier,
+    cache: &SessionCache,
+    offer: Offer<'_>,
+    k: SessionKey<'_>,
+) -> Option<Arc<Session>> {
+    let prefetched = tier.prefetch(cache, CTX, offer).await;
+    match prefetched.into_ticket() {
+        Some(ticket) if ticket.id().as_bytes() == k.id => cache.take_confirmed(k, ticket),
+        _ => cache.take(Role::Server, k),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_made_on_one_instance_resumes_on_another() {
     let redis = RedisServer::start();
@@ -94,15 +111,21 @@ async fn a_session_made_on_one_instance_resumes_on_another() {
     assert!(b
         .lookup(Role::Server, SessionKey::new(&key(1), CTX))
         .is_none());
-    tb.prefetch(
-        &b,
-        CTX,
-        Offer {
-            session_id: Some(&key(1)),
-            psk_identities: &[],
-        },
-    )
-    .await;
+    let prefetched = tb
+        .prefetch(
+            &b,
+            CTX,
+            Offer {
+                session_id: Some(&key(1)),
+                psk_identities: &[],
+                client: None,
+            },
+        )
+        .await;
+    assert!(
+        prefetched.ticket().is_none(),
+        "a TLS 1.2 session is no ticket"
+    );
     let got = b
         .lookup(Role::Server, SessionKey::new(&key(1), CTX))
         .unwrap();
@@ -114,7 +137,7 @@ async fn a_session_made_on_one_instance_resumes_on_another() {
     assert_eq!(tb.stats().prefetched, 1);
 
     // Redis expires it at the same second the cache would: the second after its last valid one.
-    let redis_key = ta.redis_key(SessionKey::new(&key(1), CTX));
+    let redis_key = ta.redis_key(Kind::Session, SessionKey::new(&key(1), CTX));
     let expiretime: u64 = redis
         .command(&["EXPIRETIME", &redis_key])
         .unwrap()
@@ -146,24 +169,29 @@ async fn a_tls13_ticket_is_taken_once_across_the_fleet() {
     let offer = Offer {
         session_id: None,
         psk_identities: &ids,
+        client: None,
     };
     let id7 = key(7);
     let k = SessionKey::new(&id7, CTX);
 
     // Instance 1 takes it from Redis and resumes it.
-    tiers[1].prefetch(&caches[1], CTX, offer).await;
-    assert!(caches[1].take(Role::Server, k).is_some());
+    assert!(prefetch_and_take(&tiers[1], &caches[1], offer, k)
+        .await
+        .is_some());
     // Instance 2 finds nothing; instance 0 still holds its local copy, but Redis cannot
     // confirm the take, so it drops it.
-    tiers[2].prefetch(&caches[2], CTX, offer).await;
-    assert!(caches[2].take(Role::Server, k).is_none());
+    assert!(prefetch_and_take(&tiers[2], &caches[2], offer, k)
+        .await
+        .is_none());
     assert!(caches[0].peek(&key(7)).is_some());
-    tiers[0].prefetch(&caches[0], CTX, offer).await;
-    assert!(caches[0].take(Role::Server, k).is_none());
+    assert!(prefetch_and_take(&tiers[0], &caches[0], offer, k)
+        .await
+        .is_none());
+    assert!(caches[0].peek(&key(7)).is_none());
     assert_eq!(tiers[0].stats().unconfirmed_takes, 1);
     assert_eq!(
         redis
-            .command(&["EXISTS", &tiers[0].redis_key(k)])
+            .command(&["EXISTS", &tiers[0].redis_key(Kind::Ticket, k)])
             .as_deref(),
         Some(":0")
     );
@@ -172,6 +200,8 @@ async fn a_tls13_ticket_is_taken_once_across_the_fleet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls12_session_id_offered_as_a_ticket_burns_nothing() {
     // A TLS 1.2 session id travels in the clear; anyone could offer it as a TLS 1.3 ticket.
+    // Tickets and reusable sessions live in separate key spaces: the take finds nothing and
+    // leaves the session untouched (no read-and-restore, no window where it is gone).
     let redis = RedisServer::start();
     let (ta, tb, a, b) = two_instances(&redis).await;
     new_session(&a, 3, ProtocolVersion::TLS1_2);
@@ -180,56 +210,82 @@ async fn a_tls12_session_id_offered_as_a_ticket_burns_nothing() {
     let as_ticket = Offer {
         session_id: None,
         psk_identities: &ids,
+        client: None,
     };
     let id3 = key(3);
     let k = SessionKey::new(&id3, CTX);
-    let redis_key = ta.redis_key(k);
-
-    // Each refused take writes the session back, asynchronously.
-    let written_back = || async {
-        for _ in 0..500 {
-            if redis.command(&["EXISTS", &redis_key]).as_deref() == Some(":1") {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
-    };
+    let redis_key = ta.redis_key(Kind::Session, k);
+    assert!(redis_key.starts_with("reprise:s:"));
+    assert!(ta.redis_key(Kind::Ticket, k).starts_with("reprise:t:"));
+    let ttl_before = redis.command(&["PEXPIRETIME", &redis_key]).unwrap();
 
     // On the instance that made it, and on another: a miss, and nothing is lost.
-    ta.prefetch(&a, CTX, as_ticket).await;
-    assert!(a.take(Role::Server, k).is_none());
+    assert!(prefetch_and_take(&ta, &a, as_ticket, k).await.is_none());
     assert!(a.lookup(Role::Server, k).is_some(), "local copy kept");
-    assert_eq!(ta.stats().refused_takes, 1);
-    assert!(
-        written_back().await,
-        "not written back after the first take"
-    );
-    tb.prefetch(&b, CTX, as_ticket).await;
-    assert!(b.take(Role::Server, k).is_none());
-    assert_eq!(tb.stats().refused_takes, 1);
-    assert!(
-        written_back().await,
-        "not written back after the second take"
-    );
-    // The direct take is refused as well.
+    assert!(prefetch_and_take(&tb, &b, as_ticket, k).await.is_none());
     assert!(matches!(tb.fetch(k, true).await, Fetch::Miss));
-    assert_eq!(tb.stats().refused_takes, 2);
-    assert!(
-        written_back().await,
-        "not written back after the third take"
+    // The session was never touched: same key, same expiry, still resumable fleet-wide.
+    assert_eq!(
+        redis.command(&["PEXPIRETIME", &redis_key]).unwrap(),
+        ttl_before
     );
-
-    // Written back with its expiry: still resumable across the fleet.
-    let expiretime: u64 = redis
-        .command(&["EXPIRETIME", &redis_key])
-        .unwrap()
-        .trim_start_matches(':')
-        .parse()
-        .unwrap();
-    let made = a.peek(&key(3)).unwrap();
-    assert_eq!(expiretime, made.expires_at() + 1);
     assert!(matches!(tb.fetch(k, false).await, Fetch::Hit(_)));
+    // And no take ever ran against a reusable session's key.
+    assert_eq!(
+        redis
+            .command(&["EXISTS", &ta.redis_key(Kind::Ticket, k)])
+            .as_deref(),
+        Some(":0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_removal_is_never_undone_by_a_concurrent_take() {
+    // Attack 9: a take racing an explicit removal of a TLS 1.2 session used to read it
+    // (GETDEL), then write it back (SET NX), resurrecting a removal that landed in between.
+    let redis = RedisServer::start();
+    let (ta, tb, a, _b) = two_instances(&redis).await;
+    for round in 0..20u8 {
+        let id = key(100 + round);
+        let s = new_session(&a, 100 + round, ProtocolVersion::TLS1_2);
+        wait_written(&ta, u64::from(round) + 1).await;
+        let k = SessionKey::new(&id, CTX);
+        let ids = vec![id.to_vec()];
+        // Takes of the session id from another instance, around the removal.
+        let takes = (0..8).map(|_| {
+            let tb = tb.clone();
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                let cache = SessionCache::new();
+                let offer = Offer {
+                    session_id: None,
+                    psk_identities: &ids,
+                    client: None,
+                };
+                let _ = tb.prefetch(&cache, CTX, offer).await;
+                let _ = tb.fetch(SessionKey::new(&ids[0], CTX), true).await;
+            })
+        });
+        let takes: Vec<_> = takes.collect();
+        assert!(a.remove(&s));
+        for t in takes {
+            t.await.unwrap();
+        }
+        // The removal is written (bounded wait), and nothing brings the session back.
+        let deleted = wait_until(Duration::from_secs(5), || {
+            ta.stats().deletes_written > u64::from(round)
+        });
+        assert!(deleted, "{:?}", ta.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            redis
+                .command(&["EXISTS", &ta.redis_key(Kind::Session, k)])
+                .as_deref(),
+            Some(":0"),
+            "round {round}: the removed session came back"
+        );
+        assert!(matches!(tb.fetch(k, false).await, Fetch::Miss));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,14 +296,14 @@ async fn garbage_forged_and_moved_values_are_misses_and_deleted() {
     wait_connected(&t).await;
     new_session(&c, 1, ProtocolVersion::TLS1_2);
     wait_written(&t, 1).await;
-    let good = t.redis_key(SessionKey::new(&key(1), CTX));
+    let good = t.redis_key(Kind::Session, SessionKey::new(&key(1), CTX));
     let sealed = redis.command(&["GET", &good]).unwrap();
 
     // Garbage under a valid key; a real value moved to another key; a value sealed under a key
     // this instance does not have.
-    let moved = t.redis_key(SessionKey::new(&key(2), CTX));
+    let moved = t.redis_key(Kind::Session, SessionKey::new(&key(2), CTX));
     redis.command(&["SET", &moved, &sealed]).unwrap();
-    let garbage = t.redis_key(SessionKey::new(&key(3), CTX));
+    let garbage = t.redis_key(Kind::Session, SessionKey::new(&key(3), CTX));
     redis
         .command(&["SET", &garbage, "\u{1}\u{2}garbage"])
         .unwrap();
@@ -262,17 +318,26 @@ async fn garbage_forged_and_moved_values_are_misses_and_deleted() {
         let k = SessionKey::new(&idk, CTX);
         assert!(matches!(t.fetch(k, false).await, Fetch::Miss), "{id}");
     }
-    assert_eq!(t.stats().rejected_values, 3);
-    // Each was deleted (asynchronously: wait, bounded).
-    let gone = wait_until(Duration::from_secs(5), || {
-        [2u8, 3, 4].iter().all(|id| {
-            redis
-                .command(&["EXISTS", &t.redis_key(SessionKey::new(&key(*id), CTX))])
-                .as_deref()
-                == Some(":0")
-        })
-    });
+    let stats = t.stats();
+    assert_eq!((stats.rejected_values, stats.unknown_key_values), (2, 1));
+    // The garbage and the moved value are deleted (asynchronously: wait, bounded).
+    let exists = |id: u8| {
+        redis
+            .command(&[
+                "EXISTS",
+                &t.redis_key(Kind::Session, SessionKey::new(&key(id), CTX)),
+            ])
+            .as_deref()
+            == Some(":1")
+    };
+    let gone = wait_until(Duration::from_secs(5), || !exists(2) && !exists(3));
     assert!(gone);
+    // The one sealed under a key this instance lacks stays, for the instances that have it.
+    assert!(exists(4));
+    assert!(matches!(
+        other_tier.fetch(SessionKey::new(&key(4), CTX), false).await,
+        Fetch::Hit(_)
+    ));
     // The genuine one still opens.
     assert!(matches!(
         t.fetch(SessionKey::new(&key(1), CTX), false).await,
@@ -311,6 +376,63 @@ async fn keys_rotate_without_losing_sessions() {
         t_old.fetch(SessionKey::new(&key(10), CTX), false).await,
         Fetch::Miss
     ));
+    // ... and does not delete either (attack 8): a rolling update of the key file loses nothing.
+    assert!(matches!(
+        t_rotated.fetch(SessionKey::new(&key(10), CTX), false).await,
+        Fetch::Hit(_)
+    ));
+
+    // A ticket sealed with the new key: an instance without the key cannot take it, and leaves
+    // it for one that can, which takes it once.
+    new_session(&c_rotated, 11, ProtocolVersion::TLS1_3);
+    wait_written(&t_rotated, 2).await;
+    let id11 = key(11);
+    let k11 = SessionKey::new(&id11, CTX);
+    let ticket_key = t_rotated.redis_key(Kind::Ticket, k11);
+    let ids = vec![id11.to_vec()];
+    let offer = Offer {
+        session_id: None,
+        psk_identities: &ids,
+        client: None,
+    };
+    assert!(prefetch_and_take(&t_old, &c_old, offer, k11)
+        .await
+        .is_none());
+    assert!(matches!(t_old.fetch(k11, true).await, Fetch::Miss));
+    assert_eq!(t_old.stats().unknown_key_values, 3);
+    assert_eq!(t_old.stats().rejected_values, 0);
+    assert_eq!(
+        redis.command(&["EXISTS", &ticket_key]).as_deref(),
+        Some(":1")
+    );
+    let c_other = instance(&t_rotated, Wiring::Prefetch);
+    assert!(prefetch_and_take(&t_rotated, &c_other, offer, k11)
+        .await
+        .is_some());
+    assert_eq!(
+        redis.command(&["EXISTS", &ticket_key]).as_deref(),
+        Some(":0")
+    );
+
+    // A value in a format this instance does not know (a newer version): a miss, kept.
+    let id12 = key(12);
+    let k12 = SessionKey::new(&id12, CTX);
+    for kind in [Kind::Ticket, Kind::Session] {
+        let redis_key = t_rotated.redis_key(kind, k12);
+        redis
+            .command(&["SET", &redis_key, "\u{9}\u{3}newsomething-sealed-later"])
+            .unwrap();
+        assert!(matches!(
+            t_rotated.fetch(k12, kind == Kind::Ticket).await,
+            Fetch::Miss
+        ));
+        assert_eq!(
+            redis.command(&["EXISTS", &redis_key]).as_deref(),
+            Some(":1"),
+            "{kind:?}"
+        );
+    }
+    assert_eq!(t_rotated.stats().unknown_key_values, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,15 +450,18 @@ async fn explicit_removal_reaches_the_whole_fleet() {
 
     let s = new_session(&a, 5, ProtocolVersion::TLS1_2);
     wait_written(&ta, 1).await;
-    tb.prefetch(
-        &b,
-        CTX,
-        Offer {
-            session_id: Some(&key(5)),
-            psk_identities: &[],
-        },
-    )
-    .await;
+    let prefetched = tb
+        .prefetch(
+            &b,
+            CTX,
+            Offer {
+                session_id: Some(&key(5)),
+                psk_identities: &[],
+                client: None,
+            },
+        )
+        .await;
+    assert!(prefetched.ticket().is_none());
     assert!(b.peek(&key(5)).is_some());
 
     assert!(a.remove(&s));
@@ -345,7 +470,9 @@ async fn explicit_removal_reaches_the_whole_fleet() {
     let dropped = wait_until(Duration::from_secs(5), || b.peek(&key(5)).is_none());
     assert!(dropped, "{:?}", tb.stats());
     assert_eq!(
-        redis.command(&["EXISTS", &ta.redis_key(k)]).as_deref(),
+        redis
+            .command(&["EXISTS", &ta.redis_key(Kind::Session, k)])
+            .as_deref(),
         Some(":0")
     );
     assert_eq!(tb.stats().invalidations_received, 1);
@@ -359,7 +486,10 @@ async fn explicit_removal_reaches_the_whole_fleet() {
     assert_eq!(a.stats().cache_full, 1);
     assert_eq!(
         redis
-            .command(&["EXISTS", &ta.redis_key(SessionKey::new(&key(6), CTX))])
+            .command(&[
+                "EXISTS",
+                &ta.redis_key(Kind::Session, SessionKey::new(&key(6), CTX))
+            ])
             .as_deref(),
         Some(":1")
     );
@@ -496,15 +626,18 @@ async fn a_three_node_cluster_works_the_same() {
     }
     wait_written(&ta, 20).await;
     for id in (1..=20u8).step_by(2) {
-        tb.prefetch(
-            &b,
-            CTX,
-            Offer {
-                session_id: Some(&key(id)),
-                psk_identities: &[],
-            },
-        )
-        .await;
+        let prefetched = tb
+            .prefetch(
+                &b,
+                CTX,
+                Offer {
+                    session_id: Some(&key(id)),
+                    psk_identities: &[],
+                    client: None,
+                },
+            )
+            .await;
+        assert!(prefetched.ticket().is_none());
         assert!(
             b.lookup(Role::Server, SessionKey::new(&key(id), CTX))
                 .is_some(),
@@ -513,34 +646,15 @@ async fn a_three_node_cluster_works_the_same() {
     }
     for id in (2..=20u8).step_by(2) {
         let ids = vec![key(id).to_vec()];
-        tb.prefetch(
-            &b,
-            CTX,
-            Offer {
-                session_id: None,
-                psk_identities: &ids,
-            },
-        )
-        .await;
-        assert!(
-            b.take(Role::Server, SessionKey::new(&key(id), CTX))
-                .is_some(),
-            "{id}"
-        );
-        ta.prefetch(
-            &a,
-            CTX,
-            Offer {
-                session_id: None,
-                psk_identities: &ids,
-            },
-        )
-        .await;
-        assert!(
-            a.take(Role::Server, SessionKey::new(&key(id), CTX))
-                .is_none(),
-            "{id}"
-        );
+        let offer = Offer {
+            session_id: None,
+            psk_identities: &ids,
+            client: None,
+        };
+        let kid = key(id);
+        let k = SessionKey::new(&kid, CTX);
+        assert!(prefetch_and_take(&tb, &b, offer, k).await.is_some(), "{id}");
+        assert!(prefetch_and_take(&ta, &a, offer, k).await.is_none(), "{id}");
     }
     // The keys spread over the three nodes.
     let per_node: Vec<u64> = cluster
@@ -559,4 +673,336 @@ async fn a_three_node_cluster_works_the_same() {
         per_node.iter().filter(|&&n| n > 0).count() >= 2,
         "{per_node:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_copy_alone_never_resumes_a_ticket() {
+    let redis = RedisServer::start();
+    let (ta, tb, a, b) = two_instances(&redis).await;
+    new_session(&a, 4, ProtocolVersion::TLS1_3);
+    wait_written(&ta, 1).await;
+    let id4 = key(4);
+    let k = SessionKey::new(&id4, CTX);
+    let redis_key = ta.redis_key(Kind::Ticket, k);
+
+    // The instance that made the ticket holds a copy, and Redis has it. A take that no
+    // prefetch confirmed for this connection (the ticket past the identities the prefetch
+    // reads, a second ClientHello, a hello the parser could not read) resumes nothing.
+    assert!(a.peek(&key(4)).is_some());
+    assert!(a.take(Role::Server, k).is_none());
+    assert_eq!(ta.stats().unconfirmed_takes, 1);
+    // A prefetch of other identities confirms nothing for this one either.
+    let others: Vec<Vec<u8>> = (40..44).map(|i| key(i).to_vec()).collect();
+    let offer = Offer {
+        session_id: None,
+        psk_identities: &others,
+        client: None,
+    };
+    let copy = a
+        .session(&key(4), SecretBytes::from(vec![4; 48]))
+        .sid_ctx(CTX)
+        .version(ProtocolVersion::TLS1_3)
+        .build()
+        .unwrap();
+    assert!(a.add(&Arc::new(copy)));
+    assert!(prefetch_and_take(&ta, &a, offer, k).await.is_none());
+    // Nothing burnt the ticket in Redis: the fleet can still resume it, exactly once.
+    assert_eq!(
+        redis.command(&["EXISTS", &redis_key]).as_deref(),
+        Some(":1")
+    );
+    let mine = vec![key(4).to_vec()];
+    let offer = Offer {
+        session_id: None,
+        psk_identities: &mine,
+        client: None,
+    };
+    let prefetched = tb.prefetch(&b, CTX, offer).await;
+    let ticket = prefetched.ticket().cloned().unwrap();
+    assert!(
+        b.take(Role::Server, k).is_none(),
+        "only through the connection"
+    );
+    assert!(b.take_confirmed(k, ticket.clone()).is_some());
+    assert!(b.take_confirmed(k, ticket).is_none(), "once");
+    assert!(prefetch_and_take(&ta, &a, offer, k).await.is_none());
+    assert!(prefetch_and_take(&tb, &b, offer, k).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_wiring_takes_a_ticket_once_whoever_holds_a_copy() {
+    let redis = RedisServer::start();
+    let (ta, tb) = (tier(&redis.url(), keys()), tier(&redis.url(), keys()));
+    let (a, b) = (
+        instance(&ta, Wiring::Blocking),
+        instance(&tb, Wiring::Blocking),
+    );
+    wait_connected(&ta).await;
+    wait_connected(&tb).await;
+    new_session(&a, 6, ProtocolVersion::TLS1_3);
+    wait_written(&ta, 1).await;
+    let id6 = key(6);
+    let k = SessionKey::new(&id6, CTX);
+    // The maker's take goes through Redis too (GETDEL), and then nobody resumes it again:
+    // neither the maker (its copy left with the take) nor another instance.
+    let (a2, b2) = (a.clone(), b.clone());
+    let taken = tokio::task::spawn_blocking(move || {
+        let id6 = key(6);
+        let k = SessionKey::new(&id6, CTX);
+        let first = a2.take(Role::Server, k).is_some();
+        let again = a2.take(Role::Server, k).is_some();
+        let elsewhere = b2.take(Role::Server, k).is_some();
+        (first, again, elsewhere)
+    })
+    .await
+    .unwrap();
+    assert_eq!(taken, (true, false, false));
+    assert!(a.peek(&key(6)).is_none());
+    assert_eq!(
+        redis
+            .command(&["EXISTS", &ta.redis_key(Kind::Ticket, k)])
+            .as_deref(),
+        Some(":0")
+    );
+}
+
+/// Redis reads since the last `CONFIG RESETSTAT`: key lookups, hits and misses (one per GET,
+/// GETDEL or take script).
+fn redis_reads(redis: &RedisServer) -> u64 {
+    let info = redis.command(&["INFO", "stats"]).unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("keyspace_hits:") || l.starts_with("keyspace_misses:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_hellos_cost_at_most_one_read_and_repeated_ones_none() {
+    // Attack 4: made-up ids and identities must not turn into Redis reads.
+    let redis = RedisServer::start();
+    let mut config = RedisConfig::new(redis.url().parse().unwrap());
+    config.read_timeout = Duration::from_secs(2);
+    config.misses_per_address = 0; // the negative cache alone, first
+    let t = RedisTier::start(config, keys()).unwrap();
+    let c = instance(&t, Wiring::Prefetch);
+    wait_connected(&t).await;
+    let attacker = Some("192.0.2.7".parse().unwrap());
+
+    // Hellos with four random identities, each repeated (de-duplicated): one read each.
+    redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
+    for n in 0..50u32 {
+        let fresh = |i: u32| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            id[4..8].copy_from_slice(&i.to_be_bytes());
+            id.to_vec()
+        };
+        let ids = vec![fresh(1), fresh(1), fresh(2), fresh(3), fresh(2)];
+        let offer = Offer {
+            session_id: None,
+            psk_identities: &ids,
+            client: attacker,
+        };
+        let _ = t.prefetch(&c, CTX, offer).await;
+    }
+    assert_eq!(redis_reads(&redis), 50);
+    // The same hello again and again: no read at all, whether tickets or a TLS 1.2 id.
+    let ids = vec![key(200).to_vec(), key(201).to_vec()];
+    let repeated = Offer {
+        session_id: None,
+        psk_identities: &ids,
+        client: attacker,
+    };
+    let id202 = key(202);
+    let repeated12 = Offer {
+        session_id: Some(&id202),
+        psk_identities: &[],
+        client: attacker,
+    };
+    let _ = t.prefetch(&c, CTX, repeated).await;
+    let _ = t.prefetch(&c, CTX, repeated).await; // identity 201 now, the first one unknown
+    let _ = t.prefetch(&c, CTX, repeated12).await;
+    redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
+    for _ in 0..20 {
+        let _ = t.prefetch(&c, CTX, repeated).await;
+        let _ = t.prefetch(&c, CTX, repeated12).await;
+    }
+    // TLS 1.2 misses are remembered for a second only: at most one read per second here.
+    let reads = redis_reads(&redis);
+    assert!(reads <= 1, "{reads} reads for repeated hellos");
+    assert!(t.stats().negative_hits >= 40, "{:?}", t.stats());
+    let remembered = t.stats().misses_remembered;
+    assert!((52..=53).contains(&remembered), "{:?}", t.stats());
+
+    // A real ticket offered behind made-up identities still resumes once; offered again,
+    // it costs nothing.
+    let maker = tier(&redis.url(), keys());
+    let made = instance(&maker, Wiring::Prefetch);
+    wait_connected(&maker).await;
+    new_session(&made, 210, ProtocolVersion::TLS1_3);
+    let id210 = key(210);
+    assert!(wait_until(Duration::from_secs(10), || redis
+        .command(&[
+            "EXISTS",
+            &t.redis_key(Kind::Ticket, SessionKey::new(&id210, CTX))
+        ])
+        .as_deref()
+        == Some(":1")));
+    let ids = vec![key(200).to_vec(), key(201).to_vec(), id210.to_vec()];
+    let offer = Offer {
+        session_id: None,
+        psk_identities: &ids,
+        client: attacker,
+    };
+    let k210 = SessionKey::new(&id210, CTX);
+    assert!(prefetch_and_take(&t, &c, offer, k210).await.is_some());
+    redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
+    assert!(prefetch_and_take(&t, &c, offer, k210).await.is_none());
+    assert_eq!(redis_reads(&redis), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_address_has_a_read_budget_that_hits_give_back() {
+    let redis = RedisServer::start();
+    let mut config = RedisConfig::new(redis.url().parse().unwrap());
+    config.read_timeout = Duration::from_secs(2);
+    config.misses_per_address = 5; // bursts of 10
+    let t = RedisTier::start(config, keys()).unwrap();
+    let c = instance(&t, Wiring::Prefetch);
+    wait_connected(&t).await;
+    let maker = tier(&redis.url(), keys());
+    let made = instance(&maker, Wiring::Prefetch);
+    wait_connected(&maker).await;
+
+    // 200 hellos with random ids from one address: the budget (10 at once, 5 more a second)
+    // bounds the reads.
+    let attacker = Some("2001:db8:1:2::66".parse().unwrap());
+    redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
+    let started = std::time::Instant::now();
+    for n in 0..200u32 {
+        let mut id = [7u8; 32];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        let offer = Offer {
+            session_id: Some(&id),
+            psk_identities: &[],
+            client: attacker,
+        };
+        let _ = t.prefetch(&c, CTX, offer).await;
+    }
+    let allowed = 10 + 5 * (started.elapsed().as_secs() + 1);
+    let reads = redis_reads(&redis);
+    assert!(reads <= allowed, "{reads} reads, {allowed} allowed");
+    assert!(t.stats().reads_limited >= 200 - allowed, "{:?}", t.stats());
+
+    // A neighbour in the same /64 shares the budget; one elsewhere does not.
+    let neighbour = Some("2001:db8:1:2:ffff::1".parse().unwrap());
+    let elsewhere = Some("2001:db8:1:3::1".parse().unwrap());
+    let id = [0xee_u8; 32];
+    let limited = t.stats().reads_limited;
+    for (client, limited_more) in [(neighbour, 1), (elsewhere, 1)] {
+        let offer = Offer {
+            session_id: Some(&id),
+            psk_identities: &[],
+            client,
+        };
+        let _ = t.prefetch(&c, CTX, offer).await;
+        assert_eq!(t.stats().reads_limited, limited + limited_more);
+    }
+
+    // A client behind one address that resumes is never limited: hits cost no budget.
+    let resumer = Some("198.51.100.9".parse().unwrap());
+    for n in 0..30u8 {
+        new_session(&made, n, ProtocolVersion::TLS1_2);
+    }
+    wait_written(&maker, 30).await;
+    for n in 0..30u8 {
+        let id = key(n);
+        let offer = Offer {
+            session_id: Some(&id),
+            psk_identities: &[],
+            client: resumer,
+        };
+        let _ = t.prefetch(&c, CTX, offer).await;
+        assert!(
+            c.lookup(Role::Server, SessionKey::new(&id, CTX)).is_some(),
+            "{n}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_password_is_in_no_debug_output_or_error() {
+    // Attack 5, for the library: the binary's logs are tested in reprise-cli.
+    const PASSWORD: &str = "Sup3r-s3cret-PW";
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let url = format!("redis://default:{PASSWORD}@127.0.0.1:{}", redis.port);
+    let target: reprise_redis::RedisTarget = url.parse().unwrap();
+    let config = RedisConfig::new(target.clone());
+    for shown in [
+        format!("{target:?}"),
+        format!("{target}"),
+        format!("{config:?}"),
+    ] {
+        assert!(!shown.contains(PASSWORD), "{shown}");
+        assert!(shown.contains("127.0.0.1"), "{shown}");
+    }
+    let t = RedisTier::start(config, keys()).unwrap();
+    assert!(!format!("{t:?}").contains(PASSWORD));
+    // It does authenticate and work.
+    let c = instance(&t, Wiring::Prefetch);
+    wait_connected(&t).await;
+    new_session(&c, 1, ProtocolVersion::TLS1_2);
+    wait_written(&t, 1).await;
+    // Errors about the address hide it too, even when the address is malformed.
+    for bad in [
+        format!("http://app:{PASSWORD}@host:1"),
+        format!("redis://app:{PASSWORD}@host:notaport"),
+        format!("redis+cluster://:{PASSWORD}@h:1,:{PASSWORD}@h:x"),
+        format!("redis://h:1/x?password={PASSWORD}"),
+    ] {
+        let shown = match bad.parse::<reprise_redis::RedisTarget>() {
+            Err(e) => e.to_string(),
+            Ok(target) => match RedisTier::start(RedisConfig::new(target), keys()) {
+                Err(e) => e.to_string(),
+                Ok(t) => format!("{t:?}"),
+            },
+        };
+        assert!(!shown.contains(PASSWORD), "{shown}");
+    }
+    assert_eq!(
+        reprise_redis::redact(&url),
+        format!("redis://default:***@127.0.0.1:{}", redis.port)
+    );
+}
+
+#[tokio::test]
+async fn a_deadline_missed_because_this_machine_is_busy_is_no_redis_failure() {
+    // Attack 4: a saturated CPU fires timers late; that must not open the circuit breaker.
+    let redis = RedisServer::start();
+    let mut config = RedisConfig::new(redis.url().parse().unwrap());
+    config.read_timeout = Duration::from_millis(10);
+    config.breaker_threshold = 1;
+    let t = RedisTier::start(config, keys()).unwrap();
+    wait_connected(&t).await;
+    // Redis holds every command for a while, so that no answer can arrive.
+    assert_eq!(
+        redis
+            .command(&["CLIENT", "PAUSE", "5000", "ALL"])
+            .as_deref(),
+        Some("+OK")
+    );
+    // The read is sent, then this (single-threaded) runtime is kept busy well past its
+    // deadline: the timer fires late.
+    let id = key(1);
+    let busy = async {
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (fetched, ()) = tokio::join!(t.fetch(SessionKey::new(&id, CTX), false), busy);
+    assert!(matches!(fetched, Fetch::Unavailable));
+    let stats = t.stats();
+    assert_eq!(stats.read_timeouts_local, 1, "{stats:?}");
+    assert_eq!(stats.read_timeouts, 0, "{stats:?}");
+    assert_eq!(stats.breaker_opens, 0, "{stats:?}");
+    assert!(!stats.breaker_open);
 }

@@ -40,7 +40,14 @@ fn serve(
         sessions.handshake_completed(conn.handshake_kind());
         let mut stream = StreamOwned::new(conn, tcp);
         let mut line = [0u8; 5];
-        sessions.enter(|| stream.read_exact(&mut line))?;
+        if let Err(e) = sessions.enter(|| stream.read_exact(&mut line)) {
+            // A TLS failure (a fatal alert, a bad record) removes the connection's sessions;
+            // a client that merely went away (FIN, RST) keeps them.
+            if reprise_rustls::is_tls_failure(&e) {
+                sessions.failed();
+            }
+            return Err(e.into());
+        }
         let kind = match stream.conn.handshake_kind() {
             Some(HandshakeKind::Resumed) => "resumed",
             _ => "full",

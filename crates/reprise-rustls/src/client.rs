@@ -271,7 +271,7 @@ impl ClientSessionStore for ClientStore {
             .flatten()?;
         match self.inner.cache.lookup(Role::Client, Inner::key(&id)) {
             Some(session) => {
-                Tracked::with_current(&self.inner.cache, |conn| conn.record(&session));
+                Tracked::with_current(&self.inner.cache, |conn| conn.candidate(&session));
                 match &session.payload().value {
                     ClientValue::Tls12(value) => Some(value.clone()),
                     ClientValue::Tls13(_) => None,

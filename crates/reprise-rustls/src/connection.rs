@@ -1,12 +1,23 @@
-//! Per-connection handles: which sessions a connection made or used, its handshake statistics,
-//! and the removal of its sessions when it ends without a clean shutdown.
+//! Per-connection handles: which sessions a connection made or resumed, its handshake
+//! statistics, and the removal of its sessions when it fails after its handshake.
 //!
 //! rustls calls the stores from inside `process_new_packets`, without saying for which
 //! connection. A [`ConnectionSessions`] handle tells them: while the connection's packets are
 //! processed inside [`ConnectionSessions::enter`] (or a future wrapped by
-//! [`ConnectionSessions::instrument`]), the stores record into it the sessions they store or
-//! resume. When the handle is dropped after a completed handshake without a close_notify from
-//! either side, those sessions are removed from the cache, as the seeds require.
+//! [`ConnectionSessions::instrument`]), the stores record into it the sessions they store, and
+//! the sessions they look up as candidates for a resumption.
+//!
+//! An unclean shutdown is decided by the server's own side, as in OpenSSL: a connection whose
+//! handshake completed and which then fails (a fatal alert sent or received, a protocol,
+//! decrypt or record error, or an abort by the application, [`ConnectionSessions::failed`])
+//! loses its sessions, with the remove callback. A peer that closes without close_notify (FIN
+//! or RST), a server-sent close_notify and a timeout keep them: dropping the handle never
+//! removes anything.
+//!
+//! "The connection's sessions" are those it created and the one it actually resumed. A
+//! session it merely looked up, or tried to resume and failed, is only a candidate, promoted
+//! when the handshake completes as a resumption: a TLS 1.2 session id travels in clear text,
+//! and whoever offers one has not proved that they hold its secret.
 
 use core::future::Future;
 use core::pin::Pin;
@@ -16,7 +27,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use reprise::{Role, SecretBytes, Session, SessionCache};
+use reprise::{Role, SecretBytes, Session, SessionCache, SessionKey};
 use rustls::{ConnectionCommon, HandshakeKind, IoState};
 
 thread_local! {
@@ -35,10 +46,17 @@ pub(crate) struct Tracked<P> {
 }
 
 struct TrackedState<P> {
+    /// The sessions the connection created, and the one it resumed.
     sessions: Vec<Arc<Session<P>>>,
+    /// Sessions looked up for a resumption: the connection's only if the handshake resumes.
+    candidates: Vec<Arc<Session<P>>>,
     pending: Option<PendingCommit>,
+    /// A ticket the shared tier handed over for this connection; see
+    /// [`ConnectionSessions::confirm_take`].
+    confirmed: Option<Arc<Session<P>>>,
     completed: bool,
     clean: bool,
+    failed: bool,
 }
 
 impl<P: Send + Sync + 'static> Tracked<P> {
@@ -52,9 +70,35 @@ impl<P: Send + Sync + 'static> Tracked<P> {
         (tracked.cache == cache_addr(cache)).then(|| f(tracked))
     }
 
-    /// Records a session the connection stored or resumed.
+    /// Records a session the connection created.
     pub(crate) fn record(&self, session: &Arc<Session<P>>) {
         self.state.lock().sessions.push(Arc::clone(session));
+    }
+
+    /// Records a session the connection looked up to resume. It becomes one of the
+    /// connection's sessions only if the handshake completes as a resumption.
+    pub(crate) fn candidate(&self, session: &Arc<Session<P>>) {
+        let mut state = self.state.lock();
+        if state.completed {
+            // Looked up after the handshake: no resumption can use it any more.
+            return;
+        }
+        state.candidates.push(Arc::clone(session));
+    }
+
+    /// The ticket confirmed for this connection, if it is the one under `key`: handed out
+    /// once.
+    pub(crate) fn take_confirmed(&self, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+        let mut state = self.state.lock();
+        let matches = state
+            .confirmed
+            .as_ref()
+            .is_some_and(|s| s.id().as_bytes() == key.id && s.sid_ctx().as_bytes() == key.sid_ctx);
+        if matches {
+            state.confirmed.take()
+        } else {
+            None
+        }
     }
 
     /// Defers a store until [`ConnectionSessions::handshake_completed`] says whether the
@@ -92,8 +136,12 @@ fn enter<P: Send + Sync + 'static, R>(tracked: &Arc<Tracked<P>>, f: impl FnOnce(
 /// (counted in `accept_good` or `connect_good`, with the automatic flush every 255) and a clean
 /// close. [`process`](Self::process) does all three for a rustls connection driven by hand.
 ///
-/// Dropping the handle after a completed handshake with no clean close removes the sessions
-/// the connection made or resumed, with the remove callback.
+/// A connection that fails after its handshake loses its sessions (those it created, and the
+/// one it resumed), with the remove callback: [`process`](Self::process) and
+/// [`SessionStream`](crate::SessionStream) notice a TLS failure themselves, and the
+/// application reports an abort with [`failed`](Self::failed). Dropping the handle keeps the
+/// sessions, whether or not a close_notify was exchanged: a peer closing without one (FIN or
+/// RST) is not a failure.
 pub struct ConnectionSessions<P: Send + Sync + 'static = SecretBytes> {
     cache: Arc<SessionCache<P>>,
     role: Role,
@@ -107,9 +155,12 @@ impl<P: Send + Sync + 'static> ConnectionSessions<P> {
             cache: cache_addr(&cache),
             state: Mutex::new(TrackedState {
                 sessions: Vec::new(),
+                candidates: Vec::new(),
                 pending: None,
+                confirmed: None,
                 completed: false,
                 clean: false,
+                failed: false,
             }),
         });
         Self {
@@ -134,14 +185,26 @@ impl<P: Send + Sync + 'static> ConnectionSessions<P> {
         }
     }
 
-    /// Processes a rustls connection's packets, and notes the end of its handshake and a
-    /// close_notify from the peer.
+    /// Processes a rustls connection's packets, and notes the end of its handshake, a
+    /// close_notify from the peer, and a failure: an error after the handshake completed (a
+    /// fatal alert sent or received, a protocol or decrypt error) removes the connection's
+    /// sessions, as [`failed`](Self::failed) does. An error during the handshake removes
+    /// nothing.
     pub fn process<D>(&self, conn: &mut ConnectionCommon<D>) -> Result<IoState, rustls::Error> {
         let was_handshaking = conn.is_handshaking();
-        let io = self.enter(|| conn.process_new_packets())?;
+        let processed = self.enter(|| conn.process_new_packets());
         if was_handshaking && !conn.is_handshaking() {
             self.handshake_completed(conn.handshake_kind());
         }
+        let io = match processed {
+            Ok(io) => io,
+            Err(e) => {
+                if !conn.is_handshaking() {
+                    self.failed();
+                }
+                return Err(e);
+            }
+        };
         if io.peer_has_closed() {
             self.closed_cleanly();
         }
@@ -149,47 +212,63 @@ impl<P: Send + Sync + 'static> ConnectionSessions<P> {
     }
 
     /// Notes that the handshake completed, with the kind rustls reports. Counts it, runs the
-    /// automatic flush when due, and commits a deferred new session if the handshake was full.
-    /// Only the first call counts.
+    /// automatic flush when due, commits a deferred new session if the handshake was full, and
+    /// makes the looked-up session the connection's own if it resumed. Only the first call
+    /// counts.
     pub fn handshake_completed(&self, kind: Option<HandshakeKind>) {
+        let resumed = kind == Some(HandshakeKind::Resumed);
         let pending = {
             let mut state = self.tracked.state.lock();
             if state.completed {
                 return;
             }
             state.completed = true;
+            let candidates = core::mem::take(&mut state.candidates);
+            if resumed {
+                state.sessions.extend(candidates);
+            }
             state.pending.take()
         };
         if let Some(commit) = pending {
-            if kind != Some(HandshakeKind::Resumed) {
+            if !resumed {
                 enter(&self.tracked, commit);
             }
         }
         self.cache.handshake_completed(self.role);
     }
 
-    /// Notes a clean close: a close_notify was sent or received. The sessions then survive
-    /// the end of the connection.
+    /// Hands the connection a TLS 1.3 ticket that the shared tier took for it (atomically,
+    /// a `GETDEL` before the handshake; see `RedisTier::prefetch` in `reprise-redis`).
+    ///
+    /// With a shared tier, this is the only way a ticket resumes: when the TLS stack takes the
+    /// ticket's id on this connection, the store resumes this session
+    /// ([`SessionCache::take_confirmed`]) rather than any local copy, and records it as one of
+    /// the connection's sessions. A later confirmation replaces an earlier one.
+    pub fn confirm_take(&self, ticket: Arc<Session<P>>) {
+        self.tracked.state.lock().confirmed = Some(ticket);
+    }
+
+    /// Notes a close_notify sent or received. Informative only: the sessions survive the end
+    /// of the connection whether or not it is called.
     pub fn closed_cleanly(&self) {
         self.tracked.state.lock().clean = true;
     }
 
-    /// Whether the handshake has completed.
-    pub fn is_handshake_complete(&self) -> bool {
-        self.tracked.state.lock().completed
+    /// Whether [`closed_cleanly`](Self::closed_cleanly) was called, or [`process`](Self::process)
+    /// saw the peer's close_notify.
+    pub fn is_closed_cleanly(&self) -> bool {
+        self.tracked.state.lock().clean
     }
 
-    /// The sessions this connection made or resumed so far.
-    pub fn sessions(&self) -> Vec<Arc<Session<P>>> {
-        self.tracked.state.lock().sessions.clone()
-    }
-}
-
-impl<P: Send + Sync + 'static> Drop for ConnectionSessions<P> {
-    fn drop(&mut self) {
+    /// Reports that the connection failed after its handshake: a fatal alert, a TLS error, or
+    /// an abort by the application. Removes the sessions the connection created or resumed,
+    /// with the remove callback, once. Before the handshake completed it removes nothing (the
+    /// peer proved nothing), but the connection still counts as failed.
+    pub fn failed(&self) {
         let sessions = {
             let mut state = self.tracked.state.lock();
-            if !state.completed || state.clean {
+            state.failed = true;
+            if !state.completed {
                 return;
             }
             core::mem::take(&mut state.sessions)
@@ -198,6 +277,30 @@ impl<P: Send + Sync + 'static> Drop for ConnectionSessions<P> {
             self.cache.remove(session);
         }
     }
+
+    /// Whether [`failed`](Self::failed) was called, or a TLS failure was seen.
+    pub fn has_failed(&self) -> bool {
+        self.tracked.state.lock().failed
+    }
+
+    /// Whether the handshake has completed.
+    pub fn is_handshake_complete(&self) -> bool {
+        self.tracked.state.lock().completed
+    }
+
+    /// The sessions this connection created or resumed so far (not the ones it only looked
+    /// up, until its handshake completes as a resumption).
+    pub fn sessions(&self) -> Vec<Arc<Session<P>>> {
+        self.tracked.state.lock().sessions.clone()
+    }
+}
+
+/// Whether an I/O error from a TLS stream (tokio-rustls, or rustls's own `Stream`) is a TLS
+/// failure: a fatal alert received or sent, a protocol, decrypt or record error. Those come as
+/// [`io::ErrorKind::InvalidData`](std::io::ErrorKind::InvalidData). A peer closing without
+/// close_notify (`UnexpectedEof`), a reset, or a timeout is not one.
+pub fn is_tls_failure(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::InvalidData
 }
 
 impl<P: Send + Sync + 'static> core::fmt::Debug for ConnectionSessions<P> {
@@ -206,8 +309,10 @@ impl<P: Send + Sync + 'static> core::fmt::Debug for ConnectionSessions<P> {
         f.debug_struct("ConnectionSessions")
             .field("role", &self.role)
             .field("sessions", &state.sessions.len())
+            .field("candidates", &state.candidates.len())
             .field("completed", &state.completed)
             .field("clean", &state.clean)
+            .field("failed", &state.failed)
             .finish()
     }
 }

@@ -5,7 +5,10 @@
 //!   by session-id context.
 //! - [`ClientStore`] implements `ClientSessionStore` over a cache in CLIENT mode.
 //! - [`ConnectionSessions`] is the per-connection handle: handshake statistics, the automatic
-//!   flush, and the removal of a connection's sessions when it ends without a clean shutdown.
+//!   flush, and the removal of a connection's sessions when it fails after its handshake (a
+//!   fatal alert, a TLS error, an abort). A peer closing without close_notify keeps them.
+//! - [`SessionStream`] (feature `tokio`, on by default) wraps an async TLS stream and reports
+//!   its TLS failures to the handle itself.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -29,13 +32,17 @@ mod connection;
 mod error;
 mod server;
 mod sid_ctx;
+#[cfg(feature = "tokio")]
+mod stream;
 
 pub use client::{ClientSession, ClientStore, DEFAULT_MAX_SERVERS, MAX_TLS13_TICKETS_PER_SERVER};
 pub use client_hello::{ClientHelloInfo, ClientHelloParser};
-pub use connection::{ConnectionSessions, Instrumented};
+pub use connection::{is_tls_failure, ConnectionSessions, Instrumented};
 pub use error::Error;
 pub use server::ServerStore;
 pub use sid_ctx::{derive_sid_ctx, named_sid_ctx, ClientAuth};
+#[cfg(feature = "tokio")]
+pub use stream::SessionStream;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

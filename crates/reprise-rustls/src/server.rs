@@ -14,9 +14,11 @@ use crate::sid_ctx::ClientAuth;
 ///
 /// It stores TLS 1.2 sessions (by session id) and TLS 1.3 stateful tickets (by ticket id), and
 /// resumes them through the cache, so the cache's mode, size limit, timeout, callbacks and
-/// statistics all apply. TLS 1.3 tickets are taken: each resumes at most once. Every session
-/// carries this store's session-id context, and only resumes through a store with the same one,
-/// so one cache can serve several `ServerConfig`s without a session crossing between them.
+/// statistics all apply. TLS 1.3 tickets are taken: each resumes at most once (with a shared
+/// tier, only when handed to the connection with [`ConnectionSessions::confirm_take`]). Every
+/// session carries this store's session-id context, and only resumes through a store with the
+/// same one, so one cache can serve several `ServerConfig`s without a session crossing between
+/// them.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -69,8 +71,15 @@ impl ServerStore {
         SessionKey::new(id, self.sid_ctx.as_bytes())
     }
 
+    /// Notes a session the current connection created.
     fn record(&self, session: &Arc<reprise::Session>) {
         Tracked::with_current(&self.cache, |conn| conn.record(session));
+    }
+
+    /// Notes a session the current connection offers to resume: it becomes the connection's
+    /// only if the handshake completes as a resumption.
+    fn candidate(&self, session: &Arc<reprise::Session>) {
+        Tracked::with_current(&self.cache, |conn| conn.candidate(session));
     }
 }
 
@@ -96,12 +105,21 @@ impl StoresServerSessions for ServerStore {
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let session = self.cache.lookup(Role::Server, self.key(key))?;
-        self.record(&session);
+        self.candidate(&session);
         Some(session.payload().as_bytes().to_vec())
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let session = self.cache.take(Role::Server, self.key(key))?;
+        let key = self.key(key);
+        // A ticket the shared tier took for this very connection comes first; without one, the
+        // cache decides (with a shared tier, its take callback confirms nothing).
+        let confirmed = Tracked::with_current(&self.cache, |conn| conn.take_confirmed(key));
+        let session = match confirmed.flatten() {
+            Some(ticket) => self.cache.take_confirmed(key, ticket)?,
+            None => self.cache.take(Role::Server, key)?,
+        };
+        // Taken, but the connection's own only once the handshake resumes with it.
+        self.candidate(&session);
         Some(session.payload().as_bytes().to_vec())
     }
 

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::{replay_client_hello, Counts, Pair, Pki, Server, Version, T0};
+use common::{replay_client_hello, transfer, Counts, Pair, Pki, Server, Version, T0};
 use reprise::{
     CacheMode, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey, Stats,
 };
@@ -89,6 +89,13 @@ both_versions!(
     s11_context_isolation,
     s11_client_auth_isolation,
     s12_clean_close_keeps_session,
+    s12_peer_closes_without_close_notify_keeps_session,
+    s12_server_closes_on_timeout_keeps_session,
+    s12_corrupted_record_after_handshake_removes,
+    s12_fatal_alert_after_handshake_removes,
+    s12_resumed_connection_failing_removes_its_session,
+    s12_application_abort_removes,
+    s12_incomplete_handshake_removes_nothing,
     s13_drop,
     s14_update_time_on_get_copy,
     s15_client_cache,
@@ -565,7 +572,38 @@ fn s11_client_auth_isolation(v: Version) {
     assert_eq!(run(&mtls_config, &mtls), Full);
 }
 
-/// 12 (clean half). After a clean close the session resumes. The unclean half is TLS 1.2 only.
+/// Scenario 12 (clean): the peer closes without close_notify (a FIN or a RST: in memory, the
+/// connection is simply dropped after a complete exchange). remove=0, and the session resumes.
+/// The server's handle is dropped without `closed_cleanly()`: that is the library's default.
+fn s12_peer_closes_without_close_notify_keeps_session(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    let client = srv.client();
+    let m = srv.mark();
+    let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    assert_eq!(pair.handshake(), Full);
+    assert!(!pair.server_sessions.has_failed());
+    drop(pair);
+    assert_eq!(srv.since(&m).remove, 0);
+    assert_eq!(srv.cache.len(), v.per_handshake());
+    assert_eq!(srv.connect(&client), Resumed);
+}
+
+/// Scenario 12 (clean): the server closes on an idle timeout: it sends close_notify and drops
+/// the connection, the client never answers. remove=0, and the session resumes.
+fn s12_server_closes_on_timeout_keeps_session(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    let client = srv.client();
+    let m = srv.mark();
+    let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    assert_eq!(pair.handshake(), Full);
+    pair.server.send_close_notify();
+    transfer(&mut pair.server, &mut pair.client);
+    drop(pair);
+    assert_eq!(srv.since(&m).remove, 0);
+    assert_eq!(srv.connect(&client), Resumed);
+}
+
+/// Scenario 12 (clean): after close_notify both ways the session resumes.
 fn s12_clean_close_keeps_session(v: Version) {
     let srv = Server::new(&pki(), v, false);
     let client = srv.client();
@@ -575,32 +613,244 @@ fn s12_clean_close_keeps_session(v: Version) {
     assert_eq!(srv.connect(&client), Resumed);
 }
 
-/// Scenario 12: Unclean shutdown, TLS 1.2: the connection is dropped without close_notify.
-#[test]
-fn s12_unclean_shutdown_tls12() {
-    let srv = Server::new(&pki(), Version::Tls12, false);
+/// A record that fails to decrypt (as a record corrupted on the way would).
+fn corrupted_record() -> Vec<u8> {
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    record.extend([0x5a; 0x40]);
+    record
+}
+
+/// Feeds `bytes` to the server and processes them: it must fail.
+fn server_fails_on(pair: &mut Pair, bytes: &[u8]) {
+    let mut rd = bytes;
+    while !rd.is_empty() {
+        pair.server.read_tls(&mut rd).unwrap();
+    }
+    assert!(pair.server_sessions.process(&mut pair.server).is_err());
+}
+
+/// Makes the client send a fatal alert (it reads a corrupted record: bad_record_mac), and lets
+/// the server receive it.
+fn client_sends_fatal_alert(pair: &mut Pair) {
+    let record = corrupted_record();
+    let mut rd = &record[..];
+    while !rd.is_empty() {
+        pair.client.read_tls(&mut rd).unwrap();
+    }
+    assert!(pair.client.process_new_packets().is_err());
+    let alert = transfer(&mut pair.client, &mut pair.server);
+    assert!(!alert.is_empty(), "the client sent its alert");
+    assert!(pair.server_sessions.process(&mut pair.server).is_err());
+}
+
+/// Scenario 12 (unclean): the handshake completes, then the server reads a corrupted record
+/// (and answers with a fatal alert). remove=1 for each session the connection created, and
+/// they don't resume.
+fn s12_corrupted_record_after_handshake_removes(v: Version) {
+    let srv = Server::new(&pki(), v, false);
     let client = srv.client();
     let m = srv.mark();
     let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
     assert_eq!(pair.handshake(), Full);
-    assert_eq!(srv.cache.len(), 1);
-    drop(pair);
-    assert_eq!(srv.since(&m).remove, 1);
+    assert_eq!(srv.cache.len(), v.per_handshake());
+    server_fails_on(&mut pair, &corrupted_record());
+    assert!(pair.server_sessions.has_failed());
+    assert_eq!(srv.since(&m).remove, v.per_handshake());
     assert_eq!(srv.cache.len(), 0);
+    drop(pair);
+    assert_eq!(srv.since(&m).remove, v.per_handshake(), "once only");
     assert_eq!(srv.connect(&client), Full);
 }
 
-/// Scenario 12b: A connection that never completed its handshake removes nothing.
-#[test]
-fn s12_incomplete_handshake_removes_nothing() {
-    let srv = Server::new(&pki(), Version::Tls12, false);
+/// Scenario 12 (unclean): the handshake completes, then the client sends a fatal alert. The
+/// connection's sessions are removed and don't resume.
+fn s12_fatal_alert_after_handshake_removes(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    let client = srv.client();
+    let m = srv.mark();
+    let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    assert_eq!(pair.handshake(), Full);
+    client_sends_fatal_alert(&mut pair);
+    assert!(pair.server_sessions.has_failed());
+    assert_eq!(srv.since(&m).remove, v.per_handshake());
+    drop(pair);
+    assert_eq!(srv.connect(&client), Full);
+}
+
+/// Scenario 12 (unclean): a resumed connection that fails removes the session it resumed, as
+/// well as those it created (TLS 1.3: the new tickets).
+fn s12_resumed_connection_failing_removes_its_session(v: Version) {
+    let srv = Server::new(&pki(), v, false);
     let client = srv.client();
     assert_eq!(srv.connect(&client), Full);
     let m = srv.mark();
+    let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    assert_eq!(pair.handshake(), Resumed);
+    let created = match v {
+        Version::Tls12 => 0,
+        Version::Tls13 => v.per_handshake(),
+    };
+    assert_eq!(pair.server_sessions.sessions().len(), created + 1);
+    // Taking a TLS 1.3 ticket already called the remove callback once (`Removal::Taken`).
+    let taken = usize::from(v == Version::Tls13);
+    assert_eq!(srv.since(&m).remove, taken);
+    client_sends_fatal_alert(&mut pair);
+    assert_eq!(srv.since(&m).remove, taken + created + 1);
+    drop(pair);
+    if v == Version::Tls12 {
+        assert_eq!(srv.cache.len(), 0);
+        assert_eq!(srv.connect(&client), Full);
+    }
+}
+
+/// Scenario 12: the application reports an abort with `failed()`: the sessions are removed.
+/// Before the handshake completed, `failed()` removes nothing.
+fn s12_application_abort_removes(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    let client = srv.client();
+    let m = srv.mark();
     let pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    pair.server_sessions.failed();
+    assert!(pair.server_sessions.has_failed());
     drop(pair);
     assert_eq!(srv.since(&m).remove, 0);
+
+    let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    assert_eq!(pair.handshake(), Full);
+    pair.server_sessions.failed();
+    assert_eq!(srv.since(&m).remove, v.per_handshake());
+    pair.server_sessions.failed();
+    assert_eq!(srv.since(&m).remove, v.per_handshake(), "once only");
+}
+
+/// Scenario 12: a connection that never completed its handshake removes nothing, even when it
+/// fails.
+fn s12_incomplete_handshake_removes_nothing(v: Version) {
+    let srv = Server::new(&pki(), v, false);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    let m = srv.mark();
+    let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    transfer(&mut pair.client, &mut pair.server);
+    pair.server_sessions.process(&mut pair.server).unwrap();
+    server_fails_on(&mut pair, &corrupted_record());
+    assert!(pair.server.is_handshaking());
+    drop(pair);
+    // Only the take of the offered TLS 1.3 ticket (`Removal::Taken`), nothing on failure.
+    assert_eq!(srv.since(&m).remove, usize::from(v == Version::Tls13));
     assert_eq!(srv.connect(&client), Resumed);
+}
+
+/// A client session store that reads another one and keeps nothing: an attacker that knows a
+/// victim's TLS 1.2 session id (it travels in clear) offers it, without spoiling the victim's
+/// own store.
+#[derive(Debug)]
+struct ReadOnly(Arc<rustls::client::ClientSessionMemoryCache>);
+
+impl rustls::client::ClientSessionStore for ReadOnly {
+    fn set_kx_hint(&self, _: rustls::pki_types::ServerName<'static>, _: rustls::NamedGroup) {}
+
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.0.kx_hint(name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        _: rustls::pki_types::ServerName<'static>,
+        _: rustls::client::Tls12ClientSessionValue,
+    ) {
+    }
+
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.0.tls12_session(name)
+    }
+
+    fn remove_tls12_session(&self, _: &rustls::pki_types::ServerName<'static>) {}
+
+    fn insert_tls13_ticket(
+        &self,
+        _: rustls::pki_types::ServerName<'static>,
+        _: rustls::client::Tls13ClientSessionValue,
+    ) {
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        _: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        None
+    }
+}
+
+/// Scenario 12, TLS 1.2 (attack 3 of issue 13): a client offers a cached session's id and
+/// fails the resumption (a wrong Finished), or is refused it by the TLS stack and completes a
+/// full handshake, then fails: remove=0 for the offered session, which still resumes for its
+/// owner. Only the attacker's own new session is removed.
+#[test]
+fn s12_forged_session_id_removes_nothing_tls12() {
+    use rustls::client::{ClientSessionMemoryCache, Resumption};
+
+    let srv = Server::new(&pki(), Version::Tls12, false);
+    let store = Arc::new(ClientSessionMemoryCache::new(8));
+    let mut victim = (*srv.client()).clone();
+    victim.resumption = Resumption::store(store.clone());
+    let victim = Arc::new(victim);
+    assert_eq!(srv.connect(&victim), Full);
+    let victim_id = srv.rec.made.lock()[0].id().as_bytes().to_vec();
+
+    // A wrong Finished: the resumption's last flight does not verify.
+    let m = srv.mark();
+    let mut pair = Pair::new(&victim, "localhost", &srv.config, &srv.store, None);
+    transfer(&mut pair.client, &mut pair.server);
+    pair.server_sessions.process(&mut pair.server).unwrap();
+    transfer(&mut pair.server, &mut pair.client);
+    pair.client.process_new_packets().unwrap();
+    let mut finished = Vec::new();
+    while pair.client.wants_write() {
+        pair.client.write_tls(&mut finished).unwrap();
+    }
+    let last = finished.len() - 1;
+    finished[last] ^= 0x55;
+    server_fails_on(&mut pair, &finished);
+    assert!(pair.server.is_handshaking());
+    assert!(pair.server_sessions.sessions().is_empty());
+    drop(pair);
+    assert_eq!(srv.since(&m).remove, 0);
+
+    // Refused by the TLS stack (no SNI: rustls resumes only under the same name), a full
+    // handshake, then a fatal alert: only the attacker's own session goes.
+    let mut attacker = (*victim).clone();
+    attacker.resumption = Resumption::store(Arc::new(ReadOnly(store.clone())));
+    attacker.enable_sni = false;
+    let attacker = Arc::new(attacker);
+    let mut pair = Pair::new(&attacker, "localhost", &srv.config, &srv.store, None);
+    let hello = transfer(&mut pair.client, &mut pair.server);
+    assert!(
+        hello.windows(victim_id.len()).any(|w| w == victim_id),
+        "the attacker offers the victim's id"
+    );
+    pair.server_sessions.process(&mut pair.server).unwrap();
+    assert_eq!(pair.handshake(), Full);
+    client_sends_fatal_alert(&mut pair);
+    assert_eq!(srv.since(&m).remove, 1);
+    assert_ne!(
+        srv.rec.removed.lock()[0].id().as_bytes(),
+        &victim_id[..],
+        "the attacker's own session was removed, not the victim's"
+    );
+    drop(pair);
+
+    // And a plain kill after the full handshake removes nothing at all.
+    let m = srv.mark();
+    let mut pair = Pair::new(&attacker, "localhost", &srv.config, &srv.store, None);
+    assert_eq!(pair.handshake(), Full);
+    drop(pair);
+    assert_eq!(srv.since(&m).remove, 0);
+
+    assert_eq!(srv.connect(&victim), Resumed, "the victim still resumes");
 }
 
 /// Scenario 13: Drop: every cached session gets the remove callback.
@@ -781,4 +1031,56 @@ fn a_tls12_id_taken_as_a_ticket_is_not_burned() {
     assert_eq!(srv.since(&m).remove, 0);
     assert_eq!(srv.cache.len(), 1);
     assert_eq!(srv.connect(&client), Resumed);
+}
+
+/// With a shared tier whose take confirms nothing (as `reprise-redis`'s prefetch wiring), a
+/// local copy never resumes a ticket; the ticket the tier handed over for one connection
+/// (`confirm_take`, as `reprise serve` does after its prefetch) resumes on that connection,
+/// once, and is one of the connection's sessions.
+#[test]
+fn with_a_shared_tier_only_a_ticket_confirmed_for_the_connection_resumes() {
+    use reprise_rustls::client_hello::{parse, Parsed};
+    let srv = Server::new(&pki(), Version::Tls13, false);
+    let client = srv.client();
+    assert_eq!(srv.connect(&client), Full);
+    srv.cache
+        .set_take_session_callback(Some(Arc::new(|_, _| None)));
+
+    // No confirmation: the offered ticket's local copy does not resume, and leaves the cache.
+    let before = srv.cache.len();
+    assert_eq!(srv.connect(&client), Full);
+    assert_eq!(srv.cache.len(), before - 1 + 2);
+
+    // The offered ticket confirmed for this connection (a copy, as Redis hands it over).
+    let mut pair = Pair::new(&client, "localhost", &srv.config, &srv.store, None);
+    let mut hello = Vec::new();
+    pair.client.write_tls(&mut hello).unwrap();
+    let Parsed::Complete(info) = parse(&hello) else {
+        panic!("the ClientHello did not parse");
+    };
+    let id = info.psk_identities[0].clone();
+    let local = srv.cache.peek(&id).unwrap();
+    let confirmed = Arc::new(
+        srv.cache
+            .session(&id, local.payload().clone())
+            .sid_ctx(local.sid_ctx().as_bytes())
+            .version(local.version())
+            .build()
+            .unwrap(),
+    );
+    pair.server_sessions.confirm_take(confirmed.clone());
+    let mut rd = &hello[..];
+    while !rd.is_empty() {
+        pair.server.read_tls(&mut rd).unwrap();
+    }
+    pair.server_sessions.process(&mut pair.server).unwrap();
+    assert_eq!(pair.handshake(), Resumed);
+    assert!(!confirmed.is_resumable(), "taken");
+    assert!(srv.cache.peek(&id).is_none(), "the local copy left");
+    assert!(pair
+        .server_sessions
+        .sessions()
+        .iter()
+        .any(|s| Arc::ptr_eq(s, &confirmed)));
+    pair.close_cleanly();
 }

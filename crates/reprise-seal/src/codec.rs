@@ -1,5 +1,5 @@
 //! The plaintext form of a session inside a sealed value, and the associated data that binds
-//! a sealed value to its key (the session-id context and the id).
+//! a sealed value to its tier and its key (the session-id context and the id).
 
 use reprise::{ProtocolVersion, SecretBytes, Session, SessionKey};
 use zeroize::Zeroizing;
@@ -13,11 +13,37 @@ const CODEC_VERSION: u8 = 1;
 /// Header: codec version (1), protocol version (2), time (8), timeout (8).
 const HEADER: usize = 1 + 2 + 8 + 8;
 
-/// The associated data of a sealed session: a label, the seal format version, and the
-/// session's context and id (its Redis key), each length-prefixed.
-pub fn associated_data(key: SessionKey<'_>) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(16 + 2 + key.sid_ctx.len() + key.id.len());
-    ad.extend_from_slice(b"reprise-redis\0");
+/// The tier a value is sealed for. Its name is bound into the associated data, so that a value
+/// sealed for one tier never opens in the other: a copy of the disk file cannot be replayed
+/// into Redis, nor a Redis value into the disk file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Tier {
+    /// The shared Redis tier.
+    Redis,
+    /// The on-disk tier of a server that runs alone.
+    Disk,
+}
+
+impl Tier {
+    /// The label that starts the associated data. Redis keeps the label every version has
+    /// used, so that the values already in Redis still open; the disk tier's label is its own
+    /// (values it sealed before, under the Redis label, no longer open: a one-time loss of the
+    /// stored sessions at the upgrade).
+    fn label(self) -> &'static [u8] {
+        match self {
+            Tier::Redis => b"reprise-redis\0",
+            Tier::Disk => b"reprise-disk\0",
+        }
+    }
+}
+
+/// The associated data of a sealed session: the tier's label, the seal format version, and the
+/// session's context and id (its key in the tier), each length-prefixed.
+pub fn associated_data(tier: Tier, key: SessionKey<'_>) -> Vec<u8> {
+    let label = tier.label();
+    let mut ad = Vec::with_capacity(label.len() + 3 + key.sid_ctx.len() + key.id.len());
+    ad.extend_from_slice(label);
     ad.push(SEAL_VERSION);
     ad.push(key.sid_ctx.len() as u8);
     ad.extend_from_slice(key.sid_ctx);
@@ -41,8 +67,11 @@ pub fn encode(session: &Session) -> Zeroizing<Vec<u8>> {
 
 /// Rebuilds the session stored under `key` from its plaintext.
 pub fn decode(key: SessionKey<'_>, plain: &[u8]) -> Result<Session, OpenError> {
-    if plain.len() < HEADER || plain[0] != CODEC_VERSION {
-        return Err(OpenError::BadSession);
+    match plain.first() {
+        // Sealed by a later build, in a layout this one does not know: a value to keep.
+        Some(&v) if v != CODEC_VERSION => return Err(OpenError::Version(v)),
+        _ if plain.len() < HEADER => return Err(OpenError::BadSession),
+        _ => {}
     }
     let version = u16::from_be_bytes([plain[1], plain[2]]);
     let mut time = [0u8; 8];
@@ -82,10 +111,22 @@ mod tests {
             assert_eq!(decode(key, &plain[..n]).err(), Some(OpenError::BadSession));
         }
         assert!(decode(SessionKey::new(&[], b""), &plain).is_err());
-        assert_ne!(
-            associated_data(key),
-            associated_data(SessionKey::new(&[3; 32], b"ctx2"))
+        let mut later = plain.to_vec();
+        later[0] = CODEC_VERSION + 1;
+        assert_eq!(
+            decode(key, &later).err(),
+            Some(OpenError::Version(CODEC_VERSION + 1))
         );
+        assert_ne!(
+            associated_data(Tier::Redis, key),
+            associated_data(Tier::Redis, SessionKey::new(&[3; 32], b"ctx2"))
+        );
+        assert_ne!(
+            associated_data(Tier::Redis, key),
+            associated_data(Tier::Disk, key)
+        );
+        // The Redis label is the one earlier versions sealed with: their values still open.
+        assert!(associated_data(Tier::Redis, key).starts_with(b"reprise-redis\0\x01\x03ctx"));
         Ok(())
     }
 }

@@ -63,7 +63,8 @@ impl KeyFileError {
     }
 }
 
-/// Why a value from Redis could not be opened: it is then a miss, counted and deleted.
+/// Why a stored value could not be opened: it is then a miss, counted; deleted unless
+/// [`is_unknown`](Self::is_unknown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -85,4 +86,14 @@ pub enum OpenError {
     /// The system's random number generator failed while sealing.
     #[error("the system's random number generator failed")]
     Random,
+}
+
+impl OpenError {
+    /// Whether the value may be good for another instance: sealed with a key not in this ring,
+    /// or in a format version this build does not know. Such a value is a miss and is never
+    /// deleted, so that a rolling update of the key file (or of the binary) loses no session.
+    /// The other errors (forged, corrupt, malformed) mean the value is no good to anyone.
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, OpenError::UnknownKey | OpenError::Version(_))
+    }
 }

@@ -42,6 +42,49 @@ pub struct KeyRing {
     rng: SystemRandom,
 }
 
+/// The longest key file read: far more than any ring needs.
+const MAX_KEY_FILE: usize = 64 << 10;
+
+/// The file's permission bits if group or others may read it.
+fn exposed_mode(meta: &std::fs::Metadata) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+/// Reads a key file into a buffer allocated once at its final size, wiped when dropped.
+fn read_private(file: &mut std::fs::File) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut buf = Zeroizing::new(vec![0u8; MAX_KEY_FILE]);
+    let mut len = 0;
+    for _ in 0..=MAX_KEY_FILE {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if len == MAX_KEY_FILE {
+            break;
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "larger than {} KiB",
+        MAX_KEY_FILE >> 10
+    )))
+}
+
 fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
         && name
@@ -139,16 +182,37 @@ impl KeyRing {
         Self::build(keys)
     }
 
-    /// Reads and parses a key file.
+    /// Reads and parses a key file. The key material goes from the file into one buffer that
+    /// is allocated once (it never grows and leaves copies behind) and wiped when dropped, as
+    /// are the keys decoded from it. A file that group or others can read is loaded, with one
+    /// warning in the log naming the file and its mode (never its contents); one that does not
+    /// load is only an error.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| KeyFileError::Io {
+        let io = |e: std::io::Error| KeyFileError::Io {
             path: path.display().to_string(),
             reason: e.to_string(),
-        })?);
-        Self::parse(&text).map_err(|e| e.in_file(path))
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let exposed = exposed_mode(&file.metadata().map_err(io)?);
+        let text = read_private(&mut file).map_err(io)?;
+        let text = std::str::from_utf8(&text).map_err(|_| KeyFileError::Io {
+            path: path.display().to_string(),
+            reason: "not UTF-8 text".to_owned(),
+        })?;
+        let ring = Self::parse(text).map_err(|e| e.in_file(path))?;
+        // Only for a file that is used: a bad one is an error, and its one line says so.
+        if let Some(mode) = exposed {
+            tracing::warn!(
+                key_file = %path.display(),
+                mode = format_args!("{mode:o}"),
+                "the key file can be read by group or others; chmod 600 it"
+            );
+        }
+        Ok(ring)
     }
 
-    /// A new key-file line with a fresh random key, `name:hex`.
+    /// A new key-file line with a fresh random key, `name:hex`, built in place (no formatting
+    /// copies) and wiped when dropped.
     pub fn generate_line(name: &str) -> Result<Zeroizing<String>, KeyFileError> {
         if !valid_name(name) {
             return Err(KeyFileError::InvalidName(name.to_owned()));
@@ -157,10 +221,15 @@ impl KeyRing {
         SystemRandom::new()
             .fill(&mut bytes[..])
             .map_err(|_| KeyFileError::Random)?;
-        Ok(Zeroizing::new(format!(
-            "{name}:{}",
-            hex::encode(&bytes[..])
-        )))
+        let mut hex_key = Zeroizing::new([0u8; 2 * KEY_LEN]);
+        hex::encode_to_slice(&bytes[..], &mut hex_key[..]).map_err(|_| KeyFileError::Random)?;
+        let mut line = Zeroizing::new(String::with_capacity(name.len() + 1 + 2 * KEY_LEN));
+        line.push_str(name);
+        line.push(':');
+        for &b in hex_key.iter() {
+            line.push(char::from(b));
+        }
+        Ok(line)
     }
 
     /// The keys' names, the sealing key first.
@@ -298,6 +367,49 @@ mod tests {
         let printed = format!("{ring:?}");
         assert!(!printed.contains(&line[3..]), "{printed}");
         assert!(KeyRing::generate_line("no spaces").is_err());
+        assert_eq!(line.len(), 3 + 64);
+        assert_ne!(*KeyRing::generate_line("k1")?, *line);
+        Ok(())
+    }
+
+    #[test]
+    fn key_files_load_and_oversized_ones_do_not() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("keys");
+        std::fs::write(
+            &path,
+            format!(
+                "# comment\nk2:{}\nk1:{}\n",
+                "ab".repeat(32),
+                "cd".repeat(32)
+            ),
+        )?;
+        assert_eq!(KeyRing::load(&path)?.names(), vec!["k2", "k1"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for (mode, exposed) in [
+                (0o600, None),
+                (0o640, Some(0o640)),
+                (0o604, Some(0o604)),
+                (0o400, None),
+            ] {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+                assert_eq!(
+                    exposed_mode(&std::fs::metadata(&path)?),
+                    exposed,
+                    "{mode:o}"
+                );
+            }
+        }
+        std::fs::write(&path, vec![b'#'; MAX_KEY_FILE + 1])?;
+        let e = KeyRing::load(&path)
+            .err()
+            .ok_or("an oversized file loaded")?;
+        assert!(e.to_string().contains("larger than"), "{e}");
+        std::fs::write(&path, [0xff, 0xfe])?;
+        assert!(KeyRing::load(&path).is_err());
+        assert!(KeyRing::load(&dir.path().join("absent")).is_err());
         Ok(())
     }
 }

@@ -3,44 +3,78 @@
 //!
 //! A sealed session reveals nothing of its payload (the master secret, the server name, a
 //! client certificate): it is encrypted and authenticated with XChaCha20-Poly1305 under the
-//! ring's first key, with the session-id context, the id and the format version as associated
-//! data. It opens under any key of the ring, and only for the key it was sealed for.
+//! ring's first key, with the tier's name ([`Tier`]), the session-id context, the id and the
+//! format version as associated data. It opens under any key of the ring, and only in the tier
+//! and for the key it was sealed for.
 //!
 //! ```
 //! use reprise::{SecretBytes, Session, SessionKey};
-//! use reprise_seal::{open_session, seal_session, KeyRing};
+//! use reprise_seal::{open_session, seal_session, KeyRing, Tier};
 //!
 //! let ring = KeyRing::parse(&format!("k1:{}", "ab".repeat(32))).unwrap();
 //! let s = Session::builder(&[7; 32], SecretBytes::from(vec![1, 2, 3])).sid_ctx(b"web").build().unwrap();
-//! let sealed = seal_session(&ring, &s).unwrap();
-//! let back = open_session(&ring, SessionKey::new(&[7; 32], b"web"), &sealed).unwrap();
+//! let sealed = seal_session(&ring, Tier::Redis, &s).unwrap();
+//! let back = open_session(&ring, Tier::Redis, SessionKey::new(&[7; 32], b"web"), &sealed).unwrap();
 //! assert_eq!(back.payload().as_bytes(), &[1, 2, 3]);
-//! assert!(open_session(&ring, SessionKey::new(&[8; 32], b"web"), &sealed).is_err());
+//! assert!(open_session(&ring, Tier::Redis, SessionKey::new(&[8; 32], b"web"), &sealed).is_err());
+//! assert!(open_session(&ring, Tier::Disk, SessionKey::new(&[7; 32], b"web"), &sealed).is_err());
 //! ```
 
 mod codec;
 mod error;
 mod keyring;
 
-pub use codec::{associated_data, decode, encode};
+pub use codec::{associated_data, decode, encode, Tier};
 pub use error::{KeyFileError, OpenError};
 pub use keyring::{KeyRing, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
 
 use reprise::{Session, SessionKey};
 
-/// Seals a session under the ring's first key, bound to its context and id.
-pub fn seal_session(ring: &KeyRing, session: &Session) -> Result<Vec<u8>, OpenError> {
+/// Seals a session under the ring's first key, for `tier`, bound to its context and id.
+pub fn seal_session(ring: &KeyRing, tier: Tier, session: &Session) -> Result<Vec<u8>, OpenError> {
     let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
-    ring.seal(&associated_data(key), &encode(session))
+    ring.seal(&associated_data(tier, key), &encode(session))
 }
 
-/// Opens a sealed session stored under `key`: any other key, a forged or corrupt value, or one
-/// sealed with a key outside the ring is an error.
+/// Opens a sealed session stored under `key` in `tier`: another key, another tier, a forged or
+/// corrupt value, or one sealed with a key outside the ring is an error. Of those errors,
+/// [`OpenError::is_unknown`] tells the ones to keep (a key or format this ring does not have)
+/// from the ones to delete.
 pub fn open_session(
     ring: &KeyRing,
+    tier: Tier,
     key: SessionKey<'_>,
     sealed: &[u8],
 ) -> Result<Session, OpenError> {
-    let plain = ring.open(&associated_data(key), sealed)?;
+    let plain = ring.open(&associated_data(tier, key), sealed)?;
     decode(key, &plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reprise::SecretBytes;
+
+    #[test]
+    fn a_value_sealed_for_one_tier_never_opens_in_the_other(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let ring = KeyRing::parse(&format!("k:{}", "42".repeat(32)))?;
+        let s = Session::builder(&[9; 32], SecretBytes::from(vec![5; 48]))
+            .sid_ctx(b"ctx")
+            .build()?;
+        let key = SessionKey::new(&[9; 32], b"ctx");
+        for (sealed_for, other) in [(Tier::Redis, Tier::Disk), (Tier::Disk, Tier::Redis)] {
+            let sealed = seal_session(&ring, sealed_for, &s)?;
+            assert!(open_session(&ring, sealed_for, key, &sealed).is_ok());
+            let e = open_session(&ring, other, key, &sealed).err();
+            assert_eq!(
+                e,
+                Some(OpenError::Forged),
+                "{sealed_for:?} opened in {other:?}"
+            );
+            assert!(!OpenError::Forged.is_unknown());
+        }
+        assert!(OpenError::UnknownKey.is_unknown() && OpenError::Version(2).is_unknown());
+        Ok(())
+    }
 }

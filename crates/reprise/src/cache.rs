@@ -559,6 +559,26 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         self.find(role, key, Use::Take)
     }
 
+    /// Takes a session that the external cache already handed over, atomically and for this
+    /// connection only (a `GETDEL` done before the handshake, say), as [`take`](Self::take)
+    /// would through a take callback: the session must match `key` (id and context), be
+    /// resumable, unexpired and not a TLS 1.2 session, and is claimed (marked not resumable)
+    /// so that it resumes at most once. A copy in the internal cache is dropped either way
+    /// (remove callback, [`Removal::Taken`]): the external cache is the authority on a take.
+    ///
+    /// The take callback is not asked, and no internal copy can stand in for `confirmed`.
+    pub fn take_confirmed(
+        &self,
+        key: SessionKey<'_>,
+        confirmed: Arc<Session<P>>,
+    ) -> Option<Arc<Session<P>>> {
+        if !key.is_well_formed() {
+            Counters::bump(&self.counters.rejected_keys);
+            return None;
+        }
+        self.claim_confirmed(key, self.now(), confirmed)
+    }
+
     /// The session cached under this id, with no validation, statistics or side effect.
     pub fn peek(&self, id: &[u8]) -> Option<Arc<Session<P>>> {
         if SessionKey::new(id, &[]).is_well_formed() {

@@ -450,3 +450,42 @@ fn reusable_versions_are_those_before_tls13() {
         assert!(!V(v).is_reusable(), "{v:#x}");
     }
 }
+
+#[test]
+fn a_confirmed_take_resumes_once_and_a_local_copy_never_stands_in() {
+    use crate::ProtocolVersion;
+    let (cache, clock, removed) = cache(2, 0);
+    let key = SessionKey::new(&[6; 32], b"");
+    // A local copy, and the same ticket handed over by the external cache for this connection.
+    let local = versioned(6, clock.now(), ProtocolVersion::TLS1_3);
+    assert!(cache.add(&local));
+    let confirmed = versioned(6, clock.now(), ProtocolVersion::TLS1_3);
+    let got = cache.take_confirmed(key, confirmed.clone());
+    assert!(got.is_some_and(|g| Arc::ptr_eq(&g, &confirmed)));
+    assert!(cache.is_empty(), "the local copy leaves with the take");
+    assert_eq!(removed.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.stats().cb_hits, 1);
+    // Claimed: the same object resumes no second time.
+    assert!(cache.take_confirmed(key, confirmed).is_none());
+
+    // Wrong key, wrong context, expired, or TLS 1.2: refused.
+    let other = versioned(7, clock.now(), ProtocolVersion::TLS1_3);
+    assert!(cache.take_confirmed(key, other.clone()).is_none());
+    assert!(other.is_resumable(), "a mismatch is not claimed");
+    assert!(cache
+        .take_confirmed(SessionKey::new(&[7; 32], b"ctx"), other.clone())
+        .is_none());
+    let old = versioned(7, 0, ProtocolVersion::TLS1_3);
+    assert!(cache
+        .take_confirmed(SessionKey::new(&[7; 32], b""), old)
+        .is_none());
+    let tls12 = versioned(7, clock.now(), ProtocolVersion::TLS1_2);
+    assert!(cache
+        .take_confirmed(SessionKey::new(&[7; 32], b""), tls12.clone())
+        .is_none());
+    assert!(tls12.is_resumable());
+    assert!(cache
+        .take_confirmed(SessionKey::new(&[], b""), other)
+        .is_none());
+    assert_eq!(cache.stats().cb_hits, 1);
+}

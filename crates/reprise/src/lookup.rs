@@ -201,14 +201,36 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         now: u64,
     ) -> Option<Arc<Session<P>>> {
         let claimed = take(self, &key);
-        if let Some(copy) = self.unlink_takeable(key) {
-            self.fire_remove(&copy, Removal::Taken);
+        match claimed {
+            Some(claimed) => self.claim_confirmed(key, now, claimed),
+            None => {
+                self.drop_takeable_copy(key);
+                None
+            }
         }
-        let found = self.validate_external(key, now, claimed?)?;
+    }
+
+    /// Resumes a session the external cache handed over for one take: drops any internal copy,
+    /// validates the session, and claims it (at most one caller wins).
+    pub(crate) fn claim_confirmed(
+        &self,
+        key: SessionKey<'_>,
+        now: u64,
+        claimed: Arc<Session<P>>,
+    ) -> Option<Arc<Session<P>>> {
+        self.drop_takeable_copy(key);
+        let found = self.validate_external(key, now, claimed)?;
         if found.version().is_reusable() || !found.claim() {
             return None;
         }
         self.count_external_hit();
         Some(found)
+    }
+
+    /// Drops the internal copy a take must not resume on, with the remove callback.
+    fn drop_takeable_copy(&self, key: SessionKey<'_>) {
+        if let Some(copy) = self.unlink_takeable(key) {
+            self.fire_remove(&copy, Removal::Taken);
+        }
     }
 }

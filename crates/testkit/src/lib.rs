@@ -39,15 +39,28 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// and errors as their line (`+OK`, `-ERR …`), integers as `:N`, bulk strings as their content,
 /// arrays as their elements joined by newlines. Enough for the harness, without a client library.
 pub fn redis_command(port: u16, args: &[&str]) -> Option<String> {
+    redis_command_as(port, None, args)
+}
+
+/// [`redis_command`], authenticated first with `password` if given (`AUTH`).
+pub fn redis_command_as(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
     let addr = format!("127.0.0.1:{port}").parse().ok()?;
     let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    let encode = |args: &[&str]| {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        req
+    };
+    let mut reader = BufReader::new(tcp.try_clone().ok()?);
+    if let Some(password) = password {
+        tcp.write_all(encode(&["AUTH", password]).as_bytes()).ok()?;
+        read_reply(&mut reader, 0)?;
     }
-    tcp.write_all(req.as_bytes()).ok()?;
-    read_reply(&mut BufReader::new(tcp), 0)
+    tcp.write_all(encode(args).as_bytes()).ok()?;
+    read_reply(&mut reader, 0)
 }
 
 fn read_reply(reader: &mut impl BufRead, depth: usize) -> Option<String> {
@@ -96,6 +109,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// The `--requirepass` among the extra arguments, if any.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -107,11 +122,16 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
+        let password = extra
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1].to_owned());
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            password,
         };
         server.restart();
         server
@@ -164,8 +184,9 @@ impl RedisServer {
             .unwrap();
         self.child = Some(child);
         let port = self.port;
+        let password = self.password.clone();
         let up = wait_until(Duration::from_secs(20), || {
-            redis_command(port, &["PING"]).as_deref() == Some("+PONG")
+            redis_command_as(port, password.as_deref(), &["PING"]).as_deref() == Some("+PONG")
         });
         assert!(
             up,
@@ -174,9 +195,10 @@ impl RedisServer {
         );
     }
 
-    /// Sends a command and returns the reply as text.
+    /// Sends a command (authenticated, on a server started with `--requirepass`) and returns
+    /// the reply as text.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        redis_command(self.port, args)
+        redis_command_as(self.port, self.password.as_deref(), args)
     }
 }
 

@@ -75,7 +75,7 @@ impl Pki {
         }
     }
 
-    fn roots(&self) -> Arc<RootCertStore> {
+    pub fn roots(&self) -> Arc<RootCertStore> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.clone()).unwrap();
         Arc::new(roots)
@@ -140,8 +140,8 @@ impl Pki {
     }
 }
 
-/// Moves TLS records from one side to the other; returns how many bytes moved.
-fn transfer<A, B>(from: &mut ConnectionCommon<A>, to: &mut ConnectionCommon<B>) -> Vec<u8> {
+/// Moves TLS records from one side to the other; returns the bytes moved.
+pub fn transfer<A, B>(from: &mut ConnectionCommon<A>, to: &mut ConnectionCommon<B>) -> Vec<u8> {
     let mut buf = Vec::new();
     while from.wants_write() {
         from.write_tls(&mut buf).unwrap();
