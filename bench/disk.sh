@@ -24,7 +24,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$w
 
 serve() { # binary, port, extra flags...
   local server=$1 port=$2; shift 2
-  RUST_LOG=warn "$server" serve --listen 127.0.0.1:"$port" --cert "$work/cert.pem" --key "$work/key.pem" --workers 1 "$@" 2>>"$work/serve.log" &
+  RUST_LOG=warn "$server" serve --listen 127.0.0.1:"$port" --cert "$work/cert.pem" --key "$work/key.pem" --workers 1 --max-connections-per-address 10000 "$@" 2>>"$work/serve.log" &
   pids+=($!)
   wait_port "$port"
 }

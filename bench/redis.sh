@@ -31,7 +31,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$w
 
 serve() { # port, extra flags...
   local port=$1; shift
-  RUST_LOG=warn "$bin" serve --listen 127.0.0.1:"$port" --cert "$work/cert.pem" --key "$work/key.pem" --workers 1 "$@" 2>>"$work/serve.log" &
+  RUST_LOG=warn "$bin" serve --listen 127.0.0.1:"$port" --cert "$work/cert.pem" --key "$work/key.pem" --workers 1 --max-connections-per-address 10000 "$@" 2>>"$work/serve.log" &
   pids+=($!)
   wait_port "$port"
 }

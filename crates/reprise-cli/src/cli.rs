@@ -123,7 +123,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODE")]
     pub tickets: Option<TicketMode>,
 
-    /// TLS 1.3 tickets issued per handshake [default: 2].
+    /// TLS 1.3 tickets issued per handshake, 0 to 16 [default: 2].
     #[arg(long, value_name = "N")]
     pub tls13_tickets: Option<usize>,
 
@@ -135,13 +135,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODE", requires = "client_ca")]
     pub client_auth: Option<ClientAuthMode>,
 
-    /// Serve Prometheus metrics at /metrics and a health check at /healthz on this address.
+    /// Serve Prometheus metrics at /metrics and a health check at /healthz on this address
+    /// (16 connections at a time).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 
     /// Connections served at once; more are closed at accept [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+
+    /// Connections one client address (an IPv6 /64) may hold at once; more are closed at accept
+    /// [default: a quarter of --max-connections].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
+
+    /// Seconds a client has to send its whole ClientHello, from the accept; at most
+    /// --handshake-timeout [default: 5, or the handshake timeout if shorter].
+    #[arg(long, value_name = "SECONDS")]
+    pub hello_timeout: Option<u64>,
 
     /// Seconds a client has to complete its handshake [default: 10].
     #[arg(long, value_name = "SECONDS")]

@@ -39,6 +39,8 @@ pub struct FileConfig {
     client_auth: Option<ClientAuthMode>,
     metrics_listen: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    hello_timeout: Option<u64>,
     handshake_timeout: Option<u64>,
     idle_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
@@ -83,6 +85,10 @@ pub struct Settings {
     pub metrics_listen: Option<String>,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 /64) may hold at once.
+    pub max_connections_per_address: usize,
+    /// Time a client has to send its ClientHello, from the accept.
+    pub hello_timeout: Duration,
     /// Time allowed for a handshake.
     pub handshake_timeout: Duration,
     /// Time an established connection may stay idle.
@@ -129,6 +135,10 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     /// Seconds for a handshake.
     pub const HANDSHAKE_TIMEOUT: u64 = 10;
+    /// Seconds for the ClientHello (or the handshake timeout, if shorter).
+    pub const HELLO_TIMEOUT: u64 = 5;
+    /// The most TLS 1.3 tickets a handshake may issue.
+    pub const MAX_TLS13_TICKETS: usize = 16;
     /// Seconds of idleness allowed.
     pub const IDLE_TIMEOUT: u64 = 60;
     /// Seconds to finish after a shutdown signal.
@@ -233,6 +243,12 @@ impl Settings {
             .tls13_tickets
             .or(file.tls13_tickets)
             .unwrap_or(defaults::TLS13_TICKETS);
+        if tls13_tickets > defaults::MAX_TLS13_TICKETS {
+            bail!(
+                "tls13-tickets is {tls13_tickets}; the limit is {}",
+                defaults::MAX_TLS13_TICKETS
+            );
+        }
         let max_connections = args
             .max_connections
             .or(file.max_connections)
@@ -247,6 +263,21 @@ impl Settings {
         if handshake_timeout == 0 {
             bail!("handshake-timeout must be at least 1 second");
         }
+        let max_connections_per_address = args
+            .max_connections_per_address
+            .or(file.max_connections_per_address)
+            .unwrap_or((max_connections / 4).max(1));
+        if max_connections_per_address == 0 {
+            bail!("max-connections-per-address must be at least 1");
+        }
+        let hello_timeout = match args.hello_timeout.or(file.hello_timeout) {
+            Some(0) => bail!("hello-timeout must be at least 1 second"),
+            Some(t) if t > handshake_timeout => bail!(
+                "hello-timeout ({t} s) must not exceed handshake-timeout ({handshake_timeout} s)"
+            ),
+            Some(t) => t,
+            None => defaults::HELLO_TIMEOUT.min(handshake_timeout),
+        };
         let idle_timeout = args
             .idle_timeout
             .or(file.idle_timeout)
@@ -347,6 +378,8 @@ impl Settings {
             client_auth,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             max_connections,
+            max_connections_per_address,
+            hello_timeout: Duration::from_secs(hello_timeout),
             handshake_timeout: Duration::from_secs(handshake_timeout),
             idle_timeout: Duration::from_secs(idle_timeout),
             shutdown_timeout: Duration::from_secs(

@@ -1,6 +1,7 @@
 //! `reprise`: a TLS terminator whose sessions resume through the Reprise cache (`serve`), and a
 //! handshake load generator (`bench`).
 
+mod admission;
 mod bench;
 mod cli;
 mod client_conn;

@@ -104,6 +104,7 @@ pub struct Metrics {
     failures: [AtomicU64; Failure::ALL.len()],
     connections_total: AtomicU64,
     connections_rejected: AtomicU64,
+    connections_rejected_per_address: AtomicU64,
     connections_open: AtomicI64,
     sessions_removed_unclean: AtomicU64,
     closes_without_close_notify: AtomicU64,
@@ -136,6 +137,13 @@ impl Metrics {
     /// Counts a connection closed at accept because the server was at its limit.
     pub fn connection_rejected(&self) {
         self.connections_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed at accept because its client address held
+    /// max-connections-per-address.
+    pub fn connection_rejected_per_address(&self) {
+        self.connections_rejected_per_address
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a connection that failed after its handshake (a fatal alert, a TLS error): its
@@ -255,6 +263,15 @@ impl Metrics {
             "counter",
             "Connections closed at accept because max-connections were open.",
             &plain(self.connections_rejected.load(Ordering::Relaxed)),
+        );
+        family(
+            "reprise_connections_rejected_per_address_total",
+            "counter",
+            "Connections closed at accept because their client address (an IPv6 /64) had max-connections-per-address open.",
+            &plain(
+                self.connections_rejected_per_address
+                    .load(Ordering::Relaxed),
+            ),
         );
         family(
             "reprise_connections_open",

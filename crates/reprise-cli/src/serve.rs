@@ -18,10 +18,11 @@ use tracing::{debug, info, warn};
 
 use reprise_disk::DiskTier;
 use reprise_redis::{Offer, RedisTier};
-use reprise_rustls::client_hello::{ClientHelloParser, Parsed, MAX_BUFFERED};
+use reprise_rustls::client_hello::ClientHelloInfo;
 use reprise_rustls::ConnectionSessions;
 use reprise_rustls::SessionStream;
 
+use crate::admission::{self, AddressPermit, PerAddress};
 use crate::cli::{ServeArgs, TicketMode, TlsVersion};
 use crate::config::Settings;
 use crate::http::{self, Ending};
@@ -33,6 +34,9 @@ use crate::tls::{self, ServerTls};
 /// PSK identities fetched from Redis per ClientHello, at most (clients offer one).
 const MAX_PREFETCHED_IDENTITIES: usize = 4;
 
+/// Connections the metrics listener serves at once; more wait in the listen backlog.
+const METRICS_CONNECTIONS: usize = 16;
+
 /// How long a connection to the upstream may take.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,6 +47,7 @@ struct Shared {
     acceptor: TlsAcceptor,
     metrics: Metrics,
     permits: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -95,6 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         metrics: Metrics::default(),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
+        per_address: PerAddress::new(settings.max_connections_per_address),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         settings,
@@ -183,16 +189,21 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((tcp, peer)) => {
+                let Some(per_address) = shared.per_address.try_acquire(peer.ip()) else {
+                    shared.metrics.connection_rejected_per_address();
+                    debug!(%peer, "max-connections-per-address reached: connection closed");
+                    continue;
+                };
                 let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
                     shared.metrics.connection_rejected();
                     debug!(%peer, "max-connections reached: connection closed");
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                // Boxed: the state machine is large, and moves only as a pointer.
+                let permits = (permit, per_address);
                 shared
                     .tasks
-                    .spawn(Box::pin(connection(shared.clone(), tcp, peer, permit)));
+                    .spawn(connection(shared.clone(), tcp, peer, permits));
             }
             Err(e) => {
                 // Out of file descriptors, say: back off a little instead of spinning.
@@ -212,24 +223,61 @@ impl Drop for Open<'_> {
     }
 }
 
+/// A connection until its ClientHello has arrived, under `--hello-timeout`: it holds little
+/// more than what the client sent. The rest of its life, larger, is allocated after.
 async fn connection(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permits: (OwnedSemaphorePermit, AddressPermit),
 ) {
     shared.metrics.connection_opened();
     let _open = Open(&shared.metrics);
+    let accepted = Instant::now();
+    let first = tokio::select! {
+        r = tokio::time::timeout(
+            shared.settings.hello_timeout,
+            admission::read_first_flight(&tcp),
+        ) => r,
+        _ = shared.shutdown.cancelled() => return,
+    };
+    let first = match first {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => {
+            let reason = Failure::of(&e);
+            shared.metrics.failure(reason);
+            debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.failure(Failure::Timeout);
+            debug!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: no ClientHello within hello-timeout");
+            return;
+        }
+    };
+    let handshake_deadline = accepted + shared.settings.handshake_timeout;
+    Box::pin(established(&shared, tcp, peer, first, handshake_deadline)).await;
+    drop(permits);
+}
+
+/// The handshake from the ClientHello on, then the connection's traffic.
+async fn established(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    first: admission::FirstFlight,
+    handshake_deadline: Instant,
+) {
     let sessions = shared.tls.store.connection();
     let handshake = async {
-        let stream = match &shared.tls.redis {
-            Some(tier) => prefetch(&shared, tier, &sessions, tcp, peer).await?,
-            None => Rewind::new(Vec::new(), tcp),
-        };
+        if let (Some(tier), Some(hello)) = (&shared.tls.redis, &first.hello) {
+            prefetch(shared, tier, &sessions, hello, peer).await;
+        }
+        let stream = Rewind::new(first.bytes, tcp);
         sessions.instrument(shared.acceptor.accept(stream)).await
     };
     let handshake = tokio::select! {
-        r = tokio::time::timeout(shared.settings.handshake_timeout, handshake) => r,
+        r = tokio::time::timeout_at(handshake_deadline.into(), handshake) => r,
         _ = shared.shutdown.cancelled() => return,
     };
     let stream = match handshake {
@@ -283,7 +331,7 @@ async fn connection(
                 ending => ending,
             }
         }
-        Some(upstream) => proxy(&shared, &mut stream, upstream, peer).await,
+        Some(upstream) => proxy(shared, &mut stream, upstream, peer).await,
     };
     if stream.sessions().has_failed() {
         shared.metrics.unclean_shutdown();
@@ -306,69 +354,50 @@ fn short_hex(bytes: &[u8]) -> String {
     }
 }
 
-/// Reads the client's first bytes until its ClientHello is complete (or shown malformed),
-/// fetches from Redis what it offers to resume (a TLS 1.2 session into the local tier, a TLS
-/// 1.3 ticket taken for this connection, handed to `sessions`), and returns the connection
-/// with those bytes to be read again by rustls. No runtime thread waits on Redis: the fetch is
-/// an await, bounded by the read budget.
+/// Fetches from Redis what the client's ClientHello offers to resume, before rustls reads the
+/// hello: a TLS 1.2 session into the local tier, a TLS 1.3 ticket taken for this connection and
+/// handed to `sessions`. No runtime thread waits on Redis: the fetch is an await, bounded by the
+/// read budget.
 ///
-/// A ticket resumes only if taken here: one that this read did not take (a hello it cannot
-/// parse, an identity past the first few, a second ClientHello after a HelloRetryRequest that
-/// offers another ticket) gets a full handshake.
+/// A ticket resumes only if taken here: one that this read did not take (an identity past the
+/// first few, a second ClientHello after a HelloRetryRequest that offers another ticket) gets a
+/// full handshake.
 async fn prefetch(
     shared: &Shared,
     tier: &RedisTier,
     sessions: &ConnectionSessions,
-    mut tcp: TcpStream,
+    hello: &ClientHelloInfo,
     peer: SocketAddr,
-) -> std::io::Result<Rewind<TcpStream>> {
-    let mut buf = Vec::with_capacity(2048);
-    let mut parser = ClientHelloParser::new();
-    let hello = loop {
-        match parser.parse(&buf) {
-            Parsed::Complete(info) => break Some(info),
-            // rustls will answer a malformed hello with the right alert.
-            Parsed::Invalid(_) => break None,
-            Parsed::Incomplete if buf.len() >= MAX_BUFFERED => break None,
-            Parsed::Incomplete => {}
-        }
-        buf.reserve(4096);
-        if tcp.read_buf(&mut buf).await? == 0 {
-            break None;
-        }
+) {
+    let versions = &shared.settings.tls_versions;
+    let tls13 = versions.contains(&TlsVersion::Tls13) && hello.supports_tls13;
+    // A TLS 1.3 client's legacy session id is random: only a TLS 1.2 handshake looks it up.
+    let session_id =
+        (!tls13 && versions.contains(&TlsVersion::Tls12) && !hello.session_id.is_empty())
+            .then_some(hello.session_id.as_slice());
+    let stateful = shared.settings.tickets == TicketMode::Stateful;
+    let identities: &[Vec<u8>] = if tls13 && stateful {
+        &hello.psk_identities[..hello.psk_identities.len().min(MAX_PREFETCHED_IDENTITIES)]
+    } else {
+        &[]
     };
-    if let Some(hello) = hello {
-        let versions = &shared.settings.tls_versions;
-        let tls13 = versions.contains(&TlsVersion::Tls13) && hello.supports_tls13;
-        // A TLS 1.3 client's legacy session id is random: only a TLS 1.2 handshake looks it up.
-        let session_id =
-            (!tls13 && versions.contains(&TlsVersion::Tls12) && !hello.session_id.is_empty())
-                .then_some(hello.session_id.as_slice());
-        let stateful = shared.settings.tickets == TicketMode::Stateful;
-        let identities: &[Vec<u8>] = if tls13 && stateful {
-            &hello.psk_identities[..hello.psk_identities.len().min(MAX_PREFETCHED_IDENTITIES)]
-        } else {
-            &[]
+    if session_id.is_some() || !identities.is_empty() {
+        let offer = Offer {
+            session_id,
+            psk_identities: identities,
+            client: Some(peer.ip()),
         };
-        if session_id.is_some() || !identities.is_empty() {
-            let offer = Offer {
-                session_id,
-                psk_identities: identities,
-                client: Some(peer.ip()),
-            };
-            let prefetched = tier
-                .prefetch(
-                    &shared.tls.cache,
-                    shared.tls.store.sid_ctx().as_bytes(),
-                    offer,
-                )
-                .await;
-            if let Some(ticket) = prefetched.into_ticket() {
-                sessions.confirm_take(ticket);
-            }
+        let prefetched = tier
+            .prefetch(
+                &shared.tls.cache,
+                shared.tls.store.sid_ctx().as_bytes(),
+                offer,
+            )
+            .await;
+        if let Some(ticket) = prefetched.into_ticket() {
+            sessions.confirm_take(ticket);
         }
     }
-    Ok(Rewind::new(buf, tcp))
 }
 
 fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
@@ -518,7 +547,14 @@ async fn close<S: AsyncWrite + Unpin>(stream: &mut S) -> Ending {
 }
 
 async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
     loop {
+        // A slot first: while all are taken, new connections wait in the listen backlog.
+        let slot = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            s = slots.clone().acquire_owned() => s,
+        };
+        let Ok(slot) = slot else { return };
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             a = listener.accept() => a,
@@ -526,6 +562,7 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
         let Ok((mut tcp, _)) = accepted else { continue };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = Vec::new();
             let read = tokio::time::timeout(
                 Duration::from_secs(5),

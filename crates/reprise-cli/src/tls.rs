@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use reprise::{SessionCache, SidCtx};
+use reprise::SessionCache;
 use reprise_disk::{DiskConfig, DiskTier};
 use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
-use reprise_rustls::{derive_sid_ctx, ClientAuth, ServerStore};
+use reprise_rustls::{derive_sid_ctx, named_sid_ctx, ClientAuth, ServerStore};
 use ring::digest;
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
@@ -134,7 +134,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         .context("TLS versions")?;
 
     // The client-certificate policy and its CA bundle are part of the security context.
-    let (builder, client_auth, ca_bytes) = match &settings.client_auth {
+    let (builder, client_auth, cas) = match &settings.client_auth {
         None => (builder.with_no_client_auth(), ClientAuth::None, Vec::new()),
         Some((ca_path, mode)) => {
             let cas = load_chain(ca_path).with_context(|| "client CA".to_owned())?;
@@ -155,14 +155,18 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             let verifier = verifier
                 .build()
                 .map_err(|e| anyhow::anyhow!("client CA file {}: {e}", ca_path.display()))?;
-            let ca_bytes: Vec<u8> = cas.iter().flat_map(|c| c.as_ref().to_vec()).collect();
-            (builder.with_client_cert_verifier(verifier), auth, ca_bytes)
+            (builder.with_client_cert_verifier(verifier), auth, cas)
         }
     };
 
+    // An operator's name still binds the client-auth policy and CAs (not the chain, so that
+    // sessions survive a certificate renewal).
     let sid_ctx = match &settings.sid_ctx {
-        Some(text) => SidCtx::new(text.as_bytes()).map_err(|e| anyhow::anyhow!("sid-ctx: {e}"))?,
-        None => derive_sid_ctx(&chain, client_auth, &ca_bytes),
+        Some(name) => named_sid_ctx(name.as_bytes(), client_auth, &cas),
+        None => {
+            let ca_bytes: Vec<u8> = cas.iter().flat_map(|c| c.as_ref().to_vec()).collect();
+            derive_sid_ctx(&chain, client_auth, &ca_bytes)
+        }
     };
 
     let mut config = builder.with_single_cert(chain, key).map_err(|e| {

@@ -90,7 +90,10 @@ fn sessions_survive_a_restart_and_used_tickets_do_not() {
     assert_eq!(request(&server, &["-tls1_3", "-sess_in", &used]), "Reused");
     assert_eq!(request(&server, &["-tls1_3", "-sess_out", &unused]), "New");
     let server = disk.restart_cleanly(server);
-    assert!(server.stderr().contains("sessions loaded from disk"));
+    // The listener is up before the file is read back: wait for the load to be logged.
+    assert!(wait_until(Duration::from_secs(10), || server
+        .stderr()
+        .contains("sessions loaded from disk")));
 
     assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
     assert_eq!(request(&server, &["-tls1_3", "-sess_in", &used]), "New");

@@ -491,7 +491,13 @@ fn many_idle_connections_do_not_stop_service() {
 
 #[test]
 fn max_connections_closes_the_excess_at_accept() {
-    let server = Server::start(&["--max-connections", "5"]);
+    // All from one address: the per-address limit must not be the one that closes them.
+    let server = Server::start(&[
+        "--max-connections",
+        "5",
+        "--max-connections-per-address",
+        "6",
+    ]);
     let idle: Vec<TcpStream> = (0..5)
         .map(|_| TcpStream::connect(server.addr).unwrap())
         .collect();

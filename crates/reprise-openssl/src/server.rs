@@ -139,6 +139,13 @@ impl ServerCache {
     ///   (TLS 1.2 session ids, TLS 1.3 tickets; stateless tickets would bypass any cache);
     /// - installs the new, get and remove callbacks.
     ///
+    /// A connection that verifies client certificates (`SslVerifyMode::PEER`) keys its sessions
+    /// under `sid_ctx` with its verify mode and the certificates of its context's trust store
+    /// mixed in, so that servers sharing a cache and a context name but not their client
+    /// verification never resume each other's sessions (OpenSSL's own check compares only the
+    /// name). It costs a hash of the trust store's fingerprints per cache call, on such
+    /// connections only.
+    ///
     /// The cache decides what is stored, for how long (its timeout) and how many (its size
     /// limit). OpenSSL also checks each session it is given against its own session timeout,
     /// which the `openssl` crate gives no way to set: it stays at OpenSSL's 7200 s, so a cache

@@ -4,8 +4,9 @@
 use std::sync::OnceLock;
 
 use openssl::ex_data::Index;
+use openssl::hash::MessageDigest;
 use openssl::sha::Sha256;
-use openssl::ssl::{SslContext, SslContextBuilder, SslRef};
+use openssl::ssl::{SslContext, SslContextBuilder, SslRef, SslVerifyMode};
 use openssl::x509::X509Ref;
 use reprise::SidCtx;
 
@@ -42,12 +43,49 @@ pub fn tag_context(builder: &mut SslContextBuilder, sid_ctx: &[u8]) -> Result<()
     Ok(())
 }
 
-/// The session-id context a connection runs under: the one recorded on its current context,
-/// or `default` if that context was not tagged.
+/// The session-id context a connection's sessions are keyed under: the one recorded on its
+/// current context (or `default` if that context was not tagged), with the client-certificate
+/// policy bound in.
+///
+/// When the connection verifies client certificates, its verify mode and the certificates of
+/// its context's trust store are mixed into the context, whatever the application named it: a
+/// session made without a client certificate never resumes where one is asked for, nor one
+/// verified against other CAs. OpenSSL's own session-id context (the one it checks inside the
+/// session) stays the one the application set. Without client verification the context is
+/// used as it is.
 pub(crate) fn current_sid_ctx(ssl: &SslRef, default: &SidCtx) -> SidCtx {
-    sid_ctx_index()
+    let base = sid_ctx_index()
         .and_then(|index| ssl.ssl_context().ex_data(index).copied())
-        .unwrap_or(*default)
+        .unwrap_or(*default);
+    bind_client_auth(ssl, base)
+}
+
+/// `base`, with the connection's client verification mixed in if it verifies clients.
+fn bind_client_auth(ssl: &SslRef, base: SidCtx) -> SidCtx {
+    let mode = ssl.verify_mode();
+    if !mode.contains(SslVerifyMode::PEER) {
+        return base;
+    }
+    // The trusted CAs, by fingerprint, in a canonical order.
+    let mut cas: Vec<Vec<u8>> = ssl
+        .ssl_context()
+        .cert_store()
+        .all_certificates()
+        .iter()
+        .filter_map(|ca| ca.digest(MessageDigest::sha256()).ok())
+        .map(|digest| digest.to_vec())
+        .collect();
+    cas.sort_unstable();
+    let mut hash = Sha256::new();
+    hash.update(b"reprise-openssl client-auth binding v1\0");
+    hash.update(&(base.as_bytes().len() as u64).to_be_bytes());
+    hash.update(base.as_bytes());
+    hash.update(&mode.bits().to_be_bytes());
+    hash.update(&(cas.len() as u64).to_be_bytes());
+    for ca in &cas {
+        hash.update(ca);
+    }
+    SidCtx::new(&hash.finish()).unwrap_or(base)
 }
 
 /// Derives a session-id context from what makes a server's sessions safe to resume: its

@@ -348,3 +348,51 @@ fn a_failed_resumption_inside_accept_removes_nothing() {
     let again = run(&victim, first.session.as_deref());
     assert!(again.ok && again.resumed, "the victim still resumes");
 }
+
+/// Attack 2 of issue 13: servers that share a cache and a session-id context name but differ
+/// in client verification never resume each other's sessions. The adapter binds the verify
+/// mode and the trusted CAs into the key.
+#[test]
+fn client_verification_is_bound_into_a_named_context() {
+    let pki = Pki::new();
+    let other_ca = Pki::new().ca;
+    for v in VERSIONS {
+        let srv = Server::new(&pki, v);
+        let verifying = |ca: &openssl::x509::X509| {
+            let mut b = pki.server_builder(v);
+            // A certificate is asked for, and verified if sent: these clients send none.
+            b.set_verify(SslVerifyMode::PEER);
+            b.cert_store_mut().add_cert(ca.clone()).unwrap();
+            let sessions = ServerCache::install(&mut b, srv.cache.clone(), CTX).unwrap();
+            (b.build(), sessions)
+        };
+        let (mtls, mtls_other_ca) = (verifying(&pki.ca), verifying(&other_ca));
+        let on = |(ctx, sessions): &(SslContext, ServerCache), offer: Option<&[u8]>| {
+            let conn = connect(&srv.client, offer, Close::Clean, |sock| {
+                serve(sessions.accept(Ssl::new(ctx).unwrap(), sock))
+            });
+            assert!(conn.ok);
+            conn
+        };
+        let plain = srv.connect(None, Close::Clean);
+        let verified = on(&mtls, None);
+        assert!(!verified.resumed);
+        // Nothing crosses, in any direction.
+        assert!(!on(&mtls, plain.session.as_deref()).resumed, "{v:?}");
+        assert!(
+            !on(&mtls_other_ca, verified.session.as_deref()).resumed,
+            "{v:?}"
+        );
+        assert!(
+            !srv.connect(verified.session.as_deref(), Close::Clean)
+                .resumed,
+            "{v:?}"
+        );
+        // Each resumes where it was made.
+        assert!(on(&mtls, verified.session.as_deref()).resumed, "{v:?}");
+        assert!(
+            srv.connect(plain.session.as_deref(), Close::Clean).resumed,
+            "{v:?}"
+        );
+    }
+}

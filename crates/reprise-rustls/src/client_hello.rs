@@ -40,21 +40,23 @@
 //!
 //! The input is attacker-controlled, so the parser is strict, and cheap:
 //!
-//! - **Records** (RFC 8446 §5.1): every record up to the end of the ClientHello has content type
-//!   22 (handshake), a legacy version whose major byte is 3, and a length of 1 to 2^14
-//!   ([`MAX_RECORD_LEN`]). The fragments of consecutive records are joined: the hello may span
+//! - **Records** (RFC 8446 §5.1): up to four warning alerts may come first (rustls ignores them
+//!   until it knows the version), each a record of exactly two bytes; then every record up to
+//!   the end of the ClientHello has content type
+//!   22 (handshake), a legacy version whose major byte is 3, and a length of 1 to 2^14 + 2048
+//!   ([`MAX_RECORD_LEN`], what rustls accepts). The fragments of consecutive records are joined: the hello may span
 //!   records, and TCP segments anywhere. The ClientHello must end where a record ends (it
 //!   precedes a key change in TLS 1.3). Bytes after that record are not looked at.
 //! - **Handshake**: the first handshake message is a client_hello (type 1) whose 24-bit length
 //!   is at most [`MAX_CLIENT_HELLO`].
-//! - **ClientHello** (RFC 8446 §4.1.2, RFC 5246 §7.4.1.2): legacy_version with major byte 3,
-//!   32 bytes of random, a legacy_session_id of at most 32 bytes, a non-empty, even-length
+//! - **ClientHello** (RFC 8446 §4.1.2, RFC 5246 §7.4.1.2): a legacy_version (any value: rustls
+//!   ignores it when supported_versions is there, and the server decides the version), 32 bytes of random, a legacy_session_id of at most 32 bytes, a non-empty, even-length
 //!   cipher_suites, a non-empty legacy_compression_methods that offers null (0), then either
 //!   the end of the message or an extensions block whose length is exactly the rest of it.
-//! - **Extensions**: no type twice; pre_shared_key (41) last (RFC 8446 §4.2.11). Three are
-//!   parsed, and must use up their data exactly: server_name (0, RFC 6066 §3: a non-empty list,
-//!   at most one host_name, which is non-empty), supported_versions (43: a list of 1 to 127
-//!   versions), and pre_shared_key (at least one identity, none empty; as many binders as
+//! - **Extensions**: no type twice; pre_shared_key (41) last (RFC 8446 §4.2.11). server_name
+//!   (0, RFC 6066 §3) is read for its first host_name, and a malformed one is no name, not an
+//!   error (rustls takes much of it). Two are parsed, and must use up their data exactly:
+//!   supported_versions (43: a list of 1 to 127 versions), and pre_shared_key (at least one identity, none empty; as many binders as
 //!   identities, each at least 32 bytes long). The others are skipped.
 //!
 //! Anything else — TLS or not — is [`Parsed::Invalid`], as soon as the bytes that show it have
@@ -66,24 +68,40 @@
 /// The largest ClientHello accepted: the handshake message's 24-bit length, in bytes (not
 /// counting the message's own 4-byte header, nor the record headers).
 ///
-/// Real ClientHellos are a few hundred bytes, a few KiB with post-quantum key shares, so 32 KiB
-/// leaves ample room. A longer one is [`Parsed::Invalid`] ("ClientHello too large") as soon as
-/// its length has been read.
-pub const MAX_CLIENT_HELLO: usize = 32 * 1024;
+/// It is rustls's own limit on a handshake message (0xffff bytes), so that every ClientHello
+/// rustls accepts can be read here. Real ClientHellos are a few hundred bytes, a few KiB with
+/// post-quantum key shares. A longer one is [`Parsed::Invalid`] ("ClientHello too large") as
+/// soon as its length has been read.
+pub const MAX_CLIENT_HELLO: usize = 0xffff;
 
-/// The largest record fragment TLS allows: 2^14 bytes (RFC 8446 §5.1). A record header with a
+/// The longest record accepted: 2^14 bytes of fragment (RFC 8446 §5.1) plus the 2,048 bytes of
+/// expansion rustls allows on any record it reads, protected or not. A record header with a
 /// longer length makes the input [`Parsed::Invalid`].
-pub const MAX_RECORD_LEN: usize = 1 << 14;
+pub const MAX_RECORD_LEN: usize = (1 << 14) + 2048;
 
 /// How many bytes a caller may have to buffer before the parser decides: [`parse`] never returns
 /// [`Parsed::Incomplete`] for an input this long or longer.
 ///
 /// That many bytes are needed only for a ClientHello of [`MAX_CLIENT_HELLO`] bytes sent in
-/// records of one byte each (5 header bytes for each byte of handshake); a caller can use it as
-/// the limit of its read buffer without ever cutting a valid hello short.
+/// records of one byte each (5 header bytes for each byte of handshake). rustls itself buffers
+/// no more than about [`MAX_FIRST_FLIGHT`] bytes of a handshake message, so a caller that
+/// forwards the bytes to rustls can stop there instead.
 pub const MAX_BUFFERED: usize = 6 * (HANDSHAKE_HEADER_LEN + MAX_CLIENT_HELLO);
 
+/// The most bytes of a first flight worth reading for a ClientHello that rustls may accept.
+///
+/// rustls stops reading into its buffer once it holds 0xffff bytes of an unfinished handshake
+/// message, having read at most 4 KiB at a time: a ClientHello whose records take more than
+/// this is one rustls rejects. A caller may stop reading here with [`Parsed::Incomplete`] and
+/// let rustls decide.
+pub const MAX_FIRST_FLIGHT: usize = 0xffff + 4096;
+
 const CONTENT_TYPE_HANDSHAKE: u8 = 22;
+const CONTENT_TYPE_CHANGE_CIPHER_SPEC: u8 = 20;
+const CONTENT_TYPE_ALERT: u8 = 21;
+const ALERT_WARNING: u8 = 1;
+/// rustls ignores this many warning alerts, and fails on the next.
+const MAX_WARNING_ALERTS: u8 = 4;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const RECORD_HEADER_LEN: usize = 5;
 const HANDSHAKE_HEADER_LEN: usize = 4;
@@ -147,12 +165,34 @@ pub struct ClientHelloParser {
     message: Vec<u8>,
     /// The answer, once it is known.
     done: Option<Parsed>,
+    /// Whether one change_cipher_spec record may come first (the second ClientHello).
+    after_retry: bool,
+    /// Whether this is the second ClientHello (no alerts are taken before it).
+    retry: bool,
+    /// Warning alerts read before the ClientHello.
+    alerts: u8,
+    /// Where the ClientHello's first record starts.
+    hello_start: usize,
 }
 
 impl ClientHelloParser {
     /// A parser that has seen nothing yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A parser for the second ClientHello of a TLS 1.3 handshake, the one a client sends after
+    /// the server's HelloRetryRequest: the client's bytes from there on, which may start with
+    /// one change_cipher_spec record (middlebox compatibility, RFC 8446 §D.4) before the
+    /// hello's records. That record is skipped; everything else is checked as by [`new`].
+    ///
+    /// [`new`]: Self::new
+    pub fn after_retry() -> Self {
+        Self {
+            after_retry: true,
+            retry: true,
+            ..Self::default()
+        }
     }
 
     /// Parses the bytes read so far, like [`parse`], without reading again what earlier calls
@@ -180,6 +220,55 @@ impl ClientHelloParser {
             buf.get(self.consumed..)
                 .ok_or("input shorter than in an earlier call")?,
         );
+        // Records rustls takes before a ClientHello, each checked as soon as its bytes are
+        // there: after a HelloRetryRequest, one change_cipher_spec; before a first hello, up to
+        // four warning alerts (rustls ignores them until the version is known).
+        while self.consumed == self.hello_start {
+            let Some(&content_type) = records.bytes().first() else {
+                return Ok(None);
+            };
+            let (pattern, why): (&[Option<u8>], _) = match content_type {
+                CONTENT_TYPE_CHANGE_CIPHER_SPEC if self.after_retry => (
+                    &[None, Some(3), None, Some(0), Some(1), Some(1)],
+                    "malformed change_cipher_spec before the ClientHello",
+                ),
+                CONTENT_TYPE_ALERT if !self.retry => {
+                    if self.alerts == MAX_WARNING_ALERTS {
+                        return Err("more than four alerts before the ClientHello");
+                    }
+                    (
+                        &[
+                            None,
+                            Some(3),
+                            None,
+                            Some(0),
+                            Some(2),
+                            Some(ALERT_WARNING),
+                            None,
+                        ],
+                        "an alert before the ClientHello that is not a warning",
+                    )
+                }
+                _ => break,
+            };
+            let mut record = records;
+            for expected in pattern {
+                match (record.u8(), expected) {
+                    (None, _) => return Ok(None),
+                    (Some(byte), Some(want)) if byte != *want => return Err(why),
+                    _ => {}
+                }
+            }
+            if content_type == CONTENT_TYPE_ALERT {
+                self.alerts += 1;
+            } else {
+                self.after_retry = false;
+            }
+            self.consumed += pattern.len();
+            self.hello_start = self.consumed;
+            records = record;
+        }
+        self.after_retry = false;
         loop {
             // The record header, each byte checked as soon as it is there.
             let mut record = records;
@@ -187,7 +276,7 @@ impl ClientHelloParser {
                 return Ok(None);
             };
             if content_type != CONTENT_TYPE_HANDSHAKE {
-                return Err(if self.consumed == 0 {
+                return Err(if self.consumed == self.hello_start {
                     "not a TLS handshake"
                 } else {
                     "a non-handshake record inside the ClientHello"
@@ -207,7 +296,7 @@ impl ClientHelloParser {
                 return Err("empty handshake record");
             }
             if len > MAX_RECORD_LEN {
-                return Err("record longer than 2^14 bytes");
+                return Err("record longer than 2^14 + 2048 bytes");
             }
             let fragment = record.take_up_to(len);
             let partial = fragment.len() < len;
@@ -259,10 +348,9 @@ impl ClientHelloParser {
 /// Parses a ClientHello's body: the handshake message without its 4-byte header.
 fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, &'static str> {
     let mut r = Reader::new(body);
-    let version = r.u16().ok_or("truncated legacy_version")?;
-    if version >> 8 != 3 {
-        return Err("bad ClientHello legacy_version");
-    }
+    // Any value: rustls negotiates TLS 1.3 from supported_versions whatever it says, and
+    // answers a version it does not take with its own alert.
+    r.u16().ok_or("truncated legacy_version")?;
     r.take(32).ok_or("truncated random")?;
     let session_id = r.vec8().ok_or("truncated legacy_session_id")?;
     if session_id.len() > MAX_SESSION_ID_LEN {
@@ -307,7 +395,7 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, &'static str> {
         }
         *word |= bit;
         match ext_type {
-            EXT_SERVER_NAME => info.server_name = parse_server_name(data)?,
+            EXT_SERVER_NAME => info.server_name = parse_server_name(data),
             EXT_SUPPORTED_VERSIONS => info.supports_tls13 = parse_supported_versions(data)?,
             EXT_PRE_SHARED_KEY => {
                 info.psk_identities = parse_pre_shared_key(data)?;
@@ -319,35 +407,25 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, &'static str> {
     Ok(info)
 }
 
-/// server_name (RFC 6066 §3): the host_name, if it is printable ASCII.
-fn parse_server_name(mut data: Reader<'_>) -> Result<Option<String>, &'static str> {
-    let mut list = data.vec16().ok_or("truncated server_name list")?;
-    if !data.is_empty() {
-        return Err("data after the server_name list");
-    }
-    if list.is_empty() {
-        return Err("empty server_name list");
-    }
-    let mut host_name = None;
-    let mut seen_host_name = false;
+/// server_name (RFC 6066 §3): the first host_name, if it is printable ASCII.
+///
+/// Never an error: rustls reads past much that is malformed here (it stops at a name type it
+/// does not know, and takes an unusable name as no name), and a server name only labels the
+/// hello. A malformed list yields what was read before the fault.
+fn parse_server_name(mut data: Reader<'_>) -> Option<String> {
+    let mut list = data.vec16()?;
     while !list.is_empty() {
-        let name_type = list.u8().ok_or("truncated server_name entry")?;
-        let name = list.vec16().ok_or("truncated server_name entry")?;
+        let name_type = list.u8()?;
+        let name = list.vec16()?;
         if name_type == SNI_HOST_NAME {
-            if seen_host_name {
-                return Err("more than one host_name in server_name");
-            }
-            seen_host_name = true;
             let name = name.bytes();
-            if name.is_empty() {
-                return Err("empty host_name");
+            if !name.is_empty() && name.iter().all(u8::is_ascii_graphic) {
+                return std::str::from_utf8(name).ok().map(str::to_owned);
             }
-            if name.iter().all(u8::is_ascii_graphic) {
-                host_name = std::str::from_utf8(name).ok().map(str::to_owned);
-            }
+            return None;
         }
     }
-    Ok(host_name)
+    None
 }
 
 /// supported_versions in a ClientHello (RFC 8446 §4.2.1): whether it offers TLS 1.3.
@@ -1125,9 +1203,14 @@ mod tests {
         for hello in hellos {
             let body = hello.body();
             assert!(length_fields(&body).len() >= 3);
+            let name = complete(&framed(&body)).server_name;
             for (at, bad) in corruptions(&body) {
-                let why = invalid(&framed(&bad));
-                assert!(!why.is_empty(), "{at}");
+                match parse(&framed(&bad)) {
+                    Parsed::Invalid(why) => assert!(!why.is_empty(), "{at}"),
+                    // Inside server_name, which is read leniently: the name is lost, or cut.
+                    Parsed::Complete(info) => assert_ne!(info.server_name, name, "{at}"),
+                    Parsed::Incomplete => panic!("{at}: incomplete"),
+                }
             }
         }
         // rustls's hellos, whose key shares and randoms differ each run: some corruptions
@@ -1287,30 +1370,41 @@ mod tests {
             "truncated PSK obfuscated_ticket_age"
         );
 
-        let bad_sni: [(&str, Vec<u8>); 5] = [
-            ("empty server_name list", v16(&[])),
-            ("empty host_name", sni(b"")),
-            ("data after the server_name list", {
+        // A malformed server_name is no name, not an error: rustls takes much of it.
+        let bad_sni: [Vec<u8>; 6] = [
+            v16(&[]),
+            sni(b""),
+            {
                 let mut d = sni(b"a.test");
                 d.push(0);
                 d
-            }),
-            ("truncated server_name list", vec![0]),
-            ("more than one host_name in server_name", {
-                let mut list = vec![0];
-                list.extend_from_slice(&v16(b"a.test"));
-                list.push(0);
-                list.extend_from_slice(&v16(b"b.test"));
+            },
+            vec![0],
+            {
+                let mut list = vec![7];
+                list.extend_from_slice(b"localhost");
                 v16(&list)
-            }),
+            },
+            vec![],
         ];
-        for (why, data) in bad_sni {
+        for data in bad_sni {
             let hello = Hello::tls13().with_extensions(vec![ext(EXT_SERVER_NAME, &data)]);
-            assert_eq!(invalid(&hello.framed()), why);
+            let info = complete(&hello.framed());
+            assert!(
+                info.server_name.is_none() || info.server_name.as_deref() == Some("a.test"),
+                "{data:?}"
+            );
         }
-        // An empty server_name extension (as in a ServerHello) is not a ClientHello's.
-        let hello = Hello::tls13().with_extensions(vec![ext(EXT_SERVER_NAME, &[])]);
-        invalid(&hello.framed());
+        // Two host names: the first.
+        let mut list = vec![0];
+        list.extend_from_slice(&v16(b"a.test"));
+        list.push(0);
+        list.extend_from_slice(&v16(b"b.test"));
+        let hello = Hello::tls13().with_extensions(vec![ext(EXT_SERVER_NAME, &v16(&list))]);
+        assert_eq!(
+            complete(&hello.framed()).server_name.as_deref(),
+            Some("a.test")
+        );
 
         for data in [v8(&[]), v8(&[3]), v8(&[3, 4, 3]), vec![], {
             let mut d = versions(&[0x0304]);
@@ -1343,10 +1437,11 @@ mod tests {
                 "legacy_compression_methods without null"
             );
         }
-        for version in [0x0203, 0x0403, 0] {
+        // Any legacy_version is read (rustls ignores it for TLS 1.3).
+        for version in [0x0203, 0x0403, 0, 0xff03] {
             let mut hello = Hello::tls13();
             hello.version = version;
-            assert_eq!(invalid(&hello.framed()), "bad ClientHello legacy_version");
+            assert!(complete(&hello.framed()).supports_tls13);
         }
         // Any minor version is taken: 0x0300 to 0x03ff.
         let mut hello = Hello::tls13();
@@ -1357,28 +1452,69 @@ mod tests {
     #[test]
     fn record_rules() {
         let good = Hello::tls13().framed();
-        // Not a handshake record, at the first byte.
-        for first in [20, 21, 23, 24, 0, 0x16 + 0x80] {
+        // Not a handshake record, at the first byte (an alert is read first: see below).
+        for first in [20, 23, 24, 0, 0x16 + 0x80] {
             assert_eq!(invalid(&[first]), "not a TLS handshake");
             let mut bad = good.clone();
             bad[0] = first;
             assert_eq!(invalid(&bad), "not a TLS handshake");
         }
+        // Up to four warning alerts before the hello, as rustls takes them; not a fifth, not a
+        // fatal one, not a malformed one, and none inside the hello.
+        let warning = [21, 3, 3, 0, 2, 1, 46];
+        for n in 0..=4 {
+            let mut flight = warning.repeat(n);
+            flight.extend_from_slice(&good);
+            assert!(complete(&flight).supports_tls13, "{n}");
+            assert_eq!(parse(&flight[..flight.len() - 1]), Parsed::Incomplete);
+        }
+        let mut five = warning.repeat(5);
+        five.extend_from_slice(&good);
+        assert_eq!(
+            invalid(&five),
+            "more than four alerts before the ClientHello"
+        );
+        for bad in [
+            [21, 3, 3, 0, 2, 2, 46],
+            [21, 3, 3, 0, 3, 1, 46],
+            [21, 4, 3, 0, 2, 1, 46],
+        ] {
+            let mut flight = bad.to_vec();
+            flight.extend_from_slice(&good);
+            assert_eq!(
+                invalid(&flight),
+                "an alert before the ClientHello that is not a warning"
+            );
+        }
+        assert_eq!(parse(&warning[..6]), Parsed::Incomplete);
+        let split = records(&handshake(&Hello::tls13().body()), &[10]);
+        let mut inside = split[..15].to_vec();
+        inside.extend_from_slice(&warning);
+        assert_eq!(
+            invalid(&inside),
+            "a non-handshake record inside the ClientHello"
+        );
+        // The second hello takes no alert.
+        assert_eq!(
+            ClientHelloParser::after_retry().parse(&warning),
+            Parsed::Invalid("not a TLS handshake")
+        );
         // The record version's major byte, at the second.
         for major in [0, 2, 4, 0xff] {
             assert_eq!(invalid(&[22, major]), "bad record version");
         }
         // Empty and oversized records, at the header.
         assert_eq!(invalid(&[22, 3, 1, 0, 0]), "empty handshake record");
+        // rustls's limit: 2^14 + 2048 = 0x4800.
         assert_eq!(
-            invalid(&[22, 3, 1, 0x40, 1]),
-            "record longer than 2^14 bytes"
+            invalid(&[22, 3, 1, 0x48, 1]),
+            "record longer than 2^14 + 2048 bytes"
         );
         assert_eq!(
             invalid(&[22, 3, 1, 0xff, 0xff]),
-            "record longer than 2^14 bytes"
+            "record longer than 2^14 + 2048 bytes"
         );
-        assert_eq!(parse(&[22, 3, 1, 0x40, 0]), Parsed::Incomplete);
+        assert_eq!(parse(&[22, 3, 1, 0x48, 0]), Parsed::Incomplete);
         // A record that is not a handshake between the hello's fragments.
         let split = records(&handshake(&Hello::tls13().body()), &[10]);
         let mut bad = split[..15].to_vec();
@@ -1407,25 +1543,17 @@ mod tests {
 
     #[test]
     fn too_large_is_known_from_the_header() {
-        // Decided from the length's first byte, and from the whole length.
-        assert_eq!(invalid(&[22, 3, 1, 0x40, 0, 1, 1]), "ClientHello too large");
+        // rustls's limit, 0xffff: decided from the length's first byte.
+        assert_eq!(invalid(&[22, 3, 1, 0x48, 0, 1, 1]), "ClientHello too large");
+        assert_eq!(parse(&[22, 3, 1, 0x48, 0, 1, 0]), Parsed::Incomplete);
         assert_eq!(
-            invalid(&[22, 3, 1, 0x40, 0, 1, 0, 0x81]),
-            "ClientHello too large"
-        );
-        assert_eq!(parse(&[22, 3, 1, 0x40, 0, 1, 0, 0x80]), Parsed::Incomplete);
-        assert_eq!(
-            invalid(&[22, 3, 1, 0x40, 0, 1, 0, 0x80, 1]),
-            "ClientHello too large"
-        );
-        assert_eq!(
-            parse(&[22, 3, 1, 0x40, 0, 1, 0, 0x80, 0]),
+            parse(&[22, 3, 1, 0x48, 0, 1, 0, 0xff, 0xff]),
             Parsed::Incomplete
         );
         // Split over records of one byte.
-        let header = records(&[1, 0, 0x80, 1], &[1]);
-        assert_eq!(invalid(&header), "ClientHello too large");
-        assert_eq!(parse(&header[..header.len() - 1]), Parsed::Incomplete);
+        let header = records(&[1, 1, 0, 0], &[1]);
+        assert_eq!(invalid(&header[..12]), "ClientHello too large");
+        assert_eq!(parse(&header[..6]), Parsed::Incomplete);
     }
 
     /// A hello whose body is exactly `len` bytes long, with a padding extension.
@@ -1812,11 +1940,11 @@ mod tests {
         ));
         files.push((
             "invalid-too-large.bin".into(),
-            vec![22, 3, 1, 0x40, 0, 1, 0, 0x80, 1],
+            vec![22, 3, 1, 0x48, 0, 1, 1, 0, 0],
         ));
         files.push((
             "invalid-record-too-long.bin".into(),
-            vec![22, 3, 1, 0x40, 1, 1],
+            vec![22, 3, 1, 0x48, 1, 1],
         ));
         let mut hello = Hello::tls13();
         hello.session_id = vec![7; 33];

@@ -40,7 +40,7 @@ pub use client_hello::{ClientHelloInfo, ClientHelloParser};
 pub use connection::{is_tls_failure, ConnectionSessions, Instrumented};
 pub use error::Error;
 pub use server::ServerStore;
-pub use sid_ctx::{derive_sid_ctx, ClientAuth};
+pub use sid_ctx::{derive_sid_ctx, named_sid_ctx, ClientAuth};
 #[cfg(feature = "tokio")]
 pub use stream::SessionStream;
 

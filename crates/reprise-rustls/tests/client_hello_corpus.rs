@@ -1,7 +1,9 @@
 //! Runs the ClientHello fuzzing seed corpus, `fuzz/corpus/client_hello/`, through the parser on
 //! stable Rust: no input may panic, `valid-*` files must parse as whole ClientHellos and
 //! `invalid-*` ones as invalid, `incomplete-*` ones as incomplete. The `*-fuzz-*` files are
-//! inputs the fuzzer found, kept because they reach code the others do not.
+//! inputs the fuzzer found, kept because they reach code the others do not. A `*-retry-*` file
+//! is a client's second flight after a HelloRetryRequest, read with
+//! `ClientHelloParser::after_retry`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -21,10 +23,21 @@ fn the_seed_corpus_parses_as_its_names_say() {
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = std::fs::read(path).unwrap();
-        let parsed = parse(&bytes);
+        let retry = name.contains("-retry-");
+        let fresh = || {
+            if retry {
+                ClientHelloParser::after_retry()
+            } else {
+                ClientHelloParser::new()
+            }
+        };
+        let parsed = fresh().parse(&bytes);
+        if !retry {
+            assert_eq!(parse(&bytes), parsed, "{name}");
+        }
 
         // The incremental parser, fed ten bytes at a time, agrees.
-        let mut parser = ClientHelloParser::new();
+        let mut parser = fresh();
         let mut last = parser.parse(&[]);
         for end in (10..bytes.len()).step_by(10).chain([bytes.len()]) {
             last = parser.parse(&bytes[..end]);
