@@ -193,59 +193,6 @@ fn echo_backend() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     });
     (addr, handle)
 }
-
-/// A rustls client that trusts any certificate (the test talks to a self-signed server).
-mod insecure {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    #[derive(Debug)]
-    pub struct AnyCert(pub rustls::crypto::CryptoProvider);
-
-    impl ServerCertVerifier for AnyCert {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-}
-
 #[test]
 fn upstream_proxies_both_directions_with_half_close() {
     let (backend, echo) = echo_backend();
@@ -255,7 +202,7 @@ fn upstream_proxies_both_directions_with_half_close() {
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(insecure::AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(common::insecure::AnyCert(provider)))
         .with_no_client_auth();
     let conn =
         rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
@@ -536,7 +483,7 @@ fn a_close_notify_before_any_request_is_answered_and_keeps_the_session() {
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(insecure::AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(common::insecure::AnyCert(provider)))
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::in_memory_sessions(4);
     let config = Arc::new(config);

@@ -81,7 +81,7 @@ fn client(v: Tls, store: Arc<dyn ClientSessionStore>) -> Arc<ClientConfig> {
         .with_protocol_versions(&[version])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(insecure::AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(common::insecure::AnyCert(provider)))
         .with_no_client_auth();
     config.resumption = Resumption::store(store);
     Arc::new(config)
@@ -329,59 +329,4 @@ fn a_forged_session_id_does_not_evict_the_victim_tls12() {
     assert!(resumed, "the victim still resumes");
     assert_eq!(server_hello_session_id(&again.sock.read), victim_id);
     close(again, Ending::Notify);
-}
-
-mod insecure {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    /// Trusts any certificate (the server's is self-signed), still checking signatures.
-    #[derive(Debug)]
-    pub struct AnyCert(pub rustls::crypto::CryptoProvider);
-
-    impl ServerCertVerifier for AnyCert {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
 }
