@@ -8,19 +8,10 @@
 # Usage: bench/ab.sh BIN_A BIN_B [seconds per run, default 5] [rounds, default 5]
 set -euo pipefail
 A=$1; B=$2; secs=${3:-5}; rounds=${4:-5}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-pids+=($!)
-wait_port "$rport"
+source "$(dirname "$0")/lib.sh"
+start_redis
 "$A" keygen --name bench > "$work/keys"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
-  -out "$work/cert.pem" -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>/dev/null
+make_cert
 serve() { local bin=$1 port=$2; shift 2
   RUST_LOG=warn "$bin" serve --listen 127.0.0.1:"$port" --cert "$work/cert.pem" --key "$work/key.pem" --workers 1 "$@" 2>>"$work/serve.log" &
   pids+=($!); wait_port "$port"; }
