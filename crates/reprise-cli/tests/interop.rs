@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{path_in, reprise, reuse_words, s_client, Pki, Server};
+use common::{fleet_flags, path_in, reprise, reuse_words, s_client, Pki, Server};
 use reprise_testkit::{wait_until, RedisServer};
 
 /// Connections per chain: a full handshake, then five that must resume.
@@ -142,19 +142,10 @@ impl Target {
         std::fs::write(&keys, &out.stdout).unwrap();
         let servers: Vec<Server> = (0..2)
             .map(|_| {
-                Server::start(&[
-                    "--cert",
-                    &pki.path("server.pem"),
-                    "--key",
-                    &pki.path("server.key"),
-                    "--redis",
-                    &redis.url(),
-                    "--redis-key-file",
-                    &keys,
-                    // Generous: the suite must not depend on the machine's speed.
-                    "--redis-timeout-ms",
-                    "500",
-                ])
+                let (cert, key, url) =
+                    (pki.path("server.pem"), pki.path("server.key"), redis.url());
+                let tls = ["--cert", cert.as_str(), "--key", key.as_str()];
+                Server::start(&[&tls[..], &fleet_flags(&url, &keys)].concat())
             })
             .collect();
         for s in &servers {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fails_to_start, path_in, reprise, request, Pki, Server};
+use common::{fails_to_start, fleet_flags, path_in, reprise, request, Pki, Server};
 use reprise_testkit::{wait_until, RedisCluster, RedisServer};
 
 /// A fleet's shared material: one certificate (so one session-id context) and one key file.
@@ -36,19 +36,8 @@ impl Fleet {
     fn instance(&self, redis_url: &str, keys: &str) -> Server {
         let (cert, key) = (self.pki.path("server.pem"), self.pki.path("server.key"));
         let key_file = path_in(self.dir.path(), keys);
-        Server::start(&[
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--redis",
-            redis_url,
-            "--redis-key-file",
-            &key_file,
-            // A generous budget: the tests must not depend on the machine's speed.
-            "--redis-timeout-ms",
-            "500",
-        ])
+        let tls = ["--cert", cert.as_str(), "--key", key.as_str()];
+        Server::start(&[&tls[..], &fleet_flags(redis_url, &key_file)].concat())
     }
 
     fn sess(&self, name: &str) -> String {

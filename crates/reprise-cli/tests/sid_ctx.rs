@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{path_in, reprise, request, s_client, Pki, Server};
+use common::{fleet_flags, path_in, reprise, request, s_client, Pki, Server};
 use reprise_testkit::{wait_until, RedisServer};
 
 /// `reprise keygen`: one key-file line.
@@ -58,20 +58,8 @@ fn a_named_context_shared_through_redis_never_carries_a_session_into_mtls() {
     );
     let url = redis.url();
     let instance = |extra: &[&str]| {
-        let mut args = vec![
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--sid-ctx",
-            "web",
-            "--redis",
-            &url,
-            "--redis-key-file",
-            &keys,
-            "--redis-timeout-ms",
-            "500",
-        ];
+        let mut args = vec!["--cert", &cert, "--key", &key, "--sid-ctx", "web"];
+        args.extend_from_slice(&fleet_flags(&url, &keys));
         args.extend_from_slice(extra);
         Server::start(&args)
     };

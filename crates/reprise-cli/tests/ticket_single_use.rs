@@ -17,7 +17,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{path_in, reprise, request, Pki, Server};
+use common::{fleet_flags, path_in, reprise, request, Pki, Server};
 use reprise_testkit::{wait_until, RedisServer};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{agreement, digest, hmac};
@@ -61,19 +61,8 @@ impl Fleet {
         let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
         let url = redis.url();
         let instance = || {
-            Server::start(&[
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-                "--redis",
-                &url,
-                "--redis-key-file",
-                &keys,
-                // A generous budget: the tests must not depend on the machine's speed.
-                "--redis-timeout-ms",
-                "500",
-            ])
+            let tls = ["--cert", cert.as_str(), "--key", key.as_str()];
+            Server::start(&[&tls[..], &fleet_flags(&url, &keys)].concat())
         };
         let (a, b) = (instance(), instance());
         for s in [&a, &b] {

@@ -304,6 +304,19 @@ pub fn fails_to_start(args: &[&str]) -> String {
     stderr
 }
 
+/// The flags that put an instance in a Redis fleet: the shared Redis, the fleet's key file, and
+/// a generous read budget (the tests must not depend on the machine's speed).
+pub fn fleet_flags<'a>(redis_url: &'a str, key_file: &'a str) -> [&'a str; 6] {
+    [
+        "--redis",
+        redis_url,
+        "--redis-key-file",
+        key_file,
+        "--redis-timeout-ms",
+        "500",
+    ]
+}
+
 /// A rustls client that trusts any certificate (the test talks to a self-signed server).
 pub mod insecure {
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
