@@ -127,7 +127,8 @@ impl StoresServerSessions for ServerStore {
         let mode = self.cache.mode();
         mode.contains(reprise::CacheMode::SERVER)
             && (!mode.contains(reprise::CacheMode::NO_INTERNAL_STORE)
-                || self.cache.new_session_callback().is_some())
+                || self.cache.new_session_callback().is_some()
+                || self.cache.has_tiers())
     }
 }
 

@@ -913,7 +913,7 @@ fn s15_client_cache(v: Version) {
     let srv = Server::new(&pki(), v, false);
     let client_clock = Arc::new(ManualClock::new(T0));
     let client_cache: Arc<SessionCache<reprise_rustls::ClientSession>> = Arc::new(
-        SessionCache::builder()
+        reprise::CacheBuilder::new()
             .mode(CacheMode::CLIENT)
             .clock(client_clock.clone())
             .build(),

@@ -28,6 +28,7 @@ use crate::mode::{CacheMode, Role};
 use crate::session::{SecretBytes, Session, SessionBuilder, SessionKey, DEFAULT_TIMEOUT_SECS};
 use crate::shard::{HeadKey, Shard};
 use crate::stats::{Counters, Stats};
+use crate::tier::{Tier, TierContext};
 
 /// The default size limit, in sessions (OpenSSL's `SSL_SESSION_CACHE_MAX_SIZE_DEFAULT`).
 pub const DEFAULT_SIZE_LIMIT: usize = 20480;
@@ -107,7 +108,12 @@ pub(crate) struct Callbacks<P> {
     pub(crate) remove: CallbackSlot<RemoveSessionCallback<P>>,
     pub(crate) get: CallbackSlot<GetSessionCallback<P>>,
     pub(crate) take: CallbackSlot<TakeSessionCallback<P>>,
+    /// The attached tiers, in order (see [`Tier`]).
+    pub(crate) tiers: CallbackSlot<TierStack<P>>,
 }
+
+/// The tiers under a cache's memory, in order.
+pub(crate) type TierStack<P> = Vec<Arc<dyn Tier<P>>>;
 
 /// What an internal insert did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,12 +144,14 @@ pub struct NewSession<P = SecretBytes> {
     pub stored_internally: bool,
     /// Whether the new-session callback kept it.
     pub kept_by_callback: bool,
+    /// Whether it was handed to attached tiers ([`SessionCache::attach`]).
+    pub stored_in_tiers: bool,
 }
 
 impl<P> NewSession<P> {
     /// Whether any cache holds the session, so that it can be resumed.
     pub fn is_stored(&self) -> bool {
-        self.stored_internally || self.kept_by_callback
+        self.stored_internally || self.kept_by_callback || self.stored_in_tiers
     }
 }
 
@@ -204,7 +212,35 @@ pub struct CacheBuilder<P = SecretBytes> {
     take: Option<TakeSessionCallback<P>>,
 }
 
+impl<P: Send + Sync + 'static> Default for CacheBuilder<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<P: Send + Sync + 'static> CacheBuilder<P> {
+    /// Starts building a cache of sessions with payload `P`; for the default payload,
+    /// [`SessionCache::builder`] says the same with less.
+    ///
+    /// ```
+    /// use reprise::{CacheBuilder, SessionCache};
+    /// let cache: SessionCache<u64> = CacheBuilder::new().size_limit(10).build();
+    /// assert_eq!(cache.size_limit(), 10);
+    /// ```
+    pub fn new() -> Self {
+        CacheBuilder {
+            mode: CacheMode::default(),
+            size_limit: DEFAULT_SIZE_LIMIT,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            clock: Arc::new(SystemClock),
+            shards: None,
+            new: None,
+            remove: None,
+            get: None,
+            take: None,
+        }
+    }
+
     /// Sets the mode (default [`CacheMode::SERVER`]).
     pub fn mode(mut self, mode: CacheMode) -> Self {
         self.mode = mode;
@@ -293,6 +329,7 @@ impl<P: Send + Sync + 'static> CacheBuilder<P> {
                 remove: CallbackSlot::new(self.remove),
                 get: CallbackSlot::new(self.get),
                 take: CallbackSlot::new(self.take),
+                tiers: CallbackSlot::default(),
             },
             counters: Counters::default(),
             closing: AtomicBool::new(false),
@@ -302,7 +339,26 @@ impl<P: Send + Sync + 'static> CacheBuilder<P> {
 
 impl<P: Send + Sync + 'static> Default for SessionCache<P> {
     fn default() -> Self {
-        Self::builder().build()
+        CacheBuilder::new().build()
+    }
+}
+
+impl SessionCache {
+    /// Starts building a cache of the default payload ([`SecretBytes`]); for another payload,
+    /// [`CacheBuilder::new`].
+    ///
+    /// The payload is fixed here, so the types of a callback's parameters are inferred:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use reprise::SessionCache;
+    /// let cache = SessionCache::builder()
+    ///     .new_session_callback(Arc::new(|_cache, session| session.id().as_bytes().len() == 32))
+    ///     .build();
+    /// # let _ = cache;
+    /// ```
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::new()
     }
 }
 
@@ -312,19 +368,32 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         Self::default()
     }
 
-    /// Starts building a cache.
-    pub fn builder() -> CacheBuilder<P> {
-        CacheBuilder {
-            mode: CacheMode::default(),
-            size_limit: DEFAULT_SIZE_LIMIT,
-            timeout_secs: DEFAULT_TIMEOUT_SECS,
-            clock: Arc::new(SystemClock),
-            shards: None,
-            new: None,
-            remove: None,
-            get: None,
-            take: None,
-        }
+    // ----- tiers ----------------------------------------------------------------------------
+
+    /// Attaches a tier under the ones already attached: memory first, then the tiers in the
+    /// order they were attached; the last one decides takes. See [`Tier`].
+    ///
+    /// Attach tiers before the cache goes into service: a session stored before a tier is
+    /// attached is not in that tier.
+    pub fn attach(self: &Arc<Self>, tier: Arc<dyn Tier<P>>) {
+        let mut stack: TierStack<P> = self.tiers();
+        tier.attach(TierContext::new(self, stack.len()));
+        stack.push(tier);
+        self.callbacks.tiers.store(Some(Arc::new(stack)));
+    }
+
+    /// The attached tiers, in order.
+    pub fn tiers(&self) -> TierStack<P> {
+        self.callbacks
+            .tiers
+            .load_full()
+            .map(|stack| stack.as_ref().clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether any tier is attached.
+    pub fn has_tiers(&self) -> bool {
+        self.callbacks.tiers.load().is_some()
     }
 
     // ----- settings -------------------------------------------------------------------------
@@ -510,6 +579,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 session,
                 stored_internally: false,
                 kept_by_callback: false,
+                stored_in_tiers: false,
             };
         }
         let mut stored_internally = false;
@@ -528,11 +598,26 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 self.remove_exact(&session);
                 stored_internally = false;
             }
+            // The callback may have removed the session itself, or replaced it.
+            stored_internally = stored_internally && self.holds(&session);
+        }
+        let declined = new_cb.is_some() && !kept_by_callback;
+        drop(new_cb);
+        let mut stored_in_tiers = false;
+        // A session the new-session callback declined goes nowhere else either.
+        if !declined {
+            if let Some(tiers) = self.callbacks.tiers.load().as_ref() {
+                for tier in tiers.iter() {
+                    tier.store(&session);
+                }
+                stored_in_tiers = !tiers.is_empty();
+            }
         }
         NewSession {
             session,
             stored_internally,
             kept_by_callback,
+            stored_in_tiers,
         }
     }
 
@@ -907,6 +992,17 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         if let Some(cb) = self.callbacks.remove.load().as_ref() {
             cb(self, session, cause);
         }
+        if let Some(tiers) = self.callbacks.tiers.load().as_ref() {
+            for tier in tiers.iter() {
+                tier.remove(session, cause);
+            }
+        }
+    }
+
+    /// Whether the internal cache holds this very session.
+    fn holds(&self, session: &Arc<Session<P>>) -> bool {
+        self.peek(session.id().as_bytes())
+            .is_some_and(|s| Arc::ptr_eq(&s, session))
     }
 
     fn fire_removed(&self, removed: impl IntoIterator<Item = Arc<Session<P>>>, cause: Removal) {
@@ -914,9 +1010,19 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         if removed.peek().is_none() {
             return;
         }
-        if let Some(cb) = self.callbacks.remove.load().as_ref() {
-            for s in removed {
+        let cb = self.callbacks.remove.load();
+        let tiers = self.callbacks.tiers.load();
+        if cb.is_none() && tiers.is_none() {
+            return;
+        }
+        for s in removed {
+            if let Some(cb) = cb.as_ref() {
                 cb(self, &s, cause);
+            }
+            if let Some(tiers) = tiers.as_ref() {
+                for tier in tiers.iter() {
+                    tier.remove(&s, cause);
+                }
             }
         }
     }
@@ -978,6 +1084,7 @@ impl<P> Drop for SessionCache<P> {
     fn drop(&mut self) {
         self.closing.store(true, Ordering::Release);
         let remove = self.callbacks.remove.load_full();
+        let tiers = self.callbacks.tiers.load_full();
         let mut out = Vec::new();
         for (cell, head) in self.shards.iter().zip(self.heads.iter()) {
             cell.shard.lock().drain(&mut out);
@@ -987,6 +1094,13 @@ impl<P> Drop for SessionCache<P> {
         if let Some(cb) = &remove {
             for s in &out {
                 cb(self, s, Removal::Dropped);
+            }
+        }
+        if let Some(tiers) = &tiers {
+            for s in &out {
+                for tier in tiers.iter() {
+                    tier.remove(s, Removal::Dropped);
+                }
             }
         }
     }

@@ -39,9 +39,11 @@ mod clock;
 mod error;
 mod lookup;
 mod mode;
+mod queue;
 mod session;
 mod shard;
 mod stats;
+mod tier;
 
 pub use cache::{CacheBuilder, NewSession, SessionCache, AUTO_FLUSH_INTERVAL, DEFAULT_SIZE_LIMIT};
 pub use callbacks::{
@@ -50,8 +52,12 @@ pub use callbacks::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ParseModeError, SessionError};
 pub use mode::{CacheMode, Role};
+pub use queue::{Ready, WriteQueue};
 pub use session::{
-    ProtocolVersion, SecretBytes, Session, SessionBuilder, SessionId, SessionKey, SidCtx,
+    ProtocolVersion, SecretBytes, Session, SessionBuilder, SessionId, SessionKey, SidCtx, Validity,
     DEFAULT_TIMEOUT_SECS, MAX_SESSION_ID_LEN, MAX_SID_CTX_LEN, MAX_TIMEOUT_SECS,
 };
 pub use stats::Stats;
+pub use tier::{
+    Fetched, Metric, MetricKind, Offer, Prefetched, Request, Tier, TierContext, TierFuture,
+};

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use crate::cache::{SessionCache, Use};
+use crate::cache::{SessionCache, TierStack, Use};
 use crate::callbacks::TakeSessionCallback;
 use crate::mode::{CacheMode, Role};
-use crate::session::{Session, SessionKey};
+use crate::session::{Session, SessionKey, Validity};
 use crate::stats::Counters;
+use crate::tier::{Fetched, Offer, Prefetched, Request};
 use crate::Removal;
 
 /// What the internal cache said about a key.
@@ -39,6 +40,9 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             if let Some(take) = self.callbacks.take.load_full() {
                 return self.take_external_first(&take, key, now);
             }
+            if let Some(tiers) = self.callbacks.tiers.load_full() {
+                return self.take_from_tiers(&tiers, key, now);
+            }
         }
         if internal {
             match self.find_internal(key, now, use_) {
@@ -48,9 +52,165 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             }
         }
         match role {
-            Role::Server => self.find_external(key, now, use_, mode),
+            Role::Server => self.find_external(key, now, use_, mode).or_else(|| {
+                let tiers = self.callbacks.tiers.load_full()?;
+                (use_ == Use::Resume)
+                    .then(|| self.fetch_from_tiers(&tiers, key, now, mode))
+                    .flatten()
+            }),
             Role::Client => None,
         }
+    }
+
+    /// A lookup that memory and the get callback could not answer: each tier in order; a hit
+    /// is validated, copied into memory (unless `NO_INTERNAL_STORE`) and into the tiers above
+    /// the one that had it.
+    fn fetch_from_tiers(
+        &self,
+        tiers: &TierStack<P>,
+        key: SessionKey<'_>,
+        now: u64,
+        mode: CacheMode,
+    ) -> Option<Arc<Session<P>>> {
+        for (i, tier) in tiers.iter().enumerate() {
+            if let Fetched::Hit(found) = tier.fetch(key) {
+                if let Some(found) = self.adopt(tiers, i, key, now, found, mode) {
+                    self.count_external_hit();
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
+    /// Validates a reusable session that tier `i` returned; a valid one is copied into memory
+    /// (unless `NO_INTERNAL_STORE`) and into the tiers above `i`, an expired one is removed
+    /// from every tier.
+    fn adopt(
+        &self,
+        tiers: &TierStack<P>,
+        i: usize,
+        key: SessionKey<'_>,
+        now: u64,
+        found: Arc<Session<P>>,
+        mode: CacheMode,
+    ) -> Option<Arc<Session<P>>> {
+        match found.validate(key, now) {
+            Validity::Valid => {}
+            Validity::Expired => {
+                Counters::bump(&self.counters.external_timeouts);
+                found.mark_not_resumable();
+                self.notify_tiers(&found, Removal::Expired);
+                return None;
+            }
+            Validity::OtherKey | Validity::NotResumable => return None,
+        }
+        if !mode.contains(CacheMode::NO_INTERNAL_STORE) {
+            self.add(&found);
+        }
+        for above in &tiers[..i] {
+            above.store(&found);
+        }
+        Some(found)
+    }
+
+    /// A take with tiers attached: the last tier, the authority on single use, decides. Every
+    /// other copy (memory's, another tier's) is removed whatever it says: a single-use session
+    /// never resumes on a copy that the authority cannot vouch for.
+    fn take_from_tiers(
+        &self,
+        tiers: &TierStack<P>,
+        key: SessionKey<'_>,
+        now: u64,
+    ) -> Option<Arc<Session<P>>> {
+        match tiers.last().map(|authority| authority.take(key)) {
+            Some(Fetched::Hit(claimed)) => self.claim_confirmed(key, now, claimed),
+            _ => {
+                self.drop_takeable_copy(key);
+                None
+            }
+        }
+    }
+
+    /// Tells every tier, and only the tiers, that `session` was removed.
+    pub(crate) fn notify_tiers(&self, session: &Arc<Session<P>>, why: Removal) {
+        if let Some(tiers) = self.callbacks.tiers.load().as_ref() {
+            for tier in tiers.iter() {
+                tier.remove(session, why);
+            }
+        }
+    }
+
+    /// Fetches what a ClientHello offers from the tiers, before the handshake, so that the TLS
+    /// stack, which asks its store synchronously, finds it in memory.
+    ///
+    /// - **A TLS 1.3 ticket** is taken from the authority (the last tier) through its
+    ///   asynchronous [`Tier::prefetch`](crate::Tier::prefetch), and returned for this
+    ///   connection only: hand it to [`take_confirmed`](Self::take_confirmed) (or to
+    ///   `ConnectionSessions::confirm_take` in `reprise-rustls`). It is never put in memory.
+    ///   The identities are tried in order; the first that the authority actually reads ends
+    ///   the search, hit or miss, so one hello costs at most one read.
+    /// - **Otherwise, a TLS 1.2 session id** that memory cannot answer is read from each tier in
+    ///   order (asynchronously where the tier can, synchronously otherwise) and the first valid
+    ///   session is copied into memory and the tiers above it.
+    ///
+    /// With no tier, or a synchronous authority, there is nothing to do before the handshake:
+    /// the result is empty and the handshake's own lookups ask the tiers.
+    pub async fn prefetch(&self, offer: Offer<'_>) -> Prefetched<P> {
+        let Some(tiers) = self.callbacks.tiers.load_full() else {
+            return Prefetched::default();
+        };
+        if let Some(authority) = tiers.last() {
+            for id in offer.psk_identities {
+                let key = SessionKey::new(id, offer.sid_ctx);
+                if !key.is_well_formed() {
+                    continue;
+                }
+                let request = Request {
+                    key,
+                    take: true,
+                    client: offer.client,
+                };
+                let Some(read) = authority.prefetch(request) else {
+                    break;
+                };
+                match read.await {
+                    Fetched::Skipped => continue,
+                    Fetched::Hit(ticket) => return Prefetched::ticket(ticket),
+                    Fetched::Miss | Fetched::Unavailable => return Prefetched::default(),
+                }
+            }
+        }
+        let Some(id) = offer.session_id else {
+            return Prefetched::default();
+        };
+        let key = SessionKey::new(id, offer.sid_ctx);
+        let now = self.now();
+        if !key.is_well_formed()
+            || self
+                .peek(id)
+                .is_some_and(|s| s.validate(key, now) == Validity::Valid)
+        {
+            return Prefetched::default();
+        }
+        let mode = self.mode();
+        for (i, tier) in tiers.iter().enumerate() {
+            let request = Request {
+                key,
+                take: false,
+                client: offer.client,
+            };
+            let fetched = match tier.prefetch(request) {
+                Some(read) => read.await,
+                None => tier.fetch(key),
+            };
+            if let Fetched::Hit(found) = fetched {
+                if self.adopt(&tiers, i, key, now, found, mode).is_some() {
+                    return Prefetched::session();
+                }
+            }
+        }
+        Prefetched::default()
     }
 
     fn find_internal(&self, key: SessionKey<'_>, now: u64, use_: Use) -> Internal<P> {
@@ -218,19 +378,30 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         now: u64,
         claimed: Arc<Session<P>>,
     ) -> Option<Arc<Session<P>>> {
-        self.drop_takeable_copy(key);
-        let found = self.validate_external(key, now, claimed)?;
-        if found.version().is_reusable() || !found.claim() {
-            return None;
+        // Claimed before the internal copy goes: a tier may hand over the very object memory
+        // holds, and dropping that copy marks it not resumable.
+        let won = self
+            .validate_external(key, now, claimed)
+            .filter(|found| !found.version().is_reusable() && found.claim());
+        let dropped = self.drop_takeable_copy(key);
+        let found = won?;
+        if !dropped {
+            // The tiers above the authority may hold a copy that memory no longer does.
+            self.notify_tiers(&found, Removal::Taken);
         }
         self.count_external_hit();
         Some(found)
     }
 
-    /// Drops the internal copy a take must not resume on, with the remove callback.
-    fn drop_takeable_copy(&self, key: SessionKey<'_>) {
-        if let Some(copy) = self.unlink_takeable(key) {
-            self.fire_remove(&copy, Removal::Taken);
+    /// Drops the internal copy a take must not resume on, with the remove callback; says
+    /// whether there was one.
+    fn drop_takeable_copy(&self, key: SessionKey<'_>) -> bool {
+        match self.unlink_takeable(key) {
+            Some(copy) => {
+                self.fire_remove(&copy, Removal::Taken);
+                true
+            }
+            None => false,
         }
     }
 }

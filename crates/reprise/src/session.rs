@@ -262,6 +262,19 @@ impl<'a> SessionKey<'a> {
     }
 }
 
+/// What [`Session::validate`] says about a session found for a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validity {
+    /// It may resume.
+    Valid,
+    /// Its id or its session-id context is not the key's: it belongs to another context.
+    OtherKey,
+    /// It was removed or taken.
+    NotResumable,
+    /// Its time plus timeout has passed.
+    Expired,
+}
+
 /// One TLS session: what a client can later resume.
 ///
 /// Sessions are immutable once built, except for the fields the cache itself maintains: the
@@ -357,6 +370,34 @@ impl<P> Session<P> {
     /// The payload: the TLS stack's state for this session.
     pub fn payload(&self) -> &P {
         &self.payload
+    }
+
+    /// The key the session is cached under: its id and its context.
+    pub fn key(&self) -> SessionKey<'_> {
+        SessionKey::new(self.id.as_bytes(), self.sid_ctx().as_bytes())
+    }
+
+    /// Whether the session may resume a lookup of `key` at `now`: the one validation every
+    /// store applies to a session it found, in memory or in a tier.
+    ///
+    /// ```
+    /// use reprise::{SecretBytes, Session, SessionKey, Validity};
+    /// let s = Session::builder(&[1; 32], SecretBytes::from(vec![0u8; 48]))
+    ///     .sid_ctx(b"web").time(1_000).timeout_secs(10).build().unwrap();
+    /// assert_eq!(s.validate(s.key(), 1_010), Validity::Valid);
+    /// assert_eq!(s.validate(SessionKey::new(&[1; 32], b"api"), 1_010), Validity::OtherKey);
+    /// assert_eq!(s.validate(s.key(), 1_011), Validity::Expired);
+    /// ```
+    pub fn validate(&self, key: SessionKey<'_>, now: u64) -> Validity {
+        if self.id.as_bytes() != key.id || self.sid_ctx().as_bytes() != key.sid_ctx {
+            Validity::OtherKey
+        } else if !self.is_resumable() {
+            Validity::NotResumable
+        } else if self.is_expired_at(now) {
+            Validity::Expired
+        } else {
+            Validity::Valid
+        }
     }
 
     pub(crate) fn set_time(&self, t: u64) {

@@ -3,8 +3,19 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of a cache's statistics. Every counter but `number` only grows.
+///
+/// It compares whole, and a test builds the value it expects from the default:
+///
+/// ```
+/// use reprise::{Role, SecretBytes, SessionCache, SessionKey, Stats};
+/// let cache = SessionCache::new();
+/// let s = cache.session(&[1; 32], SecretBytes::from(vec![0; 48])).build().unwrap();
+/// cache.new_session(Role::Server, s);
+/// cache.lookup(Role::Server, SessionKey::new(&[1; 32], b""));
+/// cache.lookup(Role::Server, SessionKey::new(&[2; 32], b""));
+/// assert_eq!(cache.stats(), Stats { number: 1, hits: 1, misses: 1, ..Stats::default() });
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Stats {
     /// Sessions in the internal cache now (`SSL_CTX_sess_number`).
     pub number: u64,

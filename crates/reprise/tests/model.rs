@@ -226,7 +226,7 @@ impl Engine {
             log: CallbackLog::default(),
         }));
         let (e_new, e_remove, e_get) = (ext.clone(), ext.clone(), ext.clone());
-        let mut builder = SessionCache::<u64>::builder()
+        let mut builder = reprise::CacheBuilder::<u64>::new()
             .size_limit(limit)
             .clock(clock.clone())
             .new_session_callback(Arc::new(move |_cache, s: &Obj| {
