@@ -173,7 +173,7 @@ fn garbage_and_forged_values_never_resume() {
 
     // Garbage under the first session's key; the second's sealed value copied under it.
     redis
-        .command(&["SET", &key1, "\u{1}garbage\u{0}\u{ff}"])
+        .command(&["SET", &key1, "\u{2}garbage\u{0}\u{ff}"])
         .unwrap();
     assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s1]), "New");
     let sealed2 = redis.command(&["GET", &key2]).unwrap();

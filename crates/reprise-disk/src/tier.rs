@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use reprise::{Removal, Session, SessionCache, SessionKey};
-use reprise_seal::{open_session, seal_session, KeyRing, OpenError, Tier};
+use reprise_seal::{open_session, seal_session, KeyRing, OpenError};
 use tracing::{info, warn};
 
 use crate::error::DiskError;
@@ -394,7 +394,7 @@ impl DiskTier {
             };
             match open_session(
                 &self.inner.keys,
-                Tier::Disk,
+                "disk",
                 SessionKey::new(id, ctx),
                 &stored.sealed,
             ) {
@@ -446,7 +446,7 @@ impl DiskTier {
         };
         let session = match sealed {
             None => None,
-            Some(sealed) => match open_session(&self.inner.keys, Tier::Disk, key, &sealed) {
+            Some(sealed) => match open_session(&self.inner.keys, "disk", key, &sealed) {
                 Ok(session) => Some(session),
                 Err(e) => {
                     if self.rejected(e) {
@@ -499,7 +499,7 @@ impl DiskTier {
     }
 
     fn open_value(&self, key: SessionKey<'_>, sealed: &[u8]) -> Option<Session> {
-        match open_session(&self.inner.keys, Tier::Disk, key, sealed) {
+        match open_session(&self.inner.keys, "disk", key, sealed) {
             Ok(s) => Some(s),
             Err(e) => {
                 if self.rejected(e) {
@@ -530,7 +530,7 @@ impl DiskTier {
     /// Seals a session and queues it for writing. Until it is written, reads find it here.
     pub fn store(&self, session: &Session) {
         let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
-        let sealed: Arc<[u8]> = match seal_session(&self.inner.keys, Tier::Disk, session) {
+        let sealed: Arc<[u8]> = match seal_session(&self.inner.keys, "disk", session) {
             Ok(sealed) => sealed.into(),
             Err(e) => {
                 warn!(error = %e, "cannot seal a session; not stored on disk");

@@ -391,7 +391,7 @@ impl RedisTier {
         let Some(exat) = expiry(session) else {
             return;
         };
-        let sealed = seal_session(&shared.keys, reprise_seal::Tier::Redis, session);
+        let sealed = seal_session(&shared.keys, "redis", session);
         match sealed {
             Ok(value) => self.queue(Write::Store {
                 key: shared.redis_key(Kind::of(session), key),
@@ -508,7 +508,7 @@ impl Shared {
     }
 
     fn open(&self, key: SessionKey<'_>, value: &[u8]) -> Result<Session, OpenError> {
-        open_session(&self.keys, reprise_seal::Tier::Redis, key, value)
+        open_session(&self.keys, "redis", key, value)
     }
 
     fn queue(&self, writes: &mpsc::Sender<Write>, write: Write) {

@@ -305,7 +305,7 @@ async fn garbage_forged_and_moved_values_are_misses_and_deleted() {
     redis.command(&["SET", &moved, &sealed]).unwrap();
     let garbage = t.redis_key(Kind::Session, SessionKey::new(&key(3), CTX));
     redis
-        .command(&["SET", &garbage, "\u{1}\u{2}garbage"])
+        .command(&["SET", &garbage, "\u{2}\u{2}garbage"])
         .unwrap();
     let other_tier = tier(&redis.url(), ring(&format!("other:{}", "77".repeat(32))));
     let other_cache = instance(&other_tier, Wiring::Prefetch);

@@ -1,5 +1,5 @@
 //! The plaintext form of a session inside a sealed value, and the associated data that binds
-//! a sealed value to its tier and its key (the session-id context and the id).
+//! a sealed value to its tier (by name) and its key (the session-id context and the id).
 
 use reprise::{ProtocolVersion, SecretBytes, Session, SessionKey};
 use zeroize::Zeroizing;
@@ -13,37 +13,21 @@ const CODEC_VERSION: u8 = 1;
 /// Header: codec version (1), protocol version (2), time (8), timeout (8).
 const HEADER: usize = 1 + 2 + 8 + 8;
 
-/// The tier a value is sealed for. Its name is bound into the associated data, so that a value
-/// sealed for one tier never opens in the other: a copy of the disk file cannot be replayed
+/// What starts the associated data of every sealed value.
+const LABEL: &[u8] = b"reprise-sealed\0";
+
+/// The associated data of a sealed session: a label, the name of the tier it is sealed for
+/// (the tier's [`Tier::name`](reprise::Tier::name)), the seal format version, and the session's
+/// context and id (its key in the tier), each length-prefixed. The tier's name in it means a
+/// value sealed for one tier never opens in another: a copy of the disk file cannot be replayed
 /// into Redis, nor a Redis value into the disk file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Tier {
-    /// The shared Redis tier.
-    Redis,
-    /// The on-disk tier of a server that runs alone.
-    Disk,
-}
-
-impl Tier {
-    /// The label that starts the associated data. Redis keeps the label every version has
-    /// used, so that the values already in Redis still open; the disk tier's label is its own
-    /// (values it sealed before, under the Redis label, no longer open: a one-time loss of the
-    /// stored sessions at the upgrade).
-    fn label(self) -> &'static [u8] {
-        match self {
-            Tier::Redis => b"reprise-redis\0",
-            Tier::Disk => b"reprise-disk\0",
-        }
-    }
-}
-
-/// The associated data of a sealed session: the tier's label, the seal format version, and the
-/// session's context and id (its key in the tier), each length-prefixed.
-pub fn associated_data(tier: Tier, key: SessionKey<'_>) -> Vec<u8> {
-    let label = tier.label();
-    let mut ad = Vec::with_capacity(label.len() + 3 + key.sid_ctx.len() + key.id.len());
-    ad.extend_from_slice(label);
+pub fn associated_data(tier: &str, key: SessionKey<'_>) -> Vec<u8> {
+    let tier = &tier.as_bytes()[..tier.len().min(usize::from(u8::MAX))];
+    let mut ad =
+        Vec::with_capacity(LABEL.len() + 4 + tier.len() + key.sid_ctx.len() + key.id.len());
+    ad.extend_from_slice(LABEL);
+    ad.push(tier.len() as u8);
+    ad.extend_from_slice(tier);
     ad.push(SEAL_VERSION);
     ad.push(key.sid_ctx.len() as u8);
     ad.extend_from_slice(key.sid_ctx);
@@ -118,15 +102,12 @@ mod tests {
             Some(OpenError::Version(CODEC_VERSION + 1))
         );
         assert_ne!(
-            associated_data(Tier::Redis, key),
-            associated_data(Tier::Redis, SessionKey::new(&[3; 32], b"ctx2"))
+            associated_data("redis", key),
+            associated_data("redis", SessionKey::new(&[3; 32], b"ctx2"))
         );
-        assert_ne!(
-            associated_data(Tier::Redis, key),
-            associated_data(Tier::Disk, key)
-        );
-        // The Redis label is the one earlier versions sealed with: their values still open.
-        assert!(associated_data(Tier::Redis, key).starts_with(b"reprise-redis\0\x01\x03ctx"));
+        assert_ne!(associated_data("redis", key), associated_data("disk", key));
+        // The label names no tier; the tier's own name follows it, then the format version.
+        assert!(associated_data("redis", key).starts_with(b"reprise-sealed\0\x05redis\x02\x03ctx"));
         Ok(())
     }
 }

@@ -25,7 +25,7 @@ pub const KEY_LEN: usize = 32;
 pub const MAX_NAME_LEN: usize = 32;
 
 /// The format version of sealed values.
-pub const SEAL_VERSION: u8 = 1;
+pub const SEAL_VERSION: u8 = 2;
 
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;

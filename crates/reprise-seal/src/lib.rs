@@ -3,35 +3,35 @@
 //!
 //! A sealed session reveals nothing of its payload (the master secret, the server name, a
 //! client certificate): it is encrypted and authenticated with XChaCha20-Poly1305 under the
-//! ring's first key, with the tier's name ([`Tier`]), the session-id context, the id and the
+//! ring's first key, with the tier's name ([`reprise::Tier::name`]), the session-id context, the id and the
 //! format version as associated data. It opens under any key of the ring, and only in the tier
 //! and for the key it was sealed for.
 //!
 //! ```
 //! use reprise::{SecretBytes, Session, SessionKey};
-//! use reprise_seal::{open_session, seal_session, KeyRing, Tier};
+//! use reprise_seal::{open_session, seal_session, KeyRing};
 //!
 //! let ring = KeyRing::parse(&format!("k1:{}", "ab".repeat(32))).unwrap();
 //! let s = Session::builder(&[7; 32], SecretBytes::from(vec![1, 2, 3])).sid_ctx(b"web").build().unwrap();
-//! let sealed = seal_session(&ring, Tier::Redis, &s).unwrap();
-//! let back = open_session(&ring, Tier::Redis, SessionKey::new(&[7; 32], b"web"), &sealed).unwrap();
+//! let sealed = seal_session(&ring, "redis", &s).unwrap();
+//! let back = open_session(&ring, "redis", SessionKey::new(&[7; 32], b"web"), &sealed).unwrap();
 //! assert_eq!(back.payload().as_bytes(), &[1, 2, 3]);
-//! assert!(open_session(&ring, Tier::Redis, SessionKey::new(&[8; 32], b"web"), &sealed).is_err());
-//! assert!(open_session(&ring, Tier::Disk, SessionKey::new(&[7; 32], b"web"), &sealed).is_err());
+//! assert!(open_session(&ring, "redis", SessionKey::new(&[8; 32], b"web"), &sealed).is_err());
+//! assert!(open_session(&ring, "disk", SessionKey::new(&[7; 32], b"web"), &sealed).is_err());
 //! ```
 
 mod codec;
 mod error;
 mod keyring;
 
-pub use codec::{associated_data, decode, encode, Tier};
+pub use codec::{associated_data, decode, encode};
 pub use error::{KeyFileError, OpenError};
 pub use keyring::{KeyRing, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
 
 use reprise::{Session, SessionKey};
 
-/// Seals a session under the ring's first key, for `tier`, bound to its context and id.
-pub fn seal_session(ring: &KeyRing, tier: Tier, session: &Session) -> Result<Vec<u8>, OpenError> {
+/// Seals a session under the ring's first key, for the tier named `tier`, bound to its context and id.
+pub fn seal_session(ring: &KeyRing, tier: &str, session: &Session) -> Result<Vec<u8>, OpenError> {
     let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
     ring.seal(&associated_data(tier, key), &encode(session))
 }
@@ -42,7 +42,7 @@ pub fn seal_session(ring: &KeyRing, tier: Tier, session: &Session) -> Result<Vec
 /// from the ones to delete.
 pub fn open_session(
     ring: &KeyRing,
-    tier: Tier,
+    tier: &str,
     key: SessionKey<'_>,
     sealed: &[u8],
 ) -> Result<Session, OpenError> {
@@ -63,7 +63,7 @@ mod tests {
             .sid_ctx(b"ctx")
             .build()?;
         let key = SessionKey::new(&[9; 32], b"ctx");
-        for (sealed_for, other) in [(Tier::Redis, Tier::Disk), (Tier::Disk, Tier::Redis)] {
+        for (sealed_for, other) in [("redis", "disk"), ("disk", "redis")] {
             let sealed = seal_session(&ring, sealed_for, &s)?;
             assert!(open_session(&ring, sealed_for, key, &sealed).is_ok());
             let e = open_session(&ring, other, key, &sealed).err();
