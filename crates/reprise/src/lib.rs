@@ -37,6 +37,7 @@ mod cache;
 mod callbacks;
 mod clock;
 mod error;
+mod expiry;
 mod lookup;
 mod mode;
 mod session;
