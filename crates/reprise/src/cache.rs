@@ -703,9 +703,14 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         }
     }
 
-    /// The shard whose published head expires soonest (ties: the oldest inserted); `None` when
-    /// every shard is empty.
-    fn soonest_shard(&self) -> Option<usize> {
+    /// The shard whose published head expires soonest (ties: the oldest inserted), and that
+    /// head's key; `None` when every shard is empty.
+    ///
+    /// The key is the victim: whoever evicts checks, under the shard's lock, that it is still
+    /// the head. Another head may have taken its place since the scan (its session was taken,
+    /// removed or evicted by another add), and the shard's next session is not the soonest
+    /// anywhere; another scan finds the one that is.
+    fn soonest_shard(&self) -> Option<(usize, HeadKey)> {
         let mut best = EMPTY_HEAD;
         let mut index = None;
         for (i, head) in self.heads.iter().enumerate() {
@@ -715,7 +720,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 index = Some(i);
             }
         }
-        index
+        index.map(|i| (i, best))
     }
 
     fn next_seq(&self) -> u64 {
@@ -826,14 +831,18 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         // (which spares a cache miss on the head's slot when the victim is elsewhere, most of
         // the time with many shards).
         self.publish_if_moved(own_index, own);
-        let index = self.soonest_shard()?;
+        let (index, key) = self.soonest_shard()?;
         let victim = if index == own_index {
+            // Under this lock, the own shard's published head is its head.
             let victim = own.pop_head()?;
             own.counters.cache_full += 1;
             self.publish_if_moved(index, own);
             victim
         } else {
             let mut other = self.shards[index].shard.try_lock()?;
+            if other.head_key() != Some(key) {
+                return None;
+            }
             let victim = other.pop_head()?;
             other.counters.cache_full += 1;
             self.publish_if_moved(index, &mut other);
@@ -845,10 +854,14 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// Evicts the session that expires soonest over all shards (ties: the oldest inserted).
     fn evict_one(&self) -> Option<Arc<Session<P>>> {
         for _ in 0..self.shards.len() + 1 {
-            let index = self.soonest_shard()?;
+            let (index, key) = self.soonest_shard()?;
             let victim = {
                 let mut shard = self.shards[index].shard.lock();
-                let victim = shard.pop_head();
+                let victim = if shard.head_key() == Some(key) {
+                    shard.pop_head()
+                } else {
+                    None
+                };
                 if victim.is_some() {
                     shard.counters.cache_full += 1;
                 }
@@ -859,7 +872,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 self.release_slot();
                 return Some(victim);
             }
-            // The head moved away under us: look again.
+            // The head moved since the scan (another session is the soonest now): look again.
         }
         None
     }
