@@ -14,10 +14,7 @@
 
 use core::fmt;
 use core::hash::BuildHasher;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use crate::callbacks::{
     CallbackSlot, GetSessionCallback, NewSessionCallback, Removal, RemoveSessionCallback,
@@ -27,6 +24,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::mode::{CacheMode, Role};
 use crate::session::{SecretBytes, Session, SessionBuilder, SessionKey, DEFAULT_TIMEOUT_SECS};
 use crate::shard::{HeadKey, Shard};
+use crate::shim::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::shim::{thread, Mutex};
 use crate::stats::{Counters, Stats};
 
 /// The default size limit, in sessions (OpenSSL's `SSL_SESSION_CACHE_MAX_SIZE_DEFAULT`).
@@ -816,7 +815,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             // Full: evict the session that expires soonest, anywhere, and try again.
             match self.evict_one() {
                 Some(victim) => removed.push(victim),
-                None => std::thread::yield_now(),
+                None => thread::yield_now(),
             }
         }
         Inserted::Refused
@@ -932,6 +931,13 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 cb(self, &s, cause);
             }
         }
+    }
+
+    /// The index of the shard that holds (or would hold) the session with this id; for tests
+    /// that place sessions on chosen shards.
+    #[cfg(all(test, feature = "shuttle"))]
+    pub(crate) fn shard_of(&self, id: &[u8]) -> usize {
+        self.shard_index(self.hash(id))
     }
 
     #[cfg(test)]

@@ -42,6 +42,9 @@ mod lookup;
 mod mode;
 mod session;
 mod shard;
+mod shim;
+#[cfg(all(test, feature = "shuttle"))]
+mod shuttle_tests;
 mod stats;
 
 pub use cache::{CacheBuilder, NewSession, SessionCache, AUTO_FLUSH_INTERVAL, DEFAULT_SIZE_LIMIT};
