@@ -1,21 +1,11 @@
 //! Admission of new connections, against slowloris: a cap on the connections one client
-//! address holds at once (an IPv6 address counts by its /64), and the ClientHello read under a
-//! short deadline into a buffer that grows with what the client has sent.
+//! address holds at once (an IPv6 address counts by its /64). The ClientHello is then read
+//! under a short deadline into a buffer that grows with what the client has sent, by
+//! `reprise_rustls::Acceptor`.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-
-use reprise_rustls::client_hello::{ClientHelloInfo, ClientHelloParser, Parsed, MAX_FIRST_FLIGHT};
-use tokio::net::TcpStream;
-
-/// The first read's buffer: most ClientHellos fit, and an idle client that sent a few bytes
-/// holds no more than this.
-const FIRST_READ: usize = 512;
-
-/// The most a read grows the buffer by: one TLS record's worth.
-const MAX_GROWTH: usize = 16 * 1024;
 
 /// Who a connection is counted against: an IPv4 address, or the /64 of an IPv6 address (one
 /// host usually holds a whole /64). IPv4-mapped IPv6 addresses count as IPv4.
@@ -108,56 +98,6 @@ impl Drop for AddressPermit {
     }
 }
 
-/// A client's first bytes, as read, and the ClientHello they hold.
-#[derive(Debug)]
-pub struct FirstFlight {
-    /// Every byte read, to be read again by rustls.
-    pub bytes: Vec<u8>,
-    /// The ClientHello, if the bytes hold a whole, well-formed one. None if they are malformed
-    /// (rustls answers with the right alert), if the client closed first, or if they reached
-    /// [`MAX_FIRST_FLIGHT`] undecided (rustls decides).
-    pub hello: Option<ClientHelloInfo>,
-}
-
-/// Reads from `tcp` until its ClientHello is complete, shown malformed, or the client closes.
-///
-/// While nothing has arrived, the connection holds no buffer. The buffer then grows with what
-/// the client sent, about doubling at each full read: its capacity stays under twice the bytes
-/// read plus [`FIRST_READ`], and never exceeds [`MAX_FIRST_FLIGHT`]. The caller bounds the time.
-pub async fn read_first_flight(tcp: &TcpStream) -> io::Result<FirstFlight> {
-    let mut bytes = Vec::new();
-    let mut parser = ClientHelloParser::new();
-    loop {
-        match parser.parse(&bytes) {
-            Parsed::Complete(info) => {
-                return Ok(FirstFlight {
-                    bytes,
-                    hello: Some(info),
-                })
-            }
-            Parsed::Invalid(_) => return Ok(FirstFlight { bytes, hello: None }),
-            Parsed::Incomplete if bytes.len() >= MAX_FIRST_FLIGHT => {
-                return Ok(FirstFlight { bytes, hello: None })
-            }
-            Parsed::Incomplete => {}
-        }
-        tcp.readable().await?;
-        if bytes.len() == bytes.capacity() {
-            let grow = bytes
-                .len()
-                .clamp(FIRST_READ, MAX_GROWTH)
-                .min(MAX_FIRST_FLIGHT - bytes.len());
-            bytes.reserve_exact(grow);
-        }
-        match tcp.try_read_buf(&mut bytes) {
-            Ok(0) => return Ok(FirstFlight { bytes, hello: None }),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,27 +138,5 @@ mod tests {
         let _v4 = table.try_acquire(IpAddr::V4(v4));
         assert!(table.try_acquire(IpAddr::V6(v4.to_ipv6_mapped())).is_none());
         assert_eq!(table.open.lock().map(|m| m.len()).unwrap_or(0), 3);
-    }
-
-    #[tokio::test]
-    async fn the_buffer_grows_with_what_was_sent() -> io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let mut client = TcpStream::connect(listener.local_addr()?).await?;
-        let (server, _) = listener.accept().await?;
-        // A record and a ClientHello header announcing 1000 bytes, then 200 of them.
-        let mut partial = vec![22, 3, 1, 0x03, 0xec, 1, 0, 0x03, 0xe8, 3, 3];
-        partial.resize(209, 0);
-        client.write_all(&partial).await?;
-        client.shutdown().await?;
-        let flight = read_first_flight(&server).await?;
-        assert_eq!(flight.bytes, partial);
-        assert!(flight.hello.is_none());
-        assert!(
-            flight.bytes.capacity() <= 2 * partial.len() + FIRST_READ,
-            "capacity {}",
-            flight.bytes.capacity()
-        );
-        Ok(())
     }
 }

@@ -60,24 +60,41 @@ impl Failure {
         }
     }
 
+    /// Classifies why the acceptor did not accept a connection.
+    pub fn of_accept(e: &reprise_rustls::AcceptError) -> Failure {
+        use reprise_rustls::AcceptError;
+        match e {
+            AcceptError::HelloTimeout | AcceptError::HandshakeTimeout => Failure::Timeout,
+            AcceptError::Closed(_) => Failure::Eof,
+            AcceptError::Tls(tls) => Failure::of_tls(tls),
+            AcceptError::Io(io) => Failure::of(io),
+            _ => Failure::Other,
+        }
+    }
+
+    /// Classifies a rustls error.
+    fn of_tls(tls: &rustls::Error) -> Failure {
+        match tls {
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. } => Failure::InvalidMessage,
+            rustls::Error::PeerIncompatible(_) => Failure::PeerIncompatible,
+            rustls::Error::PeerMisbehaved(_) => Failure::PeerMisbehaved,
+            rustls::Error::AlertReceived(_) => Failure::AlertReceived,
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                Failure::ClientCertificate
+            }
+            _ => Failure::Other,
+        }
+    }
+
     /// Classifies the error a tokio-rustls handshake returned.
     pub fn of(e: &std::io::Error) -> Failure {
         if let Some(tls) = e
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return match tls {
-                rustls::Error::InvalidMessage(_)
-                | rustls::Error::InappropriateMessage { .. }
-                | rustls::Error::InappropriateHandshakeMessage { .. } => Failure::InvalidMessage,
-                rustls::Error::PeerIncompatible(_) => Failure::PeerIncompatible,
-                rustls::Error::PeerMisbehaved(_) => Failure::PeerMisbehaved,
-                rustls::Error::AlertReceived(_) => Failure::AlertReceived,
-                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
-                    Failure::ClientCertificate
-                }
-                _ => Failure::Other,
-            };
+            return Failure::of_tls(tls);
         }
         match e.kind() {
             std::io::ErrorKind::UnexpectedEof

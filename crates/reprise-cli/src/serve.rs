@@ -10,28 +10,25 @@ use anyhow::Context;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use reprise_disk::DiskTier;
-use reprise_redis::{Offer, RedisTier};
-use reprise_rustls::client_hello::ClientHelloInfo;
-use reprise_rustls::ConnectionSessions;
-use reprise_rustls::SessionStream;
+use reprise_redis::RedisTier;
+use reprise_rustls::{
+    AcceptError, AcceptPolicy, Accepted, Acceptor, ServerContext, ServerTlsStream,
+};
 
-use crate::admission::{self, AddressPermit, PerAddress};
-use crate::cli::{ServeArgs, TicketMode, TlsVersion};
+use crate::admission::{AddressPermit, PerAddress};
+use crate::cli::{ServeArgs, TlsVersion};
 use crate::config::Settings;
 use crate::http::{self, Ending};
 use crate::metrics::{Failure, Metrics};
-use crate::rewind::Rewind;
 use crate::startup;
 use crate::tls::{self, ServerTls};
 
-/// PSK identities fetched from Redis per ClientHello, at most (clients offer one).
+/// PSK identities fetched from the tiers per ClientHello, at most (clients offer one).
 const MAX_PREFETCHED_IDENTITIES: usize = 4;
 
 /// Connections the metrics listener serves at once; more wait in the listen backlog.
@@ -44,7 +41,7 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 struct Shared {
     settings: Settings,
     tls: ServerTls,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     metrics: Metrics,
     permits: Arc<Semaphore>,
     per_address: Arc<PerAddress>,
@@ -96,7 +93,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let shared = Arc::new(Shared {
-        acceptor: TlsAcceptor::from(tls.config.clone()),
+        acceptor: acceptor(&settings, &tls),
         tls,
         metrics: Metrics::default(),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
@@ -223,8 +220,33 @@ impl Drop for Open<'_> {
     }
 }
 
-/// A connection until its ClientHello has arrived, under `--hello-timeout`: it holds little
-/// more than what the client sent. The rest of its life, larger, is allocated after.
+/// The acceptor every connection goes through, as any user of `reprise-rustls` would build it:
+/// the one configuration, and the policy from the settings.
+fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor {
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
+        .tls_versions
+        .iter()
+        .map(|v| match v {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        })
+        .collect();
+    let context =
+        ServerContext::new(tls.config.clone(), tls.store.clone()).with_versions(&versions);
+    let mut policy = AcceptPolicy::default();
+    policy.max_psk_identities = MAX_PREFETCHED_IDENTITIES;
+    policy.hello_timeout = Some(settings.hello_timeout);
+    policy.handshake_timeout = Some(settings.handshake_timeout);
+    if let Some(redis) = &settings.redis {
+        // The tier gives up at its read deadline by itself; this is the backstop.
+        policy.prefetch_deadline = redis.timeout.saturating_mul(2);
+    }
+    Acceptor::new(context, policy)
+}
+
+/// A connection until its handshake completes, under `--hello-timeout` and
+/// `--handshake-timeout`: until its ClientHello has arrived, it holds little more than what the
+/// client sent. The rest of its life, larger, is allocated after.
 async fn connection(
     shared: Arc<Shared>,
     tcp: TcpStream,
@@ -233,85 +255,51 @@ async fn connection(
 ) {
     shared.metrics.connection_opened();
     let _open = Open(&shared.metrics);
-    let accepted = Instant::now();
-    let first = tokio::select! {
-        r = tokio::time::timeout(
-            shared.settings.hello_timeout,
-            admission::read_first_flight(&tcp),
-        ) => r,
+    let accepted = tokio::select! {
+        r = shared.acceptor.accept(tcp, peer) => r,
         _ = shared.shutdown.cancelled() => return,
     };
-    let first = match first {
-        Ok(Ok(first)) => first,
-        Ok(Err(e)) => {
-            let reason = Failure::of(&e);
-            shared.metrics.failure(reason);
-            debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            shared.metrics.failure(Failure::Timeout);
-            debug!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: no ClientHello within hello-timeout");
-            return;
-        }
-    };
-    let handshake_deadline = accepted + shared.settings.handshake_timeout;
-    Box::pin(established(&shared, tcp, peer, first, handshake_deadline)).await;
+    match accepted {
+        Ok(accepted) => Box::pin(established(&shared, accepted, peer)).await,
+        Err(e) => handshake_failed(&shared, &e, peer),
+    }
     drop(permits);
 }
 
-/// The handshake from the ClientHello on, then the connection's traffic.
-async fn established(
-    shared: &Shared,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    first: admission::FirstFlight,
-    handshake_deadline: Instant,
-) {
-    let sessions = shared.tls.store.connection();
-    let handshake = async {
-        if let (Some(tier), Some(hello)) = (&shared.tls.redis, &first.hello) {
-            prefetch(shared, tier, &sessions, hello, peer).await;
+/// Counts and logs a connection whose handshake did not complete.
+fn handshake_failed(shared: &Shared, e: &AcceptError, peer: SocketAddr) {
+    let reason = Failure::of_accept(e);
+    shared.metrics.failure(reason);
+    match e {
+        AcceptError::HelloTimeout => {
+            debug!(%peer, reason = reason.as_str(), "handshake failed: no ClientHello within hello-timeout");
         }
-        let stream = Rewind::new(first.bytes, tcp);
-        sessions.instrument(shared.acceptor.accept(stream)).await
-    };
-    let handshake = tokio::select! {
-        r = tokio::time::timeout_at(handshake_deadline.into(), handshake) => r,
-        _ = shared.shutdown.cancelled() => return,
-    };
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            let reason = Failure::of(&e);
-            shared.metrics.failure(reason);
-            // Every other reason is the client's doing (it went away, sent garbage, offered
-            // nothing in common): counted in the metrics, and logged at debug so that a client
-            // that resets every connection (openssl s_time does) or a flood cannot fill the log.
-            if matches!(reason, Failure::Other) {
-                warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
-            } else {
-                debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
-            }
-            return;
+        AcceptError::HandshakeTimeout => {
+            debug!(%peer, reason = reason.as_str(), "handshake failed: timed out");
         }
-        Err(_) => {
-            shared.metrics.failure(Failure::Timeout);
-            debug!(%peer, reason = Failure::Timeout.as_str(), "handshake failed: timed out");
-            return;
+        // The client's doing (it went away, sent garbage, offered nothing in common): counted
+        // in the metrics, and logged at debug so that a client that resets every connection
+        // (openssl s_time does) or a flood cannot fill the log.
+        e if e.is_client_fault() => {
+            debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
         }
-    };
+        e => warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed"),
+    }
+}
+
+/// The connection's traffic, after its handshake.
+async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr) {
+    let mut stream = accepted.stream;
     let (kind, version, suite) = {
-        let (_, conn) = stream.get_ref();
+        let (_, conn) = stream.get_ref().get_ref();
         (
             conn.handshake_kind(),
             conn.protocol_version(),
             conn.negotiated_cipher_suite(),
         )
     };
-    // Notes the handshake's end; a TLS failure from here on (a fatal alert, a bad record)
-    // removes the connection's sessions. A FIN, a reset or a timeout keeps them.
-    let mut stream = SessionStream::server(stream, sessions);
+    // A TLS failure from here on (a fatal alert, a bad record) removes the connection's
+    // sessions. A FIN, a reset or a timeout keeps them.
     shared.metrics.handshake(kind, version);
     let resumed = kind == Some(rustls::HandshakeKind::Resumed);
     debug!(%peer, ?version, resumed, "handshake completed");
@@ -342,7 +330,7 @@ async fn established(
 }
 
 /// The server's side of a connection after its handshake.
-type Tls = SessionStream<TlsStream<Rewind<TcpStream>>>;
+type Tls = ServerTlsStream;
 
 /// The first bytes of a value in hex, enough to compare contexts in logs.
 fn short_hex(bytes: &[u8]) -> String {
@@ -351,52 +339,6 @@ fn short_hex(bytes: &[u8]) -> String {
         hex + "…"
     } else {
         hex
-    }
-}
-
-/// Fetches from Redis what the client's ClientHello offers to resume, before rustls reads the
-/// hello: a TLS 1.2 session into the local tier, a TLS 1.3 ticket taken for this connection and
-/// handed to `sessions`. No runtime thread waits on Redis: the fetch is an await, bounded by the
-/// read budget.
-///
-/// A ticket resumes only if taken here: one that this read did not take (an identity past the
-/// first few, a second ClientHello after a HelloRetryRequest that offers another ticket) gets a
-/// full handshake.
-async fn prefetch(
-    shared: &Shared,
-    tier: &RedisTier,
-    sessions: &ConnectionSessions,
-    hello: &ClientHelloInfo,
-    peer: SocketAddr,
-) {
-    let versions = &shared.settings.tls_versions;
-    let tls13 = versions.contains(&TlsVersion::Tls13) && hello.supports_tls13;
-    // A TLS 1.3 client's legacy session id is random: only a TLS 1.2 handshake looks it up.
-    let session_id =
-        (!tls13 && versions.contains(&TlsVersion::Tls12) && !hello.session_id.is_empty())
-            .then_some(hello.session_id.as_slice());
-    let stateful = shared.settings.tickets == TicketMode::Stateful;
-    let identities: &[Vec<u8>] = if tls13 && stateful {
-        &hello.psk_identities[..hello.psk_identities.len().min(MAX_PREFETCHED_IDENTITIES)]
-    } else {
-        &[]
-    };
-    if session_id.is_some() || !identities.is_empty() {
-        let offer = Offer {
-            session_id,
-            psk_identities: identities,
-            client: Some(peer.ip()),
-        };
-        let prefetched = tier
-            .prefetch(
-                &shared.tls.cache,
-                shared.tls.store.sid_ctx().as_bytes(),
-                offer,
-            )
-            .await;
-        if let Some(ticket) = prefetched.into_ticket() {
-            sessions.confirm_take(ticket);
-        }
     }
 }
 

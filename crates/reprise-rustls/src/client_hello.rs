@@ -108,10 +108,13 @@ const HANDSHAKE_HEADER_LEN: usize = 4;
 const MAX_SESSION_ID_LEN: usize = 32;
 const MIN_BINDER_LEN: usize = 32;
 const EXT_SERVER_NAME: u16 = 0;
+const EXT_ALPN: u16 = 16;
+const EXT_EARLY_DATA: u16 = 42;
 const EXT_PRE_SHARED_KEY: u16 = 41;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
 const SNI_HOST_NAME: u8 = 0;
 const VERSION_TLS13: u16 = 0x0304;
+const VERSION_TLS12: u16 = 0x0303;
 
 /// What a well-formed ClientHello asks for, as far as session resumption goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -129,6 +132,25 @@ pub struct ClientHelloInfo {
     pub server_name: Option<String>,
     /// Whether the `supported_versions` extension offers TLS 1.3 (0x0304).
     pub supports_tls13: bool,
+    /// The versions of the `supported_versions` extension, in the client's order (0x0304 for
+    /// TLS 1.3, 0x0303 for TLS 1.2, GREASE values included); empty without the extension, from
+    /// a client that knows only TLS 1.2 and older. See [`offers_tls12`](Self::offers_tls12).
+    pub versions: Vec<u16>,
+    /// The protocols of the `application_layer_protocol_negotiation` extension (RFC 7301), in
+    /// the client's order; empty without one. A malformed list is read as empty, not as an
+    /// error (rustls then decides).
+    pub alpn: Vec<Vec<u8>>,
+    /// Whether the hello carries the `early_data` extension: the client sends 0-RTT data after
+    /// it, under its first PSK identity.
+    pub early_data: bool,
+}
+
+impl ClientHelloInfo {
+    /// Whether the client can speak TLS 1.2: its `supported_versions` lists 0x0303, or it has
+    /// no such extension (a TLS 1.2 client).
+    pub fn offers_tls12(&self) -> bool {
+        self.versions.is_empty() || self.versions.contains(&VERSION_TLS12)
+    }
 }
 
 /// What [`parse`] makes of the bytes read so far.
@@ -396,7 +418,12 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, &'static str> {
         *word |= bit;
         match ext_type {
             EXT_SERVER_NAME => info.server_name = parse_server_name(data),
-            EXT_SUPPORTED_VERSIONS => info.supports_tls13 = parse_supported_versions(data)?,
+            EXT_SUPPORTED_VERSIONS => {
+                info.versions = parse_supported_versions(data)?;
+                info.supports_tls13 = info.versions.contains(&VERSION_TLS13);
+            }
+            EXT_ALPN => info.alpn = parse_alpn(data),
+            EXT_EARLY_DATA => info.early_data = true,
             EXT_PRE_SHARED_KEY => {
                 info.psk_identities = parse_pre_shared_key(data)?;
                 after_psk = true;
@@ -428,8 +455,26 @@ fn parse_server_name(mut data: Reader<'_>) -> Option<String> {
     None
 }
 
-/// supported_versions in a ClientHello (RFC 8446 §4.2.1): whether it offers TLS 1.3.
-fn parse_supported_versions(mut data: Reader<'_>) -> Result<bool, &'static str> {
+/// application_layer_protocol_negotiation (RFC 7301 §3.1): the protocol names, in order.
+///
+/// Never an error, like server_name: a malformed list is no list, and rustls decides what to
+/// make of it.
+fn parse_alpn(mut data: Reader<'_>) -> Vec<Vec<u8>> {
+    let Some(mut list) = data.vec16().filter(|_| data.is_empty()) else {
+        return Vec::new();
+    };
+    let mut protocols = Vec::new();
+    while !list.is_empty() {
+        match list.vec8() {
+            Some(name) if !name.is_empty() => protocols.push(name.bytes().to_vec()),
+            _ => return Vec::new(),
+        }
+    }
+    protocols
+}
+
+/// supported_versions in a ClientHello (RFC 8446 §4.2.1): the versions it lists.
+fn parse_supported_versions(mut data: Reader<'_>) -> Result<Vec<u16>, &'static str> {
     let mut versions = data.vec8().ok_or("truncated supported_versions")?;
     if !data.is_empty() {
         return Err("data after the supported_versions list");
@@ -437,11 +482,11 @@ fn parse_supported_versions(mut data: Reader<'_>) -> Result<bool, &'static str> 
     if versions.is_empty() || versions.len() % 2 != 0 {
         return Err("malformed supported_versions");
     }
-    let mut tls13 = false;
+    let mut offered = Vec::with_capacity(versions.len() / 2);
     while let Some(version) = versions.u16() {
-        tls13 |= version == VERSION_TLS13;
+        offered.push(version);
     }
-    Ok(tls13)
+    Ok(offered)
 }
 
 /// pre_shared_key in a ClientHello (RFC 8446 §4.2.11): the identities.

@@ -9,6 +9,10 @@
 //!   fatal alert, a TLS error, an abort). A peer closing without close_notify keeps them.
 //! - [`SessionStream`] (feature `tokio`, on by default) wraps an async TLS stream and reports
 //!   its TLS failures to the handle itself.
+//! - [`Acceptor`] (feature `tokio`) accepts TLS connections on tokio: it reads each ClientHello
+//!   with Reprise's parser, lets a [`ChoosesConfig`] pick the `ServerConfig` from it, fetches
+//!   what the hello offers from the cache's tiers within a deadline (no runtime thread waits on
+//!   the network), and completes the handshake into a [`SessionStream`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -26,19 +30,30 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "tokio")]
+mod acceptor;
 mod client;
 pub mod client_hello;
 mod connection;
 mod error;
+#[cfg(feature = "tokio")]
+mod rewind;
 mod server;
 mod sid_ctx;
 #[cfg(feature = "tokio")]
 mod stream;
 
+#[cfg(feature = "tokio")]
+pub use acceptor::{
+    AcceptError, AcceptPolicy, Accepted, Acceptor, ChoosesConfig, Prefetch, ServerContext,
+    ServerTlsStream,
+};
 pub use client::{ClientSession, ClientStore, DEFAULT_MAX_SERVERS, MAX_TLS13_TICKETS_PER_SERVER};
 pub use client_hello::{ClientHelloInfo, ClientHelloParser};
 pub use connection::{is_tls_failure, ConnectionSessions, Instrumented};
 pub use error::Error;
+#[cfg(feature = "tokio")]
+pub use rewind::Rewind;
 pub use server::ServerStore;
 pub use sid_ctx::{derive_sid_ctx, named_sid_ctx, ClientAuth};
 #[cfg(feature = "tokio")]

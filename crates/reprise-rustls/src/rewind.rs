@@ -1,5 +1,6 @@
-//! A stream that first replays bytes already read from it: the ClientHello that `serve` read to
-//! prefetch sessions goes to rustls as if it had never been read.
+//! [`Rewind`]: a stream that first replays bytes already read from it, so that the ClientHello
+//! the [`Acceptor`](crate::Acceptor) read to choose a configuration and prefetch sessions goes to
+//! rustls as if it had never been read.
 
 use std::io;
 use std::pin::Pin;
@@ -28,6 +29,18 @@ impl<S> Rewind<S> {
     /// The stream underneath.
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+
+    /// The stream underneath, mutably. Bytes read from it directly skip what is left to replay.
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The bytes not replayed yet, and the stream underneath.
+    pub fn into_parts(self) -> (Vec<u8>, S) {
+        let mut prefix = self.prefix;
+        prefix.drain(..self.pos);
+        (prefix, self.inner)
     }
 }
 
