@@ -1122,12 +1122,13 @@ prop_compose! {
             let mut seen = std::collections::HashSet::new();
             for (ext_type, data) in others {
                 if seen.insert(ext_type) && ext_type != EXT_PRE_SHARED_KEY
-                    && ext_type != EXT_SUPPORTED_VERSIONS {
+                    && ext_type != EXT_SUPPORTED_VERSIONS && ext_type != EXT_ALPN {
                     exts.push((ext_type, data));
                 }
             }
             if let Some(vers) = vers {
                 info.supports_tls13 = vers.contains(&VERSION_TLS13);
+                info.versions = vers.clone();
                 exts.push(ext(EXT_SUPPORTED_VERSIONS, &versions(&vers)));
             }
             if let Some(psks) = psks {
