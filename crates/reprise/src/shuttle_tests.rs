@@ -168,7 +168,8 @@ enum Meanwhile {
 
 /// Two shards: A holds the sessions expiring at 1,010 and 1,030, B the one at 1,020. Two adds,
 /// each into the shard that does not hold its victim, must evict across shards while a third
-/// thread removes, takes or flushes the soonest (1,010). No schedule deadlocks, and whatever
+/// thread removes, takes or flushes the soonest (1,010). No schedule deadlocks (shuttle fails
+/// a schedule in which every thread waits for another), and whatever
 /// the order, the victims are the soonest to expire: the session at 1,030 outlives the one at
 /// 1,020, even when the one at 1,010 leaves (or another add evicts it) between an add's scan
 /// of the heads and its lock of the victim's shard.
