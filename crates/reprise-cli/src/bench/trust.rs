@@ -120,13 +120,12 @@ pub(super) mod tests {
 
     use super::*;
 
-    /// A certificate for localhost, and the key that signs in the handshake: its own, or
-    /// another one.
+    /// A certificate for localhost from the test PKI, and the key that signs in the handshake:
+    /// its own, or another one.
     pub(in crate::bench) fn server_config(
         tls: TlsVersion,
         own_key: bool,
     ) -> Arc<rustls::ServerConfig> {
-        use rustls::pki_types::PrivateKeyDer;
         use rustls::server::{ClientHello, ResolvesServerCert};
         use rustls::sign::CertifiedKey;
 
@@ -138,16 +137,15 @@ pub(super) mod tests {
             }
         }
 
-        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let pki = reprise_testkit::Pki::new();
         let key = if own_key {
-            generated.signing_key
+            pki.server_key()
         } else {
-            rcgen::KeyPair::generate().unwrap()
+            reprise_testkit::Pki::new().server_key()
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let signer = provider.key_provider.load_private_key(der).unwrap();
-        let certified = CertifiedKey::new(vec![generated.cert.der().clone()], signer);
+        let signer = provider.key_provider.load_private_key(key).unwrap();
+        let certified = CertifiedKey::new(pki.server_chain(), signer);
         let version = match tls {
             TlsVersion::Tls12 => &rustls::version::TLS12,
             TlsVersion::Tls13 => &rustls::version::TLS13,
