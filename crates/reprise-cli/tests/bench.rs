@@ -7,15 +7,9 @@ mod common;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use common::{free_port, reprise, Pki, Server};
+use common::{free_port, reprise, Server};
+use reprise_testkit::Pki;
 use serde_json::Value;
-
-/// Writes a file into a temporary directory; its path.
-fn write(dir: &tempfile::TempDir, name: &str, contents: &str) -> String {
-    let path = dir.path().join(name);
-    std::fs::write(&path, contents).unwrap();
-    path.to_string_lossy().into_owned()
-}
 
 fn bench(args: &[&str]) -> Output {
     reprise()
@@ -164,12 +158,14 @@ fn human_output_is_a_table() {
 
 #[test]
 fn ca_bundle_verifies_the_server_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert = write(&dir, "cert.pem", &generated.cert.pem());
-    let key = write(&dir, "key.pem", &generated.signing_key.serialize_pem());
-    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let other = write(&dir, "other.pem", &other.cert.pem());
+    let pki = Pki::new().write_pem();
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("server.pem"),
+        pki.path("server.key"),
+    );
+    let other_pki = Pki::new().write_pem();
+    let other = other_pki.path("ca.pem");
     let server = Server::start(&["--cert", &cert, "--key", &key]);
     let addr = server.connect_arg();
     let args = |ca: &str| {
@@ -185,7 +181,7 @@ fn ca_bundle_verifies_the_server_certificate() {
         ]
     };
 
-    let trusted = args(&cert);
+    let trusted = args(&ca);
     let (out, report) = bench_json(&trusted.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{report}\n{}", stderr(&out));
     assert_eq!(count(&report, "handshakes"), 4, "{report}");
@@ -271,7 +267,7 @@ impl Drop for OpensslServer {
 #[test]
 fn resumes_against_openssl_s_server() {
     use std::io::BufRead;
-    let pki = Pki::new();
+    let pki = Pki::new().write_pem();
     for tls in ["1.2", "1.3"] {
         let port = free_port();
         // Ten connections, then s_server exits; its own session cache (and, for TLS 1.3, its

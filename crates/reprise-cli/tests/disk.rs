@@ -7,12 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::{fails_to_start, path_in, request, Server};
-use reprise_testkit::wait_until;
+use reprise_testkit::{wait_until, PemFiles, Pki};
 
 /// A cache directory in a fresh work directory, and the flags every start of a test's server
 /// passes: the same certificate each time, so the session-id context stays the same.
 struct Disk {
-    _pki: common::Pki,
+    _pki: PemFiles,
     work: tempfile::TempDir,
     dir: String,
     args: Vec<String>,
@@ -20,7 +20,7 @@ struct Disk {
 
 impl Disk {
     fn new(extra: &[&str]) -> Self {
-        let pki = common::Pki::new();
+        let pki = Pki::new().write_pem();
         let mut args = vec![
             "--cert".to_string(),
             pki.path("server.pem"),

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{fleet_flags, path_in, reprise, reuse_words, s_client, Pki, Server};
-use reprise_testkit::{wait_until, RedisServer};
+use common::{fleet_flags, path_in, reprise, reuse_words, s_client, Server};
+use reprise_testkit::{wait_until, PemFiles, Pki, RedisServer};
 
 /// Connections per chain: a full handshake, then five that must resume.
 const CHAIN: usize = 6;
@@ -102,7 +102,7 @@ struct Target {
     name: &'static str,
     /// Where the clients connect.
     addr: SocketAddr,
-    pki: Pki,
+    pki: PemFiles,
     // Dropped in this order: the balancer, the instances, Redis.
     _balancer: Option<Balancer>,
     servers: Vec<Server>,
@@ -113,7 +113,7 @@ struct Target {
 impl Target {
     /// One instance on its defaults.
     fn alone() -> Target {
-        let pki = Pki::new();
+        let pki = Pki::new().write_pem();
         let server = Server::start(&[
             "--cert",
             &pki.path("server.pem"),
@@ -133,7 +133,7 @@ impl Target {
 
     /// Two instances sharing a real `redis-server`, behind the balancer.
     fn fleet() -> Target {
-        let pki = Pki::new();
+        let pki = Pki::new().write_pem();
         let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
         let out = reprise().args(["keygen", "--name", "k1"]).output().unwrap();

@@ -6,12 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fails_to_start, fleet_flags, path_in, reprise, request, Pki, Server};
-use reprise_testkit::{wait_until, RedisCluster, RedisServer};
+use common::{fails_to_start, fleet_flags, path_in, reprise, request, Server};
+use reprise_testkit::{wait_until, PemFiles, Pki, RedisCluster, RedisServer};
 
 /// A fleet's shared material: one certificate (so one session-id context) and one key file.
 struct Fleet {
-    pki: Pki,
+    pki: PemFiles,
     dir: tempfile::TempDir,
 }
 
@@ -19,7 +19,7 @@ impl Fleet {
     fn new() -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let fleet = Fleet {
-            pki: Pki::new(),
+            pki: Pki::new().write_pem(),
             dir,
         };
         fleet.write_keys("keys", &[&keygen("k1")]);

@@ -8,7 +8,8 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fails_to_start, http_get, path_in, request, reuse_words, s_client, Pki, Server};
+use common::{fails_to_start, http_get, path_in, request, reuse_words, s_client, Server};
+use reprise_testkit::{AnyCert, Pki};
 
 fn reconnect_tls12(server: &Server) -> Vec<String> {
     let addr = server.connect_arg();
@@ -121,7 +122,7 @@ fn logged_sid_ctx(server: &Server) -> String {
 
 #[test]
 fn sessions_never_cross_between_mtls_and_plain() {
-    let pki = Pki::new();
+    let pki = Pki::new().write_pem();
     let (cert, key, ca) = (
         pki.path("server.pem"),
         pki.path("server.key"),
@@ -202,7 +203,7 @@ fn upstream_proxies_both_directions_with_half_close() {
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(common::insecure::AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     let conn =
         rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
@@ -276,6 +277,7 @@ fn sigterm_exits_zero_with_a_connection_open() {
 #[test]
 fn rsa_and_ed25519_keys_work() {
     for pki in [Pki::with_rsa_server(), Pki::with_ed25519_server()] {
+        let pki = pki.write_pem();
         let server = Server::start(&[
             "--cert",
             &pki.path("server.pem"),
@@ -311,7 +313,7 @@ fn rsa_and_ed25519_keys_work() {
 
 #[test]
 fn bad_input_at_start_is_one_line_and_exit_2() {
-    let pki = Pki::new();
+    let pki = Pki::new().write_pem();
     let port = common::free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let serve = |extra: &[&str]| {
@@ -483,7 +485,7 @@ fn a_close_notify_before_any_request_is_answered_and_keeps_the_session() {
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(common::insecure::AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::in_memory_sessions(4);
     let config = Arc::new(config);

@@ -8,7 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fleet_flags, path_in, reprise, request, s_client, Pki, Server};
+use common::{fleet_flags, path_in, reprise, request, s_client, Server};
+use reprise_testkit::Pki;
 use reprise_testkit::{wait_until, RedisServer};
 
 /// `reprise keygen`: one key-file line.
@@ -47,7 +48,7 @@ fn resume_without_cert(server: &Server, version: &str, sess: &str) -> String {
 #[test]
 fn a_named_context_shared_through_redis_never_carries_a_session_into_mtls() {
     let redis = RedisServer::start();
-    let pki = Pki::new();
+    let pki = Pki::new().write_pem();
     let dir = tempfile::tempdir().unwrap();
     let keys = path_in(dir.path(), "keys");
     std::fs::write(&keys, keygen()).unwrap();
@@ -108,7 +109,7 @@ fn a_named_context_shared_through_redis_never_carries_a_session_into_mtls() {
 
 #[test]
 fn adding_a_client_ca_under_the_same_name_drops_the_sessions_on_disk() {
-    let pki = Pki::new();
+    let pki = Pki::new().write_pem();
     let work = tempfile::tempdir().unwrap();
     let cache = path_in(work.path(), "cache");
     let (cert, key, ca) = (

@@ -17,8 +17,8 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{fleet_flags, path_in, reprise, request, Pki, Server};
-use reprise_testkit::{wait_until, RedisServer};
+use common::{fleet_flags, path_in, reprise, request, Server};
+use reprise_testkit::{wait_until, Pki, RedisServer};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{agreement, digest, hmac};
 
@@ -52,7 +52,7 @@ struct Fleet {
 impl Fleet {
     fn start() -> Fleet {
         let redis = RedisServer::start();
-        let pki = Pki::new();
+        let pki = Pki::new().write_pem();
         let dir = tempfile::tempdir().unwrap();
         let out = reprise().args(["keygen", "--name", "k1"]).output().unwrap();
         assert!(out.status.success());

@@ -13,17 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Server;
+use reprise_testkit::{AnyCert, Version, VERSIONS};
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tls {
-    V12,
-    V13,
-}
-
-const VERSIONS: [Tls; 2] = [Tls::V12, Tls::V13];
 
 /// How the client ends a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,23 +64,19 @@ impl Write for Tap {
 type Conn = StreamOwned<ClientConnection, Tap>;
 
 /// A client for one protocol version that trusts any certificate, with its own session store.
-fn client(v: Tls, store: Arc<dyn ClientSessionStore>) -> Arc<ClientConfig> {
+fn client(v: Version, store: Arc<dyn ClientSessionStore>) -> Arc<ClientConfig> {
     let provider = rustls::crypto::ring::default_provider();
-    let version = match v {
-        Tls::V12 => &rustls::version::TLS12,
-        Tls::V13 => &rustls::version::TLS13,
-    };
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider.clone()))
-        .with_protocol_versions(&[version])
+        .with_protocol_versions(&[v.rustls()])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(common::insecure::AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     config.resumption = Resumption::store(store);
     Arc::new(config)
 }
 
-fn fresh_client(v: Tls) -> Arc<ClientConfig> {
+fn fresh_client(v: Version) -> Arc<ClientConfig> {
     client(v, Arc::new(ClientSessionMemoryCache::new(8)))
 }
 
@@ -293,7 +282,7 @@ fn server_hello_session_id(bytes: &[u8]) -> Vec<u8> {
 fn a_forged_session_id_does_not_evict_the_victim_tls12() {
     let server = Server::start(&[]);
     let store = Arc::new(ClientSessionMemoryCache::new(8));
-    let victim = client(Tls::V12, store.clone());
+    let victim = client(Version::Tls12, store.clone());
     let (first, resumed) = exchange(&server, &victim);
     assert!(!resumed);
     let victim_id = server_hello_session_id(&first.sock.read);

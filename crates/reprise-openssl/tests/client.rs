@@ -7,10 +7,11 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{client_side, serve, Close, Pki, Version, VERSIONS};
+use common::{client_side, serve, Close, Pki, SslVersionOf};
 use openssl::ssl::{Ssl, SslConnector, SslContext, SslMethod, SslVerifyMode};
 use reprise::{CacheMode, ManualClock, SessionCache};
 use reprise_openssl::{client_session_key, ClientCache, ServerCache};
+use reprise_testkit::{Version, VERSIONS};
 
 struct Rig {
     server_ctx: SslContext,

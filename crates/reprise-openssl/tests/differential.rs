@@ -31,13 +31,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{connect, serve, Close, Pki, Version};
+use common::{connect, serve, Close, Pki};
 use openssl::ssl::{
     Ssl, SslContext, SslContextBuilder, SslOptions, SslSession, SslSessionCacheMode,
 };
 use parking_lot::Mutex;
 use reprise::{CacheMode, Clock, ProtocolVersion, SecretBytes, Session, SessionCache, SessionKey};
 use reprise_openssl::{set_get_session_callback, tag_context, DecodedSession, ServerCache};
+use reprise_testkit::Version;
 
 // ----- the expected differences --------------------------------------------------------------
 

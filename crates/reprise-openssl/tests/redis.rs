@@ -8,12 +8,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{connect, serve, Close, Conn, Pki, Version};
+use common::{connect, serve, Close, Conn, Pki};
 use openssl::ssl::{Ssl, SslContext};
 use reprise::{ProtocolVersion, SecretBytes, Session, SessionCache};
 use reprise_openssl::ServerCache;
 use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
-use reprise_testkit::{wait_until, RedisServer};
+use reprise_testkit::{wait_until, RedisServer, Version};
 
 const CTX: &[u8] = b"fleet";
 

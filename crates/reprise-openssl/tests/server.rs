@@ -7,11 +7,12 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{connect, serve, Close, Pki, Version, VERSIONS};
+use common::{connect, serve, Close, Pki};
 use openssl::ssl::{Ssl, SslContext, SslVerifyMode};
 use parking_lot::Mutex;
 use reprise::{ProtocolVersion, Removal, SecretBytes, Session, SessionCache};
 use reprise_openssl::{tag_context, Error, ServerCache};
+use reprise_testkit::{Version, VERSIONS};
 
 const CTX: &[u8] = b"server-test";
 

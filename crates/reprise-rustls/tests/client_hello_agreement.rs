@@ -15,38 +15,33 @@ use std::sync::Arc;
 use reprise_rustls::client_hello::{
     parse, ClientHelloInfo, ClientHelloParser, Parsed, MAX_FIRST_FLIGHT, MAX_RECORD_LEN,
 };
-use reprise_testkit::TestCa;
+use reprise_testkit::Pki;
 use rustls::crypto::ring::{default_provider, kx_group};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{
-    ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig,
-    ServerConnection, SupportedProtocolVersion,
+    ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection,
+    SupportedProtocolVersion,
 };
 
-struct Pki {
-    ca: CertificateDer<'static>,
-    chain: Vec<CertificateDer<'static>>,
-    key: Vec<u8>,
+/// The rustls configurations these tests use, on the test PKI.
+trait Configs {
+    /// A server; `only_p384` makes clients that lead with X25519 get a HelloRetryRequest.
+    fn server(&self, only_p384: bool) -> Arc<ServerConfig>;
+    /// A server that keeps its sessions in `storage`.
+    fn server_sharing(
+        &self,
+        only_p384: bool,
+        storage: Arc<dyn rustls::server::StoresServerSessions>,
+    ) -> Arc<ServerConfig>;
+    /// A client for `versions` that trusts the test CA.
+    fn client(&self, versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig>;
 }
 
-impl Pki {
-    fn new() -> Self {
-        let ca = TestCa::new();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = ca.sign(&["localhost"], None, &key);
-        Self {
-            ca: ca.cert.der().clone(),
-            chain: vec![cert.der().clone()],
-            key: key.serialize_der(),
-        }
-    }
-
-    /// A server; `only_p384` makes clients that lead with X25519 get a HelloRetryRequest.
+impl Configs for Pki {
     fn server(&self, only_p384: bool) -> Arc<ServerConfig> {
         self.server_sharing(only_p384, rustls::server::ServerSessionMemoryCache::new(64))
     }
 
-    /// A server that keeps its sessions in `storage`.
     fn server_sharing(
         &self,
         only_p384: bool,
@@ -60,10 +55,7 @@ impl Pki {
             .with_protocol_versions(rustls::ALL_VERSIONS)
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(
-                self.chain.clone(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone())),
-            )
+            .with_single_cert(self.server_chain(), self.server_key())
             .unwrap();
         config.send_tls13_tickets = 2;
         config.session_storage = storage;
@@ -71,12 +63,10 @@ impl Pki {
     }
 
     fn client(&self, versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
         let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
             .with_protocol_versions(versions)
             .unwrap()
-            .with_root_certificates(roots)
+            .with_root_certificates(self.roots())
             .with_no_client_auth();
         Arc::new(config)
     }

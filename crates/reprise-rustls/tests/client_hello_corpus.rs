@@ -4,7 +4,6 @@
 //! inputs the fuzzer found, kept because they reach code the others do not. A `*-retry-*` file
 //! is a client's second flight after a HelloRetryRequest, read with
 //! `ClientHelloParser::after_retry`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 

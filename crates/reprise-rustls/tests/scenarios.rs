@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::{replay_client_hello, transfer, Counts, Pair, Pki, Server, Version, T0};
+use common::{replay_client_hello, transfer, Configs, Counts, Pair, Pki, Server, Version, T0};
 use reprise::{
     CacheMode, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey, Stats,
 };
@@ -540,8 +540,8 @@ fn s11_client_auth_isolation(v: Version) {
     let pki = pki();
     let clock = Arc::new(ManualClock::new(T0));
     let cache = common::server_cache(&clock);
-    let ctx_mtls = derive_sid_ctx(&pki.server_chain, ClientAuth::Required, b"");
-    let ctx_plain = derive_sid_ctx(&pki.server_chain, ClientAuth::None, b"");
+    let ctx_mtls = derive_sid_ctx(&pki.server_chain(), ClientAuth::Required, b"");
+    let ctx_plain = derive_sid_ctx(&pki.server_chain(), ClientAuth::None, b"");
     assert_ne!(ctx_mtls, ctx_plain);
     assert_eq!(
         ServerStore::new(cache.clone(), reprise::SidCtx::EMPTY, ClientAuth::Required).err(),

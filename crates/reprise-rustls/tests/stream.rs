@@ -9,7 +9,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{Pki, Version, VERSIONS};
+use common::{Configs, Pki, Version, VERSIONS};
 use reprise::SessionCache;
 use reprise_rustls::{ClientAuth, ServerStore, SessionStream};
 use rustls::pki_types::ServerName;

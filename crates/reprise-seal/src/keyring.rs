@@ -306,10 +306,7 @@ mod tests {
     use super::*;
 
     fn ring(text: &str) -> KeyRing {
-        match KeyRing::parse(text) {
-            Ok(r) => r,
-            Err(e) => panic!("{e}"),
-        }
+        KeyRing::parse(text).unwrap()
     }
 
     #[test]
@@ -350,10 +347,8 @@ mod tests {
             (k.clone(), "expected name:hex"),
         ];
         for (text, want) in errors {
-            match KeyRing::parse(&text) {
-                Ok(_) => panic!("{text} parsed"),
-                Err(e) => assert!(e.to_string().contains(want), "{e}"),
-            }
+            let e = KeyRing::parse(&text).unwrap_err();
+            assert!(e.to_string().contains(want), "{text}: {e}");
         }
         let e = KeyRing::parse(&format!("\n# x\nok:{k}\nbad:{}", "ab".repeat(16)));
         assert!(e.is_err_and(|e| e.to_string().contains("line 4")));

@@ -7,14 +7,11 @@ use std::sync::Arc;
 use crate::{CacheMode, Clock, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey};
 
 fn session(id: u8, time: u64, timeout: u64) -> Arc<Session> {
-    match Session::builder(&[id; 32], SecretBytes::from(vec![id]))
+    let session = Session::builder(&[id; 32], SecretBytes::from(vec![id]))
         .time(time)
         .timeout_secs(timeout)
-        .build()
-    {
-        Ok(s) => Arc::new(s),
-        Err(e) => panic!("{e}"),
-    }
+        .build();
+    Arc::new(session.unwrap())
 }
 
 fn cache(shards: usize, limit: usize) -> (SessionCache, Arc<ManualClock>, Arc<AtomicUsize>) {
@@ -180,14 +177,11 @@ fn untrusted_external_results_are_validated() {
     let now = clock.now();
     // Wrong id, wrong context, not resumable, expired: none resumes.
     let wrong_id = session(1, now, 100);
-    let other_ctx = match Session::builder(&[1; 32], SecretBytes::from(vec![1]))
+    let other_ctx = Session::builder(&[1; 32], SecretBytes::from(vec![1]))
         .sid_ctx(b"other")
         .time(now)
-        .build()
-    {
-        Ok(s) => Arc::new(s),
-        Err(e) => panic!("{e}"),
-    };
+        .build();
+    let other_ctx = Arc::new(other_ctx.unwrap());
     let dead = session(2, now, 100);
     dead.mark_not_resumable();
     let expired = session(3, now - 200, 100);
@@ -271,12 +265,11 @@ fn client_lookups_ignore_no_internal_lookup_and_never_ask_get() {
 #[test]
 fn new_sessions_follow_the_role_bits() {
     let (cache, clock, _) = cache(2, 0);
-    let fresh = |id| match Session::builder(&[id; 32], SecretBytes::from(vec![id]))
-        .time(clock.now())
-        .build()
-    {
-        Ok(s) => s,
-        Err(e) => panic!("{e}"),
+    let fresh = |id| {
+        Session::builder(&[id; 32], SecretBytes::from(vec![id]))
+            .time(clock.now())
+            .build()
+            .unwrap()
     };
     for (mode, server_stored, client_stored) in [
         (CacheMode::OFF, false, false),
@@ -331,13 +324,10 @@ fn the_remove_callback_is_told_why() {
     cache.add(&session(6, 1_000, 1));
     assert_eq!(cache.flush(clock.now()), 1);
     cache.set_new_session_callback(Some(Arc::new(|_, _| false)));
-    let declined = match Session::builder(&key(7), SecretBytes::from(vec![7]))
+    let declined = Session::builder(&key(7), SecretBytes::from(vec![7]))
         .time(clock.now())
         .build()
-    {
-        Ok(s) => s,
-        Err(e) => panic!("{e}"),
-    };
+        .unwrap();
     assert!(!cache.new_session(Role::Server, declined).is_stored());
     drop(cache);
     assert_eq!(
@@ -380,15 +370,12 @@ fn a_take_callback_is_authoritative_over_an_internal_copy() {
 }
 
 fn versioned(id: u8, time: u64, version: crate::ProtocolVersion) -> Arc<Session> {
-    match Session::builder(&[id; 32], SecretBytes::from(vec![id]))
+    let session = Session::builder(&[id; 32], SecretBytes::from(vec![id]))
         .time(time)
         .timeout_secs(100)
         .version(version)
-        .build()
-    {
-        Ok(s) => Arc::new(s),
-        Err(e) => panic!("{e}"),
-    }
+        .build();
+    Arc::new(session.unwrap())
 }
 
 #[test]

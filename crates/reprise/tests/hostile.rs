@@ -43,13 +43,10 @@ fn hostile_keys_are_misses_that_ask_no_store_and_cost_no_memory() {
     let (g, r) = (gets.clone(), removes.clone());
     // A get callback that would hand out a valid session for any key, if it were asked.
     let bait = Arc::new(
-        match Session::builder(&[7u8; 32], SecretBytes::from(vec![1u8; 48]))
+        Session::builder(&[7u8; 32], SecretBytes::from(vec![1u8; 48]))
             .time(1_000)
             .build()
-        {
-            Ok(s) => s,
-            Err(e) => panic!("valid session: {e}"),
-        },
+            .expect("valid session"),
     );
     let cache: SessionCache = SessionCache::builder()
         .clock(Arc::new(ManualClock::new(1_000)))
@@ -72,10 +69,8 @@ fn hostile_keys_are_misses_that_ask_no_store_and_cost_no_memory() {
         &long_random[..1],
         &[7u8][..],
     ] {
-        let s = match cache.session(id, SecretBytes::from(vec![0u8; 48])).build() {
-            Ok(s) => Arc::new(s),
-            Err(e) => panic!("valid session: {e}"),
-        };
+        let s = cache.session(id, SecretBytes::from(vec![0u8; 48])).build();
+        let s = Arc::new(s.expect("valid session"));
         assert!(cache.add(&s));
     }
     let cached = cache.len();

@@ -1,6 +1,7 @@
-//! Test harness shared by the workspace's integration tests: real `redis-server` processes,
-//! standalone or as a three-node Redis Cluster, on free loopback ports, stopped when dropped;
-//! and a throwaway certificate authority for TLS tests.
+//! Test harness shared by the workspace's tests: real `redis-server` processes, standalone or
+//! as a three-node Redis Cluster, on free loopback ports, stopped when dropped; the one test PKI
+//! ([`Pki`]), the TLS versions tests run under ([`Version`]) and the accept-anything certificate
+//! verifier ([`AnyCert`]).
 //!
 //! Every wait is bounded. The binaries come from the system (`scripts/test.sh` installs them);
 //! a missing binary is a test failure that says what to install, never a silent skip.
@@ -11,6 +12,12 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod pki;
+mod tls;
+
+pub use pki::{Leaf, PemFiles, Pki, TestCa};
+pub use tls::{AnyCert, Version, VERSIONS};
 
 /// A free TCP port on loopback (bound, read, released).
 pub fn free_port() -> u16 {
@@ -266,53 +273,5 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         format!("redis+cluster://{}", nodes.join(","))
-    }
-}
-
-/// A throwaway certificate authority ("Reprise test CA") that signs test certificates.
-pub struct TestCa {
-    /// The CA's own self-signed certificate.
-    pub cert: rcgen::Certificate,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl TestCa {
-    /// A CA with a fresh key.
-    pub fn new() -> TestCa {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Reprise test CA");
-        let cert = params.self_signed(&key).unwrap();
-        TestCa {
-            cert,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for the DNS `names`, with `common_name` if given, for `key`.
-    pub fn sign(
-        &self,
-        names: &[&str],
-        common_name: Option<&str>,
-        key: &rcgen::KeyPair,
-    ) -> rcgen::Certificate {
-        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        if let Some(cn) = common_name {
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, cn);
-        }
-        params.signed_by(key, &self.issuer).unwrap()
-    }
-}
-
-impl Default for TestCa {
-    fn default() -> Self {
-        Self::new()
     }
 }

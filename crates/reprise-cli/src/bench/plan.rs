@@ -134,20 +134,16 @@ async fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn stopping_rules() {
+        assert_eq!(stop_of(None, None).unwrap(), Stop::After(DEFAULT_DURATION));
+        assert_eq!(stop_of(None, Some(5)).unwrap(), Stop::Connections(5));
         assert_eq!(
-            stop_of(None, None).ok(),
-            Some(Stop::After(DEFAULT_DURATION))
-        );
-        assert_eq!(stop_of(None, Some(5)).ok(), Some(Stop::Connections(5)));
-        assert_eq!(
-            stop_of(Some(0.5), None).ok(),
-            Some(Stop::After(Duration::from_millis(500)))
+            stop_of(Some(0.5), None).unwrap(),
+            Stop::After(Duration::from_millis(500))
         );
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!(stop_of(Some(bad), None).is_err(), "{bad}");

@@ -243,7 +243,6 @@ pub(super) fn reasons_line(reasons: &BTreeMap<String, u64>) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

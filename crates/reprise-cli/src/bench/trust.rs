@@ -114,19 +114,15 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(super) mod tests {
-    use std::io;
-
     use super::*;
 
-    /// A certificate for localhost, and the key that signs in the handshake: its own, or
-    /// another one.
+    /// A certificate for localhost from the test PKI, and the key that signs in the handshake:
+    /// its own, or another one.
     pub(in crate::bench) fn server_config(
         tls: TlsVersion,
         own_key: bool,
     ) -> Arc<rustls::ServerConfig> {
-        use rustls::pki_types::PrivateKeyDer;
         use rustls::server::{ClientHello, ResolvesServerCert};
         use rustls::sign::CertifiedKey;
 
@@ -138,16 +134,15 @@ pub(super) mod tests {
             }
         }
 
-        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let pki = reprise_testkit::Pki::new();
         let key = if own_key {
-            generated.signing_key
+            pki.server_key()
         } else {
-            rcgen::KeyPair::generate().unwrap()
+            reprise_testkit::Pki::new().server_key()
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let signer = provider.key_provider.load_private_key(der).unwrap();
-        let certified = CertifiedKey::new(vec![generated.cert.der().clone()], signer);
+        let signer = provider.key_provider.load_private_key(key).unwrap();
+        let certified = CertifiedKey::new(pki.server_chain(), signer);
         let version = match tls {
             TlsVersion::Tls12 => &rustls::version::TLS12,
             TlsVersion::Tls13 => &rustls::version::TLS13,
@@ -166,8 +161,7 @@ pub(super) mod tests {
         client: ClientConfig,
         server: Arc<rustls::ServerConfig>,
     ) -> Result<(), rustls::Error> {
-        let name =
-            ServerName::try_from("localhost").map_err(|e| rustls::Error::General(e.to_string()))?;
+        let name = ServerName::try_from("localhost").unwrap();
         let mut client =
             rustls::Connection::from(rustls::ClientConnection::new(Arc::new(client), name)?);
         let mut server = rustls::Connection::from(rustls::ServerConnection::new(server)?);
@@ -187,14 +181,13 @@ pub(super) mod tests {
         from: &mut rustls::Connection,
         to: &mut rustls::Connection,
     ) -> Result<(), rustls::Error> {
-        let io = |e: io::Error| rustls::Error::General(e.to_string());
         let mut bytes = Vec::new();
         while from.wants_write() {
-            from.write_tls(&mut bytes).map_err(io)?;
+            from.write_tls(&mut bytes).unwrap();
         }
         let mut rest = &bytes[..];
         while !rest.is_empty() {
-            if to.read_tls(&mut rest).map_err(io)? == 0 {
+            if to.read_tls(&mut rest).unwrap() == 0 {
                 break;
             }
             to.process_new_packets()?;
@@ -242,16 +235,13 @@ pub(super) mod tests {
 
     #[test]
     fn unusable_ca_files_are_reported() {
-        let missing = load_roots(Path::new("/nonexistent/ca.pem"))
-            .err()
-            .map(|e| format!("{e:#}"));
-        assert!(missing.is_some_and(|e| e.starts_with("cannot read CA file")));
-        let dir = std::env::temp_dir().join(format!("reprise-bench-unit-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let empty = dir.join("empty.pem");
-        let _ = std::fs::write(&empty, "not a certificate\n");
-        let none = load_roots(&empty).err().map(|e| format!("{e:#}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(none.is_some_and(|e| e.contains("no PEM certificate")));
+        let missing = load_roots(Path::new("/nonexistent/ca.pem")).unwrap_err();
+        let missing = format!("{missing:#}");
+        assert!(missing.starts_with("cannot read CA file"), "{missing}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let none = format!("{:#}", load_roots(&empty).unwrap_err());
+        assert!(none.contains("no PEM certificate"), "{none}");
     }
 }

@@ -1,5 +1,5 @@
-//! Black-box test harness: runs the real `reprise` binary on free loopback ports, real
-//! `openssl s_client` against it, and a test PKI written to PEM files.
+//! Black-box test harness: runs the real `reprise` binary on free loopback ports, and real
+//! `openssl s_client` against it. The test PKI comes from `reprise_testkit`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -8,15 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{KeyPair, PKCS_RSA_SHA256};
-
 /// The `reprise` binary under test.
 pub fn reprise() -> Command {
     Command::new(env!("CARGO_BIN_EXE_reprise"))
 }
 
 pub use reprise_testkit::free_port;
-use reprise_testkit::TestCa;
 
 /// A running `reprise serve`, killed when dropped.
 pub struct Server {
@@ -230,62 +227,6 @@ pub fn request(server: &Server, extra: &[&str]) -> String {
     words[0].clone()
 }
 
-/// A CA, a server certificate for localhost, and a client certificate, written as PEM files.
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-}
-
-impl Pki {
-    /// ECDSA P-256 keys throughout.
-    pub fn new() -> Pki {
-        Self::with_server_key(KeyPair::generate().unwrap())
-    }
-
-    /// ring cannot generate RSA keys: openssl makes one, rcgen signs with it.
-    pub fn with_rsa_server() -> Pki {
-        let out = Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let pem = String::from_utf8(out.stdout).unwrap();
-        Self::with_server_key(KeyPair::from_pem_and_sign_algo(&pem, &PKCS_RSA_SHA256).unwrap())
-    }
-
-    pub fn with_ed25519_server() -> Pki {
-        Self::with_server_key(KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap())
-    }
-
-    fn with_server_key(server_key: KeyPair) -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new();
-        let server = ca.sign(&["localhost"], None, &server_key);
-        let client_key = KeyPair::generate().unwrap();
-        let client = ca.sign(&["client.test"], Some("client"), &client_key);
-        let ca = &ca.cert;
-
-        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-        write("ca.pem", ca.pem());
-        write("server.pem", server.pem() + &ca.pem());
-        write("server.key", server_key.serialize_pem());
-        write("client.pem", client.pem());
-        write("client.key", client_key.serialize_pem());
-        let other_key = KeyPair::generate().unwrap();
-        write("other.key", other_key.serialize_pem());
-        Pki { dir }
-    }
-
-    pub fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).to_string_lossy().into_owned()
-    }
-}
-
 /// A path inside `dir`, as a string.
 pub fn path_in(dir: &Path, name: &str) -> String {
     dir.join(name).to_string_lossy().into_owned()
@@ -315,56 +256,4 @@ pub fn fleet_flags<'a>(redis_url: &'a str, key_file: &'a str) -> [&'a str; 6] {
         "--redis-timeout-ms",
         "500",
     ]
-}
-
-/// A rustls client that trusts any certificate (the test talks to a self-signed server).
-pub mod insecure {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    #[derive(Debug)]
-    pub struct AnyCert(pub rustls::crypto::CryptoProvider);
-
-    impl ServerCertVerifier for AnyCert {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
 }

@@ -11,37 +11,26 @@ use openssl::ssl::{
     SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
-use rcgen::KeyPair;
 use reprise_openssl::{set_session, DecodedSession};
-use reprise_testkit::TestCa;
+use reprise_testkit::Version;
 
-/// The protocol versions every scenario runs under.
-pub const VERSIONS: [Version; 2] = [Version::Tls12, Version::Tls13];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Version {
-    Tls12,
-    Tls13,
+/// A test version as OpenSSL names it.
+pub trait SslVersionOf {
+    /// The OpenSSL protocol version.
+    fn ssl(self) -> SslVersion;
 }
 
-impl Version {
-    pub fn ssl(self) -> SslVersion {
+impl SslVersionOf for Version {
+    fn ssl(self) -> SslVersion {
         match self {
             Version::Tls12 => SslVersion::TLS1_2,
             Version::Tls13 => SslVersion::TLS1_3,
         }
     }
-
-    /// Sessions a full handshake makes: one TLS 1.2 session, or OpenSSL's two TLS 1.3 tickets.
-    pub fn per_handshake(self) -> usize {
-        match self {
-            Version::Tls12 => 1,
-            Version::Tls13 => 2,
-        }
-    }
 }
 
-/// A CA, and a server certificate for localhost and other.test, in OpenSSL's types.
+/// The test PKI ([`reprise_testkit::Pki`]: a CA, and a server certificate for localhost and
+/// other.test) in OpenSSL's types.
 pub struct Pki {
     pub ca: X509,
     pub server_cert: X509,
@@ -50,13 +39,11 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
-        let ca = TestCa::new();
-        let server_key = KeyPair::generate().unwrap();
-        let server = ca.sign(&["localhost", "other.test"], None, &server_key);
+        let pki = reprise_testkit::Pki::new();
         Self {
-            ca: X509::from_der(ca.cert.der()).unwrap(),
-            server_cert: X509::from_der(server.der()).unwrap(),
-            server_key: PKey::private_key_from_der(&server_key.serialize_der()).unwrap(),
+            ca: X509::from_der(pki.ca.cert.der()).unwrap(),
+            server_cert: X509::from_der(pki.server.cert.der()).unwrap(),
+            server_key: PKey::private_key_from_der(&pki.server.key.serialize_der()).unwrap(),
         }
     }
 

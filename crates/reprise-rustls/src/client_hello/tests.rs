@@ -6,14 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use proptest::prelude::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use reprise_testkit::Pki;
 use rustls::crypto::ring::default_provider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use rustls::version::{TLS12, TLS13};
 use rustls::{
-    ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection,
-    SupportedProtocolVersion,
+    ClientConfig, ClientConnection, ServerConfig, ServerConnection, SupportedProtocolVersion,
 };
 
 use super::*;
@@ -240,43 +239,17 @@ fn checked(buf: &[u8]) -> Parsed {
 
 // --- Hellos made by rustls ---------------------------------------------------------------
 
-struct Pki {
-    roots: Arc<RootCertStore>,
-    chain: Vec<CertificateDer<'static>>,
-    key: Vec<u8>,
-}
-
+/// The test PKI, made once.
 fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(|| {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "client_hello test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
-        Pki {
-            roots: Arc::new(roots),
-            chain: vec![leaf.der().clone(), ca.der().clone()],
-            key: key.serialize_der(),
-        }
-    })
+    PKI.get_or_init(Pki::new)
 }
 
 fn client_config(versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
     let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
         .with_protocol_versions(versions)
         .unwrap()
-        .with_root_certificates(pki().roots.clone())
+        .with_root_certificates(pki().roots())
         .with_no_client_auth();
     Arc::new(config)
 }
@@ -285,12 +258,11 @@ fn server_config(
     versions: &[&'static SupportedProtocolVersion],
     store: Arc<dyn StoresServerSessions>,
 ) -> Arc<ServerConfig> {
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki().key.clone()));
     let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
         .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(pki().chain.clone(), key)
+        .with_single_cert(pki().server_chain(), pki().server_key())
         .unwrap();
     config.session_storage = store;
     config.send_tls13_tickets = 1;
@@ -1249,21 +1221,10 @@ fn openssl_hello(args: &[&str]) -> Vec<u8> {
 
 /// Runs an `openssl s_server` once, and a client that saves its session to `sess`.
 fn openssl_session(server_args: &[&str], client_args: &[&str], dir: &Path, sess: &Path) {
-    let pki = pki();
-    let pem = |der: &[u8], label: &str| {
-        use std::fmt::Write as _;
-        let b64 = base64ish(der);
-        let mut out = format!("-----BEGIN {label}-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            writeln!(out, "{}", std::str::from_utf8(line).unwrap()).unwrap();
-        }
-        writeln!(out, "-----END {label}-----").unwrap();
-        out
-    };
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    std::fs::write(&cert, pem(&pki.chain[0], "CERTIFICATE")).unwrap();
-    std::fs::write(&key, pem(&pki.key, "PRIVATE KEY")).unwrap();
+    std::fs::write(&cert, pki().server.cert.pem()).unwrap();
+    std::fs::write(&key, pki().server.key.serialize_pem()).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1302,28 +1263,6 @@ fn openssl_session(server_args: &[&str], client_args: &[&str], dir: &Path, sess:
     let _ = server.kill();
     server.wait().unwrap();
     assert!(sess.exists(), "openssl saved no session");
-}
-
-/// Standard base64, for the PEM files openssl reads.
-fn base64ish(data: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Makes the fuzzing seed corpus and checks it: `valid-*.bin` files are whole ClientHellos

@@ -6,87 +6,42 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rcgen::KeyPair;
 use reprise::{ManualClock, Session, SessionCache, SessionKey};
 use reprise_rustls::{ClientAuth, ClientSession, ClientStore, ConnectionSessions, ServerStore};
-use reprise_testkit::TestCa;
 use rustls::client::Resumption;
 use rustls::crypto::ring as provider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    ClientConfig, ClientConnection, ConnectionCommon, HandshakeKind, RootCertStore, ServerConfig,
-    ServerConnection, SupportedProtocolVersion,
+    ClientConfig, ClientConnection, ConnectionCommon, HandshakeKind, ServerConfig, ServerConnection,
 };
 
 /// The time the manual clocks start at.
 pub const T0: u64 = 1_700_000_000;
 
-/// The protocol versions every scenario runs under.
-pub const VERSIONS: [Version; 2] = [Version::Tls12, Version::Tls13];
+pub use reprise_testkit::{Pki, Version, VERSIONS};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Version {
-    Tls12,
-    Tls13,
-}
-
-impl Version {
-    pub fn rustls(self) -> &'static SupportedProtocolVersion {
-        match self {
-            Version::Tls12 => &rustls::version::TLS12,
-            Version::Tls13 => &rustls::version::TLS13,
-        }
-    }
-
-    /// Sessions a full handshake makes: one TLS 1.2 session, or two TLS 1.3 tickets.
-    pub fn per_handshake(self) -> usize {
-        match self {
-            Version::Tls12 => 1,
-            Version::Tls13 => 2,
-        }
-    }
-}
-
-/// A CA, a server certificate for localhost and a client certificate.
-pub struct Pki {
-    pub ca: CertificateDer<'static>,
-    pub server_chain: Vec<CertificateDer<'static>>,
-    server_key: Vec<u8>,
-    pub client_chain: Vec<CertificateDer<'static>>,
-    client_key: Vec<u8>,
-}
-
-impl Pki {
-    pub fn new() -> Self {
-        let ca = TestCa::new();
-        let server_key = KeyPair::generate().unwrap();
-        let server = ca.sign(&["localhost", "other.test"], None, &server_key);
-        let client_key = KeyPair::generate().unwrap();
-        let client = ca.sign(&["client.test"], Some("client"), &client_key);
-        let ca = &ca.cert;
-
-        Self {
-            ca: ca.der().clone(),
-            server_chain: vec![server.der().clone(), ca.der().clone()],
-            server_key: server_key.serialize_der(),
-            client_chain: vec![client.der().clone(), ca.der().clone()],
-            client_key: client_key.serialize_der(),
-        }
-    }
-
-    pub fn roots(&self) -> Arc<RootCertStore> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
-        Arc::new(roots)
-    }
-
-    fn key(der: &[u8]) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()))
-    }
-
+/// rustls configurations on the test PKI, with Reprise's stores.
+pub trait Configs {
     /// A server config whose sessions go through `store`.
-    pub fn server_config(
+    fn server_config(
+        &self,
+        version: Version,
+        store: ServerStore,
+        client_auth: ClientAuth,
+    ) -> Arc<ServerConfig>;
+
+    /// A client config with rustls's own in-memory session cache, or `store` if given.
+    fn client_config(
+        &self,
+        version: Version,
+        store: Option<ClientStore>,
+        with_cert: bool,
+    ) -> Arc<ClientConfig>;
+}
+
+impl Configs for Pki {
+    fn server_config(
         &self,
         version: Version,
         store: ServerStore,
@@ -108,15 +63,14 @@ impl Pki {
             }
         };
         let mut config = builder
-            .with_single_cert(self.server_chain.clone(), Self::key(&self.server_key))
+            .with_single_cert(self.server_chain(), self.server_key())
             .unwrap();
         config.session_storage = Arc::new(store);
         config.send_tls13_tickets = 2;
         Arc::new(config)
     }
 
-    /// A client config with rustls's own in-memory session cache, or `store` if given.
-    pub fn client_config(
+    fn client_config(
         &self,
         version: Version,
         store: Option<ClientStore>,
@@ -128,7 +82,7 @@ impl Pki {
             .with_root_certificates(self.roots());
         let mut config = if with_cert {
             builder
-                .with_client_auth_cert(self.client_chain.clone(), Self::key(&self.client_key))
+                .with_client_auth_cert(self.client_chain(), self.client_key())
                 .unwrap()
         } else {
             builder.with_no_client_auth()
