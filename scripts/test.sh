@@ -54,11 +54,18 @@ cargo fmt --all -- --check
 
 log "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The engine's interleaving tests build only with its shuttle feature (see below).
+cargo clippy -p reprise --all-targets --locked --features shuttle -- -D warnings
 
 log "documentation (every public item documented, every doc link resolving)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 log "tests"
 cargo test --workspace --locked
+
+log "interleavings (the engine's locks and atomics under shuttle's deterministic schedulers)"
+# Only these: the feature swaps the engine's locks for shuttle's, which work only inside a
+# shuttle test.
+cargo test -p reprise --locked --features shuttle --lib shuttle_tests
 
 log "all tests passed"

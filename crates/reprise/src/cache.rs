@@ -14,10 +14,7 @@
 
 use core::fmt;
 use core::hash::BuildHasher;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use crate::callbacks::{
     CallbackSlot, GetSessionCallback, NewSessionCallback, Removal, RemoveSessionCallback,
@@ -27,6 +24,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::mode::{CacheMode, Role};
 use crate::session::{SecretBytes, Session, SessionBuilder, SessionKey, DEFAULT_TIMEOUT_SECS};
 use crate::shard::{HeadKey, Shard};
+use crate::shim::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::shim::{thread, Mutex};
 use crate::stats::{Counters, Stats};
 use crate::tier::{Tier, TierContext};
 
@@ -788,9 +787,14 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         }
     }
 
-    /// The shard whose published head expires soonest (ties: the oldest inserted); `None` when
-    /// every shard is empty.
-    fn soonest_shard(&self) -> Option<usize> {
+    /// The shard whose published head expires soonest (ties: the oldest inserted), and that
+    /// head's key; `None` when every shard is empty.
+    ///
+    /// The key is the victim: whoever evicts checks, under the shard's lock, that it is still
+    /// the head. Another head may have taken its place since the scan (its session was taken,
+    /// removed or evicted by another add), and the shard's next session is not the soonest
+    /// anywhere; another scan finds the one that is.
+    fn soonest_shard(&self) -> Option<(usize, HeadKey)> {
         let mut best = EMPTY_HEAD;
         let mut index = None;
         for (i, head) in self.heads.iter().enumerate() {
@@ -800,7 +804,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 index = Some(i);
             }
         }
-        index
+        index.map(|i| (i, best))
     }
 
     fn next_seq(&self) -> u64 {
@@ -896,7 +900,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             // Full: evict the session that expires soonest, anywhere, and try again.
             match self.evict_one() {
                 Some(victim) => removed.push(victim),
-                None => std::thread::yield_now(),
+                None => thread::yield_now(),
             }
         }
         Inserted::Refused
@@ -911,14 +915,18 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         // (which spares a cache miss on the head's slot when the victim is elsewhere, most of
         // the time with many shards).
         self.publish_if_moved(own_index, own);
-        let index = self.soonest_shard()?;
+        let (index, key) = self.soonest_shard()?;
         let victim = if index == own_index {
+            // Under this lock, the own shard's published head is its head.
             let victim = own.pop_head()?;
             own.counters.cache_full += 1;
             self.publish_if_moved(index, own);
             victim
         } else {
             let mut other = self.shards[index].shard.try_lock()?;
+            if other.head_key() != Some(key) {
+                return None;
+            }
             let victim = other.pop_head()?;
             other.counters.cache_full += 1;
             self.publish_if_moved(index, &mut other);
@@ -930,10 +938,14 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// Evicts the session that expires soonest over all shards (ties: the oldest inserted).
     fn evict_one(&self) -> Option<Arc<Session<P>>> {
         for _ in 0..self.shards.len() + 1 {
-            let index = self.soonest_shard()?;
+            let (index, key) = self.soonest_shard()?;
             let victim = {
                 let mut shard = self.shards[index].shard.lock();
-                let victim = shard.pop_head();
+                let victim = if shard.head_key() == Some(key) {
+                    shard.pop_head()
+                } else {
+                    None
+                };
                 if victim.is_some() {
                     shard.counters.cache_full += 1;
                 }
@@ -944,7 +956,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 self.release_slot();
                 return Some(victim);
             }
-            // The head moved away under us: look again.
+            // The head moved since the scan (another session is the soonest now): look again.
         }
         None
     }
@@ -1025,6 +1037,13 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 }
             }
         }
+    }
+
+    /// The index of the shard that holds (or would hold) the session with this id; for tests
+    /// that place sessions on chosen shards.
+    #[cfg(all(test, feature = "shuttle"))]
+    pub(crate) fn shard_of(&self, id: &[u8]) -> usize {
+        self.shard_index(self.hash(id))
     }
 
     #[cfg(test)]

@@ -37,11 +37,15 @@ mod cache;
 mod callbacks;
 mod clock;
 mod error;
+mod expiry;
 mod lookup;
 mod mode;
 mod queue;
 mod session;
 mod shard;
+mod shim;
+#[cfg(all(test, feature = "shuttle"))]
+mod shuttle_tests;
 mod stats;
 mod tier;
 

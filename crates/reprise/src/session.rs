@@ -1,7 +1,6 @@
 //! Sessions: the cached unit, its bounded identifiers and its secret payload.
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroize;
 
 use crate::error::SessionError;
+use crate::shim::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The longest session id TLS allows, in bytes.
 pub const MAX_SESSION_ID_LEN: usize = 32;

@@ -6,35 +6,18 @@
 //! The table holds slot indices (4 bytes each). A slot's session (its `Arc`) and its place in
 //! the expiry order live in two arrays at the same index: a lookup reads only the first, a
 //! dense array of pointers (8 bytes a slot, where slots of 32 bytes put four times fewer in a
-//! cache line), and never the second. Every live slot sits in one doubly linked list (indices,
-//! not pointers) sorted by `(expiry, seq)`: the head is the session that expires soonest, and
-//! among those the oldest inserted. `buckets` maps each run of equal expiries to its last slot,
-//! so an insert finds its place without walking the list.
+//! cache line), and never the second, which [`crate::expiry`] keeps sorted by `(expiry, seq)`.
 
 use core::hash::BuildHasher;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use crate::expiry::{ExpiryOrder, Key};
 use crate::session::Session;
 
-/// The end of a list.
-const NIL: u32 = u32::MAX;
-
 /// The order key of a shard's head: `(expiry, seq)`.
-pub(crate) type HeadKey = (u64, u64);
-
-/// A slot's place in the expiry order (its session is in [`Shard::sessions`], same index).
-struct Slot {
-    /// The last second at which the session is valid, as it was when inserted.
-    expiry: u64,
-    /// Global insertion order, for ties between equal expiries.
-    seq: u64,
-    prev: u32,
-    /// For a free slot: the next free slot.
-    next: u32,
-}
+pub(crate) type HeadKey = Key;
 
 /// Counters that change under the shard's lock, summed by [`crate::SessionCache::stats`].
 #[derive(Default, Clone, Copy, Debug)]
@@ -50,14 +33,9 @@ pub(crate) struct Shard<P> {
     /// Each slot's session; `None` for a free slot.
     sessions: Vec<Option<Arc<Session<P>>>>,
     /// Each slot's place in the expiry order, at the same index.
-    slots: Vec<Slot>,
+    order: ExpiryOrder,
     /// The cache's hasher, to find a slot's session in the table again.
     hasher: foldhash::fast::RandomState,
-    free: u32,
-    head: u32,
-    tail: u32,
-    /// Expiry second → the last slot of its run, for every run but the tail's.
-    buckets: BTreeMap<u64, u32>,
     /// Set whenever the head changes; the cache reads and clears it to republish the head.
     pub(crate) head_moved: bool,
     pub(crate) counters: ShardCounters,
@@ -69,12 +47,8 @@ impl<P> Shard<P> {
         Self {
             table: HashTable::new(),
             sessions: Vec::new(),
-            slots: Vec::new(),
+            order: ExpiryOrder::new(),
             hasher,
-            free: NIL,
-            head: NIL,
-            tail: NIL,
-            buckets: BTreeMap::new(),
             head_moved: false,
             counters: ShardCounters::default(),
         }
@@ -84,14 +58,6 @@ impl<P> Shard<P> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.table.len()
-    }
-
-    fn slot(&self, idx: u32) -> &Slot {
-        &self.slots[idx as usize]
-    }
-
-    fn slot_mut(&mut self, idx: u32) -> &mut Slot {
-        &mut self.slots[idx as usize]
     }
 
     fn session_at(&self, idx: u32) -> &Arc<Session<P>> {
@@ -117,27 +83,28 @@ impl<P> Shard<P> {
 
     /// The expiry a slot was filed under.
     pub(crate) fn expiry(&self, idx: u32) -> u64 {
-        self.slot(idx).expiry
+        self.order.expiry(idx)
     }
 
     /// The order key of the head: the session to evict next.
     pub(crate) fn head_key(&self) -> Option<HeadKey> {
-        (self.head != NIL).then(|| {
-            let s = self.slot(self.head);
-            (s.expiry, s.seq)
-        })
+        self.order.head_key()
     }
 
     /// Inserts a session whose id is not in the shard.
     pub(crate) fn insert(&mut self, hash: u64, session: Arc<Session<P>>, expiry: u64, seq: u64) {
-        let idx = self.alloc(session, expiry, seq);
+        let (idx, moved) = self.order.insert(expiry, seq);
+        self.head_moved |= moved;
+        match self.sessions.get_mut(idx as usize) {
+            Some(free) => *free = Some(session),
+            None => self.sessions.push(Some(session)),
+        }
         let (sessions, hasher) = (&self.sessions, &self.hasher);
         self.table
             .insert_unique(hash, idx, |&i| match &sessions[i as usize] {
                 Some(s) => hasher.hash_one(s.id().as_bytes()),
                 None => 0,
             });
-        self.link(idx);
     }
 
     /// Puts another session (with the same id) into a slot, refiled under its own expiry.
@@ -148,13 +115,8 @@ impl<P> Shard<P> {
         expiry: u64,
         seq: u64,
     ) -> Option<Arc<Session<P>>> {
-        self.unlink(idx);
-        let old = self.sessions[idx as usize].replace(session);
-        let slot = self.slot_mut(idx);
-        slot.expiry = expiry;
-        slot.seq = seq;
-        self.link(idx);
-        old
+        self.head_moved |= self.order.refile(idx, expiry, seq);
+        self.sessions[idx as usize].replace(session)
     }
 
     /// Removes the session in a slot, whose id hashes to `hash`, and marks it not resumable
@@ -166,18 +128,15 @@ impl<P> Shard<P> {
         if let Ok(entry) = self.table.find_entry(hash, |&i| i == idx) {
             entry.remove();
         }
-        self.unlink(idx);
-        let session = self.release(idx)?;
+        self.head_moved |= self.order.remove(idx);
+        let session = self.sessions[idx as usize].take()?;
         session.mark_not_resumable();
         Some(session)
     }
 
     /// Removes the head (the session that expires soonest), if any.
     pub(crate) fn pop_head(&mut self) -> Option<Arc<Session<P>>> {
-        if self.head == NIL {
-            return None;
-        }
-        let head = self.head;
+        let head = self.order.head()?;
         self.remove_at(self.hash_of(head), head)
     }
 
@@ -185,7 +144,7 @@ impl<P> Shard<P> {
     ///
     /// The cost is proportional to the number removed: the list is sorted by expiry.
     pub(crate) fn pop_expired(&mut self, t: u64, out: &mut Vec<Arc<Session<P>>>) {
-        while self.head != NIL && self.slot(self.head).expiry < t {
+        while self.order.head_key().is_some_and(|(expiry, _)| expiry < t) {
             match self.pop_head() {
                 Some(s) => out.push(s),
                 None => break,
@@ -200,12 +159,8 @@ impl<P> Shard<P> {
             s.mark_not_resumable();
             out.push(s);
         }
-        self.slots.clear();
+        self.order.clear();
         self.table.clear();
-        self.buckets.clear();
-        self.free = NIL;
-        self.head = NIL;
-        self.tail = NIL;
         self.head_moved = true;
     }
 
@@ -214,170 +169,22 @@ impl<P> Shard<P> {
         self.sessions.iter().filter_map(Option::as_ref)
     }
 
-    fn alloc(&mut self, session: Arc<Session<P>>, expiry: u64, seq: u64) -> u32 {
-        let slot = Slot {
-            expiry,
-            seq,
-            prev: NIL,
-            next: NIL,
-        };
-        if self.free != NIL {
-            let idx = self.free;
-            self.free = self.slot(idx).next;
-            *self.slot_mut(idx) = slot;
-            self.sessions[idx as usize] = Some(session);
-            idx
-        } else {
-            let idx = u32::try_from(self.slots.len())
-                .ok()
-                .filter(|&i| i != NIL)
-                .unwrap_or_else(|| panic!("a shard holds at most {} sessions", NIL - 1));
-            self.slots.push(slot);
-            self.sessions.push(Some(session));
-            idx
-        }
-    }
-
-    fn release(&mut self, idx: u32) -> Option<Arc<Session<P>>> {
-        let free = self.free;
-        let session = self.sessions[idx as usize].take();
-        let slot = self.slot_mut(idx);
-        slot.next = free;
-        slot.prev = NIL;
-        self.free = idx;
-        session
-    }
-
-    /// Files a slot in the list after the last slot whose expiry is at most its own.
-    ///
-    /// `buckets` holds the last slot of every expiry's run except the tail's, whose last slot
-    /// is the tail itself: the common insert (the newest session expires last, in the same
-    /// second as the previous one) touches no map at all.
-    fn link(&mut self, idx: u32) {
-        let expiry = self.slot(idx).expiry;
-        let after = if self.tail != NIL && self.slot(self.tail).expiry <= expiry {
-            let tail_expiry = self.slot(self.tail).expiry;
-            if tail_expiry < expiry {
-                // The old tail's run is no longer the tail's: it goes into the map.
-                self.buckets.insert(tail_expiry, self.tail);
-            }
-            self.tail
-        } else {
-            // Before the tail's run (or into an empty list): the map knows the place.
-            let after = self
-                .buckets
-                .range(..=expiry)
-                .next_back()
-                .map_or(NIL, |(_, &last)| last);
-            if self.tail != NIL {
-                self.buckets.insert(expiry, idx);
-            }
-            after
-        };
-        let before = if after == NIL {
-            self.head
-        } else {
-            self.slot(after).next
-        };
-        {
-            let slot = self.slot_mut(idx);
-            slot.prev = after;
-            slot.next = before;
-        }
-        if after == NIL {
-            self.head = idx;
-            self.head_moved = true;
-        } else {
-            self.slot_mut(after).next = idx;
-        }
-        if before == NIL {
-            self.tail = idx;
-        } else {
-            self.slot_mut(before).prev = idx;
-        }
-    }
-
-    /// Takes a slot out of the list, keeping `buckets` true.
-    fn unlink(&mut self, idx: u32) {
-        let (prev, next, expiry) = {
-            let s = self.slot(idx);
-            (s.prev, s.next, s.expiry)
-        };
-        let is_last_of_run = next == NIL || self.slot(next).expiry != expiry;
-        if is_last_of_run {
-            let is_first_of_run = prev == NIL || self.slot(prev).expiry != expiry;
-            if next == NIL {
-                // The tail's run, which the map does not hold. If it empties, the run before
-                // it becomes the tail's and leaves the map.
-                if is_first_of_run && prev != NIL {
-                    let prev_expiry = self.slot(prev).expiry;
-                    self.buckets.remove(&prev_expiry);
-                }
-            } else if is_first_of_run {
-                self.buckets.remove(&expiry);
-            } else {
-                self.buckets.insert(expiry, prev);
-            }
-        }
-        if prev == NIL {
-            self.head = next;
-            self.head_moved = true;
-        } else {
-            self.slot_mut(prev).next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.slot_mut(next).prev = prev;
-        }
-    }
-
     /// Checks the shard's invariants; for tests.
     #[cfg(test)]
     pub(crate) fn check(&self) {
-        let mut n = 0;
-        let mut prev = NIL;
-        let mut idx = self.head;
-        let mut last_key = None;
-        while idx != NIL {
-            let s = self.slot(idx);
-            assert_eq!(s.prev, prev);
-            let key = (s.expiry, s.seq);
-            assert!(last_key.is_none_or(|k| k < key), "list out of order");
-            let is_last = s.next == NIL || self.slot(s.next).expiry != s.expiry;
-            if is_last && s.next != NIL {
-                assert_eq!(self.buckets.get(&s.expiry), Some(&idx));
-            }
-            if s.next == NIL {
-                assert_eq!(
-                    self.buckets.get(&s.expiry),
-                    None,
-                    "the tail's run is not in the map"
-                );
-            }
-            last_key = Some(key);
-            prev = idx;
-            idx = s.next;
-            n += 1;
+        let listed = self.order.check();
+        assert_eq!(listed, self.table.len(), "one listed slot per table entry");
+        // A slot holds a session exactly when it is listed.
+        let listed: std::collections::HashSet<u32> = self.order.iter().collect();
+        for (i, s) in self.sessions.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            assert_eq!(s.is_some(), listed.contains(&i), "slot {i}");
         }
-        assert_eq!(self.tail, prev);
-        assert_eq!(n, self.table.len());
         // Every table entry is a live slot, found under its session's hash.
         for &i in self.table.iter() {
             assert!(self.sessions[i as usize].is_some());
             assert!(self.table.find(self.hash_of(i), |&x| x == i).is_some());
         }
-        // One map entry per run of equal expiries, but the tail's.
-        let mut runs = 0;
-        let mut idx = self.head;
-        while idx != NIL {
-            let s = self.slot(idx);
-            if s.next == NIL || self.slot(s.next).expiry != s.expiry {
-                runs += 1;
-            }
-            idx = s.next;
-        }
-        assert_eq!(self.buckets.len(), runs.max(1) - 1);
     }
 }
 

@@ -1,0 +1,257 @@
+//! What the `reprise bench` client trusts: a CA bundle (`--ca`), or any certificate
+//! (`--insecure`), and the client configuration built on it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::cli::TlsVersion;
+
+/// How the server's certificate is checked.
+pub(super) enum Trust {
+    /// Against these roots.
+    Roots(RootCertStore),
+    /// Not at all (`--insecure`); handshake signatures are still verified.
+    Anything,
+}
+
+/// Reads a PEM bundle of trusted CA certificates.
+pub(super) fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read CA file {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("CA file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        bail!("CA file {}: no PEM certificate in it", path.display());
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| anyhow::anyhow!("CA file {}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// The client configuration: exactly one TLS version, the ring provider, resumption disabled
+/// (the workers of `--mode resume` replace it with their own store).
+pub(super) fn client_config(tls: TlsVersion, trust: Trust) -> anyhow::Result<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let version = match tls {
+        TlsVersion::Tls12 => &rustls::version::TLS12,
+        TlsVersion::Tls13 => &rustls::version::TLS13,
+    };
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[version])
+        .context("TLS version")?;
+    let mut config = match trust {
+        Trust::Roots(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        Trust::Anything => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(&provider)))
+            .with_no_client_auth(),
+    };
+    config.resumption = Resumption::disabled();
+    Ok(config)
+}
+
+/// A verifier for `--insecure`: it accepts any certificate chain for any name, but still checks
+/// that the handshake was signed by the certificate's key, with the provider's algorithms.
+#[derive(Debug)]
+struct AnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl AnyCertificate {
+    fn new(provider: &CryptoProvider) -> Self {
+        AnyCertificate {
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(super) mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// A certificate for localhost, and the key that signs in the handshake: its own, or
+    /// another one.
+    pub(in crate::bench) fn server_config(
+        tls: TlsVersion,
+        own_key: bool,
+    ) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::server::{ClientHello, ResolvesServerCert};
+        use rustls::sign::CertifiedKey;
+
+        #[derive(Debug)]
+        struct Fixed(Arc<CertifiedKey>);
+        impl ResolvesServerCert for Fixed {
+            fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+                Some(self.0.clone())
+            }
+        }
+
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = if own_key {
+            generated.signing_key
+        } else {
+            rcgen::KeyPair::generate().unwrap()
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let signer = provider.key_provider.load_private_key(der).unwrap();
+        let certified = CertifiedKey::new(vec![generated.cert.der().clone()], signer);
+        let version = match tls {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        };
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap();
+        let config = builder
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+        Arc::new(config)
+    }
+
+    /// Runs a handshake in memory.
+    fn handshake(
+        client: ClientConfig,
+        server: Arc<rustls::ServerConfig>,
+    ) -> Result<(), rustls::Error> {
+        let name =
+            ServerName::try_from("localhost").map_err(|e| rustls::Error::General(e.to_string()))?;
+        let mut client =
+            rustls::Connection::from(rustls::ClientConnection::new(Arc::new(client), name)?);
+        let mut server = rustls::Connection::from(rustls::ServerConnection::new(server)?);
+        for _ in 0..16 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+            transfer(&mut client, &mut server)?;
+            transfer(&mut server, &mut client)?;
+        }
+        Err(rustls::Error::General(
+            "the handshake did not finish".to_owned(),
+        ))
+    }
+
+    fn transfer(
+        from: &mut rustls::Connection,
+        to: &mut rustls::Connection,
+    ) -> Result<(), rustls::Error> {
+        let io = |e: io::Error| rustls::Error::General(e.to_string());
+        let mut bytes = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut bytes).map_err(io)?;
+        }
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            if to.read_tls(&mut rest).map_err(io)? == 0 {
+                break;
+            }
+            to.process_new_packets()?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_insecure_verifier_accepts_any_certificate_but_checks_signatures() {
+        for tls in [TlsVersion::Tls12, TlsVersion::Tls13] {
+            let insecure = || client_config(tls, Trust::Anything).unwrap();
+            assert_eq!(
+                handshake(insecure(), server_config(tls, true)),
+                Ok(()),
+                "{tls:?}"
+            );
+            let wrong_key = handshake(insecure(), server_config(tls, false));
+            assert!(
+                matches!(
+                    wrong_key,
+                    Err(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::BadSignature
+                    ))
+                ),
+                "{tls:?}: {wrong_key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ca_roots_verify_the_chain() {
+        let config =
+            client_config(TlsVersion::Tls13, Trust::Roots(RootCertStore::empty())).unwrap();
+        let untrusted = handshake(config, server_config(TlsVersion::Tls13, true));
+        assert!(
+            matches!(
+                untrusted,
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                ))
+            ),
+            "{untrusted:?}"
+        );
+    }
+
+    #[test]
+    fn unusable_ca_files_are_reported() {
+        let missing = load_roots(Path::new("/nonexistent/ca.pem"))
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(missing.is_some_and(|e| e.starts_with("cannot read CA file")));
+        let dir = std::env::temp_dir().join(format!("reprise-bench-unit-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let empty = dir.join("empty.pem");
+        let _ = std::fs::write(&empty, "not a certificate\n");
+        let none = load_roots(&empty).err().map(|e| format!("{e:#}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(none.is_some_and(|e| e.contains("no PEM certificate")));
+    }
+}

@@ -1,0 +1,450 @@
+//! A shard's expiry order: a slab of slots kept in one list sorted by `(expiry, seq)`.
+//!
+//! Every live slot sits in one doubly linked list (indices, not pointers) sorted by
+//! `(expiry, seq)`: the head is the slot that expires soonest, and among those the oldest
+//! inserted. `buckets` maps each run of equal expiries to its last slot, so an insert finds its
+//! place without walking the list. Freed slots form a free list through their `next` link and
+//! are reused first, so slot indices stay dense.
+//!
+//! The order knows nothing of sessions: [`crate::shard`] keeps each slot's session in an array
+//! of its own at the same index, so a lookup never reads this one.
+
+use std::collections::BTreeMap;
+
+/// The end of a list.
+const NIL: u32 = u32::MAX;
+
+/// A slot's order key: `(expiry, seq)`.
+pub(crate) type Key = (u64, u64);
+
+/// A slot's place in the expiry order.
+struct Slot {
+    /// The last second at which the slot's session is valid, as it was when filed.
+    expiry: u64,
+    /// Global insertion order, for ties between equal expiries.
+    seq: u64,
+    prev: u32,
+    /// For a free slot: the next free slot.
+    next: u32,
+}
+
+/// The slab of slots and the list that orders the live ones by `(expiry, seq)`.
+///
+/// The methods that change the list return whether its head changed (another slot, or the same
+/// slot under another key), which the shard republishes for the cache's eviction scan.
+pub(crate) struct ExpiryOrder {
+    slots: Vec<Slot>,
+    free: u32,
+    head: u32,
+    tail: u32,
+    /// Expiry second → the last slot of its run, for every run but the tail's.
+    buckets: BTreeMap<u64, u32>,
+}
+
+impl ExpiryOrder {
+    /// An empty order.
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: NIL,
+            head: NIL,
+            tail: NIL,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    #[inline]
+    fn slot(&self, idx: u32) -> &Slot {
+        &self.slots[idx as usize]
+    }
+
+    #[inline]
+    fn slot_mut(&mut self, idx: u32) -> &mut Slot {
+        &mut self.slots[idx as usize]
+    }
+
+    /// The slot that expires soonest (ties: the oldest filed), if any.
+    #[inline]
+    pub(crate) fn head(&self) -> Option<u32> {
+        (self.head != NIL).then_some(self.head)
+    }
+
+    /// The order key of the head: the slot to evict next.
+    #[inline]
+    pub(crate) fn head_key(&self) -> Option<Key> {
+        (self.head != NIL).then(|| {
+            let s = self.slot(self.head);
+            (s.expiry, s.seq)
+        })
+    }
+
+    /// The expiry a live slot was filed under.
+    #[inline]
+    pub(crate) fn expiry(&self, idx: u32) -> u64 {
+        self.slot(idx).expiry
+    }
+
+    /// Takes a free slot (a reused one first) and files it under `(expiry, seq)`. Returns its
+    /// index, and whether the head changed.
+    #[inline]
+    pub(crate) fn insert(&mut self, expiry: u64, seq: u64) -> (u32, bool) {
+        let slot = Slot {
+            expiry,
+            seq,
+            prev: NIL,
+            next: NIL,
+        };
+        let idx = if self.free != NIL {
+            let idx = self.free;
+            self.free = self.slot(idx).next;
+            *self.slot_mut(idx) = slot;
+            idx
+        } else {
+            let idx = u32::try_from(self.slots.len())
+                .ok()
+                .filter(|&i| i != NIL)
+                .unwrap_or_else(|| panic!("a shard holds at most {} sessions", NIL - 1));
+            self.slots.push(slot);
+            idx
+        };
+        (idx, self.link(idx))
+    }
+
+    /// Files a live slot again, under a new key. Returns whether the head changed.
+    #[inline]
+    pub(crate) fn refile(&mut self, idx: u32, expiry: u64, seq: u64) -> bool {
+        let unlinked = self.unlink(idx);
+        let slot = self.slot_mut(idx);
+        slot.expiry = expiry;
+        slot.seq = seq;
+        let linked = self.link(idx);
+        unlinked | linked
+    }
+
+    /// Takes a live slot out of the list and frees it. Returns whether the head changed.
+    #[inline]
+    pub(crate) fn remove(&mut self, idx: u32) -> bool {
+        let moved = self.unlink(idx);
+        let free = self.free;
+        let slot = self.slot_mut(idx);
+        slot.next = free;
+        slot.prev = NIL;
+        self.free = idx;
+        moved
+    }
+
+    /// Frees every slot; indices start from 0 again.
+    pub(crate) fn clear(&mut self) {
+        self.slots.clear();
+        self.buckets.clear();
+        self.free = NIL;
+        self.head = NIL;
+        self.tail = NIL;
+    }
+
+    /// Files a slot in the list after the last slot whose expiry is at most its own. Returns
+    /// whether it became the head.
+    ///
+    /// `buckets` holds the last slot of every expiry's run except the tail's, whose last slot
+    /// is the tail itself: the common insert (the newest session expires last, in the same
+    /// second as the previous one) touches no map at all.
+    #[inline]
+    fn link(&mut self, idx: u32) -> bool {
+        let expiry = self.slot(idx).expiry;
+        let after = if self.tail != NIL && self.slot(self.tail).expiry <= expiry {
+            let tail_expiry = self.slot(self.tail).expiry;
+            if tail_expiry < expiry {
+                // The old tail's run is no longer the tail's: it goes into the map.
+                self.buckets.insert(tail_expiry, self.tail);
+            }
+            self.tail
+        } else {
+            // Before the tail's run (or into an empty list): the map knows the place.
+            let after = self
+                .buckets
+                .range(..=expiry)
+                .next_back()
+                .map_or(NIL, |(_, &last)| last);
+            if self.tail != NIL {
+                self.buckets.insert(expiry, idx);
+            }
+            after
+        };
+        let before = if after == NIL {
+            self.head
+        } else {
+            self.slot(after).next
+        };
+        {
+            let slot = self.slot_mut(idx);
+            slot.prev = after;
+            slot.next = before;
+        }
+        if after == NIL {
+            self.head = idx;
+        } else {
+            self.slot_mut(after).next = idx;
+        }
+        if before == NIL {
+            self.tail = idx;
+        } else {
+            self.slot_mut(before).prev = idx;
+        }
+        after == NIL
+    }
+
+    /// Takes a slot out of the list, keeping `buckets` true. Returns whether it was the head.
+    #[inline]
+    fn unlink(&mut self, idx: u32) -> bool {
+        let (prev, next, expiry) = {
+            let s = self.slot(idx);
+            (s.prev, s.next, s.expiry)
+        };
+        let is_last_of_run = next == NIL || self.slot(next).expiry != expiry;
+        if is_last_of_run {
+            let is_first_of_run = prev == NIL || self.slot(prev).expiry != expiry;
+            if next == NIL {
+                // The tail's run, which the map does not hold. If it empties, the run before
+                // it becomes the tail's and leaves the map.
+                if is_first_of_run && prev != NIL {
+                    let prev_expiry = self.slot(prev).expiry;
+                    self.buckets.remove(&prev_expiry);
+                }
+            } else if is_first_of_run {
+                self.buckets.remove(&expiry);
+            } else {
+                self.buckets.insert(expiry, prev);
+            }
+        }
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slot_mut(prev).next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slot_mut(next).prev = prev;
+        }
+        prev == NIL
+    }
+
+    /// The live slots from head to tail; for tests.
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        core::iter::successors(self.head(), |&idx| {
+            let next = self.slot(idx).next;
+            (next != NIL).then_some(next)
+        })
+    }
+
+    /// Checks every invariant, panicking on the first broken one, and returns the number of
+    /// live slots; for tests.
+    ///
+    /// - the list runs from `head` to `tail`, each slot's `prev` naming the slot before it;
+    /// - it is sorted by `(expiry, seq)`, with no two equal keys;
+    /// - `buckets` holds, for each run of equal expiries but the tail's, the run's last slot,
+    ///   and nothing else;
+    /// - every slot is either in the list or in the free list, never both, and the free list
+    ///   ends (no cycle).
+    #[cfg(test)]
+    pub(crate) fn check(&self) -> usize {
+        let mut live = vec![false; self.slots.len()];
+        let mut n = 0;
+        let mut prev = NIL;
+        let mut idx = self.head;
+        let mut last_key: Option<Key> = None;
+        let mut runs = 0;
+        while idx != NIL {
+            assert!(
+                (idx as usize) < self.slots.len(),
+                "link {idx} out of the slab"
+            );
+            assert!(!live[idx as usize], "slot {idx} twice in the list");
+            live[idx as usize] = true;
+            let s = self.slot(idx);
+            assert_eq!(s.prev, prev, "slot {idx}: prev link");
+            let key = (s.expiry, s.seq);
+            assert!(
+                last_key.is_none_or(|k| k < key),
+                "list out of order at slot {idx}"
+            );
+            let is_last_of_run = s.next == NIL || self.slot(s.next).expiry != s.expiry;
+            if is_last_of_run {
+                runs += 1;
+                if s.next == NIL {
+                    assert_eq!(
+                        self.buckets.get(&s.expiry),
+                        None,
+                        "the tail's run is not in the map"
+                    );
+                } else {
+                    assert_eq!(
+                        self.buckets.get(&s.expiry),
+                        Some(&idx),
+                        "the bucket of second {} names its run's last slot",
+                        s.expiry
+                    );
+                }
+            }
+            last_key = Some(key);
+            prev = idx;
+            idx = s.next;
+            n += 1;
+        }
+        assert_eq!(self.tail, prev, "tail is the last slot of the list");
+        assert_eq!(
+            self.buckets.len(),
+            runs.max(1) - 1,
+            "one bucket per run but the tail's"
+        );
+        let mut free = 0;
+        let mut idx = self.free;
+        while idx != NIL {
+            assert!(
+                (idx as usize) < self.slots.len(),
+                "free link {idx} out of the slab"
+            );
+            assert!(
+                !live[idx as usize],
+                "slot {idx} both free and listed, or free twice"
+            );
+            live[idx as usize] = true;
+            idx = self.slot(idx).next;
+            free += 1;
+        }
+        assert_eq!(n + free, self.slots.len(), "every slot listed or free");
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list's keys, head to tail.
+    fn keys(order: &ExpiryOrder) -> Vec<Key> {
+        order
+            .iter()
+            .map(|i| (order.slot(i).expiry, order.slot(i).seq))
+            .collect()
+    }
+
+    #[test]
+    fn files_by_expiry_then_seq_and_reports_head_moves() {
+        let mut order = ExpiryOrder::new();
+        assert_eq!(order.check(), 0);
+        assert_eq!(order.head_key(), None);
+        let mut moved = Vec::new();
+        for (seq, expiry) in [5u64, 3, 5, 1, 9, 3, 5, 0].into_iter().enumerate() {
+            let (_, m) = order.insert(expiry, seq as u64);
+            moved.push(m);
+            order.check();
+        }
+        assert_eq!(moved, [true, true, false, true, false, false, false, true]);
+        assert_eq!(
+            keys(&order),
+            [
+                (0, 7),
+                (1, 3),
+                (3, 1),
+                (3, 5),
+                (5, 0),
+                (5, 2),
+                (5, 6),
+                (9, 4)
+            ]
+        );
+        assert_eq!(order.check(), 8);
+    }
+
+    #[test]
+    fn removes_and_refiles_anywhere_keeping_buckets_true() {
+        let mut order = ExpiryOrder::new();
+        let idx: Vec<u32> = (0..30u64).map(|i| order.insert(i % 4, i).0).collect();
+        assert_eq!(order.check(), 30);
+        for &i in idx.iter().step_by(3) {
+            order.remove(i);
+            order.check();
+        }
+        assert_eq!(order.check(), 20);
+        // Freed slots are reused before the slab grows.
+        let (reused, _) = order.insert(2, 100);
+        assert!(idx.iter().step_by(3).any(|&i| i == reused));
+        order.check();
+        // Refiling the head elsewhere moves the head; refiling the tail to the tail does not.
+        let Some(head) = order.head() else {
+            panic!("empty")
+        };
+        assert!(order.refile(head, 50, 101));
+        order.check();
+        assert_eq!(order.expiry(head), 50);
+        let Some(tail) = order.iter().last() else {
+            panic!("empty")
+        };
+        assert_eq!(tail, head);
+        assert!(!order.refile(tail, 60, 102));
+        order.check();
+        // Removing every slot, head first, leaves an empty list and an empty map.
+        while let Some(h) = order.head() {
+            assert!(order.remove(h));
+            order.check();
+        }
+        assert_eq!(order.head_key(), None);
+        assert!(order.buckets.is_empty());
+        order.clear();
+        assert_eq!(order.check(), 0);
+        assert_eq!(order.insert(7, 0), (0, true));
+    }
+
+    /// Random operations against a model (a sorted set of keys): the list always holds the
+    /// model's keys in order, and every invariant holds after every step.
+    #[test]
+    fn matches_a_sorted_model_under_random_operations() {
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut order = ExpiryOrder::new();
+        let mut model: std::collections::BTreeMap<Key, u32> = BTreeMap::new();
+        for seq in 0..3_000u64 {
+            let r = next();
+            let expiry = next() % 12;
+            match r % 4 {
+                0 | 1 => {
+                    let before = order.head_key();
+                    let (idx, moved) = order.insert(expiry, seq);
+                    model.insert((expiry, seq), idx);
+                    assert_eq!(moved, order.head_key() != before);
+                }
+                2 if !model.is_empty() => {
+                    let nth = (next() % model.len() as u64) as usize;
+                    let Some((&key, &idx)) = model.iter().nth(nth) else {
+                        unreachable!()
+                    };
+                    let before = order.head_key();
+                    let moved = order.remove(idx);
+                    model.remove(&key);
+                    assert_eq!(moved, order.head_key() != before);
+                }
+                3 if !model.is_empty() => {
+                    let nth = (next() % model.len() as u64) as usize;
+                    let Some((&key, &idx)) = model.iter().nth(nth) else {
+                        unreachable!()
+                    };
+                    let before = order.head_key();
+                    let moved = order.refile(idx, expiry, seq);
+                    model.remove(&key);
+                    model.insert((expiry, seq), idx);
+                    assert_eq!(moved, order.head_key() != before);
+                }
+                _ => {}
+            }
+            assert_eq!(order.check(), model.len());
+        }
+        assert_eq!(keys(&order), model.keys().copied().collect::<Vec<_>>());
+    }
+}
