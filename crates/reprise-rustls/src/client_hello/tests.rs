@@ -482,6 +482,39 @@ fn a_hello_split_over_records_delivered_byte_by_byte() {
 }
 
 #[test]
+fn alpn_early_data_and_versions_are_read() {
+    let alpn = |names: &[&[u8]]| {
+        let list: Vec<u8> = names.iter().flat_map(|n| v8(n)).collect();
+        v16(&list)
+    };
+    let mut extensions = Hello::tls13().extensions.unwrap_or_default();
+    let psk = extensions.pop().unwrap();
+    extensions.push(ext(EXT_ALPN, &alpn(&[b"h2", b"http/1.1"])));
+    extensions.push(ext(EXT_EARLY_DATA, &[]));
+    extensions.push(psk);
+    let info = complete(&Hello::tls13().with_extensions(extensions).framed());
+    assert_eq!(info.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    assert!(info.early_data);
+    assert_eq!(info.versions, vec![0x0304, 0x0303]);
+    assert!(info.supports_tls13 && info.offers_tls12());
+
+    // Without them: no protocols, no early data; no supported_versions is a TLS 1.2 client.
+    let info = complete(&Hello::tls12_bare().framed());
+    assert!(info.alpn.is_empty() && !info.early_data && info.versions.is_empty());
+    assert!(info.offers_tls12() && !info.supports_tls13);
+    let only13 =
+        Hello::tls13().with_extensions(vec![ext(EXT_SUPPORTED_VERSIONS, &versions(&[0x0304]))]);
+    assert!(!complete(&only13.framed()).offers_tls12());
+
+    // A malformed protocol list is no list, not an error: rustls decides.
+    let bad: [&[u8]; 4] = [&[], &[0, 3, 2, b'h'], &[0, 1, 0], &[0, 4, 2, b'h', b'2', 9]];
+    for data in bad {
+        let hello = Hello::tls13().with_extensions(vec![ext(EXT_ALPN, data)]);
+        assert!(complete(&hello.framed()).alpn.is_empty(), "{data:?}");
+    }
+}
+
+#[test]
 fn hand_built_hellos_parse() {
     let info = complete(&Hello::tls13().framed());
     assert_eq!(info.session_id, vec![0x51; 32]);
