@@ -17,7 +17,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use reprise_disk::DiskTier;
-use reprise_redis::{Offer, RedisTier};
 use reprise_rustls::client_hello::ClientHelloInfo;
 use reprise_rustls::ConnectionSessions;
 use reprise_rustls::SessionStream;
@@ -270,8 +269,8 @@ async fn established(
 ) {
     let sessions = shared.tls.store.connection();
     let handshake = async {
-        if let (Some(tier), Some(hello)) = (&shared.tls.redis, &first.hello) {
-            prefetch(shared, tier, &sessions, hello, peer).await;
+        if let (Some(_), Some(hello)) = (&shared.tls.redis, &first.hello) {
+            prefetch(shared, &sessions, hello, peer).await;
         }
         let stream = Rewind::new(first.bytes, tcp);
         sessions.instrument(shared.acceptor.accept(stream)).await
@@ -354,9 +353,9 @@ fn short_hex(bytes: &[u8]) -> String {
     }
 }
 
-/// Fetches from Redis what the client's ClientHello offers to resume, before rustls reads the
-/// hello: a TLS 1.2 session into the local tier, a TLS 1.3 ticket taken for this connection and
-/// handed to `sessions`. No runtime thread waits on Redis: the fetch is an await, bounded by the
+/// Fetches from the cache's tiers (Redis) what the client's ClientHello offers to resume,
+/// before rustls reads the hello ([`reprise::SessionCache::prefetch`]): a TLS 1.2 session into
+/// memory, a TLS 1.3 ticket taken for this connection and handed to `sessions`. No runtime thread waits on Redis: the fetch is an await, bounded by the
 /// read budget.
 ///
 /// A ticket resumes only if taken here: one that this read did not take (an identity past the
@@ -364,7 +363,6 @@ fn short_hex(bytes: &[u8]) -> String {
 /// full handshake.
 async fn prefetch(
     shared: &Shared,
-    tier: &RedisTier,
     sessions: &ConnectionSessions,
     hello: &ClientHelloInfo,
     peer: SocketAddr,
@@ -376,24 +374,23 @@ async fn prefetch(
         (!tls13 && versions.contains(&TlsVersion::Tls12) && !hello.session_id.is_empty())
             .then_some(hello.session_id.as_slice());
     let stateful = shared.settings.tickets == TicketMode::Stateful;
-    let identities: &[Vec<u8>] = if tls13 && stateful {
-        &hello.psk_identities[..hello.psk_identities.len().min(MAX_PREFETCHED_IDENTITIES)]
+    let identities: Vec<&[u8]> = if tls13 && stateful {
+        let n = hello.psk_identities.len().min(MAX_PREFETCHED_IDENTITIES);
+        hello.psk_identities[..n]
+            .iter()
+            .map(Vec::as_slice)
+            .collect()
     } else {
-        &[]
+        Vec::new()
     };
     if session_id.is_some() || !identities.is_empty() {
-        let offer = Offer {
+        let offer = reprise::Offer {
+            sid_ctx: shared.tls.store.sid_ctx().as_bytes(),
             session_id,
-            psk_identities: identities,
+            psk_identities: &identities,
             client: Some(peer.ip()),
         };
-        let prefetched = tier
-            .prefetch(
-                &shared.tls.cache,
-                shared.tls.store.sid_ctx().as_bytes(),
-                offer,
-            )
-            .await;
+        let prefetched = shared.tls.cache.prefetch(offer).await;
         if let Some(ticket) = prefetched.into_ticket() {
             sessions.confirm_take(ticket);
         }
@@ -571,12 +568,14 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
             .await;
             let (status, body) = match read {
                 Ok(Ok(req)) if req.path == "/metrics" => {
-                    let redis = shared.tls.redis.as_ref().map(RedisTier::stats);
+                    let redis = shared.tls.redis.as_ref().map(reprise::Tier::metrics);
                     let disk = shared.tls.disk.as_ref().map(DiskTier::stats);
                     let cache = shared.tls.cache.stats();
                     (
                         "200 OK",
-                        shared.metrics.render(&cache, redis.as_ref(), disk.as_ref()),
+                        shared
+                            .metrics
+                            .render(&cache, redis.as_deref(), disk.as_ref()),
                     )
                 }
                 Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),
