@@ -562,7 +562,7 @@ async fn a_full_write_queue_drops_and_counts() {
 }
 
 #[test]
-fn blocking_wiring_serves_synchronous_callbacks() {
+fn blocking_wiring_serves_synchronous_lookups() {
     let redis = RedisServer::start();
     let mut config = RedisConfig::new(redis.url().parse().unwrap());
     config.read_timeout = Duration::from_secs(2);
@@ -584,8 +584,8 @@ fn blocking_wiring_serves_synchronous_callbacks() {
         .stores_written
         >= 2));
 
-    // B's get callback fetches the TLS 1.2 session (and copies it in); its take callback takes
-    // the ticket, once.
+    // B's lookup fetches the TLS 1.2 session from Redis (and copies it in); its take takes the
+    // ticket, once.
     assert!(b
         .lookup(Role::Server, SessionKey::new(&key(1), CTX))
         .is_some());
@@ -594,7 +594,7 @@ fn blocking_wiring_serves_synchronous_callbacks() {
     assert!(b
         .take(Role::Server, SessionKey::new(&key(2), CTX))
         .is_some());
-    // A's local copy of the ticket cannot resume any more: the take callback is authoritative.
+    // A's local copy of the ticket cannot resume any more: Redis, the last tier, decides takes.
     assert!(a
         .take(Role::Server, SessionKey::new(&key(2), CTX))
         .is_none());
