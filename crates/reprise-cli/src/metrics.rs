@@ -4,9 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use reprise::Stats;
+use reprise::{Metric, MetricKind, Stats};
 use reprise_disk::DiskStats;
-use reprise_redis::TierStats;
 use rustls::{HandshakeKind, ProtocolVersion};
 
 /// Why a handshake failed.
@@ -181,7 +180,7 @@ impl Metrics {
     pub fn render(
         &self,
         cache: &Stats,
-        redis: Option<&TierStats>,
+        redis: Option<&[Metric]>,
         disk: Option<&DiskStats>,
     ) -> String {
         let mut out = String::with_capacity(4096);
@@ -308,131 +307,18 @@ impl Metrics {
             "Connections that ended after their handshake without close_notify on either side (a FIN or a reset); their sessions were kept.",
             &plain(self.closes_without_close_notify.load(Ordering::Relaxed)),
         );
-        if let Some(r) = redis {
-            let gauges = [
-                (
-                    "connected",
-                    r.connected,
-                    "Whether a connection to Redis is established.",
-                ),
-                (
-                    "breaker_open",
-                    r.breaker_open,
-                    "Whether the circuit breaker is open (or probing).",
-                ),
-            ];
-            for (name, value, help) in gauges {
+        // A tier's counters and gauges, as it declares them: `reprise_<tier>_<name>`.
+        for (tier, metrics) in [("redis", redis)] {
+            for m in metrics.unwrap_or_default() {
+                let kind = match m.kind {
+                    MetricKind::Counter => "counter",
+                    MetricKind::Gauge => "gauge",
+                };
                 family(
-                    &format!("reprise_redis_{name}"),
-                    "gauge",
-                    help,
-                    &plain(u64::from(value)),
-                );
-            }
-            family(
-                "reprise_redis_misses_remembered",
-                "gauge",
-                "Recent misses remembered, so that the same ids cost no Redis read.",
-                &plain(r.misses_remembered),
-            );
-            let counters = [
-                (
-                    "breaker_opens",
-                    r.breaker_opens,
-                    "Times the circuit breaker opened.",
-                ),
-                (
-                    "stores_queued",
-                    r.stores_queued,
-                    "Sessions queued for writing to Redis.",
-                ),
-                (
-                    "stores_written",
-                    r.stores_written,
-                    "Sessions written to Redis.",
-                ),
-                ("deletes_queued", r.deletes_queued, "Deletions queued."),
-                ("deletes_written", r.deletes_written, "Deletions written."),
-                (
-                    "write_failures",
-                    r.write_failures,
-                    "Writes that failed or timed out.",
-                ),
-                (
-                    "writes_dropped_full",
-                    r.writes_dropped_full,
-                    "Writes dropped because the queue was full.",
-                ),
-                (
-                    "writes_dropped_unavailable",
-                    r.writes_dropped_unavailable,
-                    "Writes dropped because Redis was unavailable.",
-                ),
-                ("read_hits", r.read_hits, "Reads that found a session."),
-                ("read_misses", r.read_misses, "Reads that found nothing."),
-                (
-                    "read_timeouts",
-                    r.read_timeouts,
-                    "Reads that ran out of time (counted against Redis by the circuit breaker).",
-                ),
-                (
-                    "read_timeouts_local",
-                    r.read_timeouts_local,
-                    "Read deadlines missed because this machine was busy (not counted against Redis).",
-                ),
-                ("read_errors", r.read_errors, "Reads that failed."),
-                (
-                    "reads_skipped",
-                    r.reads_skipped,
-                    "Reads not sent because Redis was unavailable.",
-                ),
-                (
-                    "rejected_values",
-                    r.rejected_values,
-                    "Values that did not open (forged, corrupt, wrong kind): deleted.",
-                ),
-                (
-                    "unknown_key_values",
-                    r.unknown_key_values,
-                    "Values sealed under a key or in a format this instance lacks: misses, kept.",
-                ),
-                (
-                    "negative_hits",
-                    r.negative_hits,
-                    "Reads not sent because the id missed recently.",
-                ),
-                (
-                    "reads_limited",
-                    r.reads_limited,
-                    "Reads not sent because the client address spent its read budget.",
-                ),
-                (
-                    "prefetched",
-                    r.prefetched,
-                    "Sessions fetched into the local tier before a handshake.",
-                ),
-                (
-                    "unconfirmed_takes",
-                    r.unconfirmed_takes,
-                    "Local ticket copies dropped because Redis could not confirm the take.",
-                ),
-                (
-                    "invalidations_sent",
-                    r.invalidations_sent,
-                    "Removals published to the fleet.",
-                ),
-                (
-                    "invalidations_received",
-                    r.invalidations_received,
-                    "Removals received from the fleet.",
-                ),
-            ];
-            for (name, value, help) in counters {
-                family(
-                    &format!("reprise_redis_{name}_total"),
-                    "counter",
-                    help,
-                    &plain(value),
+                    &format!("reprise_{tier}_{}", m.name),
+                    kind,
+                    m.help,
+                    &plain(m.value),
                 );
             }
         }

@@ -15,7 +15,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use reprise_disk::DiskTier;
-use reprise_redis::RedisTier;
 use reprise_rustls::{
     AcceptError, AcceptPolicy, Accepted, Acceptor, ServerContext, ServerTlsStream,
 };
@@ -513,12 +512,14 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
             .await;
             let (status, body) = match read {
                 Ok(Ok(req)) if req.path == "/metrics" => {
-                    let redis = shared.tls.redis.as_ref().map(RedisTier::stats);
+                    let redis = shared.tls.redis.as_ref().map(reprise::Tier::metrics);
                     let disk = shared.tls.disk.as_ref().map(DiskTier::stats);
                     let cache = shared.tls.cache.stats();
                     (
                         "200 OK",
-                        shared.metrics.render(&cache, redis.as_ref(), disk.as_ref()),
+                        shared
+                            .metrics
+                            .render(&cache, redis.as_deref(), disk.as_ref()),
                     )
                 }
                 Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use reprise::SessionCache;
 use reprise_disk::{DiskConfig, DiskTier};
-use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
+use reprise_redis::{KeyRing, RedisConfig, RedisTier};
 use reprise_rustls::{derive_sid_ctx, named_sid_ctx, ClientAuth, ServerStore};
 use ring::digest;
 use rustls::crypto::ring::default_provider;
@@ -195,8 +195,8 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             config.prefix = r.prefix.clone();
             config.read_timeout = r.timeout;
             config.misses_per_address = r.misses_per_address;
-            let tier = RedisTier::start(config, keys).map_err(|e| anyhow::anyhow!("redis: {e}"))?;
-            tier.install(&cache, Wiring::Prefetch);
+            let tier = RedisTier::start(config, keys).context("redis")?;
+            cache.attach(Arc::new(tier.clone()));
             Some(tier)
         }
     };

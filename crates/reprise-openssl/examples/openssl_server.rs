@@ -118,10 +118,11 @@ fn run() -> Result<(), Box<dyn Error>> {
     let _tier = match (&args.redis, &args.redis_key_file) {
         (Some(url), Some(file)) => {
             let keys = KeyRing::load(Path::new(file))?;
-            // OpenSSL calls the get callback synchronously: the tier runs on its own small
+            // OpenSSL looks sessions up synchronously: the tier runs on its own small
             // runtime, and a read waits at most its budget (5 ms).
-            let tier = RedisTier::start_detached(RedisConfig::new(url.parse()?), keys)?;
-            tier.install(&cache, Wiring::Blocking);
+            let tier = RedisTier::start_detached(RedisConfig::new(url.parse()?), keys)?
+                .with_wiring(Wiring::Blocking);
+            cache.attach(Arc::new(tier.clone()));
             eprintln!("sessions shared through {url}");
             Some(tier)
         }

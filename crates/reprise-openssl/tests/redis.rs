@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{connect, serve, Close, Conn, Pki};
 use openssl::ssl::{Ssl, SslContext};
-use reprise::{ProtocolVersion, SecretBytes, Session, SessionCache};
+use reprise::{ProtocolVersion, SecretBytes, Session, SessionCache, Tier};
 use reprise_openssl::ServerCache;
 use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
 use reprise_testkit::{wait_until, RedisServer, Version};
@@ -29,12 +29,13 @@ fn tier(url: &str) -> RedisTier {
     let tier = RedisTier::start_detached(config, keys()).unwrap();
     assert!(wait_until(Duration::from_secs(10), || tier
         .stats()
-        .connected));
+        .connected
+        == 1));
     tier
 }
 
 /// One instance of a fleet: an OpenSSL server whose Reprise cache has the Redis tier, wired
-/// for a TLS stack that calls the get callback synchronously.
+/// for a TLS stack that looks sessions up synchronously.
 struct Instance {
     ctx: SslContext,
     sessions: ServerCache,
@@ -44,8 +45,8 @@ struct Instance {
 impl Instance {
     fn new(pki: &Pki, v: Version, url: &str) -> Self {
         let cache = Arc::new(SessionCache::new());
-        let tier = tier(url);
-        tier.install(&cache, Wiring::Blocking);
+        let tier = tier(url).with_wiring(Wiring::Blocking);
+        cache.attach(Arc::new(tier.clone()));
         let mut b = pki.server_builder(v);
         let sessions = ServerCache::install(&mut b, cache, CTX).unwrap();
         Self {
@@ -144,7 +145,7 @@ fn a_value_from_redis_that_does_not_decode_is_a_miss() {
         .version(ProtocolVersion::TLS1_2)
         .build()
         .unwrap();
-    writer.store(&garbage);
+    writer.store(&Arc::new(garbage));
     assert!(wait_until(Duration::from_secs(10), || writer
         .stats()
         .stores_written

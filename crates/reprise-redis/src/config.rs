@@ -160,10 +160,13 @@ impl FromStr for RedisTarget {
     /// ```
     /// use reprise_redis::RedisTarget;
     /// assert_eq!(
-    ///     "redis+cluster://10.0.0.1:7000,10.0.0.2:7000".parse(),
-    ///     Ok(RedisTarget::Cluster(vec!["redis://10.0.0.1:7000".into(), "redis://10.0.0.2:7000".into()]))
+    ///     "redis+cluster://10.0.0.1:7000,10.0.0.2:7000".parse::<RedisTarget>().ok(),
+    ///     Some(RedisTarget::Cluster(vec!["redis://10.0.0.1:7000".into(), "redis://10.0.0.2:7000".into()]))
     /// );
-    /// assert_eq!("redis://127.0.0.1:6379".parse(), Ok(RedisTarget::Single("redis://127.0.0.1:6379".into())));
+    /// assert_eq!(
+    ///     "redis://127.0.0.1:6379".parse::<RedisTarget>().ok(),
+    ///     Some(RedisTarget::Single("redis://127.0.0.1:6379".into()))
+    /// );
     /// assert!("http://x".parse::<RedisTarget>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -258,14 +261,16 @@ impl RedisConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.read_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "redis read timeout must be at least 1 ms".into(),
-            ));
+            return Err(ConfigError::Invalid {
+                setting: "read timeout",
+                problem: "must be at least 1 ms",
+            });
         }
         if self.write_queue == 0 {
-            return Err(ConfigError::Invalid(
-                "redis write queue must hold at least 1 write".into(),
-            ));
+            return Err(ConfigError::Invalid {
+                setting: "write queue",
+                problem: "must hold at least 1 write",
+            });
         }
         if self.prefix.len() > 256
             || self
@@ -273,10 +278,10 @@ impl RedisConfig {
                 .bytes()
                 .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
-            return Err(ConfigError::Invalid(
-                "redis prefix must be at most 256 bytes with no spaces or control characters"
-                    .into(),
-            ));
+            return Err(ConfigError::Invalid {
+                setting: "prefix",
+                problem: "must be at most 256 bytes with no spaces or control characters",
+            });
         }
         Ok(())
     }

@@ -1,9 +1,12 @@
-//! The Redis tier: the external cache of a [`SessionCache`], shared by a fleet.
+//! The Redis tier: a [`Tier`] under a [`SessionCache`], shared by a fleet.
 //!
-//! - New sessions are sealed and queued; a writer task sends them (`SET … EXAT`) so that Redis
-//!   expires each at the moment the cache would. A full queue drops writes, counted.
-//! - Explicit removals delete the session in Redis and tell the fleet (pub/sub), whose
-//!   instances drop their local copies.
+//! - New sessions are sealed and queued ([`WriteQueue`]); a writer task sends them
+//!   (`SET … EXAT`) so that Redis expires each at the moment the cache would, by the cache's
+//!   clock. A full queue drops writes, counted.
+//! - Explicit removals ([`Removal::Explicit`]) delete the session in Redis and tell the fleet
+//!   (pub/sub); each instance then forgets its copies, in memory and in the tiers above Redis
+//!   ([`TierContext::forget`]). Takes already deleted the session; evictions, expiry, flushes
+//!   and shutdown are each instance's business.
 //! - Reads have a deadline. A TLS 1.3 ticket is taken with one atomic script (read, and delete
 //!   if this instance's key ring can open it): it resumes on one instance, once, and only on the
 //!   connection whose take returned it; a local copy alone never resumes a ticket.
@@ -12,36 +15,42 @@
 //!   offers.
 //! - A value sealed under a key this instance lacks (a rotation in progress) or in a format it
 //!   does not know is a miss, and stays in Redis for the instances that can open it.
-//! - What a ClientHello offers is filtered first (see the `guard` module): at most one read per
-//!   hello, none for an id that missed recently, and a read budget per client address.
+//! - What a ClientHello offers is filtered first (see the `guard` module): none for an id that
+//!   missed recently, and a read budget per client address; [`SessionCache::prefetch`] makes
+//!   one read per hello at most.
 //! - A circuit breaker stops asking a Redis that keeps failing, and probes it periodically.
 //!
-//! Two wirings: [`Wiring::Prefetch`] for async servers, which call [`RedisTier::prefetch`] with
-//! what the ClientHello offers before the handshake, so that no runtime thread ever waits on
-//! Redis; and [`Wiring::Blocking`] for servers whose TLS stack calls the get and take callbacks
+//! Two wirings: [`Wiring::Prefetch`] for async servers, which call [`SessionCache::prefetch`]
+//! with what the ClientHello offers before the handshake, so that no runtime thread ever waits
+//! on Redis; and [`Wiring::Blocking`] for servers whose TLS stack looks sessions up
 //! synchronously, which then wait at most the read budget.
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use reprise::{Removal, Session, SessionCache, SessionKey};
+use reprise::{
+    Clock, Fetched, Metric, Removal, Request, SecretBytes, Session, SessionCache, SessionKey,
+    SystemClock, Tier, TierContext, TierFuture, WriteQueue,
+};
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, BreakerState};
 use crate::config::RedisConfig;
 use crate::conn::{Clients, Conn, TakeScript};
 use crate::error::ConfigError;
 use crate::guard::{AddressBudget, Guard};
-use crate::stats::{self, Counters, TierStats};
+use crate::stats::{self, RedisCounters, TierStats};
 use reprise_seal::{open_session, seal_session, KeyRing, OpenError};
+
+/// The name of the tier: in metric names, and bound into what it seals.
+const NAME: &str = "redis";
 
 /// The longest time-to-live given to a session, whatever its timeout.
 const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -49,28 +58,19 @@ const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 /// Writes sent to Redis at once.
 const WRITE_BATCH: usize = 256;
 
-/// What a read found.
-#[derive(Debug)]
-pub enum Fetch {
-    /// A session that opened and decoded (for a take: and that the take removed from Redis).
-    Hit(Session),
-    /// Nothing there, or a value that did not open: a forged or corrupt one (deleted), or one
-    /// sealed under a key or in a format this instance does not know (left for others).
-    Miss,
-    /// Redis did not answer in time, failed, is not connected, or the breaker is open.
-    Unavailable,
-}
-
-/// How the tier plugs into a cache; see the module documentation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the tier answers the synchronous lookups of the handshake ([`Tier::fetch`] and
+/// [`Tier::take`]); see the module documentation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Wiring {
-    /// New and remove callbacks, and a take callback that confirms nothing: reads happen in
-    /// [`RedisTier::prefetch`], and a TLS 1.3 ticket resumes only as the [`Prefetched`] ticket
-    /// handed to the connection (`ConnectionSessions::confirm_take` in `reprise-rustls`, or
-    /// [`SessionCache::take_confirmed`]). A plain [`SessionCache::take`] never resumes a ticket
+    /// The handshake never waits on Redis: reads happen in [`SessionCache::prefetch`], before
+    /// it, and the synchronous lookups answer [`Fetched::Unavailable`] at once. A TLS 1.3
+    /// ticket then resumes only as the ticket the prefetch took for its connection
+    /// (`ConnectionSessions::confirm_take` in `reprise-rustls`, or
+    /// [`SessionCache::take_confirmed`]); a plain [`SessionCache::take`] never resumes a ticket
     /// on a local copy.
+    #[default]
     Prefetch,
-    /// New, remove, get and take callbacks; get and take wait at most the read budget.
+    /// The synchronous lookups read Redis, and wait at most the read budget.
     Blocking,
 }
 
@@ -102,43 +102,6 @@ impl Kind {
     }
 }
 
-/// What a ClientHello offers to resume, for [`RedisTier::prefetch`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Offer<'a> {
-    /// The TLS 1.2 session id, if the handshake can be TLS 1.2 (a TLS 1.3 client's compatibility
-    /// session id is not one to look up).
-    pub session_id: Option<&'a [u8]>,
-    /// The TLS 1.3 PSK identities (stateful ticket ids), in the client's order.
-    pub psk_identities: &'a [Vec<u8>],
-    /// The client's address, for the read budget per address
-    /// ([`RedisConfig::misses_per_address`]); `None` leaves the hello unbudgeted.
-    pub client: Option<IpAddr>,
-}
-
-/// What [`RedisTier::prefetch`] got for one connection: the TLS 1.3 ticket Redis handed over
-/// (taken atomically, so no other connection can have it), if any.
-///
-/// The ticket resumes only through the connection it was fetched for: hand it to
-/// `ConnectionSessions::confirm_take` (`reprise-rustls`) or [`SessionCache::take_confirmed`].
-/// Dropped, it is gone: Redis no longer has it.
-#[must_use = "a ticket taken from Redis resumes only when handed to the connection's confirm_take"]
-#[derive(Debug, Default)]
-pub struct Prefetched {
-    ticket: Option<Arc<Session>>,
-}
-
-impl Prefetched {
-    /// The ticket Redis handed over, if any.
-    pub fn ticket(&self) -> Option<&Arc<Session>> {
-        self.ticket.as_ref()
-    }
-
-    /// The ticket Redis handed over, if any, by value.
-    pub fn into_ticket(self) -> Option<Arc<Session>> {
-        self.ticket
-    }
-}
-
 enum Write {
     Store {
         key: String,
@@ -158,21 +121,22 @@ struct Shared {
     clients: Clients,
     conn: ArcSwapOption<Conn>,
     breaker: Breaker,
-    counters: Counters,
+    counters: RedisCounters,
     guard: Guard,
     take_script: TakeScript,
-    /// The write queue, for deletions decided while reading (weak: the writer ends when the
-    /// tier is dropped).
-    writes: mpsc::WeakSender<Write>,
+    /// Writes on their way to Redis, drained by the writer task.
+    queue: WriteQueue<Write>,
     /// Tells this instance's invalidations from the fleet's.
     instance: String,
     channel: String,
-    caches: Mutex<Vec<Weak<SessionCache>>>,
+    /// The caches the tier is attached to (one, usually).
+    contexts: Mutex<Vec<TierContext>>,
+    /// The clock of the first cache the tier was attached to.
+    clock: OnceLock<Arc<dyn Clock>>,
 }
 
 struct Inner {
     shared: Arc<Shared>,
-    writes: mpsc::Sender<Write>,
     handle: tokio::runtime::Handle,
     cancel: CancellationToken,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
@@ -181,16 +145,30 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.cancel.cancel();
+        // The writer sends what is queued, then ends.
+        self.shared.queue.close();
         if let Some(runtime) = self.runtime.lock().take() {
             runtime.shutdown_background();
         }
     }
 }
 
-/// A Redis-backed external cache for [`SessionCache`]s. Clones share one tier.
+/// A Redis tier for [`SessionCache`]s: attach it with [`SessionCache::attach`], last (it is the
+/// authority on single use). Clones share one tier (one connection, one write queue, one set of
+/// counters); each clone has its own [`Wiring`].
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use reprise::SessionCache;
+/// # use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
+/// # fn f(tier: RedisTier, cache: Arc<SessionCache>) {
+/// cache.attach(Arc::new(tier.clone().with_wiring(Wiring::Blocking)));
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RedisTier {
     inner: Arc<Inner>,
+    wiring: Wiring,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -199,37 +177,31 @@ impl std::fmt::Debug for RedisTier {
             .field("target", &self.inner.shared.config.target)
             .field("prefix", &self.inner.shared.config.prefix)
             .field("keys", &self.inner.shared.keys)
+            .field("wiring", &self.wiring)
             .finish_non_exhaustive()
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl RedisTier {
-    /// Starts the tier's tasks on the current tokio runtime. Redis need not be up: the tier
-    /// connects in the background and answers `Unavailable` until then.
+    /// Starts the tier's tasks on the current tokio runtime, wired for
+    /// [`Wiring::Prefetch`]. Redis need not be up: the tier connects in the background and
+    /// answers `Unavailable` until then.
     pub fn start(config: RedisConfig, keys: KeyRing) -> Result<Self, ConfigError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            ConfigError::Runtime(
-                "RedisTier::start needs a tokio runtime; use start_detached".into(),
-            )
-        })?;
+        let handle = tokio::runtime::Handle::try_current().map_err(ConfigError::NoRuntime)?;
         Self::start_on(handle, None, config, keys)
     }
 
     /// Starts the tier on a small runtime of its own, for servers without one (or whose TLS
-    /// stack calls the callbacks from threads that must not wait on their own runtime).
+    /// stack looks sessions up from threads that must not wait on their own runtime). Wired
+    /// for [`Wiring::Prefetch`] too: such servers usually want
+    /// [`with_wiring(Wiring::Blocking)`](Self::with_wiring).
     pub fn start_detached(config: RedisConfig, keys: KeyRing) -> Result<Self, ConfigError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("reprise-redis")
             .enable_all()
             .build()
-            .map_err(|e| ConfigError::Runtime(e.to_string()))?;
+            .map_err(ConfigError::Runtime)?;
         let handle = runtime.handle().clone();
         Self::start_on(handle, Some(runtime), config, keys)
     }
@@ -243,163 +215,57 @@ impl RedisTier {
         config.validate()?;
         let clients = Clients::new(&config.target)?;
         let mut instance = [0u8; 8];
-        SystemRandom::new().fill(&mut instance).map_err(|_| {
-            ConfigError::Runtime("the system's random number generator failed".into())
-        })?;
-        let (writes, rx) = mpsc::channel(config.write_queue);
+        SystemRandom::new()
+            .fill(&mut instance)
+            .map_err(|_| ConfigError::Random)?;
         let shared = Arc::new(Shared {
             channel: format!("{}invalidate", config.prefix),
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown),
             guard: Guard::new(AddressBudget::per_second(config.misses_per_address)),
             take_script: TakeScript::new(&keys),
-            writes: writes.downgrade(),
+            queue: WriteQueue::new(config.write_queue),
             config,
             keys,
             clients,
             conn: ArcSwapOption::empty(),
-            counters: Counters::default(),
+            counters: RedisCounters::default(),
             instance: hex::encode(instance),
-            caches: Mutex::new(Vec::new()),
+            contexts: Mutex::new(Vec::new()),
+            clock: OnceLock::new(),
         });
         let cancel = CancellationToken::new();
         handle.spawn(connector(shared.clone(), cancel.clone()));
-        handle.spawn(writer(shared.clone(), rx));
+        handle.spawn(writer(shared.clone()));
         handle.spawn(subscriber(shared.clone(), cancel.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
-                writes,
                 handle,
                 cancel,
                 runtime: Mutex::new(runtime),
             }),
+            wiring: Wiring::Prefetch,
         })
     }
 
-    /// Plugs the tier into a cache as its external cache, and subscribes the cache to the
-    /// fleet's invalidations.
-    pub fn install(&self, cache: &Arc<SessionCache>, wiring: Wiring) {
-        self.inner.shared.caches.lock().push(Arc::downgrade(cache));
-        let tier = self.clone();
-        cache.set_new_session_callback(Some(Arc::new(move |_, session| {
-            tier.store(session);
-            true
-        })));
-        let tier = self.clone();
-        cache.set_remove_session_callback(Some(Arc::new(move |_, session, why| {
-            // Only an explicit removal (the application's, or an unclean shutdown) concerns
-            // the fleet. Takes already removed the session in Redis; evictions, expiry,
-            // flushes and shutdown are this instance's business.
-            if why == Removal::Explicit {
-                tier.delete(
-                    Kind::of(session),
-                    SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes()),
-                    true,
-                );
-            }
-        })));
-        match wiring {
-            Wiring::Prefetch => {
-                cache.set_get_session_callback(None);
-                // A take that the connection's prefetch did not confirm (an identity it did not
-                // read, a second ClientHello, a hello it could not parse) resumes nothing: the
-                // engine then drops the local copy, which Redis cannot vouch for.
-                let tier = self.clone();
-                cache.set_take_session_callback(Some(Arc::new(move |cache, key| {
-                    if has_takeable_copy(cache, *key) {
-                        stats::bump(&tier.inner.shared.counters.unconfirmed_takes);
-                    }
-                    None
-                })));
-            }
-            Wiring::Blocking => {
-                let tier = self.clone();
-                cache.set_get_session_callback(Some(Arc::new(move |_, key| {
-                    tier.read_blocking(Kind::Session, *key)
-                })));
-                let tier = self.clone();
-                cache.set_take_session_callback(Some(Arc::new(move |_, key| {
-                    tier.read_blocking(Kind::Ticket, *key)
-                })));
-            }
-        }
+    /// This handle, wired as `wiring` (the default is [`Wiring::Prefetch`]).
+    #[must_use]
+    pub fn with_wiring(mut self, wiring: Wiring) -> Self {
+        self.wiring = wiring;
+        self
     }
 
-    /// Fetches what a ClientHello offers, before the handshake: the first TLS 1.3 ticket that
-    /// Redis hands over (taken atomically), returned for this connection only; or else the TLS
-    /// 1.2 session, into the local tier of `cache` (unless it has it already).
-    ///
-    /// The ticket is not added to the local tier: hand it to the connection
-    /// (`ConnectionSessions::confirm_take` in `reprise-rustls`), the only way it resumes under
-    /// [`Wiring::Prefetch`]. A local copy of a ticket never resumes with a shared tier.
-    ///
-    /// One hello costs at most one Redis read: identities that missed recently are answered
-    /// from memory, and only the first other one is taken (clients offer one ticket), so
-    /// repeated identities cost nothing. Reads that find nothing are budgeted per client
-    /// address ([`RedisConfig::misses_per_address`]); a read that finds a session earns one back.
-    pub async fn prefetch(
-        &self,
-        cache: &SessionCache,
-        sid_ctx: &[u8],
-        offer: Offer<'_>,
-    ) -> Prefetched {
-        let shared = &self.inner.shared;
-        for identity in offer.psk_identities {
-            let key = SessionKey::new(identity, sid_ctx);
-            if !key.is_well_formed() {
-                continue;
-            }
-            if shared.guard.missed(Kind::Ticket, key, Instant::now()) {
-                stats::bump(&shared.counters.negative_hits);
-                continue;
-            }
-            // The one read of this hello.
-            if let Fetch::Hit(session) = shared.guarded_read(Kind::Ticket, key, offer.client).await
-            {
-                stats::bump(&shared.counters.prefetched);
-                return Prefetched {
-                    ticket: Some(Arc::new(session)),
-                };
-            }
-            return Prefetched::default();
-        }
-        if let Some(id) = offer.session_id {
-            let key = SessionKey::new(id, sid_ctx);
-            if key.is_well_formed() && !has_valid(cache, key) {
-                if let Fetch::Hit(session) =
-                    shared.guarded_read(Kind::Session, key, offer.client).await
-                {
-                    cache.add(&Arc::new(session));
-                    stats::bump(&shared.counters.prefetched);
-                }
-            }
-        }
-        Prefetched::default()
+    /// How this handle answers the handshake's synchronous lookups.
+    pub fn wiring(&self) -> Wiring {
+        self.wiring
     }
 
     /// Reads a session within the read budget: `take`, a ticket (and removes it, atomically);
-    /// otherwise a reusable session. Unfiltered: no negative cache, no address budget.
-    pub async fn fetch(&self, key: SessionKey<'_>, take: bool) -> Fetch {
+    /// otherwise a reusable session. Unfiltered: no negative cache, no address budget. The
+    /// session is not validated: [`SessionCache`] does that for what its tiers return.
+    pub async fn read(&self, key: SessionKey<'_>, take: bool) -> Fetched {
         let kind = if take { Kind::Ticket } else { Kind::Session };
         self.inner.shared.read(kind, key).await
-    }
-
-    /// Seals a session and queues it for writing.
-    pub fn store(&self, session: &Session) {
-        let shared = &self.inner.shared;
-        let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
-        let Some(exat) = expiry(session) else {
-            return;
-        };
-        let sealed = seal_session(&shared.keys, "redis", session);
-        match sealed {
-            Ok(value) => self.queue(Write::Store {
-                key: shared.redis_key(Kind::of(session), key),
-                value,
-                exat,
-            }),
-            Err(e) => warn!(error = %e, "cannot seal a session; not stored in Redis"),
-        }
     }
 
     /// Queues a deletion from the key space of `kind`, and an invalidation for the fleet if
@@ -414,19 +280,21 @@ impl RedisTier {
                 hex::encode(key.id)
             )
         });
-        self.queue(Write::Delete {
+        shared.push(Write::Delete {
             key: shared.redis_key(kind, key),
             invalidate: message,
         });
     }
 
-    /// A snapshot of the tier's counters.
+    /// A snapshot of the tier's counters and gauges.
     pub fn stats(&self) -> TierStats {
         let shared = &self.inner.shared;
-        let mut stats = shared
-            .counters
-            .snapshot(shared.conn.load().is_some(), shared.breaker.state());
+        let mut stats = shared.counters.snapshot();
+        stats.connected = u64::from(shared.conn.load().is_some());
+        stats.breaker_open = u64::from(shared.breaker.state() != BreakerState::Closed);
         stats.misses_remembered = shared.guard.remembered() as u64;
+        stats.write_queue = shared.queue.len() as u64;
+        stats.writes_dropped_full = shared.queue.dropped();
         stats
     }
 
@@ -435,14 +303,10 @@ impl RedisTier {
         self.inner.shared.redis_key(kind, key)
     }
 
-    fn queue(&self, write: Write) {
-        self.inner.shared.queue(&self.inner.writes, write);
-    }
-
-    /// A read from a synchronous callback: waits at most the read budget (plus scheduling).
-    fn read_blocking(&self, kind: Kind, key: SessionKey<'_>) -> Option<Arc<Session>> {
+    /// A read for a synchronous lookup: waits at most the read budget (plus scheduling).
+    fn read_blocking(&self, kind: Kind, key: SessionKey<'_>) -> Fetched {
         if !key.is_well_formed() {
-            return None;
+            return Fetched::Miss;
         }
         let shared = self.inner.shared.clone();
         let (id, ctx) = (key.id.to_vec(), key.sid_ctx.to_vec());
@@ -452,10 +316,7 @@ impl RedisTier {
                 .guarded_read(kind, SessionKey::new(&id, &ctx), None)
                 .await
         });
-        match fetched {
-            Some(Fetch::Hit(session)) => Some(Arc::new(session)),
-            _ => None,
-        }
+        fetched.unwrap_or(Fetched::Unavailable)
     }
 
     fn block_on<T: Send + 'static>(
@@ -471,10 +332,97 @@ impl RedisTier {
     }
 }
 
+impl Tier for RedisTier {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    /// Reads the time from the cache's clock (the first cache's, if the tier is attached to
+    /// several), and applies the fleet's invalidations to the cache and the tiers above.
+    fn attach(&self, cx: TierContext) {
+        let shared = &self.inner.shared;
+        let _ = shared.clock.set(Arc::clone(cx.clock()));
+        let mut contexts = shared.contexts.lock();
+        contexts.retain(|c| c.cache().is_some());
+        contexts.push(cx);
+    }
+
+    /// Seals the session and queues a `SET … EXAT`.
+    fn store(&self, session: &Arc<Session>) {
+        let shared = &self.inner.shared;
+        let Some(exat) = expiry(session, shared.now()) else {
+            return;
+        };
+        match seal_session(&shared.keys, NAME, session) {
+            Ok(value) => shared.push(Write::Store {
+                key: shared.redis_key(Kind::of(session), session.key()),
+                value,
+                exat,
+            }),
+            Err(e) => warn!(error = %e, "cannot seal a session; not stored in Redis"),
+        }
+    }
+
+    fn fetch(&self, key: SessionKey<'_>) -> Fetched {
+        match self.wiring {
+            Wiring::Prefetch => Fetched::Unavailable,
+            Wiring::Blocking => self.read_blocking(Kind::Session, key),
+        }
+    }
+
+    fn take(&self, key: SessionKey<'_>) -> Fetched {
+        match self.wiring {
+            Wiring::Prefetch => {
+                // A take that no prefetch confirmed for its connection (an identity past those
+                // the prefetch reads, a second ClientHello, a hello that could not be parsed)
+                // resumes nothing: the cache then drops its local copy, which Redis cannot
+                // vouch for.
+                if self.inner.shared.holds_takeable_copy(key) {
+                    stats::bump(&self.inner.shared.counters.unconfirmed_takes);
+                }
+                Fetched::Unavailable
+            }
+            Wiring::Blocking => self.read_blocking(Kind::Ticket, key),
+        }
+    }
+
+    /// Only an explicit removal (the application's, or an unclean shutdown) concerns the
+    /// fleet: it is deleted in Redis and published. A take already removed the session in
+    /// Redis; evictions, expiry, flushes and shutdown are this instance's business.
+    fn remove(&self, session: &Arc<Session>, why: Removal) {
+        if why == Removal::Explicit {
+            self.delete(Kind::of(session), session.key(), true);
+        }
+    }
+
+    /// The guarded read of one key: [`Fetched::Skipped`] without a read if it missed recently
+    /// (or a take already went after it), [`Fetched::Unavailable`] if the client's address
+    /// has spent its read budget; else a take of the ticket (`request.take`) or a read of the
+    /// session, within the read budget.
+    fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a, SecretBytes>> {
+        let shared = &self.inner.shared;
+        Some(Box::pin(async move {
+            let kind = if request.take {
+                Kind::Ticket
+            } else {
+                Kind::Session
+            };
+            let fetched = shared.guarded_read(kind, request.key, request.client).await;
+            if let Fetched::Hit(_) = fetched {
+                stats::bump(&shared.counters.prefetched);
+            }
+            fetched
+        }))
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        self.stats().metrics()
+    }
+}
+
 /// When Redis should drop a session (unix seconds, for `EXAT`): through the last second the
 /// cache would keep it, capped; `None` if that is already past.
-fn expiry(session: &Session) -> Option<u64> {
-    let now = unix_now();
+fn expiry(session: &Session, now: u64) -> Option<u64> {
     let exat = session
         .expires_at()
         .saturating_add(1)
@@ -482,18 +430,11 @@ fn expiry(session: &Session) -> Option<u64> {
     (exat > now).then_some(exat)
 }
 
-/// Whether the local tier holds a copy of a ticket (not a TLS 1.2 session) for the key.
+/// Whether a cache holds a copy of a ticket (not a TLS 1.2 session) for the key.
 fn has_takeable_copy(cache: &SessionCache, key: SessionKey<'_>) -> bool {
     cache
         .peek(key.id)
         .is_some_and(|s| s.sid_ctx().as_bytes() == key.sid_ctx && !s.version().is_reusable())
-}
-
-/// Whether the local tier holds a resumable, unexpired session for the key.
-fn has_valid(cache: &SessionCache, key: SessionKey<'_>) -> bool {
-    cache.peek(key.id).is_some_and(|s| {
-        s.sid_ctx().as_bytes() == key.sid_ctx && s.is_resumable() && !s.is_expired_at(cache.now())
-    })
 }
 
 impl Shared {
@@ -508,21 +449,34 @@ impl Shared {
     }
 
     fn open(&self, key: SessionKey<'_>, value: &[u8]) -> Result<Session, OpenError> {
-        open_session(&self.keys, "redis", key, value)
+        open_session(&self.keys, NAME, key, value)
     }
 
-    fn queue(&self, writes: &mpsc::Sender<Write>, write: Write) {
-        let counters = &self.counters;
+    /// The current time by the cache's clock (the system's, before the tier is attached).
+    fn now(&self) -> u64 {
+        match self.clock.get() {
+            Some(clock) => clock.now(),
+            None => SystemClock.now(),
+        }
+    }
+
+    /// Whether a cache the tier is attached to holds a takeable copy of the key.
+    fn holds_takeable_copy(&self, key: SessionKey<'_>) -> bool {
+        let contexts = self.contexts.lock().clone();
+        contexts
+            .iter()
+            .filter_map(TierContext::cache)
+            .any(|cache| has_takeable_copy(&cache, key))
+    }
+
+    /// Queues a write; a full queue drops it (the queue counts it).
+    fn push(&self, write: Write) {
         let queued = match &write {
-            Write::Store { .. } => &counters.stores_queued,
-            Write::Delete { .. } => &counters.deletes_queued,
+            Write::Store { .. } => &self.counters.stores_queued,
+            Write::Delete { .. } => &self.counters.deletes_queued,
         };
-        match writes.try_send(write) {
-            Ok(()) => stats::bump(queued),
-            Err(mpsc::error::TrySendError::Full(_)) => stats::bump(&counters.writes_dropped_full),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                stats::bump(&counters.writes_dropped_unavailable)
-            }
+        if self.queue.push(write) {
+            stats::bump(queued);
         }
     }
 
@@ -537,34 +491,39 @@ impl Shared {
         warn!("redis keeps failing: circuit breaker open");
     }
 
-    /// A read for a client: answered from the negative cache when the key missed recently,
+    /// A read for a client: skipped when the key missed recently (the negative cache),
     /// refused when the client's address has no misses left; a miss is remembered, and
     /// charged to the address, and a hit credits the address with one. A take
     /// is remembered as it starts: a ticket is single-use, so whatever the outcome, another
     /// take of it here would find nothing.
-    async fn guarded_read(&self, kind: Kind, key: SessionKey<'_>, client: Option<IpAddr>) -> Fetch {
+    async fn guarded_read(
+        &self,
+        kind: Kind,
+        key: SessionKey<'_>,
+        client: Option<IpAddr>,
+    ) -> Fetched {
         let c = &self.counters;
         let now = Instant::now();
         if self.guard.missed(kind, key, now) {
             stats::bump(&c.negative_hits);
-            return Fetch::Miss;
+            return Fetched::Skipped;
         }
         if !self.guard.allows(client, now) {
             stats::bump(&c.reads_limited);
-            return Fetch::Unavailable;
+            return Fetched::Unavailable;
         }
         if kind == Kind::Ticket {
             self.guard.remember(kind, key, now);
         }
         let fetched = self.read(kind, key).await;
         match fetched {
-            Fetch::Hit(_) => self.guard.credit(client, Instant::now()),
-            Fetch::Miss => {
+            Fetched::Hit(_) => self.guard.credit(client, Instant::now()),
+            Fetched::Miss => {
                 let now = Instant::now();
                 self.guard.remember(kind, key, now);
                 self.guard.charge(client, now);
             }
-            Fetch::Unavailable => {}
+            Fetched::Unavailable | Fetched::Skipped => {}
         }
         fetched
     }
@@ -579,13 +538,13 @@ impl Shared {
 
     /// One read, within the read budget: `GET` for a reusable session, the take script for a
     /// ticket.
-    async fn read(&self, kind: Kind, key: SessionKey<'_>) -> Fetch {
+    async fn read(&self, kind: Kind, key: SessionKey<'_>) -> Fetched {
         let c = &self.counters;
         let conn = match self.conn.load_full() {
             Some(conn) if self.breaker.allow() => conn,
             _ => {
                 stats::bump(&c.reads_skipped);
-                return Fetch::Unavailable;
+                return Fetched::Unavailable;
             }
         };
         let mut conn = (*conn).clone();
@@ -616,24 +575,24 @@ impl Shared {
             reply = tokio::time::timeout(budget, &mut query).await;
         }
         match reply {
-            Err(_) if local => Fetch::Unavailable,
+            Err(_) if local => Fetched::Unavailable,
             Err(_) => {
                 stats::bump(&c.read_timeouts);
                 if self.breaker.timeout() {
                     self.opened_breaker();
                 }
-                Fetch::Unavailable
+                Fetched::Unavailable
             }
             Ok(Err(e)) => {
                 debug!(error = %self.config.target.scrub(&e.to_string()), "redis read failed");
                 stats::bump(&c.read_errors);
                 self.failed();
-                Fetch::Unavailable
+                Fetched::Unavailable
             }
             Ok(Ok(None)) => {
                 self.breaker.success();
                 stats::bump(&c.read_misses);
-                Fetch::Miss
+                Fetched::Miss
             }
             Ok(Ok(Some((taken, value)))) => {
                 self.breaker.success();
@@ -650,25 +609,25 @@ impl Shared {
         redis_key: &str,
         taken: bool,
         value: &[u8],
-    ) -> Fetch {
+    ) -> Fetched {
         let c = &self.counters;
         match self.open(key, value) {
             // A ticket resumes only if this take removed it; a session only if it is reusable.
             Ok(session) if Kind::of(&session) == kind && (kind == Kind::Session || taken) => {
                 stats::bump(&c.read_hits);
-                Fetch::Hit(session)
+                Fetched::Hit(Arc::new(session))
             }
             Ok(_) => {
                 // Only a writer with the fleet's key puts a value there; not one to resume.
                 stats::bump(&c.rejected_values);
-                Fetch::Miss
+                Fetched::Miss
             }
             Err(e) if e.is_unknown() => {
                 // Sealed under a key this instance lacks, or in a format it does not know: a
                 // rotation or an upgrade in progress. Left for the instances that can open it.
                 stats::bump(&c.unknown_key_values);
                 stats::bump(&c.read_misses);
-                Fetch::Miss
+                Fetched::Miss
             }
             Err(e) => {
                 // Forged, corrupt, or moved from another key: a miss, and gone (a take already
@@ -676,17 +635,12 @@ impl Shared {
                 debug!(error = %e, "a value in redis did not open; deleting it");
                 stats::bump(&c.rejected_values);
                 if kind == Kind::Session {
-                    if let Some(writes) = self.writes.upgrade() {
-                        self.queue(
-                            &writes,
-                            Write::Delete {
-                                key: redis_key.to_owned(),
-                                invalidate: None,
-                            },
-                        );
-                    }
+                    self.push(Write::Delete {
+                        key: redis_key.to_owned(),
+                        invalidate: None,
+                    });
                 }
-                Fetch::Miss
+                Fetched::Miss
             }
         }
     }
@@ -770,10 +724,10 @@ impl Shared {
             return;
         };
         let key = SessionKey::new(&id, &ctx);
-        let mut caches = self.caches.lock();
-        caches.retain(|c| c.strong_count() > 0);
-        for cache in caches.iter().filter_map(Weak::upgrade) {
-            cache.forget_key(key);
+        let contexts = self.contexts.lock().clone();
+        for cx in &contexts {
+            // Memory and the tiers above this one; the tier itself has nothing local.
+            cx.forget(key);
         }
         stats::bump(&self.counters.invalidations_received);
     }
@@ -813,16 +767,16 @@ async fn connector(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
-/// Sends queued writes in batches until every sender is gone.
-async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Write>) {
+/// Sends queued writes in batches, until the queue is closed and empty.
+async fn writer(shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while let Some(write) = rx.recv().await {
-        batch.push(write);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
+    loop {
+        shared.queue.ready().await;
+        if shared.queue.drain(WRITE_BATCH, &mut batch) == 0 {
+            if shared.queue.is_closed() {
+                return;
             }
+            continue;
         }
         shared.flush(&mut batch).await;
     }

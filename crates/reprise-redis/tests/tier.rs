@@ -5,8 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey};
-use reprise_redis::{Fetch, KeyRing, Kind, Offer, RedisConfig, RedisTier, Wiring};
+use reprise::{
+    Fetched, Offer, ProtocolVersion, Removal, Role, SecretBytes, Session, SessionCache, SessionKey,
+    Tier,
+};
+use reprise_redis::{KeyRing, Kind, RedisConfig, RedisTier, Wiring};
 use reprise_testkit::{wait_until, RedisCluster, RedisServer};
 
 const CTX: &[u8] = b"test-context";
@@ -26,11 +29,16 @@ fn tier(url: &str, keys: KeyRing) -> RedisTier {
     RedisTier::start(config, keys).unwrap()
 }
 
-/// A cache with the tier installed, as one instance of a fleet.
+/// A cache with the tier attached, as one instance of a fleet.
 fn instance(tier: &RedisTier, wiring: Wiring) -> Arc<SessionCache> {
     let cache = Arc::new(SessionCache::new());
-    tier.install(&cache, wiring);
+    cache.attach(Arc::new(tier.clone().with_wiring(wiring)));
     cache
+}
+
+/// The identities of an offer, borrowed.
+fn refs(ids: &[Vec<u8>]) -> Vec<&[u8]> {
+    ids.iter().map(Vec::as_slice).collect()
 }
 
 fn new_session(cache: &SessionCache, id: u8, version: ProtocolVersion) -> Arc<Session> {
@@ -58,7 +66,7 @@ async fn wait_written(tier: &RedisTier, n: u64) {
 
 async fn wait_connected(tier: &RedisTier) {
     for _ in 0..500 {
-        if tier.stats().connected {
+        if tier.stats().connected == 1 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -89,12 +97,11 @@ fn key(id: u8) -> [u8; 32] {
 /// else whatever the cache's own take gives (with a shared tier: nothing, whatever the cache
 /// holds locally).
 async fn prefetch_and_take(
-    tier: &RedisTier,
     cache: &SessionCache,
     offer: Offer<'_>,
     k: SessionKey<'_>,
 ) -> Option<Arc<Session>> {
-    let prefetched = tier.prefetch(cache, CTX, offer).await;
+    let prefetched = cache.prefetch(offer).await;
     match prefetched.into_ticket() {
         Some(ticket) if ticket.id().as_bytes() == k.id => cache.take_confirmed(k, ticket),
         _ => cache.take(Role::Server, k),
@@ -111,19 +118,16 @@ async fn a_session_made_on_one_instance_resumes_on_another() {
     assert!(b
         .lookup(Role::Server, SessionKey::new(&key(1), CTX))
         .is_none());
-    let prefetched = tb
-        .prefetch(
-            &b,
-            CTX,
-            Offer {
-                session_id: Some(&key(1)),
-                psk_identities: &[],
-                client: None,
-            },
-        )
+    let prefetched = b
+        .prefetch(Offer {
+            sid_ctx: CTX,
+            session_id: Some(&key(1)),
+            psk_identities: &[],
+            client: None,
+        })
         .await;
     assert!(
-        prefetched.ticket().is_none(),
+        prefetched.into_ticket().is_none(),
         "a TLS 1.2 session is no ticket"
     );
     let got = b
@@ -167,26 +171,21 @@ async fn a_tls13_ticket_is_taken_once_across_the_fleet() {
     wait_written(&tiers[0], 1).await;
     let ids = vec![key(7).to_vec()];
     let offer = Offer {
+        sid_ctx: CTX,
         session_id: None,
-        psk_identities: &ids,
+        psk_identities: &refs(&ids),
         client: None,
     };
     let id7 = key(7);
     let k = SessionKey::new(&id7, CTX);
 
     // Instance 1 takes it from Redis and resumes it.
-    assert!(prefetch_and_take(&tiers[1], &caches[1], offer, k)
-        .await
-        .is_some());
+    assert!(prefetch_and_take(&caches[1], offer, k).await.is_some());
     // Instance 2 finds nothing; instance 0 still holds its local copy, but Redis cannot
     // confirm the take, so it drops it.
-    assert!(prefetch_and_take(&tiers[2], &caches[2], offer, k)
-        .await
-        .is_none());
+    assert!(prefetch_and_take(&caches[2], offer, k).await.is_none());
     assert!(caches[0].peek(&key(7)).is_some());
-    assert!(prefetch_and_take(&tiers[0], &caches[0], offer, k)
-        .await
-        .is_none());
+    assert!(prefetch_and_take(&caches[0], offer, k).await.is_none());
     assert!(caches[0].peek(&key(7)).is_none());
     assert_eq!(tiers[0].stats().unconfirmed_takes, 1);
     assert_eq!(
@@ -208,8 +207,9 @@ async fn a_tls12_session_id_offered_as_a_ticket_burns_nothing() {
     wait_written(&ta, 1).await;
     let ids = vec![key(3).to_vec()];
     let as_ticket = Offer {
+        sid_ctx: CTX,
         session_id: None,
-        psk_identities: &ids,
+        psk_identities: &refs(&ids),
         client: None,
     };
     let id3 = key(3);
@@ -220,16 +220,16 @@ async fn a_tls12_session_id_offered_as_a_ticket_burns_nothing() {
     let ttl_before = redis.command(&["PEXPIRETIME", &redis_key]).unwrap();
 
     // On the instance that made it, and on another: a miss, and nothing is lost.
-    assert!(prefetch_and_take(&ta, &a, as_ticket, k).await.is_none());
+    assert!(prefetch_and_take(&a, as_ticket, k).await.is_none());
     assert!(a.lookup(Role::Server, k).is_some(), "local copy kept");
-    assert!(prefetch_and_take(&tb, &b, as_ticket, k).await.is_none());
-    assert!(matches!(tb.fetch(k, true).await, Fetch::Miss));
+    assert!(prefetch_and_take(&b, as_ticket, k).await.is_none());
+    assert!(matches!(tb.read(k, true).await, Fetched::Miss));
     // The session was never touched: same key, same expiry, still resumable fleet-wide.
     assert_eq!(
         redis.command(&["PEXPIRETIME", &redis_key]).unwrap(),
         ttl_before
     );
-    assert!(matches!(tb.fetch(k, false).await, Fetch::Hit(_)));
+    assert!(matches!(tb.read(k, false).await, Fetched::Hit(_)));
     // And no take ever ran against a reusable session's key.
     assert_eq!(
         redis
@@ -256,14 +256,16 @@ async fn a_fleet_removal_is_never_undone_by_a_concurrent_take() {
             let tb = tb.clone();
             let ids = ids.clone();
             tokio::spawn(async move {
-                let cache = SessionCache::new();
+                let cache: Arc<SessionCache> = Arc::new(SessionCache::new());
+                cache.attach(Arc::new(tb.clone()));
                 let offer = Offer {
+                    sid_ctx: CTX,
                     session_id: None,
-                    psk_identities: &ids,
+                    psk_identities: &refs(&ids),
                     client: None,
                 };
-                let _ = tb.prefetch(&cache, CTX, offer).await;
-                let _ = tb.fetch(SessionKey::new(&ids[0], CTX), true).await;
+                let _ = cache.prefetch(offer).await;
+                let _ = tb.read(SessionKey::new(&ids[0], CTX), true).await;
             })
         });
         let takes: Vec<_> = takes.collect();
@@ -284,7 +286,7 @@ async fn a_fleet_removal_is_never_undone_by_a_concurrent_take() {
             Some(":0"),
             "round {round}: the removed session came back"
         );
-        assert!(matches!(tb.fetch(k, false).await, Fetch::Miss));
+        assert!(matches!(tb.read(k, false).await, Fetched::Miss));
     }
 }
 
@@ -316,7 +318,7 @@ async fn garbage_forged_and_moved_values_are_misses_and_deleted() {
     for id in [2u8, 3, 4] {
         let idk = key(id);
         let k = SessionKey::new(&idk, CTX);
-        assert!(matches!(t.fetch(k, false).await, Fetch::Miss), "{id}");
+        assert!(matches!(t.read(k, false).await, Fetched::Miss), "{id}");
     }
     let stats = t.stats();
     assert_eq!((stats.rejected_values, stats.unknown_key_values), (2, 1));
@@ -335,19 +337,19 @@ async fn garbage_forged_and_moved_values_are_misses_and_deleted() {
     // The one sealed under a key this instance lacks stays, for the instances that have it.
     assert!(exists(4));
     assert!(matches!(
-        other_tier.fetch(SessionKey::new(&key(4), CTX), false).await,
-        Fetch::Hit(_)
+        other_tier.read(SessionKey::new(&key(4), CTX), false).await,
+        Fetched::Hit(_)
     ));
     // The genuine one still opens.
     assert!(matches!(
-        t.fetch(SessionKey::new(&key(1), CTX), false).await,
-        Fetch::Hit(_)
+        t.read(SessionKey::new(&key(1), CTX), false).await,
+        Fetched::Hit(_)
     ));
     // Under another context it does not: the context is part of the key and of the sealing.
     assert!(matches!(
-        t.fetch(SessionKey::new(&key(1), b"other-context"), false)
+        t.read(SessionKey::new(&key(1), b"other-context"), false)
             .await,
-        Fetch::Miss
+        Fetched::Miss
     ));
 }
 
@@ -366,20 +368,20 @@ async fn keys_rotate_without_losing_sessions() {
     let c_rotated = instance(&t_rotated, Wiring::Prefetch);
     wait_connected(&t_rotated).await;
     assert!(matches!(
-        t_rotated.fetch(SessionKey::new(&key(9), CTX), false).await,
-        Fetch::Hit(_)
+        t_rotated.read(SessionKey::new(&key(9), CTX), false).await,
+        Fetched::Hit(_)
     ));
     // New sessions are sealed with the new key, which the old ring cannot open.
     new_session(&c_rotated, 10, ProtocolVersion::TLS1_2);
     wait_written(&t_rotated, 1).await;
     assert!(matches!(
-        t_old.fetch(SessionKey::new(&key(10), CTX), false).await,
-        Fetch::Miss
+        t_old.read(SessionKey::new(&key(10), CTX), false).await,
+        Fetched::Miss
     ));
     // ... and does not delete either (attack 8): a rolling update of the key file loses nothing.
     assert!(matches!(
-        t_rotated.fetch(SessionKey::new(&key(10), CTX), false).await,
-        Fetch::Hit(_)
+        t_rotated.read(SessionKey::new(&key(10), CTX), false).await,
+        Fetched::Hit(_)
     ));
 
     // A ticket sealed with the new key: an instance without the key cannot take it, and leaves
@@ -391,14 +393,13 @@ async fn keys_rotate_without_losing_sessions() {
     let ticket_key = t_rotated.redis_key(Kind::Ticket, k11);
     let ids = vec![id11.to_vec()];
     let offer = Offer {
+        sid_ctx: CTX,
         session_id: None,
-        psk_identities: &ids,
+        psk_identities: &refs(&ids),
         client: None,
     };
-    assert!(prefetch_and_take(&t_old, &c_old, offer, k11)
-        .await
-        .is_none());
-    assert!(matches!(t_old.fetch(k11, true).await, Fetch::Miss));
+    assert!(prefetch_and_take(&c_old, offer, k11).await.is_none());
+    assert!(matches!(t_old.read(k11, true).await, Fetched::Miss));
     assert_eq!(t_old.stats().unknown_key_values, 3);
     assert_eq!(t_old.stats().rejected_values, 0);
     assert_eq!(
@@ -406,9 +407,7 @@ async fn keys_rotate_without_losing_sessions() {
         Some(":1")
     );
     let c_other = instance(&t_rotated, Wiring::Prefetch);
-    assert!(prefetch_and_take(&t_rotated, &c_other, offer, k11)
-        .await
-        .is_some());
+    assert!(prefetch_and_take(&c_other, offer, k11).await.is_some());
     assert_eq!(
         redis.command(&["EXISTS", &ticket_key]).as_deref(),
         Some(":0")
@@ -423,8 +422,8 @@ async fn keys_rotate_without_losing_sessions() {
             .command(&["SET", &redis_key, "\u{9}\u{3}newsomething-sealed-later"])
             .unwrap();
         assert!(matches!(
-            t_rotated.fetch(k12, kind == Kind::Ticket).await,
-            Fetch::Miss
+            t_rotated.read(k12, kind == Kind::Ticket).await,
+            Fetched::Miss
         ));
         assert_eq!(
             redis.command(&["EXISTS", &redis_key]).as_deref(),
@@ -450,18 +449,15 @@ async fn explicit_removal_reaches_the_whole_fleet() {
 
     let s = new_session(&a, 5, ProtocolVersion::TLS1_2);
     wait_written(&ta, 1).await;
-    let prefetched = tb
-        .prefetch(
-            &b,
-            CTX,
-            Offer {
-                session_id: Some(&key(5)),
-                psk_identities: &[],
-                client: None,
-            },
-        )
+    let prefetched = b
+        .prefetch(Offer {
+            sid_ctx: CTX,
+            session_id: Some(&key(5)),
+            psk_identities: &[],
+            client: None,
+        })
         .await;
-    assert!(prefetched.ticket().is_none());
+    assert!(prefetched.into_ticket().is_none());
     assert!(b.peek(&key(5)).is_some());
 
     assert!(a.remove(&s));
@@ -508,8 +504,8 @@ async fn redis_down_at_start_and_in_the_middle_is_survived() {
     new_session(&c, 1, ProtocolVersion::TLS1_2);
     let id1 = key(1);
     let k = SessionKey::new(&id1, CTX);
-    assert!(matches!(t.fetch(k, false).await, Fetch::Unavailable));
-    assert!(!t.stats().connected);
+    assert!(matches!(t.read(k, false).await, Fetched::Unavailable));
+    assert!(t.stats().connected == 0);
 
     // Up: the tier connects by itself and works.
     redis.restart();
@@ -517,16 +513,16 @@ async fn redis_down_at_start_and_in_the_middle_is_survived() {
     new_session(&c, 2, ProtocolVersion::TLS1_2);
     wait_written(&t, 1).await;
     assert!(matches!(
-        t.fetch(SessionKey::new(&key(2), CTX), false).await,
-        Fetch::Hit(_)
+        t.read(SessionKey::new(&key(2), CTX), false).await,
+        Fetched::Hit(_)
     ));
 
     // Down in the middle: reads fail fast, the breaker opens, nothing hangs.
     redis.stop();
     for _ in 0..10 {
         assert!(matches!(
-            t.fetch(SessionKey::new(&key(2), CTX), false).await,
-            Fetch::Unavailable
+            t.read(SessionKey::new(&key(2), CTX), false).await,
+            Fetched::Unavailable
         ));
     }
     let stats = t.stats();
@@ -540,7 +536,7 @@ async fn redis_down_at_start_and_in_the_middle_is_survived() {
     let mut back = false;
     for _ in 0..300 {
         new_session(&c, 4, ProtocolVersion::TLS1_2);
-        if let Fetch::Hit(_) = t.fetch(SessionKey::new(&key(4), CTX), false).await {
+        if let Fetched::Hit(_) = t.read(SessionKey::new(&key(4), CTX), false).await {
             back = true;
             break;
         }
@@ -566,7 +562,7 @@ async fn a_full_write_queue_drops_and_counts() {
 }
 
 #[test]
-fn blocking_wiring_serves_synchronous_callbacks() {
+fn blocking_wiring_serves_synchronous_lookups() {
     let redis = RedisServer::start();
     let mut config = RedisConfig::new(redis.url().parse().unwrap());
     config.read_timeout = Duration::from_secs(2);
@@ -579,7 +575,8 @@ fn blocking_wiring_serves_synchronous_callbacks() {
         instance(&tb, Wiring::Blocking),
     );
     assert!(wait_until(Duration::from_secs(10), || ta.stats().connected
-        && tb.stats().connected));
+        == 1
+        && tb.stats().connected == 1));
     new_session(&a, 1, ProtocolVersion::TLS1_2);
     new_session(&a, 2, ProtocolVersion::TLS1_3);
     assert!(wait_until(Duration::from_secs(10), || ta
@@ -587,8 +584,8 @@ fn blocking_wiring_serves_synchronous_callbacks() {
         .stores_written
         >= 2));
 
-    // B's get callback fetches the TLS 1.2 session (and copies it in); its take callback takes
-    // the ticket, once.
+    // B's lookup fetches the TLS 1.2 session from Redis (and copies it in); its take takes the
+    // ticket, once.
     assert!(b
         .lookup(Role::Server, SessionKey::new(&key(1), CTX))
         .is_some());
@@ -597,7 +594,7 @@ fn blocking_wiring_serves_synchronous_callbacks() {
     assert!(b
         .take(Role::Server, SessionKey::new(&key(2), CTX))
         .is_some());
-    // A's local copy of the ticket cannot resume any more: the take callback is authoritative.
+    // A's local copy of the ticket cannot resume any more: Redis, the last tier, decides takes.
     assert!(a
         .take(Role::Server, SessionKey::new(&key(2), CTX))
         .is_none());
@@ -626,18 +623,15 @@ async fn a_three_node_cluster_works_the_same() {
     }
     wait_written(&ta, 20).await;
     for id in (1..=20u8).step_by(2) {
-        let prefetched = tb
-            .prefetch(
-                &b,
-                CTX,
-                Offer {
-                    session_id: Some(&key(id)),
-                    psk_identities: &[],
-                    client: None,
-                },
-            )
+        let prefetched = b
+            .prefetch(Offer {
+                sid_ctx: CTX,
+                session_id: Some(&key(id)),
+                psk_identities: &[],
+                client: None,
+            })
             .await;
-        assert!(prefetched.ticket().is_none());
+        assert!(prefetched.into_ticket().is_none());
         assert!(
             b.lookup(Role::Server, SessionKey::new(&key(id), CTX))
                 .is_some(),
@@ -647,14 +641,15 @@ async fn a_three_node_cluster_works_the_same() {
     for id in (2..=20u8).step_by(2) {
         let ids = vec![key(id).to_vec()];
         let offer = Offer {
+            sid_ctx: CTX,
             session_id: None,
-            psk_identities: &ids,
+            psk_identities: &refs(&ids),
             client: None,
         };
         let kid = key(id);
         let k = SessionKey::new(&kid, CTX);
-        assert!(prefetch_and_take(&tb, &b, offer, k).await.is_some(), "{id}");
-        assert!(prefetch_and_take(&ta, &a, offer, k).await.is_none(), "{id}");
+        assert!(prefetch_and_take(&b, offer, k).await.is_some(), "{id}");
+        assert!(prefetch_and_take(&a, offer, k).await.is_none(), "{id}");
     }
     // The keys spread over the three nodes.
     let per_node: Vec<u64> = cluster
@@ -678,7 +673,7 @@ async fn a_three_node_cluster_works_the_same() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_copy_alone_never_resumes_a_ticket() {
     let redis = RedisServer::start();
-    let (ta, tb, a, b) = two_instances(&redis).await;
+    let (ta, _tb, a, b) = two_instances(&redis).await;
     new_session(&a, 4, ProtocolVersion::TLS1_3);
     wait_written(&ta, 1).await;
     let id4 = key(4);
@@ -694,8 +689,9 @@ async fn a_local_copy_alone_never_resumes_a_ticket() {
     // A prefetch of other identities confirms nothing for this one either.
     let others: Vec<Vec<u8>> = (40..44).map(|i| key(i).to_vec()).collect();
     let offer = Offer {
+        sid_ctx: CTX,
         session_id: None,
-        psk_identities: &others,
+        psk_identities: &refs(&others),
         client: None,
     };
     let copy = a
@@ -705,7 +701,7 @@ async fn a_local_copy_alone_never_resumes_a_ticket() {
         .build()
         .unwrap();
     assert!(a.add(&Arc::new(copy)));
-    assert!(prefetch_and_take(&ta, &a, offer, k).await.is_none());
+    assert!(prefetch_and_take(&a, offer, k).await.is_none());
     // Nothing burnt the ticket in Redis: the fleet can still resume it, exactly once.
     assert_eq!(
         redis.command(&["EXISTS", &redis_key]).as_deref(),
@@ -713,20 +709,21 @@ async fn a_local_copy_alone_never_resumes_a_ticket() {
     );
     let mine = vec![key(4).to_vec()];
     let offer = Offer {
+        sid_ctx: CTX,
         session_id: None,
-        psk_identities: &mine,
+        psk_identities: &refs(&mine),
         client: None,
     };
-    let prefetched = tb.prefetch(&b, CTX, offer).await;
-    let ticket = prefetched.ticket().cloned().unwrap();
+    let prefetched = b.prefetch(offer).await;
+    let ticket = prefetched.into_ticket().unwrap();
     assert!(
         b.take(Role::Server, k).is_none(),
         "only through the connection"
     );
     assert!(b.take_confirmed(k, ticket.clone()).is_some());
     assert!(b.take_confirmed(k, ticket).is_none(), "once");
-    assert!(prefetch_and_take(&ta, &a, offer, k).await.is_none());
-    assert!(prefetch_and_take(&tb, &b, offer, k).await.is_none());
+    assert!(prefetch_and_take(&a, offer, k).await.is_none());
+    assert!(prefetch_and_take(&b, offer, k).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -799,33 +796,36 @@ async fn hostile_hellos_cost_at_most_one_read_and_repeated_ones_none() {
         };
         let ids = vec![fresh(1), fresh(1), fresh(2), fresh(3), fresh(2)];
         let offer = Offer {
+            sid_ctx: CTX,
             session_id: None,
-            psk_identities: &ids,
+            psk_identities: &refs(&ids),
             client: attacker,
         };
-        let _ = t.prefetch(&c, CTX, offer).await;
+        let _ = c.prefetch(offer).await;
     }
     assert_eq!(redis_reads(&redis), 50);
     // The same hello again and again: no read at all, whether tickets or a TLS 1.2 id.
     let ids = vec![key(200).to_vec(), key(201).to_vec()];
     let repeated = Offer {
+        sid_ctx: CTX,
         session_id: None,
-        psk_identities: &ids,
+        psk_identities: &refs(&ids),
         client: attacker,
     };
     let id202 = key(202);
     let repeated12 = Offer {
+        sid_ctx: CTX,
         session_id: Some(&id202),
         psk_identities: &[],
         client: attacker,
     };
-    let _ = t.prefetch(&c, CTX, repeated).await;
-    let _ = t.prefetch(&c, CTX, repeated).await; // identity 201 now, the first one unknown
-    let _ = t.prefetch(&c, CTX, repeated12).await;
+    let _ = c.prefetch(repeated).await;
+    let _ = c.prefetch(repeated).await; // identity 201 now, the first one unknown
+    let _ = c.prefetch(repeated12).await;
     redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
     for _ in 0..20 {
-        let _ = t.prefetch(&c, CTX, repeated).await;
-        let _ = t.prefetch(&c, CTX, repeated12).await;
+        let _ = c.prefetch(repeated).await;
+        let _ = c.prefetch(repeated12).await;
     }
     // TLS 1.2 misses are remembered for a second only: at most one read per second here.
     let reads = redis_reads(&redis);
@@ -850,14 +850,15 @@ async fn hostile_hellos_cost_at_most_one_read_and_repeated_ones_none() {
         == Some(":1")));
     let ids = vec![key(200).to_vec(), key(201).to_vec(), id210.to_vec()];
     let offer = Offer {
+        sid_ctx: CTX,
         session_id: None,
-        psk_identities: &ids,
+        psk_identities: &refs(&ids),
         client: attacker,
     };
     let k210 = SessionKey::new(&id210, CTX);
-    assert!(prefetch_and_take(&t, &c, offer, k210).await.is_some());
+    assert!(prefetch_and_take(&c, offer, k210).await.is_some());
     redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
-    assert!(prefetch_and_take(&t, &c, offer, k210).await.is_none());
+    assert!(prefetch_and_take(&c, offer, k210).await.is_none());
     assert_eq!(redis_reads(&redis), 0);
 }
 
@@ -883,11 +884,12 @@ async fn each_client_address_has_a_read_budget_that_hits_give_back() {
         let mut id = [7u8; 32];
         id[..4].copy_from_slice(&n.to_be_bytes());
         let offer = Offer {
+            sid_ctx: CTX,
             session_id: Some(&id),
             psk_identities: &[],
             client: attacker,
         };
-        let _ = t.prefetch(&c, CTX, offer).await;
+        let _ = c.prefetch(offer).await;
     }
     let allowed = 10 + 5 * (started.elapsed().as_secs() + 1);
     let reads = redis_reads(&redis);
@@ -901,11 +903,12 @@ async fn each_client_address_has_a_read_budget_that_hits_give_back() {
     let limited = t.stats().reads_limited;
     for (client, limited_more) in [(neighbour, 1), (elsewhere, 1)] {
         let offer = Offer {
+            sid_ctx: CTX,
             session_id: Some(&id),
             psk_identities: &[],
             client,
         };
-        let _ = t.prefetch(&c, CTX, offer).await;
+        let _ = c.prefetch(offer).await;
         assert_eq!(t.stats().reads_limited, limited + limited_more);
     }
 
@@ -923,11 +926,12 @@ async fn each_client_address_has_a_read_budget_that_hits_give_back() {
         let id = key(n);
         for id in [&gone, &id] {
             let offer = Offer {
+                sid_ctx: CTX,
                 session_id: Some(id),
                 psk_identities: &[],
                 client: resumer,
             };
-            let _ = t.prefetch(&c, CTX, offer).await;
+            let _ = c.prefetch(offer).await;
         }
         assert!(
             c.lookup(Role::Server, SessionKey::new(&id, CTX)).is_some(),
@@ -1005,11 +1009,143 @@ async fn a_deadline_missed_because_this_machine_is_busy_is_no_redis_failure() {
         tokio::task::yield_now().await;
         std::thread::sleep(Duration::from_millis(100));
     };
-    let (fetched, ()) = tokio::join!(t.fetch(SessionKey::new(&id, CTX), false), busy);
-    assert!(matches!(fetched, Fetch::Unavailable));
+    let (fetched, ()) = tokio::join!(t.read(SessionKey::new(&id, CTX), false), busy);
+    assert!(matches!(fetched, Fetched::Unavailable));
     let stats = t.stats();
     assert_eq!(stats.read_timeouts_local, 1, "{stats:?}");
     assert_eq!(stats.read_timeouts, 0, "{stats:?}");
     assert_eq!(stats.breaker_opens, 0, "{stats:?}");
-    assert!(!stats.breaker_open);
+    assert_eq!(stats.breaker_open, 0);
+}
+
+/// A tier above Redis, standing in for a disk: a map of sessions, with counts of what the
+/// cache asked of it.
+#[derive(Default)]
+struct MapTier {
+    sessions: parking_lot::Mutex<std::collections::HashMap<Vec<u8>, Arc<Session>>>,
+    removed: std::sync::atomic::AtomicUsize,
+    forgotten: std::sync::atomic::AtomicUsize,
+}
+
+impl MapTier {
+    fn holds(&self, id: &[u8]) -> bool {
+        self.sessions.lock().contains_key(id)
+    }
+}
+
+impl Tier for MapTier {
+    fn name(&self) -> &str {
+        "map"
+    }
+    fn store(&self, session: &Arc<Session>) {
+        self.sessions
+            .lock()
+            .insert(session.id().as_bytes().to_vec(), Arc::clone(session));
+    }
+    fn fetch(&self, key: SessionKey<'_>) -> Fetched {
+        self.sessions
+            .lock()
+            .get(key.id)
+            .cloned()
+            .map_or(Fetched::Miss, Fetched::Hit)
+    }
+    fn take(&self, key: SessionKey<'_>) -> Fetched {
+        self.sessions
+            .lock()
+            .remove(key.id)
+            .map_or(Fetched::Miss, Fetched::Hit)
+    }
+    fn remove(&self, session: &Arc<Session>, _why: Removal) {
+        self.removed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.sessions.lock().remove(session.id().as_bytes());
+    }
+    fn forget(&self, key: SessionKey<'_>) {
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.sessions.lock().remove(key.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_invalidation_reaches_the_tiers_above_redis() {
+    let redis = RedisServer::start();
+    let (ta, tb) = (tier(&redis.url(), keys()), tier(&redis.url(), keys()));
+    let a = instance(&ta, Wiring::Prefetch);
+    // Instance B keeps a local tier (a disk, say) above Redis.
+    let local = Arc::new(MapTier::default());
+    let b: Arc<SessionCache> = Arc::new(SessionCache::new());
+    b.attach(local.clone());
+    b.attach(Arc::new(tb.clone()));
+    wait_connected(&ta).await;
+    wait_connected(&tb).await;
+    let subscribed = wait_until(Duration::from_secs(5), || {
+        redis
+            .command(&["PUBSUB", "NUMSUB", "reprise:invalidate"])
+            .as_deref()
+            == Some("reprise:invalidate\n:2")
+    });
+    assert!(subscribed);
+
+    // A makes a session; B fetches it from Redis, into memory and into its local tier.
+    let s = new_session(&a, 5, ProtocolVersion::TLS1_2);
+    wait_written(&ta, 1).await;
+    let prefetched = b
+        .prefetch(Offer {
+            sid_ctx: CTX,
+            session_id: Some(&key(5)),
+            psk_identities: &[],
+            client: None,
+        })
+        .await;
+    assert!(prefetched.found_session());
+    assert!(b.peek(&key(5)).is_some());
+    assert!(local.holds(&key(5)), "copied into the tier above Redis");
+
+    // A removes it: B forgets it in memory and in the tier above, without a removal of its
+    // own (no echo back to the fleet).
+    assert!(a.remove(&s));
+    let forgotten = wait_until(Duration::from_secs(5), || {
+        b.peek(&key(5)).is_none() && !local.holds(&key(5))
+    });
+    assert!(forgotten, "{:?}", tb.stats());
+    assert_eq!(local.forgotten.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(local.removed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(tb.stats().invalidations_received, 1);
+    assert_eq!(tb.stats().invalidations_sent, 0);
+    // And B's lookups find it nowhere.
+    assert!(b
+        .lookup(Role::Server, SessionKey::new(&key(5), CTX))
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tier_reads_the_time_from_the_cache_clock() {
+    // A session valid for 60 days is kept in Redis for 30 at most, counted from the cache's
+    // clock, not the system's: here ten days ahead.
+    let redis = RedisServer::start();
+    let t = tier(&redis.url(), keys());
+    let system_now = reprise::Clock::now(&reprise::SystemClock);
+    let ahead = system_now + 10 * 24 * 3600;
+    let clock = Arc::new(reprise::ManualClock::new(ahead));
+    let c: Arc<SessionCache> = Arc::new(SessionCache::builder().clock(clock.clone()).build());
+    c.attach(Arc::new(t.clone()));
+    wait_connected(&t).await;
+    let s = c
+        .session(&key(1), SecretBytes::from(vec![1; 48]))
+        .sid_ctx(CTX)
+        .version(ProtocolVersion::TLS1_2)
+        .timeout_secs(60 * 24 * 3600)
+        .build()
+        .unwrap();
+    assert!(c.new_session(Role::Server, s).is_stored());
+    wait_written(&t, 1).await;
+    let redis_key = t.redis_key(Kind::Session, SessionKey::new(&key(1), CTX));
+    let expiretime: u64 = redis
+        .command(&["EXPIRETIME", &redis_key])
+        .unwrap()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert_eq!(expiretime, ahead + 30 * 24 * 3600);
 }

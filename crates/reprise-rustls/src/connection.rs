@@ -238,7 +238,7 @@ impl<P: Send + Sync + 'static> ConnectionSessions<P> {
     }
 
     /// Hands the connection a TLS 1.3 ticket that the shared tier took for it (atomically,
-    /// a `GETDEL` before the handshake; see `RedisTier::prefetch` in `reprise-redis`).
+    /// before the handshake; see [`SessionCache::prefetch`]).
     ///
     /// With a shared tier, this is the only way a ticket resumes: when the TLS stack takes the
     /// ticket's id on this connection, the store resumes this session
