@@ -204,16 +204,18 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         None => None,
         Some(d) => {
             let keys = match &d.key_file {
-                Some(path) => {
-                    Some(KeyRing::load(path).map_err(|e| anyhow::anyhow!("redis-key-file: {e}"))?)
-                }
+                Some(path) => Some(
+                    reprise_seal::KeyRing::load(path)
+                        .map_err(|e| anyhow::anyhow!("key-file: {e}"))?,
+                ),
                 None => None,
             };
             let mut config = DiskConfig::new(&d.dir);
             config.max_bytes = d.max_bytes;
-            let (tier, startup) = DiskTier::open(config, keys).map_err(anyhow::Error::from)?;
+            let (tier, startup) = DiskTier::open(config, keys)
+                .map_err(|e| anyhow::Error::new(e).context("cache-dir"))?;
             tracing::info!(dir = %d.dir.display(), recovery = ?startup.recovery, "session cache on disk");
-            tier.install(&cache);
+            cache.attach(Arc::new(tier.clone()));
             Some(tier)
         }
     };
