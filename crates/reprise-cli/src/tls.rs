@@ -189,8 +189,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     let redis = match &settings.redis {
         None => None,
         Some(r) => {
-            let keys =
-                KeyRing::load(&r.key_file).map_err(|e| anyhow::anyhow!("redis-key-file: {e}"))?;
+            let keys = KeyRing::load(&r.key_file).map_err(|e| anyhow::anyhow!("key-file: {e}"))?;
             let mut config = RedisConfig::new(r.target.clone());
             config.prefix = r.prefix.clone();
             config.read_timeout = r.timeout;
