@@ -42,12 +42,12 @@ fn cache() -> Arc<SessionCache> {
     Arc::new(SessionCache::new())
 }
 
-/// One run of a server: a cache with the disk tier installed and warmed.
 /// Hands the cache a session made now with a 300 s timeout, as a server does after a handshake.
 fn add_live(cache: &SessionCache, id: u32, version: ProtocolVersion) {
     cache.new_session(Role::Server, session(id, version, now(), 300));
 }
 
+/// One run of a server: a cache with the disk tier attached and warmed.
 fn start(dir: &std::path::Path) -> (DiskTier, Arc<SessionCache>, reprise_disk::Startup) {
     let (tier, startup) = DiskTier::open(DiskConfig::new(dir), None).unwrap();
     let cache = cache();
