@@ -101,6 +101,9 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     /// The disk tier, if any.
     pub disk: Option<DiskSettings>,
+    /// The former name of the key file's flag or setting, if one was used: logged once the
+    /// server has its TLS state, so that a start-up error stays one line.
+    pub deprecated_key_file: Option<&'static str>,
 }
 
 /// Where and how to keep sessions on disk across restarts.
@@ -288,7 +291,7 @@ impl Settings {
             bail!("idle-timeout must be at least 1 second");
         }
         let _ = file.workers;
-        let key_file = key_file(
+        let (key_file, deprecated_key_file) = key_file(
             [args.key_file, args.redis_key_file],
             [file.key_file, file.redis_key_file],
         )?;
@@ -398,16 +401,17 @@ impl Settings {
             ),
             redis,
             disk,
+            deprecated_key_file,
         })
     }
 }
 
 /// The key file: the flag (`--key-file`, or its former name `--redis-key-file`) over the
-/// settings file (`key-file`, or `redis-key-file`). A former name logs one deprecation line.
+/// settings file (`key-file`, or `redis-key-file`); and the former name, if one was used.
 fn key_file(
     [flag, old_flag]: [Option<PathBuf>; 2],
     [setting, old_setting]: [Option<PathBuf>; 2],
-) -> anyhow::Result<Option<PathBuf>> {
+) -> anyhow::Result<(Option<PathBuf>, Option<&'static str>)> {
     if setting.is_some() && old_setting.is_some() {
         bail!("key-file and redis-key-file are one setting: give key-file only");
     }
@@ -418,10 +422,7 @@ fn key_file(
     } else {
         None
     };
-    if let Some(old) = old {
-        tracing::warn!("{old} is deprecated: use key-file (--key-file), which seals the sessions of every tier");
-    }
-    Ok(flag.or(old_flag).or(setting).or(old_setting))
+    Ok((flag.or(old_flag).or(setting).or(old_setting), old))
 }
 
 /// The worker threads the settings file asks for, when the flag does not: read before the
@@ -486,6 +487,29 @@ mod tests {
         };
         assert_eq!(with(new, "")?, Some("new.keys".into()));
         assert_eq!(with(old, "")?, Some("old.keys".into()));
+        let deprecated = |args: ServeArgs, file: &str| -> anyhow::Result<Option<&'static str>> {
+            Ok(Settings::merge(args, parse(file)?)?.deprecated_key_file)
+        };
+        let old = ServeArgs {
+            redis_key_file: Some("old.keys".into()),
+            cache_dir: Some("/tmp/reprise-unused".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(deprecated(old, "")?, Some("--redis-key-file"));
+        assert_eq!(
+            deprecated(
+                ServeArgs::default(),
+                "key-file = \"f.keys\"\ncache-dir = \"/tmp/x\""
+            )?,
+            None
+        );
+        assert_eq!(
+            deprecated(
+                ServeArgs::default(),
+                "redis-key-file = \"f.keys\"\ncache-dir = \"/tmp/x\""
+            )?,
+            Some("the redis-key-file setting")
+        );
         assert_eq!(
             with(ServeArgs::default(), "key-file = \"f.keys\"")?,
             Some("f.keys".into())

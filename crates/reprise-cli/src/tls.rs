@@ -229,6 +229,11 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         }
         TicketMode::Off => config.send_tls13_tickets = 0,
     }
+    if let Some(old) = settings.deprecated_key_file {
+        tracing::warn!(
+            "{old} is deprecated: use key-file (--key-file), which seals the sessions of every tier"
+        );
+    }
     Ok(ServerTls {
         config: Arc::new(config),
         store,

@@ -247,6 +247,20 @@ fn disk_flags_are_checked() {
             vec!["--cache-dir", "/proc/reprise-cannot-create"],
             "cache-dir",
         ),
+        // The key file's former name still names it, and a bad one is still one line.
+        (
+            vec![
+                "--cache-dir",
+                "/tmp/x",
+                "--redis-key-file",
+                "/nonexistent/keys",
+            ],
+            "cannot read key file /nonexistent/keys",
+        ),
+        (
+            vec!["--key-file", "/tmp/keys", "--redis-key-file", "/tmp/keys"],
+            "--key-file",
+        ),
     ] {
         let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
         argv.extend_from_slice(&args);
