@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use reprise::{SecretBytes, Session, SessionCache, SessionKey};
+use reprise::{SecretBytes, Session, SessionCache, SessionKey, Tier};
 use reprise_disk::{DiskConfig, DiskTier, Recovery};
 use reprise_seal::KeyRing;
 
@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let (tier, startup) = DiskTier::open(DiskConfig::new(dir), Some(keys()))
         .unwrap_or_else(|e| panic!("the tier did not start: {e}"));
     let cache = Arc::new(SessionCache::new());
-    tier.install(&cache);
+    cache.attach(Arc::new(tier.clone()));
     let warmed = tier.warm(&cache);
     if let Recovery::SetAside(aside) = &startup.recovery {
         assert!(aside.is_file());
@@ -49,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
         .sid_ctx(b"fuzz")
         .build()
         .expect("a session");
-    tier.store(&s);
-    assert!(tier.get(SessionKey::new(&[7; 32], b"fuzz")).is_some());
+    tier.store(&Arc::new(s));
+    assert!(tier
+        .fetch(SessionKey::new(&[7; 32], b"fuzz"))
+        .hit()
+        .is_some());
     drop(tier);
 });

@@ -22,7 +22,7 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Generate handshake load against a TLS server and report rates and latencies.
     Bench(BenchArgs),
-    /// Print a new key line for a Redis key file (`--redis-key-file`).
+    /// Print a new key line for a key file (`--key-file`).
     Keygen(KeygenArgs),
 }
 
@@ -178,6 +178,10 @@ pub struct ServeArgs {
     /// Key file sealing the sessions stored in Redis or in --cache-dir: name:hex lines, the first
     /// seals (see `reprise keygen`).
     #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// The former name of --key-file, still accepted (with a deprecation line in the log).
+    #[arg(long, value_name = "FILE", hide = true, conflicts_with = "key_file")]
     pub redis_key_file: Option<PathBuf>,
 
     /// Milliseconds a handshake may wait for a Redis read [default: 5].
@@ -195,7 +199,7 @@ pub struct ServeArgs {
     pub redis_misses_per_address: Option<u32>,
 
     /// Keep sessions on disk in this directory, so that they survive a restart (a server that
-    /// runs alone). Sealed with --redis-key-file if given, else with a key kept in the directory.
+    /// runs alone). Sealed with --key-file if given, else with a key kept in the directory.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 

@@ -46,6 +46,8 @@ pub struct FileConfig {
     shutdown_timeout: Option<u64>,
     workers: Option<usize>,
     redis: Option<String>,
+    key_file: Option<PathBuf>,
+    /// The former name of `key-file`.
     redis_key_file: Option<PathBuf>,
     redis_timeout_ms: Option<u64>,
     redis_prefix: Option<String>,
@@ -99,6 +101,9 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     /// The disk tier, if any.
     pub disk: Option<DiskSettings>,
+    /// The former name of the key file's flag or setting, if one was used: logged once the
+    /// server has its TLS state, so that a start-up error stays one line.
+    pub deprecated_key_file: Option<&'static str>,
 }
 
 /// Where and how to keep sessions on disk across restarts.
@@ -108,7 +113,7 @@ pub struct DiskSettings {
     pub dir: PathBuf,
     /// The cap on the database file.
     pub max_bytes: u64,
-    /// The key file (`--redis-key-file`), or `None` for a key kept in the directory.
+    /// The key file (`--key-file`), or `None` for a key kept in the directory.
     pub key_file: Option<PathBuf>,
 }
 
@@ -286,7 +291,10 @@ impl Settings {
             bail!("idle-timeout must be at least 1 second");
         }
         let _ = file.workers;
-        let key_file = args.redis_key_file.or(file.redis_key_file);
+        let (key_file, deprecated_key_file) = key_file(
+            [args.key_file, args.redis_key_file],
+            [file.key_file, file.redis_key_file],
+        )?;
         let cache_dir = args.cache_dir.or(file.cache_dir);
         let cache_dir_max_bytes = args.cache_dir_max_bytes.or(file.cache_dir_max_bytes);
         let disk = match cache_dir {
@@ -339,8 +347,10 @@ impl Settings {
                         .unwrap_or(reprise_redis::DEFAULT_MISSES_PER_ADDRESS),
                 })
             }
-            (Some(_), None) => bail!("--redis needs --redis-key-file (sessions in Redis are sealed; see `reprise keygen`)"),
-            (None, Some(_)) => bail!("--redis-key-file needs --redis or --cache-dir"),
+            (Some(_), None) => bail!(
+                "--redis needs --key-file (sessions in Redis are sealed; see `reprise keygen`)"
+            ),
+            (None, Some(_)) => bail!("--key-file needs --redis or --cache-dir"),
             (None, None) => {
                 if args.redis_timeout_ms.or(file.redis_timeout_ms).is_some()
                     || args.redis_prefix.or(file.redis_prefix).is_some()
@@ -349,7 +359,9 @@ impl Settings {
                         .or(file.redis_misses_per_address)
                         .is_some()
                 {
-                    bail!("redis-timeout-ms, redis-prefix and redis-misses-per-address need --redis");
+                    bail!(
+                        "redis-timeout-ms, redis-prefix and redis-misses-per-address need --redis"
+                    );
                 }
                 None
             }
@@ -389,8 +401,28 @@ impl Settings {
             ),
             redis,
             disk,
+            deprecated_key_file,
         })
     }
+}
+
+/// The key file: the flag (`--key-file`, or its former name `--redis-key-file`) over the
+/// settings file (`key-file`, or `redis-key-file`); and the former name, if one was used.
+fn key_file(
+    [flag, old_flag]: [Option<PathBuf>; 2],
+    [setting, old_setting]: [Option<PathBuf>; 2],
+) -> anyhow::Result<(Option<PathBuf>, Option<&'static str>)> {
+    if setting.is_some() && old_setting.is_some() {
+        bail!("key-file and redis-key-file are one setting: give key-file only");
+    }
+    let old = if old_flag.is_some() {
+        Some("--redis-key-file")
+    } else if old_setting.is_some() {
+        Some("the redis-key-file setting")
+    } else {
+        None
+    };
+    Ok((flag.or(old_flag).or(setting).or(old_setting), old))
 }
 
 /// The worker threads the settings file asks for, when the flag does not: read before the
@@ -431,6 +463,74 @@ mod tests {
         assert_eq!(s.tickets, TicketMode::Off);
         assert_eq!(s.cache_timeout, 300);
         assert_eq!(s.tls13_tickets, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn the_key_file_has_a_new_name_and_keeps_its_old_one() -> anyhow::Result<()> {
+        let with = |args: ServeArgs, file: &str| -> anyhow::Result<Option<PathBuf>> {
+            let args = ServeArgs {
+                cache_dir: Some("/tmp/reprise-unused".into()),
+                ..args
+            };
+            Ok(Settings::merge(args, parse(file)?)?
+                .disk
+                .and_then(|d| d.key_file))
+        };
+        let new = ServeArgs {
+            key_file: Some("new.keys".into()),
+            ..ServeArgs::default()
+        };
+        let old = ServeArgs {
+            redis_key_file: Some("old.keys".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(with(new, "")?, Some("new.keys".into()));
+        assert_eq!(with(old, "")?, Some("old.keys".into()));
+        let deprecated = |args: ServeArgs, file: &str| -> anyhow::Result<Option<&'static str>> {
+            Ok(Settings::merge(args, parse(file)?)?.deprecated_key_file)
+        };
+        let old = ServeArgs {
+            redis_key_file: Some("old.keys".into()),
+            cache_dir: Some("/tmp/reprise-unused".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(deprecated(old, "")?, Some("--redis-key-file"));
+        assert_eq!(
+            deprecated(
+                ServeArgs::default(),
+                "key-file = \"f.keys\"\ncache-dir = \"/tmp/x\""
+            )?,
+            None
+        );
+        assert_eq!(
+            deprecated(
+                ServeArgs::default(),
+                "redis-key-file = \"f.keys\"\ncache-dir = \"/tmp/x\""
+            )?,
+            Some("the redis-key-file setting")
+        );
+        assert_eq!(
+            with(ServeArgs::default(), "key-file = \"f.keys\"")?,
+            Some("f.keys".into())
+        );
+        assert_eq!(
+            with(ServeArgs::default(), "redis-key-file = \"g.keys\"")?,
+            Some("g.keys".into())
+        );
+        // A flag wins over the file, whichever name either uses.
+        let old = ServeArgs {
+            redis_key_file: Some("old.keys".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(with(old, "key-file = \"f.keys\"")?, Some("old.keys".into()));
+        let both = with(
+            ServeArgs::default(),
+            "key-file = \"f.keys\"\nredis-key-file = \"g.keys\"",
+        );
+        assert!(both
+            .err()
+            .is_some_and(|e| e.to_string().contains("one setting")));
         Ok(())
     }
 

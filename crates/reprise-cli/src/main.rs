@@ -84,7 +84,7 @@ fn keygen(args: cli::KeygenArgs) -> anyhow::Result<()> {
             .map_or(0, |d| d.as_secs());
         format!("key-{secs}")
     });
-    let line = reprise_redis::KeyRing::generate_line(&name).map_err(startup)?;
+    let line = reprise_seal::KeyRing::generate_line(&name).map_err(startup)?;
     // Written as bytes: no formatting copies of the key.
     let mut out = std::io::stdout().lock();
     out.write_all(line.as_bytes())

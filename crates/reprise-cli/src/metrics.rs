@@ -323,103 +323,16 @@ impl Metrics {
             }
         }
         if let Some(d) = disk {
-            family(
-                "reprise_disk_file_bytes",
-                "gauge",
-                "Size of the session database file.",
-                &plain(d.file_bytes),
-            );
-            family(
-                "reprise_disk_in_flight",
-                "gauge",
-                "Writes not yet in the file that reads take into account.",
-                &plain(d.in_flight),
-            );
-            let counters = [
-                (
-                    "stores_queued",
-                    d.stores_queued,
-                    "Sessions queued for writing to disk.",
-                ),
-                (
-                    "stores_written",
-                    d.stores_written,
-                    "Sessions written to disk.",
-                ),
-                (
-                    "deletes_written",
-                    d.deletes_written,
-                    "Deletions written to disk.",
-                ),
-                (
-                    "stores_skipped",
-                    d.stores_skipped,
-                    "Sessions taken or removed before they were written: never written.",
-                ),
-                (
-                    "writes_dropped_full",
-                    d.writes_dropped_full,
-                    "Writes dropped because the queue was full.",
-                ),
-                (
-                    "write_failures",
-                    d.write_failures,
-                    "Batches of writes that failed.",
-                ),
-                (
-                    "deletes_lost",
-                    d.deletes_lost,
-                    "Deletions that never reached the file: the shutdown is then not marked clean.",
-                ),
-                (
-                    "purged_expired",
-                    d.purged_expired,
-                    "Expired sessions purged from disk.",
-                ),
-                (
-                    "evicted_for_size",
-                    d.evicted_for_size,
-                    "Sessions evicted to keep the file under its cap.",
-                ),
-                (
-                    "rejected_values",
-                    d.rejected_values,
-                    "Stored values that did not open (forged, corrupt, sealed for another tier): deleted.",
-                ),
-                (
-                    "unknown_key_values",
-                    d.unknown_key_values,
-                    "Stored values sealed with a key not in the ring, or in an unknown format: misses, kept.",
-                ),
-                ("warmed", d.warmed, "Sessions loaded from disk at start."),
-                (
-                    "read_hits",
-                    d.read_hits,
-                    "Reads that the disk served (lookups memory missed, and ticket takes).",
-                ),
-                (
-                    "read_misses",
-                    d.read_misses,
-                    "Reads that the disk did not serve.",
-                ),
-                (
-                    "reads_skipped",
-                    d.reads_skipped,
-                    "Reads not made while the file was compacted (misses).",
-                ),
-                ("read_errors", d.read_errors, "Reads that failed."),
-                (
-                    "refused_takes",
-                    d.refused_takes,
-                    "Ticket lookups that named a TLS 1.2 session: misses.",
-                ),
-            ];
-            for (name, value, help) in counters {
+            // Names, help texts and kinds come from the tier's own declaration.
+            for m in d.metrics() {
                 family(
-                    &format!("reprise_disk_{name}_total"),
-                    "counter",
-                    help,
-                    &plain(value),
+                    &format!("reprise_disk_{}", m.name),
+                    match m.kind {
+                        MetricKind::Counter => "counter",
+                        MetricKind::Gauge => "gauge",
+                    },
+                    m.help,
+                    &plain(m.value),
                 );
             }
         }
@@ -448,6 +361,30 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    /// The disk tier's families keep their names, kinds and help texts, from the tier's own
+    /// declaration.
+    #[test]
+    fn renders_the_disk_tier_from_its_declaration() {
+        let disk = DiskStats {
+            warmed: 3,
+            file_bytes: 4096,
+            ..DiskStats::default()
+        };
+        let text = Metrics::default().render(&Stats::default(), None, Some(&disk));
+        for line in [
+            "# TYPE reprise_disk_file_bytes gauge",
+            "reprise_disk_file_bytes 4096",
+            "# TYPE reprise_disk_in_flight gauge",
+            "# HELP reprise_disk_warmed_total Sessions loaded from disk at start.",
+            "# TYPE reprise_disk_warmed_total counter",
+            "reprise_disk_warmed_total 3",
+            "reprise_disk_stores_written_total 0",
+            "reprise_disk_writes_dropped_full_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
     }
 
     #[test]

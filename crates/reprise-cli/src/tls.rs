@@ -189,8 +189,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     let redis = match &settings.redis {
         None => None,
         Some(r) => {
-            let keys =
-                KeyRing::load(&r.key_file).map_err(|e| anyhow::anyhow!("redis-key-file: {e}"))?;
+            let keys = KeyRing::load(&r.key_file).map_err(|e| anyhow::anyhow!("key-file: {e}"))?;
             let mut config = RedisConfig::new(r.target.clone());
             config.prefix = r.prefix.clone();
             config.read_timeout = r.timeout;
@@ -204,16 +203,18 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         None => None,
         Some(d) => {
             let keys = match &d.key_file {
-                Some(path) => {
-                    Some(KeyRing::load(path).map_err(|e| anyhow::anyhow!("redis-key-file: {e}"))?)
-                }
+                Some(path) => Some(
+                    reprise_seal::KeyRing::load(path)
+                        .map_err(|e| anyhow::anyhow!("key-file: {e}"))?,
+                ),
                 None => None,
             };
             let mut config = DiskConfig::new(&d.dir);
             config.max_bytes = d.max_bytes;
-            let (tier, startup) = DiskTier::open(config, keys).map_err(anyhow::Error::from)?;
+            let (tier, startup) = DiskTier::open(config, keys)
+                .map_err(|e| anyhow::Error::new(e).context("cache-dir"))?;
             tracing::info!(dir = %d.dir.display(), recovery = ?startup.recovery, "session cache on disk");
-            tier.install(&cache);
+            cache.attach(Arc::new(tier.clone()));
             Some(tier)
         }
     };
@@ -227,6 +228,11 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             config.send_tls13_tickets = settings.tls13_tickets;
         }
         TicketMode::Off => config.send_tls13_tickets = 0,
+    }
+    if let Some(old) = settings.deprecated_key_file {
+        tracing::warn!(
+            "{old} is deprecated: use key-file (--key-file), which seals the sessions of every tier"
+        );
     }
     Ok(ServerTls {
         config: Arc::new(config),

@@ -247,6 +247,20 @@ fn disk_flags_are_checked() {
             vec!["--cache-dir", "/proc/reprise-cannot-create"],
             "cache-dir",
         ),
+        // The key file's former name still names it, and a bad one is still one line.
+        (
+            vec![
+                "--cache-dir",
+                "/tmp/x",
+                "--redis-key-file",
+                "/nonexistent/keys",
+            ],
+            "cannot read key file /nonexistent/keys",
+        ),
+        (
+            vec!["--key-file", "/tmp/keys", "--redis-key-file", "/tmp/keys"],
+            "--key-file",
+        ),
     ] {
         let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
         argv.extend_from_slice(&args);
@@ -340,4 +354,45 @@ fn files_are_private_and_an_exposed_key_file_is_warned_about() {
     // The key still works: the session stored before the restart resumes.
     assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
     assert_eq!(server.terminate().code(), Some(0));
+}
+
+/// `--key-file` seals the stored sessions with the operator's key ring (no key is generated in
+/// the directory); its former name, `--redis-key-file`, still works, and logs one deprecation
+/// line.
+#[test]
+fn the_key_file_flag_and_its_former_name_both_seal_the_disk() {
+    for flag in ["--key-file", "--redis-key-file"] {
+        let keys_dir = tempfile::tempdir().unwrap();
+        let keys = path_in(keys_dir.path(), "keys");
+        std::fs::write(&keys, format!("ops:{}\n", "ab".repeat(32))).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let disk = Disk::new(&[flag, &keys]);
+        let s12 = disk.file("s12");
+        let server = disk.serve();
+        assert_eq!(
+            request(&server, &["-tls1_2", "-sess_out", &s12]),
+            "New",
+            "{flag}"
+        );
+        let server = disk.restart_cleanly(server);
+        assert!(wait_until(Duration::from_secs(10), || server
+            .stderr()
+            .contains("sessions loaded from disk")));
+        assert_eq!(
+            request(&server, &["-tls1_2", "-sess_in", &s12]),
+            "Reused",
+            "{flag}"
+        );
+        let cache = disk.database().parent().unwrap().to_path_buf();
+        assert!(!cache.join("key").exists(), "{flag}: a key was generated");
+        let log = server.stderr();
+        let deprecations = log.lines().filter(|l| l.contains("deprecated")).count();
+        let want = usize::from(flag == "--redis-key-file");
+        assert_eq!(deprecations, want, "{flag}: {log}");
+        assert_eq!(server.terminate().code(), Some(0));
+    }
 }

@@ -312,7 +312,7 @@ fn bad_key_files_are_start_up_errors() {
             "127.0.0.1:0",
             "--redis",
             "redis://127.0.0.1:1",
-            "--redis-key-file",
+            "--key-file",
             file,
         ]);
         assert!(stderr.contains(want), "{want}: {stderr}");
@@ -320,12 +320,9 @@ fn bad_key_files_are_start_up_errors() {
     for (args, want) in [
         (
             vec!["--redis", "redis://127.0.0.1:1"],
-            "--redis needs --redis-key-file",
+            "--redis needs --key-file",
         ),
-        (
-            vec!["--redis", "http://x", "--redis-key-file", "k"],
-            "redis",
-        ),
+        (vec!["--redis", "http://x", "--key-file", "k"], "redis"),
         (
             vec!["--redis-misses-per-address", "5"],
             "redis-misses-per-address need --redis",

@@ -34,6 +34,11 @@ impl Pending {
         self.map.get(key).map(|e| &e.what)
     }
 
+    /// When the session of the in-flight write for `key` expires, if there is one.
+    pub(crate) fn expiry(&self, key: &[u8]) -> Option<u64> {
+        self.map.get(key).map(|e| e.expiry)
+    }
+
     /// Records a write about to be queued; returns its sequence number (never 0).
     pub(crate) fn insert(&mut self, key: Vec<u8>, what: InFlight, expiry: u64) -> u64 {
         self.next += 1;

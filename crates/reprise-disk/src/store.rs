@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use reprise::{ProtocolVersion, SessionKey};
 
-use crate::error::DiskError;
+use crate::error::{DbFailure, DiskError};
 use crate::quiet::catch_quietly;
 
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
@@ -155,7 +155,7 @@ enum Unusable {
     /// Another process has it open: not damage, and not to be touched.
     InUse,
     /// redb failed, or panicked, opening, checking or loading it.
-    Damaged(String),
+    Damaged(DbFailure),
 }
 
 /// Creates the file if it does not exist, readable and writable by the owner only (0600), and
@@ -165,20 +165,25 @@ fn private_file(path: &Path) -> Result<(), DiskError> {
     options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let io = |action| {
+        move |source| DiskError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
     let file = options
         .open(path)
-        .map_err(|e| DiskError::Io(format!("cannot create {}: {e}", path.display())))?;
+        .map_err(io("create the session database"))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let meta = file
             .metadata()
-            .map_err(|e| DiskError::Io(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(io("read the metadata of the session database"))?;
         if meta.permissions().mode() & 0o077 != 0 {
             file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| {
-                    DiskError::Io(format!("cannot make {} private: {e}", path.display()))
-                })?;
+                .map_err(io("make private the session database"))?;
         }
     }
     drop(file);
@@ -205,17 +210,14 @@ fn open_checked(path: &Path, drop_tls13: bool) -> Result<(Store, u64), Unusable>
     match opened {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(redb::Error::DatabaseAlreadyOpen)) => Err(Unusable::InUse),
-        Ok(Err(e)) => Err(Unusable::Damaged(e.to_string())),
-        Err(panic) => Err(Unusable::Damaged(format!("the database panicked: {panic}"))),
+        Ok(Err(e)) => Err(Unusable::Damaged(e.into())),
+        Err(panic) => Err(Unusable::Damaged(DbFailure::Panicked(panic))),
     }
 }
 
-/// A name to move a damaged file to: `sessions.redb.corrupt-<unix seconds>`, with a counter
-/// if that exists already.
-fn aside_path(dir: &Path) -> PathBuf {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+/// A name to move a damaged file to: `sessions.redb.corrupt-<unix seconds>` (`stamp`), with a
+/// counter if that exists already.
+fn aside_path(dir: &Path, stamp: u64) -> PathBuf {
     let first = dir.join(format!("{FILE_NAME}.corrupt-{stamp}"));
     if !first.exists() {
         return first;
@@ -232,8 +234,12 @@ impl Store {
     /// log) and replaced by an empty one; one that another process holds is an error. With
     /// `drop_tls13` (the last run did not shut down cleanly), an existing file's TLS 1.3
     /// sessions are removed. Returns the store, how the file opened, and how many TLS 1.3
-    /// sessions were dropped.
-    pub(crate) fn open(dir: &Path, drop_tls13: bool) -> Result<(Store, Recovery, u64), DiskError> {
+    /// sessions were dropped. `now` (Unix seconds) names a file moved aside.
+    pub(crate) fn open(
+        dir: &Path,
+        drop_tls13: bool,
+        now: u64,
+    ) -> Result<(Store, Recovery, u64), DiskError> {
         let path = dir.join(FILE_NAME);
         let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         private_file(&path)?;
@@ -246,21 +252,23 @@ impl Store {
                 };
                 return Ok((store, recovery, dropped));
             }
-            Err(Unusable::InUse) => return Err(DiskError::InUse(path.display().to_string())),
+            Err(Unusable::InUse) => return Err(DiskError::InUse { path }),
             Err(Unusable::Damaged(e)) => e,
         };
-        let aside = aside_path(dir);
-        std::fs::rename(&path, &aside).map_err(|io| {
-            DiskError::Io(format!(
-                "cannot move the unreadable {} aside ({e}): {io}",
-                path.display()
-            ))
-        })?;
+        let aside = aside_path(dir, now);
+        if let Err(source) = std::fs::rename(&path, &aside) {
+            return Err(DiskError::SetAside {
+                path,
+                aside,
+                damage: e,
+                source,
+            });
+        }
         private_file(&path)?;
         let (store, _) = match open_checked(&path, false) {
             Ok(done) => done,
-            Err(Unusable::InUse) => return Err(DiskError::InUse(path.display().to_string())),
-            Err(Unusable::Damaged(e)) => return Err(DiskError::Db(e)),
+            Err(Unusable::InUse) => return Err(DiskError::InUse { path }),
+            Err(Unusable::Damaged(source)) => return Err(DiskError::Db { path, source }),
         };
         tracing::warn!(
             file = %path.display(),
@@ -446,11 +454,5 @@ impl Store {
             }
         }
         Ok(out)
-    }
-}
-
-impl From<DatabaseError> for DiskError {
-    fn from(e: DatabaseError) -> Self {
-        DiskError::Db(e.to_string())
     }
 }

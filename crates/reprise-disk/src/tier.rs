@@ -1,39 +1,46 @@
-//! The disk tier: sessions that survive a restart, for a server that runs alone.
+//! The disk tier: sessions that survive a restart, as a [`reprise::Tier`].
 //!
-//! New sessions are sealed and queued; one writer thread applies the queue to the database in
-//! batches, purges expired sessions in the background, and keeps the file under its cap by
-//! evicting the sessions that expire soonest. Nothing on the handshake path waits for a write:
-//! at start, [`DiskTier::warm`] loads the stored sessions into the in-memory cache (call it off
-//! the async runtime); after that, the cache's get and take callbacks read the file (a read of
-//! the page cache, microseconds, never behind the writer) only for what memory no longer holds
-//! and for the single use of TLS 1.3 tickets. Writes still in the queue are visible to those
-//! reads, so a ticket stored or taken a moment ago is seen as such.
+//! New sessions are sealed and queued ([`Tier::store`]); the writer thread ([`crate::writer`])
+//! applies the queue to the database in batches, purges expired sessions in the background, and
+//! keeps the file under its cap by evicting the sessions that expire soonest. Nothing on the
+//! handshake path waits for a write: at start, [`DiskTier::warm`] loads the stored sessions into
+//! the in-memory cache (call it off the async runtime); after that, the cache reads the file (a
+//! read of the page cache, microseconds, never behind the writer) only for what memory no longer
+//! holds ([`Tier::fetch`]) and, when the disk is the last tier, for the single use of TLS 1.3
+//! tickets ([`Tier::take`]). Writes still in the queue are visible to those reads, so a ticket
+//! stored or taken a moment ago is seen as such.
 
-use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
-use reprise::{Removal, Session, SessionCache, SessionKey};
+use parking_lot::Mutex;
+use reprise::{
+    Clock, Fetched, Metric, Removal, Session, SessionCache, SessionKey, SystemClock, Tier,
+    TierContext,
+};
 use reprise_seal::{open_session, seal_session, KeyRing, OpenError};
 use tracing::{info, warn};
 
 use crate::error::DiskError;
 use crate::pending::{InFlight, Pending};
 use crate::quiet::catch_quietly;
+use crate::stats::{add, DiskStats};
 use crate::store::{split_key, table_key, Op, Recovery, Store};
+use crate::writer::{Shared, Writer};
 
-/// The key file's name inside the cache directory, when no key file is given.
+/// The tier's name: in logs and metric names, and bound into what it seals.
+pub const NAME: &str = "disk";
+
+/// The key file's name inside the cache directory, when no key ring is given.
 pub const KEY_FILE: &str = "key";
 
 /// The marker a clean shutdown leaves, and a start removes.
-const CLEAN_MARKER: &str = "clean-shutdown";
+pub(crate) const CLEAN_MARKER: &str = "clean-shutdown";
 
 /// The default cap on the database file.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
@@ -41,16 +48,15 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 /// The smallest cap accepted.
 pub const MIN_MAX_BYTES: u64 = 1 << 20;
 
-/// Writes applied in one transaction, at most.
-const BATCH: usize = 1024;
-
-/// How often the writer wakes to write out the queue.
-const TICK: Duration = Duration::from_millis(10);
+/// How long a deletion learned from a tier below ([`Tier::forget`]) guards reads when the
+/// session's own expiry cannot be read (the file is being compacted): the longest a TLS 1.3
+/// ticket may live.
+const FORGET_GUARD_SECS: u64 = 7 * 86_400;
 
 /// The disk tier's settings.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
-    /// The directory that holds the database (and, if no key file is given, the key).
+    /// The directory that holds the database (and, if no key ring is given, the key file).
     pub dir: PathBuf,
     /// The database file never grows beyond this many bytes (default 64 MiB).
     pub max_bytes: u64,
@@ -86,108 +92,36 @@ pub struct Startup {
     pub key_file: Option<(PathBuf, bool)>,
 }
 
-/// A snapshot of the tier's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DiskStats {
-    /// Sessions queued for writing.
-    pub stores_queued: u64,
-    /// Sessions written.
-    pub stores_written: u64,
-    /// Deletions written.
-    pub deletes_written: u64,
-    /// Sessions taken or removed before their turn to be written: never written.
-    pub stores_skipped: u64,
-    /// Writes dropped because the queue was full.
-    pub writes_dropped_full: u64,
-    /// Batches of writes that failed.
-    pub write_failures: u64,
-    /// Deletions that never reached the file (the queue was full, or their batch failed). Any
-    /// at all, and the shutdown is not marked clean: the next start drops the stored TLS 1.3
-    /// tickets, since one of them may have been used.
-    pub deletes_lost: u64,
-    /// Expired sessions purged.
-    pub purged_expired: u64,
-    /// Sessions evicted to keep the file under its cap.
-    pub evicted_for_size: u64,
-    /// Stored values that did not open (forged, corrupt, sealed for another tier): deleted.
-    pub rejected_values: u64,
-    /// Stored values sealed with a key not in the ring, or in a seal format this build does not
-    /// know: misses, and kept (a rolling update of the key file, or of the binary, must not
-    /// throw sessions away).
-    pub unknown_key_values: u64,
-    /// Sessions loaded into the cache at start.
-    pub warmed: u64,
-    /// Reads (get or take) that found a session that opened.
-    pub read_hits: u64,
-    /// Reads that found nothing (or a session already taken or removed).
-    pub read_misses: u64,
-    /// Reads not made because the file was being compacted: misses, never a wait.
-    pub reads_skipped: u64,
-    /// Reads that failed in the database.
-    pub read_errors: u64,
-    /// Takes refused because the session is a TLS 1.2 one, which is not single-use.
-    pub refused_takes: u64,
-    /// The database file's size.
-    pub file_bytes: u64,
-    /// Writes not yet in the file that reads take into account (a gauge).
-    pub in_flight: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    stores_queued: AtomicU64,
-    stores_written: AtomicU64,
-    deletes_written: AtomicU64,
-    stores_skipped: AtomicU64,
-    writes_dropped_full: AtomicU64,
-    write_failures: AtomicU64,
-    deletes_lost: AtomicU64,
-    purged_expired: AtomicU64,
-    evicted_for_size: AtomicU64,
-    rejected_values: AtomicU64,
-    unknown_key_values: AtomicU64,
-    warmed: AtomicU64,
-    read_hits: AtomicU64,
-    read_misses: AtomicU64,
-    reads_skipped: AtomicU64,
-    read_errors: AtomicU64,
-    refused_takes: AtomicU64,
-    file_bytes: AtomicU64,
-}
-
-fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-enum Msg {
-    Op(Op),
-    /// Apply everything queued so far, then answer.
-    Flush(SyncSender<()>),
-}
-
 struct Inner {
     keys: KeyRing,
-    store: Arc<RwLock<Store>>,
-    pending: Arc<Mutex<Pending>>,
-    writes: Mutex<Option<SyncSender<Msg>>>,
+    shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    counters: Arc<Counters>,
     dir: PathBuf,
+    /// The cache the tier is attached to.
+    cx: OnceLock<TierContext>,
 }
 
-impl Drop for Inner {
-    /// Stops the writer (after it applies what is queued) without marking the shutdown clean:
-    /// only [`DiskTier::close`] does that.
-    fn drop(&mut self) {
-        drop(self.writes.lock().take());
+impl Inner {
+    /// Writes out the queue and stops the writer.
+    fn stop_writer(&self) {
+        self.shared.stop();
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
     }
 }
 
-/// Sessions on disk, sealed, for a server that restarts. Clones share one tier.
+impl Drop for Inner {
+    /// Stops the writer (after it applies what is queued) without marking the shutdown clean:
+    /// only [`DiskTier::close`] does that.
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+/// Sessions on disk, sealed, for a server that restarts: a [`Tier`] to attach under the
+/// in-memory cache ([`SessionCache::attach`]), above a shared tier if there is one. Clones
+/// share one tier.
 #[derive(Clone)]
 pub struct DiskTier {
     inner: Arc<Inner>,
@@ -201,12 +135,6 @@ impl std::fmt::Debug for DiskTier {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Creates the cache directory (and its missing parents) with mode 0700. An existing one is
 /// left as it is (it may be the operator's), with a warning if group or others can enter it.
 fn private_dir(dir: &Path) -> Result<(), DiskError> {
@@ -215,9 +143,11 @@ fn private_dir(dir: &Path) -> Result<(), DiskError> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     let existed = dir.is_dir();
-    builder
-        .create(dir)
-        .map_err(|e| DiskError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    builder.create(dir).map_err(|source| DiskError::Io {
+        action: "create the cache directory",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     #[cfg(unix)]
     if existed {
         use std::os::unix::fs::PermissionsExt;
@@ -233,28 +163,42 @@ fn private_dir(dir: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Loads the key ring from `dir/key`, or generates that file (mode 0600) on first start.
-fn own_key(dir: &Path) -> Result<(KeyRing, PathBuf, bool), DiskError> {
+/// Loads the key ring from `dir/key`, or generates that file (mode 0600) on first start, with a
+/// key named after the time `now`.
+fn own_key(dir: &Path, now: u64) -> Result<(KeyRing, PathBuf, bool), DiskError> {
     let path = dir.join(KEY_FILE);
     if path.exists() {
-        let ring = KeyRing::load(&path).map_err(|e| DiskError::Key(e.to_string()))?;
+        let ring = KeyRing::load(&path).map_err(DiskError::Key)?;
         return Ok((ring, path, false));
     }
-    let line = KeyRing::generate_line(&format!("disk-{}", unix_now()))
-        .map_err(|e| DiskError::Key(e.to_string()))?;
+    let line = KeyRing::generate_line(&format!("disk-{now}")).map_err(DiskError::Key)?;
+    let io = |action| {
+        let path = path.clone();
+        move |source| DiskError::Io {
+            action,
+            path,
+            source,
+        }
+    };
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .map_err(|e| DiskError::Key(format!("cannot create {}: {e}", path.display())))?;
+    let mut file = options.open(&path).map_err(io("create the key file"))?;
     file.write_all(line.as_bytes())
         .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.sync_all())
-        .map_err(|e| DiskError::Key(format!("cannot write {}: {e}", path.display())))?;
-    let ring = KeyRing::parse(&line).map_err(|e| DiskError::Key(e.to_string()))?;
+        .map_err(io("write the key file"))?;
+    let ring = KeyRing::parse(&line).map_err(DiskError::Key)?;
     Ok((ring, path, true))
+}
+
+/// What the file had under a key.
+enum FileRead {
+    Found(Vec<u8>),
+    Absent,
+    /// Not read: the file is being compacted, or the read failed.
+    Unavailable,
 }
 
 impl DiskTier {
@@ -263,27 +207,30 @@ impl DiskTier {
     ///
     /// A database file that cannot be read is moved aside (one warning in the log) and the tier
     /// starts empty. After an unclean shutdown, stored TLS 1.3 sessions are dropped.
+    ///
+    /// Until the tier is attached to a cache, its writer reads the time from the system clock;
+    /// after, from the cache's.
     pub fn open(config: DiskConfig, keys: Option<KeyRing>) -> Result<(Self, Startup), DiskError> {
         if config.max_bytes < MIN_MAX_BYTES {
-            return Err(DiskError::Invalid(format!(
-                "cache-dir-max-bytes must be at least {MIN_MAX_BYTES} (1 MiB)"
-            )));
+            return Err(DiskError::MaxBytes {
+                max_bytes: config.max_bytes,
+                min: MIN_MAX_BYTES,
+            });
         }
         if config.write_queue == 0 {
-            return Err(DiskError::Invalid(
-                "the disk write queue must hold at least 1 write".into(),
-            ));
+            return Err(DiskError::WriteQueue);
         }
+        let now = SystemClock.now();
         let dir = config.dir.clone();
         private_dir(&dir)?;
         let (keys, key_file) = match keys {
             Some(keys) => (keys, None),
             None => {
-                let (ring, path, generated) = own_key(&dir)?;
+                let (ring, path, generated) = own_key(&dir, now)?;
                 if generated {
                     info!(
                         key_file = %path.display(),
-                        "generated a key for the session cache on disk; whoever holds it can read the stored sessions until they expire: keep the cache timeout short, or give --redis-key-file kept off this disk"
+                        "generated a key for the session cache on disk; whoever holds it can read the stored sessions until they expire: keep the cache timeout short, or give a key ring kept off this disk"
                     );
                 }
                 (ring, Some((path, generated)))
@@ -291,44 +238,35 @@ impl DiskTier {
         };
         let marker = dir.join(CLEAN_MARKER);
         let marked_clean = marker.exists();
-        let (store, recovery, dropped_tls13) = Store::open(&dir, !marked_clean)?;
+        let (store, recovery, dropped_tls13) = Store::open(&dir, !marked_clean, now)?;
         let unclean = recovery == Recovery::Opened && !marked_clean;
         if marked_clean {
-            std::fs::remove_file(&marker)
-                .map_err(|e| DiskError::Io(format!("cannot remove {}: {e}", marker.display())))?;
+            std::fs::remove_file(&marker).map_err(|source| DiskError::Io {
+                action: "remove the clean-shutdown marker",
+                path: marker.clone(),
+                source,
+            })?;
         }
         if unclean {
             warn!(dropped = dropped_tls13, "the last run did not shut down cleanly: dropped the stored TLS 1.3 tickets, which may have been used");
         }
-        let counters = Arc::new(Counters::default());
-        counters
-            .file_bytes
-            .store(store.file_bytes(), Ordering::Relaxed);
-        let store = Arc::new(RwLock::new(store));
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let (tx, rx) = mpsc::sync_channel(config.write_queue);
-        let writer = {
-            let shared = Writer {
-                store: store.clone(),
-                pending: pending.clone(),
-                counters: counters.clone(),
-                max_bytes: config.max_bytes,
-                interval: config.purge_interval,
-            };
-            std::thread::Builder::new()
-                .name("reprise-disk".into())
-                .spawn(move || shared.run(&rx))
-                .map_err(|e| DiskError::Io(format!("cannot start the disk writer: {e}")))?
+        let shared = Arc::new(Shared::new(store, config.write_queue));
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            max_bytes: config.max_bytes,
+            interval: config.purge_interval,
         };
+        let writer = std::thread::Builder::new()
+            .name("reprise-disk".into())
+            .spawn(move || writer.run())
+            .map_err(DiskError::Writer)?;
         let tier = DiskTier {
             inner: Arc::new(Inner {
                 keys,
-                store,
-                pending,
-                writes: Mutex::new(Some(tx)),
+                shared,
                 writer: Mutex::new(Some(writer)),
-                counters,
                 dir,
+                cx: OnceLock::new(),
             }),
         };
         Ok((
@@ -342,41 +280,18 @@ impl DiskTier {
         ))
     }
 
-    /// Plugs the tier into a cache as its external cache: new sessions are stored; a lookup
-    /// that memory misses reads the file (get); a TLS 1.3 ticket is taken through the file,
-    /// atomically (take), so it resumes once even if memory had evicted it; and sessions
-    /// removed explicitly or found expired are deleted. Evictions, flushes and the cache's own
-    /// shutdown leave the disk alone: those sessions are still good after a restart.
-    pub fn install(&self, cache: &SessionCache) {
-        let tier = self.clone();
-        cache.set_new_session_callback(Some(Arc::new(move |_, session| {
-            tier.store(session);
-            true
-        })));
-        let tier = self.clone();
-        cache.set_remove_session_callback(Some(Arc::new(move |_, session, why| {
-            // A take already deleted the session (see `take`); the others concern the file.
-            if matches!(why, Removal::Explicit | Removal::Expired) {
-                tier.delete(session);
-            }
-        })));
-        let tier = self.clone();
-        cache.set_get_session_callback(Some(Arc::new(move |_, key| tier.get(*key).map(Arc::new))));
-        let tier = self.clone();
-        cache
-            .set_take_session_callback(Some(Arc::new(move |_, key| tier.take(*key).map(Arc::new))));
-    }
-
-    /// Loads the stored sessions that are still valid into `cache`, newest first, up to its
-    /// size limit. Blocking: run it on a thread of its own (`spawn_blocking`).
+    /// Loads the stored sessions that are still valid (by the cache's clock) into `cache`,
+    /// newest first, up to its size limit. Blocking: run it on a thread of its own
+    /// (`spawn_blocking`).
     pub fn warm(&self, cache: &SessionCache) -> u64 {
         let limit = match cache.size_limit() {
             0 => usize::MAX,
             n => n,
         };
+        let shared = &*self.inner.shared;
         // The file was checked when it opened; a panic here (a file changed since) is caught
         // all the same, and the server starts without its sessions.
-        let rows = match catch_quietly(|| self.inner.store.read().newest(cache.now(), limit)) {
+        let rows = match catch_quietly(|| shared.store.read().newest(cache.now(), limit)) {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot read the session database; starting without its sessions");
@@ -394,7 +309,7 @@ impl DiskTier {
             };
             match open_session(
                 &self.inner.keys,
-                "disk",
+                NAME,
                 SessionKey::new(id, ctx),
                 &stored.sealed,
             ) {
@@ -409,98 +324,110 @@ impl DiskTier {
                 }
             }
         }
-        add(&self.inner.counters.warmed, warmed);
+        add(&shared.counters.warmed, warmed);
         warmed
     }
 
     /// Reads a session: a write still queued for it counts (a stored one is found, a deleted
     /// one is not). A value that does not open is a miss, counted and deleted. Blocking, for
     /// microseconds: it never waits for the writer.
-    pub fn get(&self, key: SessionKey<'_>) -> Option<Session> {
+    fn get(&self, key: SessionKey<'_>) -> Fetched {
         let tk = table_key(key);
-        let in_flight = self.inner.pending.lock().get(&tk).cloned();
-        let session = match in_flight {
-            Some(InFlight::Delete) => None,
+        let in_flight = self.inner.shared.pending.lock().get(&tk).cloned();
+        let found = match in_flight {
+            Some(InFlight::Delete) => Fetched::Miss,
             Some(InFlight::Store(sealed)) => self.open_value(key, &sealed),
-            None => self
-                .read(&tk)
-                .and_then(|sealed| self.open_value(key, &sealed)),
+            None => match self.read(&tk) {
+                FileRead::Found(sealed) => self.open_value(key, &sealed),
+                FileRead::Absent => Fetched::Miss,
+                FileRead::Unavailable => Fetched::Unavailable,
+            },
         };
-        self.count_read(session.is_some());
-        session
+        self.count_read(matches!(found, Fetched::Hit(_)));
+        found
     }
 
     /// Takes a session: reads it as [`get`](Self::get) does and, in the same step, marks it
     /// deleted and queues its deletion, so that of any number of takes one gets it. A TLS 1.2
     /// session ([`ProtocolVersion::is_reusable`](reprise::ProtocolVersion::is_reusable)) is not
     /// single-use: it is neither handed out nor deleted.
-    pub fn take(&self, key: SessionKey<'_>) -> Option<Session> {
+    fn take_session(&self, key: SessionKey<'_>) -> Fetched {
+        let shared = &*self.inner.shared;
         let tk = table_key(key);
         // Takes hold the in-flight table throughout: they are serialized, and each sees the
         // deletions of those before it.
-        let mut pending = self.inner.pending.lock();
-        let sealed: Option<Arc<[u8]>> = match pending.get(&tk) {
-            Some(InFlight::Delete) => None,
-            Some(InFlight::Store(sealed)) => Some(sealed.clone()),
-            None => self.read(&tk).map(Arc::from),
-        };
-        let session = match sealed {
-            None => None,
-            Some(sealed) => match open_session(&self.inner.keys, "disk", key, &sealed) {
-                Ok(session) => Some(session),
-                Err(e) => {
-                    if self.rejected(e) {
-                        self.queue_locked(
-                            &mut pending,
-                            Op::Delete {
-                                key: tk.clone(),
-                                seq: 0,
-                            },
-                        );
-                    }
-                    None
+        let mut pending = shared.pending.lock();
+        let sealed: Arc<[u8]> = match pending.get(&tk) {
+            Some(InFlight::Delete) => {
+                self.count_read(false);
+                return Fetched::Miss;
+            }
+            Some(InFlight::Store(sealed)) => sealed.clone(),
+            None => match self.read(&tk) {
+                FileRead::Found(sealed) => Arc::from(sealed),
+                FileRead::Absent => {
+                    self.count_read(false);
+                    return Fetched::Miss;
+                }
+                FileRead::Unavailable => {
+                    self.count_read(false);
+                    return Fetched::Unavailable;
                 }
             },
         };
-        let Some(session) = session else {
-            self.count_read(false);
-            return None;
+        let session = match open_session(&self.inner.keys, NAME, key, &sealed) {
+            Ok(session) => session,
+            Err(e) => {
+                if self.rejected(e) {
+                    self.queue_locked(
+                        &mut pending,
+                        Op::Delete {
+                            key: tk.clone(),
+                            seq: 0,
+                        },
+                    );
+                }
+                self.count_read(false);
+                return Fetched::Miss;
+            }
         };
         if session.version().is_reusable() {
-            add(&self.inner.counters.refused_takes, 1);
-            return None;
+            add(&shared.counters.refused_takes, 1);
+            return Fetched::Miss;
         }
         let seq = pending.insert(tk.clone(), InFlight::Delete, session.expires_at());
         self.queue_locked(&mut pending, Op::Delete { key: tk, seq });
         self.count_read(true);
-        Some(session)
+        Fetched::Hit(Arc::new(session))
     }
 
     /// The sealed value stored under a table key, from the file. Never waits: while the file
-    /// is being compacted, this is a miss.
-    fn read(&self, tk: &[u8]) -> Option<Vec<u8>> {
-        let Some(store) = self.inner.store.try_read() else {
-            add(&self.inner.counters.reads_skipped, 1);
-            return None;
+    /// is being compacted, the file is not read.
+    fn read(&self, tk: &[u8]) -> FileRead {
+        let shared = &*self.inner.shared;
+        let Some(store) = shared.store.try_read() else {
+            add(&shared.counters.reads_skipped, 1);
+            return FileRead::Unavailable;
         };
         match store.get(tk) {
-            Ok(found) => found.map(|s| s.sealed),
+            Ok(Some(stored)) => FileRead::Found(stored.sealed),
+            Ok(None) => FileRead::Absent,
             Err(e) => {
-                add(&self.inner.counters.read_errors, 1);
+                add(&shared.counters.read_errors, 1);
                 warn!(error = %e, "cannot read the session database");
-                None
+                FileRead::Unavailable
             }
         }
     }
 
     fn count_read(&self, hit: bool) {
-        let c = &self.inner.counters;
+        let c = &self.inner.shared.counters;
         add(if hit { &c.read_hits } else { &c.read_misses }, 1);
     }
 
-    fn open_value(&self, key: SessionKey<'_>, sealed: &[u8]) -> Option<Session> {
-        match open_session(&self.inner.keys, "disk", key, sealed) {
-            Ok(s) => Some(s),
+    fn open_value(&self, key: SessionKey<'_>, sealed: &[u8]) -> Fetched {
+        match open_session(&self.inner.keys, NAME, key, sealed) {
+            Ok(s) => Fetched::Hit(Arc::new(s)),
             Err(e) => {
                 if self.rejected(e) {
                     self.queue(Op::Delete {
@@ -508,7 +435,7 @@ impl DiskTier {
                         seq: 0,
                     });
                 }
-                None
+                Fetched::Miss
             }
         }
     }
@@ -517,7 +444,7 @@ impl DiskTier {
     /// key this ring lacks, or in an unknown format, is a miss that stays: another instance, or
     /// this one after the key file is updated, opens it.
     fn rejected(&self, e: OpenError) -> bool {
-        let c = &self.inner.counters;
+        let c = &self.inner.shared.counters;
         if e.is_unknown() {
             add(&c.unknown_key_values, 1);
             false
@@ -528,9 +455,10 @@ impl DiskTier {
     }
 
     /// Seals a session and queues it for writing. Until it is written, reads find it here.
-    pub fn store(&self, session: &Session) {
+    fn store_session(&self, session: &Session) {
+        let shared = &*self.inner.shared;
         let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
-        let sealed: Arc<[u8]> = match seal_session(&self.inner.keys, "disk", session) {
+        let sealed: Arc<[u8]> = match seal_session(&self.inner.keys, NAME, session) {
             Ok(sealed) => sealed.into(),
             Err(e) => {
                 warn!(error = %e, "cannot seal a session; not stored on disk");
@@ -539,7 +467,7 @@ impl DiskTier {
         };
         let tk = table_key(key);
         let expiry = session.expires_at();
-        let mut pending = self.inner.pending.lock();
+        let mut pending = shared.pending.lock();
         let seq = pending.insert(tk.clone(), InFlight::Store(sealed.clone()), expiry);
         let op = Op::Store {
             key: tk,
@@ -549,18 +477,15 @@ impl DiskTier {
             seq,
         };
         if self.queue_locked(&mut pending, op) {
-            add(&self.inner.counters.stores_queued, 1);
+            add(&shared.counters.stores_queued, 1);
         }
     }
 
-    /// Queues the deletion of a session. Until it is written, reads miss it.
-    pub fn delete(&self, session: &Session) {
-        let tk = table_key(SessionKey::new(
-            session.id().as_bytes(),
-            session.sid_ctx().as_bytes(),
-        ));
-        let mut pending = self.inner.pending.lock();
-        let seq = pending.insert(tk.clone(), InFlight::Delete, session.expires_at());
+    /// Queues the deletion of the session under a table key, which expires at `expiry`. Until
+    /// it is written, reads miss it.
+    fn delete(&self, tk: Vec<u8>, expiry: u64) {
+        let mut pending = self.inner.shared.pending.lock();
+        let seq = pending.insert(tk.clone(), InFlight::Delete, expiry);
         self.queue_locked(&mut pending, Op::Delete { key: tk, seq });
     }
 
@@ -578,33 +503,21 @@ impl DiskTier {
     }
 
     fn queue(&self, op: Op) -> bool {
-        let c = &self.inner.counters;
+        let shared = &*self.inner.shared;
         let is_delete = matches!(op, Op::Delete { .. });
-        let writes = self.inner.writes.lock();
-        let sent = writes
-            .as_ref()
-            .is_some_and(|tx| match tx.try_send(Msg::Op(op)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
-            });
-        if !sent {
-            add(&c.writes_dropped_full, 1);
+        let queued = shared.queue.push(op);
+        if !queued {
+            add(&shared.counters.writes_dropped_full, 1);
             if is_delete {
-                add(&c.deletes_lost, 1);
+                add(&shared.counters.deletes_lost, 1);
             }
         }
-        sent
+        queued
     }
 
     /// Waits until every write queued so far is on disk. Blocking.
     pub fn flush(&self) {
-        let tx = self.inner.writes.lock().clone();
-        if let Some(tx) = tx {
-            let (done_tx, done_rx) = mpsc::sync_channel(1);
-            if tx.send(Msg::Flush(done_tx)).is_ok() {
-                let _ = done_rx.recv_timeout(Duration::from_secs(30));
-            }
-        }
+        self.inner.shared.flush();
     }
 
     /// Writes out the queue, stops the writer and, if every deletion reached the file, marks
@@ -612,12 +525,13 @@ impl DiskTier {
     /// lost ([`DiskStats::deletes_lost`]), the next start drops them: a ticket whose deletion
     /// is lost may have been used. Blocking; later writes are dropped.
     pub fn close(&self) {
-        self.flush();
-        drop(self.inner.writes.lock().take());
-        if let Some(writer) = self.inner.writer.lock().take() {
-            let _ = writer.join();
-        }
-        let lost = self.inner.counters.deletes_lost.load(Ordering::Relaxed);
+        self.inner.stop_writer();
+        let lost = self
+            .inner
+            .shared
+            .counters
+            .deletes_lost
+            .load(Ordering::Relaxed);
         if lost > 0 {
             warn!(
                 deletes_lost = lost,
@@ -633,197 +547,106 @@ impl DiskTier {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> DiskStats {
-        let c = &self.inner.counters;
-        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        DiskStats {
-            stores_queued: r(&c.stores_queued),
-            stores_written: r(&c.stores_written),
-            deletes_written: r(&c.deletes_written),
-            stores_skipped: r(&c.stores_skipped),
-            writes_dropped_full: r(&c.writes_dropped_full),
-            write_failures: r(&c.write_failures),
-            deletes_lost: r(&c.deletes_lost),
-            purged_expired: r(&c.purged_expired),
-            evicted_for_size: r(&c.evicted_for_size),
-            rejected_values: r(&c.rejected_values),
-            unknown_key_values: r(&c.unknown_key_values),
-            warmed: r(&c.warmed),
-            read_hits: r(&c.read_hits),
-            read_misses: r(&c.read_misses),
-            reads_skipped: r(&c.reads_skipped),
-            read_errors: r(&c.read_errors),
-            refused_takes: r(&c.refused_takes),
-            file_bytes: r(&c.file_bytes),
-            in_flight: self.inner.pending.lock().len() as u64,
-        }
+        let shared = &*self.inner.shared;
+        let mut stats = shared.counters.snapshot();
+        stats.in_flight = shared.pending.lock().len() as u64;
+        stats
     }
 }
 
-/// What the writer thread works on.
-struct Writer {
-    store: Arc<RwLock<Store>>,
-    pending: Arc<Mutex<Pending>>,
-    counters: Arc<Counters>,
-    max_bytes: u64,
-    interval: Duration,
-}
-
-impl Writer {
-    /// Applies queued writes in batches, purges the expired on a timer, and keeps the file
-    /// under `max_bytes`. Ends when every sender is gone.
-    fn run(&self, rx: &mpsc::Receiver<Msg>) {
-        // The data may take about half the file: redb's pages, its copy-on-write and the
-        // expiry index take the rest (measured: a file of 1.8 times the data).
-        let mut budget = self.max_bytes / 2;
-        let mut last_purge = Instant::now();
-        let mut batch: Vec<Op> = Vec::with_capacity(BATCH);
-        let mut flushed: Vec<SyncSender<()>> = Vec::new();
-        let mut full = false;
-        loop {
-            // The writer wakes on its own clock and drains the queue: a send never wakes it
-            // (that would cost every handshake a context switch), and every commit is an
-            // fsync, so fewer, larger transactions are cheaper too. Reads see queued writes.
-            if !full {
-                std::thread::sleep(TICK);
-            }
-            let mut stop = false;
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Op(op)) => batch.push(op),
-                    Ok(Msg::Flush(done)) => flushed.push(done),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        stop = true;
-                        break;
-                    }
-                }
-            }
-            full = batch.len() == BATCH;
-            if !batch.is_empty() {
-                self.apply(&mut batch);
-            }
-            let (over, file_bytes) = {
-                let store = self.store.read();
-                let file_bytes = store.file_bytes();
-                (
-                    store.data_bytes() > budget || file_bytes > self.max_bytes,
-                    file_bytes,
-                )
-            };
-            if over || last_purge.elapsed() >= self.interval {
-                last_purge = Instant::now();
-                self.keep_under_cap(&mut budget);
-                self.pending.lock().forget_expired(unix_now());
-            }
-            self.counters.file_bytes.store(
-                if over {
-                    self.store.read().file_bytes()
-                } else {
-                    file_bytes
-                },
-                Ordering::Relaxed,
-            );
-            for done in flushed.drain(..) {
-                let _ = done.send(());
-            }
-            if stop {
-                return;
-            }
-        }
+impl Tier for DiskTier {
+    fn name(&self) -> &str {
+        NAME
     }
 
-    /// Writes a batch in one transaction, then settles its in-flight records. If the batch
-    /// failed, the records of its deletions stay (until the sessions expire): a session that
-    /// was taken must not be read back from the file.
-    fn apply(&self, batch: &mut Vec<Op>) {
-        // A session deleted later in the same batch (a ticket used within the tick) need not
-        // be written at all: its store is skipped, its deletion kept (an older copy may be in
-        // the file).
-        let mut deleted_later = HashSet::new();
-        let mut skip = vec![false; batch.len()];
-        for (i, op) in batch.iter().enumerate().rev() {
-            match op {
-                Op::Delete { key, .. } => {
-                    deleted_later.insert(key.as_slice());
-                }
-                Op::Store { key, .. } => skip[i] = deleted_later.contains(key.as_slice()),
-            }
+    /// Keeps the context: from now on the writer reads the time from the cache's clock. A
+    /// tier is attached to one cache; a second attach keeps the first cache's clock.
+    fn attach(&self, cx: TierContext) {
+        let clock = Arc::clone(cx.clock());
+        if self.inner.cx.set(cx).is_err() {
+            warn!("the disk tier is attached to a second cache; it keeps the first's clock");
+            return;
         }
-        let skipped = skip.iter().filter(|s| **s).count();
-        add(&self.counters.stores_skipped, skipped as u64);
-        let ops = batch
-            .iter()
-            .zip(&skip)
-            .filter(|(_, s)| !**s)
-            .map(|(op, _)| op);
-        let result = self.store.read().apply(ops);
-        let ok = match result {
-            Ok((stored, deleted)) => {
-                add(&self.counters.stores_written, stored);
-                add(&self.counters.deletes_written, deleted);
-                true
-            }
-            Err(e) => {
-                add(&self.counters.write_failures, 1);
-                let deletes = batch
-                    .iter()
-                    .filter(|op| matches!(op, Op::Delete { .. }))
-                    .count();
-                add(&self.counters.deletes_lost, deletes as u64);
-                warn!(error = %e, writes = batch.len(), "cannot write sessions to disk");
-                false
-            }
-        };
-        let mut pending = self.pending.lock();
-        for op in batch.drain(..) {
-            if ok || matches!(op, Op::Store { .. }) {
-                let (key, seq) = op.entry();
-                pending.settle(key, seq);
-            }
-        }
+        let _ = self.inner.shared.clock.set(clock);
     }
 
-    /// Purges the expired and, if the data or the file is over budget, the sessions that
-    /// expire soonest; compacts the file when it is over its cap (lowering the data budget if
-    /// needed). Only compaction keeps readers out, and they do not wait: they miss.
-    fn keep_under_cap(&self, budget: &mut u64) {
-        for _ in 0..8 {
-            match self.store.read().purge(unix_now(), *budget) {
-                Ok((expired, evicted)) => {
-                    add(&self.counters.purged_expired, expired);
-                    add(&self.counters.evicted_for_size, evicted);
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot purge the session database");
+    fn store(&self, session: &Arc<Session>) {
+        self.store_session(session);
+    }
+
+    fn fetch(&self, key: SessionKey<'_>) -> Fetched {
+        self.get(key)
+    }
+
+    fn take(&self, key: SessionKey<'_>) -> Fetched {
+        self.take_session(key)
+    }
+
+    /// Deletes a session removed explicitly, taken, or found expired; keeps one that memory
+    /// evicted, flushed or dropped (still good after a restart: memory's business, not the
+    /// disk's), or that was never stored (declined).
+    fn remove(&self, session: &Arc<Session>, why: Removal) {
+        let tk = table_key(SessionKey::new(
+            session.id().as_bytes(),
+            session.sid_ctx().as_bytes(),
+        ));
+        match why {
+            Removal::Explicit | Removal::Expired => {}
+            // When the disk is the last tier, its own take deleted the session already.
+            Removal::Taken => {
+                if matches!(
+                    self.inner.shared.pending.lock().get(&tk),
+                    Some(InFlight::Delete)
+                ) {
                     return;
                 }
             }
-            if self.store.read().file_bytes() <= self.max_bytes {
-                return;
-            }
-            let mut store = self.store.write();
-            if let Err(e) = store.compact() {
-                warn!(error = %e, "cannot compact the session database");
-                return;
-            }
-            if store.file_bytes() <= self.max_bytes {
-                return;
-            }
-            *budget = *budget * 3 / 4;
+            _ => return,
         }
+        self.delete(tk, session.expires_at());
+    }
+
+    /// Deletes the session under `key`: a tier below learned that it was removed elsewhere.
+    fn forget(&self, key: SessionKey<'_>) {
+        let shared = &*self.inner.shared;
+        let tk = table_key(key);
+        let in_flight = {
+            let pending = shared.pending.lock();
+            match pending.get(&tk) {
+                Some(InFlight::Delete) => return,
+                Some(InFlight::Store(_)) => pending.expiry(&tk),
+                None => None,
+            }
+        };
+        // The deletion guards reads until the session expires: its expiry, from the in-flight
+        // store or from the file.
+        let expiry = match in_flight {
+            Some(expiry) => expiry,
+            None => match shared.store.try_read().map(|s| s.get(&tk)) {
+                Some(Ok(Some(stored))) => stored.expiry,
+                Some(Ok(None)) => return,
+                Some(Err(_)) | None => shared.now() + FORGET_GUARD_SECS,
+            },
+        };
+        add(&shared.counters.forgotten, 1);
+        self.delete(tk, expiry);
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        self.stats().metrics()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reprise::{ProtocolVersion, Role, SecretBytes};
+    use reprise::{ManualClock, ProtocolVersion, Role, SecretBytes};
 
     fn ticket(id: u8) -> Session {
         match Session::builder(&[id; 32], SecretBytes::from(vec![id; 48]))
             .sid_ctx(b"ctx")
             .version(ProtocolVersion::TLS1_3)
-            .time(unix_now())
+            .time(SystemClock.now())
             .timeout_secs(300)
             .build()
         {
@@ -832,32 +655,46 @@ mod tests {
         }
     }
 
+    fn attach(tier: &DiskTier, cache: &Arc<SessionCache>) {
+        cache.attach(Arc::new(tier.clone()));
+    }
+
+    fn hit(f: Fetched) -> bool {
+        matches!(f, Fetched::Hit(_))
+    }
+
     /// With the writer held off the file, every read must come from the in-flight writes.
     #[test]
     fn reads_see_writes_the_writer_has_not_applied() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let (tier, _) = DiskTier::open(DiskConfig::new(dir.path()), None)?;
         let cache = Arc::new(SessionCache::new());
-        tier.install(&cache);
+        attach(&tier, &cache);
         let key = SessionKey::new(&[1; 32], b"ctx");
         {
-            let _compacting = tier.inner.store.write();
+            let _compacting = tier.inner.shared.store.write();
             cache.new_session(Role::Server, ticket(1));
-            assert!(tier.get(key).is_some(), "a queued store is visible");
+            assert!(hit(tier.get(key)), "a queued store is visible");
             assert!(cache.take(Role::Server, key).is_some());
             assert!(
                 cache.take(Role::Server, key).is_none(),
                 "a queued take is visible"
             );
-            assert!(tier.get(key).is_none());
-            // A file read meanwhile would wait: it is skipped instead.
-            assert!(tier.get(SessionKey::new(&[2; 32], b"ctx")).is_none());
+            assert!(!hit(tier.get(key)));
+            // A file read meanwhile would wait: it is not made, and the tier says so.
+            assert!(matches!(
+                tier.get(SessionKey::new(&[2; 32], b"ctx")),
+                Fetched::Unavailable
+            ));
             assert_eq!(tier.stats().reads_skipped, 1);
             assert!(tier.stats().in_flight >= 1);
         }
         tier.flush();
-        assert!(tier.get(key).is_none());
+        assert!(!hit(tier.get(key)));
         assert_eq!(tier.stats().in_flight, 0);
+        // The disk's own take deleted the ticket; the removal the cache reported after it
+        // queued nothing more.
+        assert_eq!(tier.stats().deletes_written, 0, "{:?}", tier.stats());
         tier.close();
         Ok(())
     }
@@ -873,13 +710,13 @@ mod tests {
         let mut lost = None;
         {
             // Compaction holds the writer off the file: the queue fills and stays full.
-            let _compacting = tier.inner.store.write();
+            let _compacting = tier.inner.shared.store.write();
             let mut filler = 100u8;
             for id in 1..=50u8 {
                 // A ticket stored (its write queued), then the queue filled, then the ticket
                 // used: its deletion finds the queue full.
                 let queued = tier.stats().stores_queued;
-                tier.store(&ticket(id));
+                tier.store_session(&ticket(id));
                 if tier.stats().stores_queued == queued {
                     continue;
                 }
@@ -889,10 +726,10 @@ mod tests {
                         break;
                     }
                     filler = filler.wrapping_add(1).max(100);
-                    tier.store(&ticket(filler));
+                    tier.store_session(&ticket(filler));
                 }
                 let dropped = tier.stats().writes_dropped_full;
-                assert!(tier.take(SessionKey::new(&[id; 32], b"ctx")).is_some());
+                assert!(hit(tier.take_session(SessionKey::new(&[id; 32], b"ctx"))));
                 if tier.stats().writes_dropped_full > dropped {
                     lost = Some(id);
                     break;
@@ -907,7 +744,7 @@ mod tests {
 
         let (tier, startup) = DiskTier::open(config, None)?;
         let cache = Arc::new(SessionCache::new());
-        tier.install(&cache);
+        attach(&tier, &cache);
         tier.warm(&cache);
         assert!(startup.unclean, "{startup:?}");
         assert!(
@@ -916,6 +753,53 @@ mod tests {
                 .is_none(),
             "ticket {lost} was used, its deletion lost, and it resumed after a restart"
         );
+        tier.close();
+        Ok(())
+    }
+
+    /// The writer purges by the cache's clock, not the system's: a session made at a manual
+    /// time long past stays until that clock passes its expiry.
+    #[test]
+    fn expiry_is_decided_by_the_cache_clock() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut config = DiskConfig::new(dir.path());
+        // A purge at every round of the writer: each flush runs one after its writes.
+        config.purge_interval = Duration::ZERO;
+        let (tier, _) = DiskTier::open(config, None)?;
+        let clock = Arc::new(ManualClock::new(10_000));
+        let cache = Arc::new(
+            SessionCache::builder()
+                .timeout_secs(100)
+                .clock(clock.clone())
+                .build(),
+        );
+        attach(&tier, &cache);
+        let id = [3; 32];
+        let key = SessionKey::new(&id, b"ctx");
+        let s = cache
+            .session(&id, SecretBytes::from(vec![3; 48]))
+            .sid_ctx(b"ctx")
+            .version(ProtocolVersion::TLS1_2)
+            .build()?;
+        cache.new_session(Role::Server, s);
+        tier.flush();
+        // By the system's clock it expired in 1970; by the cache's it has 100 s to live.
+        assert_eq!(tier.stats().stores_written, 1, "{:?}", tier.stats());
+        assert_eq!(tier.stats().purged_expired, 0, "{:?}", tier.stats());
+        // Memory lets it go (a flush leaves the disk alone) and the disk serves it.
+        cache.flush_all();
+        assert!(cache.lookup(Role::Server, key).is_some());
+        assert_eq!(tier.stats().read_hits, 1);
+        // A restart's warm-up reads the same clock.
+        let other = Arc::new(SessionCache::builder().clock(clock.clone()).build());
+        assert_eq!(tier.warm(&other), 1);
+        cache.flush_all();
+
+        clock.advance(101);
+        tier.flush();
+        assert_eq!(tier.stats().purged_expired, 1, "{:?}", tier.stats());
+        assert!(matches!(tier.get(key), Fetched::Miss));
+        assert!(cache.lookup(Role::Server, key).is_none());
         tier.close();
         Ok(())
     }

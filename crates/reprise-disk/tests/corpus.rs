@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey};
+use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey, Tier};
 use reprise_disk::{DiskConfig, DiskTier, Recovery};
 use reprise_seal::KeyRing;
 
@@ -39,7 +39,7 @@ fn id(n: u32) -> [u8; 32] {
 fn real_database(dir: &Path) -> Vec<u8> {
     let (tier, _) = DiskTier::open(DiskConfig::new(dir), Some(keys())).unwrap();
     let cache = Arc::new(SessionCache::new());
-    tier.install(&cache);
+    cache.attach(Arc::new(tier.clone()));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -155,7 +155,7 @@ fn the_corpus_opens_without_a_panic() {
         std::fs::write(dir.path().join("sessions.redb"), &bytes).unwrap();
         let (tier, startup) = DiskTier::open(DiskConfig::new(dir.path()), Some(keys())).unwrap();
         let cache = Arc::new(SessionCache::new());
-        tier.install(&cache);
+        cache.attach(Arc::new(tier.clone()));
         let warmed = tier.warm(&cache);
         if name.starts_with("valid-") {
             assert_eq!(startup.recovery, Recovery::Opened, "{name}");
@@ -177,8 +177,11 @@ fn the_corpus_opens_without_a_panic() {
             .sid_ctx(CTX)
             .build()
             .unwrap();
-        tier.store(&s);
-        assert!(tier.get(SessionKey::new(&id(999), CTX)).is_some(), "{name}");
+        tier.store(&Arc::new(s));
+        assert!(
+            tier.fetch(SessionKey::new(&id(999), CTX)).hit().is_some(),
+            "{name}"
+        );
         drop(tier);
     }
 }

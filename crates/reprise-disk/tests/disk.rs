@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey};
+use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey, Tier};
 use reprise_disk::{DiskConfig, DiskTier, Recovery, KEY_FILE};
 use reprise_seal::KeyRing;
 
@@ -42,16 +42,16 @@ fn cache() -> Arc<SessionCache> {
     Arc::new(SessionCache::new())
 }
 
-/// One run of a server: a cache with the disk tier installed and warmed.
 /// Hands the cache a session made now with a 300 s timeout, as a server does after a handshake.
 fn add_live(cache: &SessionCache, id: u32, version: ProtocolVersion) {
     cache.new_session(Role::Server, session(id, version, now(), 300));
 }
 
+/// One run of a server: a cache with the disk tier attached and warmed.
 fn start(dir: &std::path::Path) -> (DiskTier, Arc<SessionCache>, reprise_disk::Startup) {
     let (tier, startup) = DiskTier::open(DiskConfig::new(dir), None).unwrap();
     let cache = cache();
-    tier.install(&cache);
+    cache.attach(Arc::new(tier.clone()));
     tier.warm(&cache);
     (tier, cache, startup)
 }
@@ -157,20 +157,20 @@ fn take_is_atomic() {
     let key = SessionKey::new(&id9, CTX);
     let winners: usize = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| usize::from(tier.take(key).is_some())))
+            .map(|_| s.spawn(|| usize::from(tier.take(key).hit().is_some())))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
     assert_eq!(winners, 1);
-    assert!(tier.get(key).is_none());
+    assert!(tier.fetch(key).hit().is_none());
 
     // A TLS 1.2 session is not single-use: a take neither hands it out nor deletes it.
     add_live(&cache, 8, ProtocolVersion::TLS1_2);
     tier.flush();
     let id8 = key_of(8);
     let key = SessionKey::new(&id8, CTX);
-    assert!(tier.take(key).is_none());
-    assert!(tier.get(key).is_some());
+    assert!(tier.take(key).hit().is_none());
+    assert!(tier.fetch(key).hit().is_some());
     tier.close();
 }
 
@@ -229,7 +229,10 @@ fn unreadable_files_are_set_aside() {
         // Either way, the tier works.
         add_live(&cache, 99_999, ProtocolVersion::TLS1_2);
         tier.flush();
-        assert!(tier.get(SessionKey::new(&key_of(99_999), CTX)).is_some());
+        assert!(tier
+            .fetch(SessionKey::new(&key_of(99_999), CTX))
+            .hit()
+            .is_some());
         tier.close();
     }
 }
@@ -243,7 +246,7 @@ fn the_file_stays_within_its_cap() {
     let (tier, _) = DiskTier::open(config, None).unwrap();
     let cache = cache();
     cache.set_size_limit(0);
-    tier.install(&cache);
+    cache.attach(Arc::new(tier.clone()));
     // Ten times the cap's worth of sessions (each ~300 bytes sealed).
     let total = (10 * cap / 300) as u32;
     for id in 0..total {
@@ -262,8 +265,11 @@ fn the_file_stays_within_its_cap() {
     assert!(stats.evicted_for_size > 0, "{stats:?}");
     assert_eq!(stats.writes_dropped_full, 0, "{stats:?}");
     // The oldest went first: the newest is still there, the first is not.
-    assert!(tier.get(SessionKey::new(&key_of(total - 1), CTX)).is_some());
-    assert!(tier.get(SessionKey::new(&key_of(0), CTX)).is_none());
+    assert!(tier
+        .fetch(SessionKey::new(&key_of(total - 1), CTX))
+        .hit()
+        .is_some());
+    assert!(tier.fetch(SessionKey::new(&key_of(0), CTX)).hit().is_none());
     tier.close();
 }
 
@@ -275,7 +281,7 @@ fn values_sealed_with_a_key_outside_the_ring_are_missed_and_kept() {
     let other = || KeyRing::parse(&format!("other:{}", "77".repeat(32))).unwrap();
     let (tier, _) = DiskTier::open(DiskConfig::new(dir.path()), Some(other())).unwrap();
     let cache = cache();
-    tier.install(&cache);
+    cache.attach(Arc::new(tier.clone()));
     add_live(&cache, 1, ProtocolVersion::TLS1_2);
     tier.close();
     drop((tier, cache));
@@ -285,15 +291,15 @@ fn values_sealed_with_a_key_outside_the_ring_are_missed_and_kept() {
     assert_eq!(tier.stats().unknown_key_values, 1);
     assert_eq!(tier.stats().rejected_values, 0);
     assert!(cache.is_empty());
-    assert!(tier.get(SessionKey::new(&key_of(1), CTX)).is_none());
-    assert!(tier.take(SessionKey::new(&key_of(1), CTX)).is_none());
+    assert!(tier.fetch(SessionKey::new(&key_of(1), CTX)).hit().is_none());
+    assert!(tier.take(SessionKey::new(&key_of(1), CTX)).hit().is_none());
     assert_eq!(tier.stats().unknown_key_values, 3);
     tier.close();
     drop((tier, cache));
     // The ring that sealed it still resumes it.
     let (tier, _) = DiskTier::open(DiskConfig::new(dir.path()), Some(other())).unwrap();
     let cache = self::cache();
-    tier.install(&cache);
+    cache.attach(Arc::new(tier.clone()));
     assert_eq!(tier.warm(&cache), 1);
     assert!(cache
         .lookup(Role::Server, SessionKey::new(&key_of(1), CTX))
@@ -305,7 +311,7 @@ fn values_sealed_with_a_key_outside_the_ring_are_missed_and_kept() {
 fn start_small(dir: &std::path::Path, limit: usize) -> (DiskTier, Arc<SessionCache>) {
     let (tier, _) = DiskTier::open(DiskConfig::new(dir), None).unwrap();
     let cache = Arc::new(SessionCache::builder().size_limit(limit).build());
-    tier.install(&cache);
+    cache.attach(Arc::new(tier.clone()));
     (tier, cache)
 }
 
@@ -413,9 +419,9 @@ fn a_removed_session_is_not_read_back_before_its_deletion_is_written() {
     assert!(cache
         .lookup(Role::Server, SessionKey::new(&k5, CTX))
         .is_none());
-    assert!(tier.get(SessionKey::new(&k5, CTX)).is_none());
+    assert!(tier.fetch(SessionKey::new(&k5, CTX)).hit().is_none());
     tier.flush();
-    assert!(tier.get(SessionKey::new(&k5, CTX)).is_none());
+    assert!(tier.fetch(SessionKey::new(&k5, CTX)).hit().is_none());
     assert_eq!(tier.stats().in_flight, 0);
     tier.close();
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey};
+use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey, Tier};
 use reprise_disk::{DiskConfig, DiskTier, Recovery};
 use reprise_seal::KeyRing;
 
@@ -44,7 +44,7 @@ fn session(id: u32, version: ProtocolVersion) -> Session {
 fn real_database(dir: &Path) -> Vec<u8> {
     let (tier, _) = DiskTier::open(DiskConfig::new(dir), Some(keys())).unwrap();
     let cache = Arc::new(SessionCache::new());
-    tier.install(&cache);
+    cache.attach(Arc::new(tier.clone()));
     for id in 0..40 {
         let version = if id % 2 == 0 {
             ProtocolVersion::TLS1_2
@@ -152,7 +152,7 @@ fn try_mutant(n: usize, mutant: &[u8], tally: &mut Tally) {
         let (tier, startup) = DiskTier::open(DiskConfig::new(dir.path()), Some(keys()))
             .map_err(|e| format!("mutant {n}: {e}"))?;
         let cache = Arc::new(SessionCache::new());
-        tier.install(&cache);
+        cache.attach(Arc::new(tier.clone()));
         let warmed = tier.warm(&cache);
         // The tier works, whatever the file was (checked on a tenth of the mutants: a write
         // and a clean close take the writer a few ticks).
@@ -162,7 +162,7 @@ fn try_mutant(n: usize, mutant: &[u8], tally: &mut Tally) {
             tier.flush();
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&1_000_000u32.to_be_bytes());
-            found = tier.get(SessionKey::new(&key, CTX)).is_some();
+            found = tier.fetch(SessionKey::new(&key, CTX)).hit().is_some();
             tier.close();
         }
         Ok::<_, String>((startup.recovery, warmed, found))
