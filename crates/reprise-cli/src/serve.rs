@@ -254,14 +254,19 @@ async fn connection(
 ) {
     shared.metrics.connection_opened();
     let _open = Open(&shared.metrics);
-    let accepted = tokio::select! {
-        r = shared.acceptor.accept(tcp, peer) => r,
-        _ = shared.shutdown.cancelled() => return,
+    // In a block of its own, so that the accepted stream (large) is no part of this future:
+    // it moves into the boxed rest of the connection.
+    let established = {
+        let accepted = tokio::select! {
+            r = shared.acceptor.accept(tcp, peer) => r,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok(accepted) => Box::pin(established(&shared, accepted, peer)),
+            Err(e) => return handshake_failed(&shared, &e, peer),
+        }
     };
-    match accepted {
-        Ok(accepted) => Box::pin(established(&shared, accepted, peer)).await,
-        Err(e) => handshake_failed(&shared, &e, peer),
-    }
+    established.await;
     drop(permits);
 }
 

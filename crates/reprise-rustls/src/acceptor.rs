@@ -319,32 +319,50 @@ impl<C: ChoosesConfig> Acceptor<C> {
     /// Until the ClientHello has arrived, the connection holds only the bytes the client sent;
     /// the rest of the state is allocated after.
     pub async fn accept(&self, tcp: TcpStream, peer: SocketAddr) -> Result<Accepted, AcceptError> {
-        match self.policy.handshake_timeout {
-            Some(limit) => tokio::time::timeout(limit, self.accept_within(tcp, peer))
+        let started = tokio::time::Instant::now();
+        let policy = &self.policy;
+        let handshake_deadline = policy.handshake_timeout.map(|t| started + t);
+        // One timer while the hello is awaited: the sooner of the two deadlines.
+        let hello_first = policy
+            .hello_timeout
+            .is_some_and(|h| policy.handshake_timeout.is_none_or(|t| h <= t));
+        let hello_deadline = match policy.hello_timeout {
+            Some(h) if hello_first => Some(started + h),
+            _ => handshake_deadline,
+        };
+        let max = policy.max_first_flight.min(MAX_FIRST_FLIGHT);
+        let first = match hello_deadline {
+            Some(at) => tokio::time::timeout_at(at, read_first_flight(&tcp, max))
                 .await
-                .unwrap_or(Err(AcceptError::HandshakeTimeout)),
-            None => self.accept_within(tcp, peer).await,
-        }
-    }
-
-    async fn accept_within(
-        &self,
-        tcp: TcpStream,
-        peer: SocketAddr,
-    ) -> Result<Accepted, AcceptError> {
-        let max = self.policy.max_first_flight.min(MAX_FIRST_FLIGHT);
-        let first = match self.policy.hello_timeout {
-            Some(limit) => tokio::time::timeout(limit, read_first_flight(&tcp, max))
-                .await
-                .map_err(|_| AcceptError::HelloTimeout)?,
+                .map_err(|_| match hello_first {
+                    true => AcceptError::HelloTimeout,
+                    false => AcceptError::HandshakeTimeout,
+                })?,
             None => read_first_flight(&tcp, max).await,
         }
         .map_err(AcceptError::from_io)?;
-        Box::pin(self.handshake(tcp, peer, first)).await
+        // The rest, larger, is allocated only now.
+        Box::pin(self.handshake(tcp, peer, first, handshake_deadline)).await
     }
 
     /// Everything after the ClientHello.
     async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        first: FirstFlight,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Accepted, AcceptError> {
+        let handshake = self.handshake_now(tcp, peer, first);
+        match deadline {
+            Some(at) => tokio::time::timeout_at(at, handshake)
+                .await
+                .unwrap_or(Err(AcceptError::HandshakeTimeout)),
+            None => handshake.await,
+        }
+    }
+
+    async fn handshake_now(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,

@@ -497,3 +497,34 @@ async fn a_prefetch_past_its_deadline_leaves_a_full_handshake() {
         assert_eq!(b.stats().accept_good, 1, "{v:?}");
     }
 }
+
+#[tokio::test]
+async fn a_silent_client_times_out_on_the_sooner_deadline() {
+    let pki = Pki::new();
+    let cache = Arc::new(SessionCache::new());
+    let cx = context(&pki, Version::Tls13, &cache, b"slow");
+    for (hello, handshake, hello_first) in [
+        (Some(50), Some(10_000), true),
+        (Some(10_000), Some(50), false),
+        (None, Some(50), false),
+    ] {
+        let mut policy = AcceptPolicy::default();
+        policy.hello_timeout = hello.map(Duration::from_millis);
+        policy.handshake_timeout = handshake.map(Duration::from_millis);
+        let (addr, mut rx) = serve(Acceptor::new(cx.clone(), policy)).await;
+        // Half a record header, then nothing.
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&[22, 3]).await.unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+        let e = match seen.unwrap().unwrap() {
+            Err(e) => e,
+            Ok(seen) => panic!("accepted: {seen:?}"),
+        };
+        match hello_first {
+            true => assert!(matches!(e, AcceptError::HelloTimeout), "{e:?}"),
+            false => assert!(matches!(e, AcceptError::HandshakeTimeout), "{e:?}"),
+        }
+        assert!(e.is_client_fault());
+    }
+    assert_eq!(cache.stats().accept, 0, "no handshake began");
+}
