@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Pki, Version, VERSIONS};
+use common::{Configs, Pki, Version, VERSIONS};
 use parking_lot::Mutex;
 use reprise::{
     Fetched, Removal, Request, SecretBytes, Session, SessionCache, SessionKey, Tier, TierFuture,
