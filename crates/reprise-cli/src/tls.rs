@@ -32,8 +32,6 @@ pub struct ServerTls {
     pub fingerprint: String,
     /// Whether the certificate was generated at start.
     pub self_signed: bool,
-    /// The Redis tier behind the cache, if any.
-    pub redis: Option<RedisTier>,
     /// The disk tier behind the cache, if any.
     pub disk: Option<DiskTier>,
 }
@@ -186,19 +184,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             .timeout_secs(settings.cache_timeout)
             .build(),
     );
-    let redis = match &settings.redis {
-        None => None,
-        Some(r) => {
-            let keys = KeyRing::load(&r.key_file).map_err(|e| anyhow::anyhow!("key-file: {e}"))?;
-            let mut config = RedisConfig::new(r.target.clone());
-            config.prefix = r.prefix.clone();
-            config.read_timeout = r.timeout;
-            config.misses_per_address = r.misses_per_address;
-            let tier = RedisTier::start(config, keys).context("redis")?;
-            cache.attach(Arc::new(tier.clone()));
-            Some(tier)
-        }
-    };
+    // The stack under memory: the disk first, then Redis, the last tier, which decides takes.
     let disk = match &settings.disk {
         None => None,
         Some(d) => {
@@ -218,6 +204,15 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             Some(tier)
         }
     };
+    if let Some(r) = &settings.redis {
+        let keys = KeyRing::load(&r.key_file).map_err(|e| anyhow::anyhow!("key-file: {e}"))?;
+        let mut config = RedisConfig::new(r.target.clone());
+        config.prefix = r.prefix.clone();
+        config.read_timeout = r.timeout;
+        config.misses_per_address = r.misses_per_address;
+        let tier = RedisTier::start(config, keys).context("redis")?;
+        cache.attach(Arc::new(tier));
+    }
     let store = ServerStore::new(cache.clone(), sid_ctx, client_auth)
         .map_err(|e| anyhow::anyhow!("sid-ctx: {e}"))?;
     config.session_storage = Arc::new(store.clone());
@@ -240,7 +235,6 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         cache,
         fingerprint,
         self_signed,
-        redis,
         disk,
     })
 }
