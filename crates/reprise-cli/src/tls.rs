@@ -191,7 +191,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             let keys = match &d.key_file {
                 Some(path) => Some(
                     reprise_seal::KeyRing::load(path)
-                        .map_err(|e| anyhow::anyhow!("key-file: {e}"))?,
+                        .map_err(|e| anyhow::Error::new(e).context("key-file"))?,
                 ),
                 None => None,
             };
@@ -205,7 +205,8 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         }
     };
     if let Some(r) = &settings.redis {
-        let keys = KeyRing::load(&r.key_file).map_err(|e| anyhow::anyhow!("key-file: {e}"))?;
+        let keys =
+            KeyRing::load(&r.key_file).map_err(|e| anyhow::Error::new(e).context("key-file"))?;
         let mut config = RedisConfig::new(r.target.clone());
         config.prefix = r.prefix.clone();
         config.read_timeout = r.timeout;
