@@ -14,7 +14,9 @@ use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{Config, MaxSteps, Runner};
 
 use crate::shim::thread;
-use crate::{CacheMode, ManualClock, Removal, Role, Session, SessionCache, SessionKey};
+use crate::{
+    CacheBuilder, CacheMode, ManualClock, Removal, Role, Session, SessionCache, SessionKey,
+};
 
 /// Schedules explored per scheduler and test; the whole run stays within seconds.
 const ITERATIONS: usize = 1_000;
@@ -57,12 +59,12 @@ fn entries(log: &Log) -> Vec<(u8, Removal)> {
 fn cache(shards: usize, limit: usize, mode: CacheMode) -> (Arc<SessionCache<()>>, Log) {
     let log: Log = Arc::default();
     let writer = Arc::clone(&log);
-    let cache = SessionCache::builder()
+    let cache = CacheBuilder::<()>::new()
         .clock(Arc::new(ManualClock::new(1_000)))
         .shards(shards)
         .size_limit(limit)
         .mode(mode)
-        .remove_session_callback(Arc::new(move |_, s: &Arc<Session<()>>, why| {
+        .remove_session_callback(Arc::new(move |_, s, why| {
             writer
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
