@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use reprise::SessionCache;
 use reprise_disk::{DiskConfig, DiskTier};
-use reprise_redis::{KeyRing, RedisConfig, RedisTier};
+use reprise_redis::{RedisConfig, RedisTier};
 use reprise_rustls::{derive_sid_ctx, named_sid_ctx, ClientAuth, ServerStore};
+use reprise_seal::KeyRing;
 use ring::digest;
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
@@ -190,8 +191,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         Some(d) => {
             let keys = match &d.key_file {
                 Some(path) => Some(
-                    reprise_seal::KeyRing::load(path)
-                        .map_err(|e| anyhow::Error::new(e).context("key-file"))?,
+                    KeyRing::load(path).map_err(|e| anyhow::Error::new(e).context("key-file"))?,
                 ),
                 None => None,
             };
