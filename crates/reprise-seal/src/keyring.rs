@@ -400,7 +400,13 @@ mod tests {
         let e = KeyRing::load(&path)
             .err()
             .ok_or("an oversized file loaded")?;
-        assert!(e.to_string().contains("larger than"), "{e}");
+        // The file names itself; the reason is the error underneath.
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert!(e.to_string().contains("cannot read key file"), "{e}");
+        assert!(
+            cause.as_deref().is_some_and(|c| c.contains("larger than")),
+            "{cause:?}"
+        );
         std::fs::write(&path, [0xff, 0xfe])?;
         assert!(KeyRing::load(&path).is_err());
         assert!(KeyRing::load(&dir.path().join("absent")).is_err());
