@@ -198,8 +198,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub redis_misses_per_address: Option<u32>,
 
-    /// Keep sessions on disk in this directory, so that they survive a restart (a server that
-    /// runs alone). Sealed with --key-file if given, else with a key kept in the directory.
+    /// Keep sessions on disk in this directory, so that they survive a restart (alone, or
+    /// between memory and --redis). Sealed with --key-file if given, else with a key kept in
+    /// the directory.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 

@@ -316,10 +316,12 @@ impl Settings {
             None => None,
         };
         let redis_url = args.redis.or(file.redis);
-        if disk.is_some() && redis_url.is_some() {
-            bail!("--cache-dir is for a server that runs alone; a fleet shares sessions with --redis: give one of them");
-        }
-        let redis_key_file = if disk.is_some() { None } else { key_file };
+        // Without Redis, a key file given with --cache-dir is the disk's alone.
+        let redis_key_file = if disk.is_some() && redis_url.is_none() {
+            None
+        } else {
+            key_file
+        };
         let redis = match (redis_url, redis_key_file) {
             (Some(url), Some(key_file)) => {
                 let target: RedisTarget = url.parse().map_err(|e| anyhow::anyhow!("redis: {e}"))?;

@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use reprise::{Metric, MetricKind, Stats};
-use reprise_disk::DiskStats;
 use rustls::{HandshakeKind, ProtocolVersion};
 
 /// Why a handshake failed.
@@ -176,13 +175,9 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition of these metrics and the cache's statistics.
-    pub fn render(
-        &self,
-        cache: &Stats,
-        redis: Option<&[Metric]>,
-        disk: Option<&DiskStats>,
-    ) -> String {
+    /// The Prometheus text exposition of these metrics, the cache's statistics, and the
+    /// metrics of each tier (its name, and what its `Tier::metrics` declares).
+    pub fn render(&self, cache: &Stats, tiers: &[(String, Vec<Metric>)]) -> String {
         let mut out = String::with_capacity(4096);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -307,9 +302,9 @@ impl Metrics {
             "Connections that ended after their handshake without close_notify on either side (a FIN or a reset); their sessions were kept.",
             &plain(self.closes_without_close_notify.load(Ordering::Relaxed)),
         );
-        // A tier's counters and gauges, as it declares them: `reprise_<tier>_<name>`.
-        for (tier, metrics) in [("redis", redis)] {
-            for m in metrics.unwrap_or_default() {
+        // Each tier's counters and gauges, as it declares them: `reprise_<tier>_<name>`.
+        for (tier, metrics) in tiers {
+            for m in metrics {
                 let kind = match m.kind {
                     MetricKind::Counter => "counter",
                     MetricKind::Gauge => "gauge",
@@ -322,20 +317,6 @@ impl Metrics {
                 );
             }
         }
-        if let Some(d) = disk {
-            // Names, help texts and kinds come from the tier's own declaration.
-            for m in d.metrics() {
-                family(
-                    &format!("reprise_disk_{}", m.name),
-                    match m.kind {
-                        MetricKind::Counter => "counter",
-                        MetricKind::Gauge => "gauge",
-                    },
-                    m.help,
-                    &plain(m.value),
-                );
-            }
-        }
         out
     }
 }
@@ -343,6 +324,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reprise_disk::DiskStats;
 
     #[test]
     fn renders_every_family_once() {
@@ -350,7 +332,7 @@ mod tests {
         m.handshake(Some(HandshakeKind::Resumed), Some(ProtocolVersion::TLSv1_3));
         m.handshake(Some(HandshakeKind::Full), Some(ProtocolVersion::TLSv1_2));
         m.failure(Failure::Timeout);
-        let text = m.render(&Stats::default(), None, None);
+        let text = m.render(&Stats::default(), &[]);
         assert!(text.contains("reprise_handshakes_total{kind=\"resumed\",version=\"TLSv1.3\"} 1"));
         assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.2\"} 1"));
         assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.3\"} 0"));
@@ -363,8 +345,8 @@ mod tests {
         );
     }
 
-    /// The disk tier's families keep their names, kinds and help texts, from the tier's own
-    /// declaration.
+    /// A tier's families (here the disk's) keep their names, kinds and help texts, from the
+    /// tier's own declaration.
     #[test]
     fn renders_the_disk_tier_from_its_declaration() {
         let disk = DiskStats {
@@ -372,7 +354,8 @@ mod tests {
             file_bytes: 4096,
             ..DiskStats::default()
         };
-        let text = Metrics::default().render(&Stats::default(), None, Some(&disk));
+        let tiers = [("disk".to_owned(), disk.metrics())];
+        let text = Metrics::default().render(&Stats::default(), &tiers);
         for line in [
             "# TYPE reprise_disk_file_bytes gauge",
             "reprise_disk_file_bytes 4096",

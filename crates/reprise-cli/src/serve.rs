@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use reprise_disk::DiskTier;
 use reprise_rustls::{
     AcceptError, AcceptPolicy, Accepted, Acceptor, ServerContext, ServerTlsStream,
 };
@@ -517,15 +516,15 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
             .await;
             let (status, body) = match read {
                 Ok(Ok(req)) if req.path == "/metrics" => {
-                    let redis = shared.tls.redis.as_ref().map(reprise::Tier::metrics);
-                    let disk = shared.tls.disk.as_ref().map(DiskTier::stats);
+                    let tiers: Vec<_> = shared
+                        .tls
+                        .cache
+                        .tiers()
+                        .iter()
+                        .map(|tier| (tier.name().to_owned(), tier.metrics()))
+                        .collect();
                     let cache = shared.tls.cache.stats();
-                    (
-                        "200 OK",
-                        shared
-                            .metrics
-                            .render(&cache, redis.as_deref(), disk.as_ref()),
-                    )
+                    ("200 OK", shared.metrics.render(&cache, &tiers))
                 }
                 Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),
                 Ok(Ok(_)) => ("404 Not Found", "not found\n".to_owned()),

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use reprise::SessionCache;
 use reprise_disk::{DiskConfig, DiskTier};
-use reprise_redis::{KeyRing, RedisConfig, RedisTier};
+use reprise_redis::{RedisConfig, RedisTier};
 use reprise_rustls::{derive_sid_ctx, named_sid_ctx, ClientAuth, ServerStore};
+use reprise_seal::KeyRing;
 use ring::digest;
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
@@ -32,8 +33,6 @@ pub struct ServerTls {
     pub fingerprint: String,
     /// Whether the certificate was generated at start.
     pub self_signed: bool,
-    /// The Redis tier behind the cache, if any.
-    pub redis: Option<RedisTier>,
     /// The disk tier behind the cache, if any.
     pub disk: Option<DiskTier>,
 }
@@ -186,26 +185,13 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             .timeout_secs(settings.cache_timeout)
             .build(),
     );
-    let redis = match &settings.redis {
-        None => None,
-        Some(r) => {
-            let keys = KeyRing::load(&r.key_file).map_err(|e| anyhow::anyhow!("key-file: {e}"))?;
-            let mut config = RedisConfig::new(r.target.clone());
-            config.prefix = r.prefix.clone();
-            config.read_timeout = r.timeout;
-            config.misses_per_address = r.misses_per_address;
-            let tier = RedisTier::start(config, keys).context("redis")?;
-            cache.attach(Arc::new(tier.clone()));
-            Some(tier)
-        }
-    };
+    // The stack under memory: the disk first, then Redis, the last tier, which decides takes.
     let disk = match &settings.disk {
         None => None,
         Some(d) => {
             let keys = match &d.key_file {
                 Some(path) => Some(
-                    reprise_seal::KeyRing::load(path)
-                        .map_err(|e| anyhow::anyhow!("key-file: {e}"))?,
+                    KeyRing::load(path).map_err(|e| anyhow::Error::new(e).context("key-file"))?,
                 ),
                 None => None,
             };
@@ -218,6 +204,16 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             Some(tier)
         }
     };
+    if let Some(r) = &settings.redis {
+        let keys =
+            KeyRing::load(&r.key_file).map_err(|e| anyhow::Error::new(e).context("key-file"))?;
+        let mut config = RedisConfig::new(r.target.clone());
+        config.prefix = r.prefix.clone();
+        config.read_timeout = r.timeout;
+        config.misses_per_address = r.misses_per_address;
+        let tier = RedisTier::start(config, keys).context("redis")?;
+        cache.attach(Arc::new(tier));
+    }
     let store = ServerStore::new(cache.clone(), sid_ctx, client_auth)
         .map_err(|e| anyhow::anyhow!("sid-ctx: {e}"))?;
     config.session_storage = Arc::new(store.clone());
@@ -240,7 +236,6 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         cache,
         fingerprint,
         self_signed,
-        redis,
         disk,
     })
 }

@@ -7,12 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fleet_flags, path_in, reprise, request, Pki, Server};
-use reprise_testkit::{wait_until, RedisServer};
+use common::{fleet_flags, path_in, reprise, request, Server};
+use reprise_testkit::{wait_until, PemFiles, Pki, RedisServer};
 
 /// Two instances' cache directories, one certificate (one session-id context) and one key file.
 struct Fleet {
-    pki: Pki,
+    pki: PemFiles,
     work: tempfile::TempDir,
     keys: String,
 }
@@ -25,7 +25,7 @@ impl Fleet {
         let keys = path_in(work.path(), "keys");
         std::fs::write(&keys, &out.stdout).unwrap();
         Fleet {
-            pki: Pki::new(),
+            pki: Pki::new().write_pem(),
             work,
             keys,
         }

@@ -1,20 +1,27 @@
 //! Errors of sealing: key files and sealed values.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 /// Why a key file or key could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum KeyFileError {
     /// The file could not be read.
-    #[error("cannot read key file {path}: {reason}")]
+    #[error("cannot read key file {}", path.display())]
     Io {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// What the system said.
-        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not UTF-8 text.
+    #[error("key file {} is not UTF-8 text", path.display())]
+    NotText {
+        /// The file.
+        path: PathBuf,
     },
     /// A line is malformed.
     #[error("key file line {line}: {reason}")]

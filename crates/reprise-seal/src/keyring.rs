@@ -188,16 +188,15 @@ impl KeyRing {
     /// warning in the log naming the file and its mode (never its contents); one that does not
     /// load is only an error.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let io = |e: std::io::Error| KeyFileError::Io {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        let io = |source: std::io::Error| KeyFileError::Io {
+            path: path.to_path_buf(),
+            source,
         };
         let mut file = std::fs::File::open(path).map_err(io)?;
         let exposed = exposed_mode(&file.metadata().map_err(io)?);
         let text = read_private(&mut file).map_err(io)?;
-        let text = std::str::from_utf8(&text).map_err(|_| KeyFileError::Io {
-            path: path.display().to_string(),
-            reason: "not UTF-8 text".to_owned(),
+        let text = std::str::from_utf8(&text).map_err(|_| KeyFileError::NotText {
+            path: path.to_path_buf(),
         })?;
         let ring = Self::parse(text).map_err(|e| e.in_file(path))?;
         // Only for a file that is used: a bad one is an error, and its one line says so.
@@ -401,7 +400,13 @@ mod tests {
         let e = KeyRing::load(&path)
             .err()
             .ok_or("an oversized file loaded")?;
-        assert!(e.to_string().contains("larger than"), "{e}");
+        // The file names itself; the reason is the error underneath.
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert!(e.to_string().contains("cannot read key file"), "{e}");
+        assert!(
+            cause.as_deref().is_some_and(|c| c.contains("larger than")),
+            "{cause:?}"
+        );
         std::fs::write(&path, [0xff, 0xfe])?;
         assert!(KeyRing::load(&path).is_err());
         assert!(KeyRing::load(&dir.path().join("absent")).is_err());

@@ -7,14 +7,17 @@
 //! `cargo test -p reprise --features shuttle --lib shuttle_tests` (the engine's other tests
 //! need the real locks). A failure prints the schedule; `shuttle::replay` runs it again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{Config, MaxSteps, Runner};
 
 use crate::shim::thread;
-use crate::{CacheMode, ManualClock, Removal, Role, Session, SessionCache, SessionKey};
+use crate::{
+    CacheBuilder, CacheMode, Fetched, ManualClock, Removal, Role, Session, SessionCache,
+    SessionKey, Tier,
+};
 
 /// Schedules explored per scheduler and test; the whole run stays within seconds.
 const ITERATIONS: usize = 1_000;
@@ -57,12 +60,12 @@ fn entries(log: &Log) -> Vec<(u8, Removal)> {
 fn cache(shards: usize, limit: usize, mode: CacheMode) -> (Arc<SessionCache<()>>, Log) {
     let log: Log = Arc::default();
     let writer = Arc::clone(&log);
-    let cache = SessionCache::builder()
+    let cache = CacheBuilder::<()>::new()
         .clock(Arc::new(ManualClock::new(1_000)))
         .shards(shards)
         .size_limit(limit)
         .mode(mode)
-        .remove_session_callback(Arc::new(move |_, s: &Arc<Session<()>>, why| {
+        .remove_session_callback(Arc::new(move |_, s, why| {
             writer
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -308,4 +311,132 @@ fn an_external_ticket_is_claimed_exactly_once() {
         assert_eq!(*wins.lock().unwrap_or_else(PoisonError::into_inner), 1);
         assert!(!ticket.is_resumable());
     });
+}
+
+/// A tier that keeps sessions in a map behind a lock that shuttle schedules around, standing in
+/// for a disk or a Redis: its take is atomic. A tier that `copies` hands out a session of its
+/// own, as a tier that decodes what it stored does; otherwise the very object it was given.
+struct MapTier {
+    map: crate::shim::Mutex<HashMap<Vec<u8>, Arc<Session<()>>>>,
+    copies: bool,
+}
+
+impl MapTier {
+    fn new(copies: bool) -> Arc<Self> {
+        Arc::new(Self {
+            map: crate::shim::Mutex::new(HashMap::new()),
+            copies,
+        })
+    }
+
+    fn holds(&self, id: &[u8]) -> bool {
+        self.map.lock().contains_key(id)
+    }
+
+    fn hand_out(&self, s: Option<Arc<Session<()>>>) -> Fetched<()> {
+        let Some(s) = s else {
+            return Fetched::Miss;
+        };
+        if !self.copies {
+            return Fetched::Hit(s);
+        }
+        match Session::builder(s.id().as_bytes(), ())
+            .sid_ctx(s.sid_ctx().as_bytes())
+            .version(s.version())
+            .time(s.time())
+            .timeout_secs(s.timeout_secs())
+            .build()
+        {
+            Ok(copy) => Fetched::Hit(Arc::new(copy)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+impl Tier<()> for MapTier {
+    fn name(&self) -> &str {
+        "map"
+    }
+    fn store(&self, session: &Arc<Session<()>>) {
+        self.map
+            .lock()
+            .insert(session.id().as_bytes().to_vec(), Arc::clone(session));
+    }
+    fn fetch(&self, key: SessionKey<'_>) -> Fetched<()> {
+        let found = self.map.lock().get(key.id).cloned();
+        self.hand_out(found)
+    }
+    fn take(&self, key: SessionKey<'_>) -> Fetched<()> {
+        let found = self.map.lock().remove(key.id);
+        self.hand_out(found)
+    }
+    fn remove(&self, session: &Arc<Session<()>>, _why: Removal) {
+        self.map.lock().remove(session.id().as_bytes());
+    }
+}
+
+/// A ticket stored in memory (or not, under `NO_INTERNAL_STORE`) and in a stack of two tiers,
+/// taken by three threads at once: the last tier decides, one take at most resumes it, and
+/// afterwards no copy is left anywhere. When the tiers hand out copies of their own, as tiers
+/// that decode do, exactly one take resumes it.
+///
+/// When a tier hands out the very object memory holds, a take can lose it: a take the
+/// authority refused drops memory's copy and marks that object not resumable, between the
+/// winner's take from the authority and its claim. No take resumes the ticket then; single
+/// use still holds.
+#[test]
+fn a_ticket_in_a_stack_of_tiers_is_taken_at_most_once() {
+    for (seed, mode, copies) in [
+        (7, CacheMode::SERVER, true),
+        (8, CacheMode::SERVER | CacheMode::NO_INTERNAL_STORE, true),
+        (9, CacheMode::SERVER, false),
+    ] {
+        explore(seed, move || {
+            let (cache, _log) = cache(2, 0, mode);
+            let (lower, authority) = (MapTier::new(copies), MapTier::new(copies));
+            cache.attach(lower.clone());
+            cache.attach(authority.clone());
+            let ticket = match Session::builder(&[5; 32], ())
+                .time(1_000)
+                .timeout_secs(100)
+                .build()
+            {
+                Ok(s) => s,
+                Err(e) => panic!("{e}"),
+            };
+            assert!(cache.new_session(Role::Server, ticket).stored_in_tiers);
+            let wins = Arc::new(Mutex::new(0usize));
+            let threads = (0..3)
+                .map(|_| {
+                    let (cache, wins) = (Arc::clone(&cache), Arc::clone(&wins));
+                    thread::spawn(move || {
+                        if cache.take(Role::Server, key(&[5; 32])).is_some() {
+                            *wins.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+                        }
+                    })
+                })
+                .collect();
+            join(threads);
+            cache.check_invariants();
+            let wins = *wins.lock().unwrap_or_else(PoisonError::into_inner);
+            let context = format!("{mode:?}, copies {copies}");
+            if copies {
+                assert_eq!(wins, 1, "{context}");
+            } else {
+                assert!(wins <= 1, "{context}");
+            }
+            assert!(
+                cache.peek(&[5; 32]).is_none(),
+                "{context}: memory kept a copy"
+            );
+            assert!(
+                !lower.holds(&[5; 32]),
+                "{context}: the lower tier kept a copy"
+            );
+            assert!(
+                !authority.holds(&[5; 32]),
+                "{context}: the authority kept it"
+            );
+        });
+    }
 }

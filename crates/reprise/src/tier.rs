@@ -25,36 +25,49 @@
 //! use std::sync::Arc;
 //! use std::collections::HashMap;
 //! use parking_lot::Mutex;
-//! use reprise::{CacheMode, Fetched, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, Tier};
+//! use reprise::{Fetched, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, Tier};
 //!
-//! /// A tier that keeps sessions in a map, standing in for a real store.
+//! /// A tier that keeps copies of sessions in a map, standing in for a real store (which would
+//! /// seal and encode them).
 //! #[derive(Default)]
-//! struct MapTier(Mutex<HashMap<Vec<u8>, Arc<Session>>>);
+//! struct MapTier(Mutex<HashMap<Vec<u8>, Session>>);
+//!
+//! fn copy(s: &Session) -> Session {
+//!     Session::builder(s.id().as_bytes(), SecretBytes::from(s.payload().as_bytes()))
+//!         .sid_ctx(s.sid_ctx().as_bytes())
+//!         .version(s.version())
+//!         .time(s.time())
+//!         .timeout_secs(s.timeout_secs())
+//!         .build()
+//!         .expect("a session's own id and context are valid")
+//! }
 //!
 //! impl Tier for MapTier {
 //!     fn name(&self) -> &str { "map" }
 //!     fn store(&self, session: &Arc<Session>) {
-//!         self.0.lock().insert(session.id().as_bytes().to_vec(), Arc::clone(session));
+//!         self.0.lock().insert(session.id().as_bytes().to_vec(), copy(session));
 //!     }
 //!     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
-//!         self.0.lock().get(key.id).cloned().map_or(Fetched::Miss, Fetched::Hit)
+//!         let found = self.0.lock().get(key.id).map(copy);
+//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
 //!     }
 //!     fn take(&self, key: SessionKey<'_>) -> Fetched {
-//!         self.0.lock().remove(key.id).map_or(Fetched::Miss, Fetched::Hit)
+//!         let found = self.0.lock().remove(key.id);
+//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
 //!     }
-//!     fn remove(&self, session: &Arc<Session>, _why: Removal) {
-//!         self.0.lock().remove(session.id().as_bytes());
+//!     fn remove(&self, session: &Arc<Session>, why: Removal) {
+//!         // Memory's evictions and flushes are memory's business.
+//!         if matches!(why, Removal::Explicit | Removal::Taken | Removal::Expired) {
+//!             self.0.lock().remove(session.id().as_bytes());
+//!         }
 //!     }
 //! }
 //!
-//! // Memory keeps nothing here, so every lookup reaches the tier.
-//! let cache = Arc::new(
-//!     SessionCache::builder().mode(CacheMode::SERVER | CacheMode::NO_INTERNAL_STORE).build(),
-//! );
-//! let tier = Arc::new(MapTier::default());
-//! cache.attach(tier.clone());
+//! let cache = Arc::new(SessionCache::new());
+//! cache.attach(Arc::new(MapTier::default()));
 //! let s = cache.session(&[7; 32], SecretBytes::from(vec![0; 48])).build().unwrap();
 //! assert!(cache.new_session(Role::Server, s).stored_in_tiers);
+//! cache.flush_all(); // memory forgets it; the tier keeps its copy
 //! assert!(cache.lookup(Role::Server, SessionKey::new(&[7; 32], b"")).is_some());
 //! assert_eq!(cache.stats().cb_hits, 1);
 //! ```
@@ -202,6 +215,10 @@ pub trait Tier<P = SecretBytes>: Send + Sync {
     }
 
     /// Stores a new session. Every tier gets every new session.
+    ///
+    /// Keep a copy (an encoding), not the `Arc`: memory marks its own object not resumable when
+    /// it lets the session go (evicted, flushed, taken), and a tier that handed that very object
+    /// back from [`fetch`](Tier::fetch) or [`take`](Tier::take) would see it refused.
     fn store(&self, session: &Arc<Session<P>>);
 
     /// Reads a reusable session (TLS 1.2), synchronously.

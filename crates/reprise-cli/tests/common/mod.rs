@@ -251,7 +251,7 @@ pub fn fleet_flags<'a>(redis_url: &'a str, key_file: &'a str) -> [&'a str; 6] {
     [
         "--redis",
         redis_url,
-        "--redis-key-file",
+        "--key-file",
         key_file,
         "--redis-timeout-ms",
         "500",
