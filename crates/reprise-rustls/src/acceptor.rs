@@ -316,8 +316,10 @@ impl<C: ChoosesConfig> Acceptor<C> {
     /// per client): reads its ClientHello, chooses its context, prefetches, and completes the
     /// handshake.
     ///
-    /// Until the ClientHello has arrived, the connection holds only the bytes the client sent;
-    /// the rest of the state is allocated after.
+    /// Until the ClientHello has arrived, the connection holds only the bytes the client sent
+    /// and one timer; the rest of the state is allocated after. The [`Accepted`] it returns is
+    /// large (rustls's connection state, over a kilobyte): a task that awaits more after the
+    /// accept keeps its own future small by boxing what follows, as `reprise serve` does.
     pub async fn accept(&self, tcp: TcpStream, peer: SocketAddr) -> Result<Accepted, AcceptError> {
         let started = tokio::time::Instant::now();
         let policy = &self.policy;
