@@ -85,10 +85,10 @@ struct Index {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use reprise::{CacheMode, SessionCache};
-/// use reprise_rustls::ClientStore;
+/// use reprise::{CacheBuilder, CacheMode};
+/// use reprise_rustls::{ClientSession, ClientStore};
 ///
-/// let cache = Arc::new(SessionCache::builder().mode(CacheMode::CLIENT).build());
+/// let cache = Arc::new(CacheBuilder::<ClientSession>::new().mode(CacheMode::CLIENT).build());
 /// let store = ClientStore::new(cache);
 /// // client_config.resumption = rustls::client::Resumption::store(Arc::new(store));
 /// # let _ = store;
