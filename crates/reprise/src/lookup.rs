@@ -150,9 +150,10 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     ///   `ConnectionSessions::confirm_take` in `reprise-rustls`). It is never put in memory.
     ///   The identities are tried in order; the first that the authority actually reads ends
     ///   the search, hit or miss, so one hello costs at most one read.
-    /// - **Otherwise, a TLS 1.2 session id** that memory cannot answer is read from each tier in
-    ///   order (asynchronously where the tier can, synchronously otherwise) and the first valid
-    ///   session is copied into memory and the tiers above it.
+    /// - **Otherwise, a TLS 1.2 session id** that memory cannot answer is read from the tiers in
+    ///   order, down to the last asynchronous one (the synchronous tiers above it synchronously),
+    ///   and the first valid session is copied into memory and the tiers above it. Synchronous
+    ///   tiers below the last asynchronous one are left to the handshake's own lookup.
     ///
     /// With no tier, or a synchronous authority, there is nothing to do before the handshake:
     /// the result is empty and the handshake's own lookups ask the tiers.
@@ -194,17 +195,28 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             return Prefetched::default();
         }
         let mode = self.mode();
+        let request = Request {
+            key,
+            take: false,
+            client: offer.client,
+        };
+        // The synchronous tiers above an asynchronous one are asked first, in order; those
+        // below the last asynchronous tier are left to the handshake's own lookup, which asks
+        // them anyway (so a miss costs them one read, not two).
+        let mut unasked = 0;
         for (i, tier) in tiers.iter().enumerate() {
-            let request = Request {
-                key,
-                take: false,
-                client: offer.client,
+            let Some(read) = tier.prefetch(request) else {
+                continue;
             };
-            let fetched = match tier.prefetch(request) {
-                Some(read) => read.await,
-                None => tier.fetch(key),
-            };
-            if let Fetched::Hit(found) = fetched {
+            for (j, above) in tiers.iter().enumerate().take(i).skip(unasked) {
+                if let Fetched::Hit(found) = above.fetch(key) {
+                    if self.adopt(&tiers, j, key, now, found, mode).is_some() {
+                        return Prefetched::session();
+                    }
+                }
+            }
+            unasked = i + 1;
+            if let Fetched::Hit(found) = read.await {
                 if self.adopt(&tiers, i, key, now, found, mode).is_some() {
                     return Prefetched::session();
                 }

@@ -83,7 +83,7 @@ use crate::clock::Clock;
 use crate::session::{SecretBytes, Session, SessionKey};
 
 /// A future a tier returns from [`Tier::prefetch`].
-pub type TierFuture<'a, P> = Pin<Box<dyn Future<Output = Fetched<P>> + Send + 'a>>;
+pub type TierFuture<'a, P = SecretBytes> = Pin<Box<dyn Future<Output = Fetched<P>> + Send + 'a>>;
 
 /// What a tier found for a key.
 #[derive(Debug)]
@@ -241,6 +241,9 @@ pub trait Tier<P = SecretBytes>: Send + Sync {
     /// An asynchronous read or take, for a tier that talks to the network: `None` (the
     /// default) if the tier answers synchronously, through [`fetch`](Tier::fetch) and
     /// [`take`](Tier::take). See [`SessionCache::prefetch`].
+    ///
+    /// Do the work inside the future, not before returning it: the cache may drop it unpolled
+    /// when a tier above answers first.
     fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a, P>> {
         let _ = request;
         None

@@ -125,9 +125,12 @@ impl Tier for MapTier {
         if !self.is_async {
             return None;
         }
-        self.prefetches.fetch_add(1, Ordering::SeqCst);
-        let fetched = self.read(request.key, request.take);
-        Some(Box::pin(async move { fetched }))
+        // The work happens when the future runs, not before.
+        let (id, ctx) = (request.key.id.to_vec(), request.key.sid_ctx.to_vec());
+        Some(Box::pin(async move {
+            self.prefetches.fetch_add(1, Ordering::SeqCst);
+            self.read(SessionKey::new(&id, &ctx), request.take)
+        }))
     }
 }
 
@@ -440,4 +443,28 @@ fn stats_compare_whole() {
         .lookup(Role::Server, SessionKey::new(&k, CTX))
         .is_some());
     assert!(cache.is_empty());
+}
+
+#[test]
+fn prefetch_leaves_synchronous_tiers_below_the_last_async_one_to_the_handshake() {
+    // Memory and a disk only: nothing to gain before the handshake, and a miss costs one read.
+    let disk = MapTier::new("disk");
+    let (cache, _) = stack(&[&disk]);
+    let k = key(17);
+    let offer = Offer {
+        sid_ctx: CTX,
+        session_id: Some(&k),
+        ..Offer::default()
+    };
+    assert!(!now(cache.prefetch(offer)).found_session());
+    assert_eq!(disk.reads.load(Ordering::SeqCst), 0);
+
+    // A disk above a shared async tier: the disk is asked first, and its hit spares the read
+    // of the shared tier.
+    let (disk, shared) = (MapTier::new("disk"), MapTier::asynchronous("shared"));
+    let (cache, _) = stack(&[&disk, &shared]);
+    disk.put(session(&cache, 17, ProtocolVersion::TLS1_2));
+    assert!(now(cache.prefetch(offer)).found_session());
+    assert_eq!(disk.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(shared.prefetches.load(Ordering::SeqCst), 0);
 }
