@@ -12,8 +12,12 @@
 //! - **prefetch** ([`SessionCache::prefetch`](reprise::SessionCache::prefetch), before the
 //!   handshake) does the network read: `get` for a TLS 1.2 session, and for a TLS 1.3 ticket a
 //!   take, `get` then `delete`.
-//! - **remove** deletes on an explicit removal only ([`Removal::Explicit`]); evictions, expiry
-//!   and flushes are each instance's own business, and a take already deleted the ticket.
+//! - **remove** deletes on an explicit removal ([`Removal::Explicit`]), and on a take
+//!   ([`Removal::Taken`]) that a tier below this one decided; evictions, expiry and flushes are
+//!   each instance's own business. memcached has no publish/subscribe, so an explicit removal
+//!   on one instance does not reach the memory of the others (the Redis tier publishes it and
+//!   calls [`TierContext::forget`](reprise::TierContext::forget) on each instance).
+//! - A tier attached to several caches reads the time from the first one's clock.
 //!
 //! # What a take guarantees
 //!
@@ -244,6 +248,18 @@ impl MemcachedTier {
         self.shared.key(kind, key)
     }
 
+    /// Whether this tier is the last of its cache's stack, the one that decides takes (also
+    /// before it is attached, or once its cache is gone).
+    fn is_authority(&self) -> bool {
+        let Some(cache) = self.shared.cx.get().and_then(TierContext::cache) else {
+            return true;
+        };
+        cache
+            .tiers()
+            .last()
+            .is_none_or(|last| std::ptr::addr_eq(Arc::as_ptr(last), self as *const Self))
+    }
+
     /// The tier's counters now.
     pub fn stats(&self) -> MemcachedStats {
         let c = &self.shared.counters;
@@ -296,9 +312,11 @@ impl Tier for MemcachedTier {
         Fetched::Unavailable
     }
 
-    /// Deletes on an explicit removal only.
+    /// Deletes on an explicit removal, and on a take that another tier (the authority, below
+    /// this one) decided: a take this tier decided already deleted the ticket. Evictions,
+    /// expiry and flushes are each instance's own business.
     fn remove(&self, session: &Arc<Session>, why: Removal) {
-        if why == Removal::Explicit {
+        if why == Removal::Explicit || (why == Removal::Taken && !self.is_authority()) {
             let shared = &self.shared;
             shared.queue.push(Write::Delete {
                 key: shared.key(Kind::of(session), session.key()),
@@ -334,7 +352,8 @@ impl Tier for MemcachedTier {
 
 /// The `exptime` of a session: the second after its last valid one by the cache's clock (as
 /// the cache would drop it), capped; `None` if already past. Absolute, unless the clock is not
-/// a real Unix time (a manual clock near zero), where memcached would read it as relative.
+/// a real Unix time (a manual clock near zero): memcached reads an `exptime` of 30 days or less
+/// as seconds from now, so the seconds left are sent instead.
 fn exptime(session: &Session, now: u64) -> Option<u64> {
     let at = session
         .expires_at()

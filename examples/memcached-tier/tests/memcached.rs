@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reprise::{
-    Fetched, Offer, ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey, Tier,
+    Fetched, Offer, ProtocolVersion, Removal, Role, SecretBytes, Session, SessionCache, SessionKey,
+    Tier,
 };
 use reprise_memcached_example::{Kind, MemcachedConfig, MemcachedTier};
 use reprise_seal::{seal_session, KeyRing};
@@ -99,6 +100,16 @@ impl Memcached {
         let header = std::str::from_utf8(&reply[..header_end]).unwrap();
         let len: usize = header.rsplit(' ').next().unwrap().parse().unwrap();
         Some(reply[header_end + 2..header_end + 2 + len].to_vec())
+    }
+
+    /// The seconds memcached will keep `key` (meta get with the `t` flag); -1: forever.
+    fn ttl(&self, key: &str) -> Option<i64> {
+        let reply = self.raw(format!("mg {key} t\r\n").as_bytes(), &[b"\r\n"]);
+        let reply = String::from_utf8(reply).unwrap();
+        reply
+            .trim_end()
+            .strip_prefix("HD t")
+            .map(|t| t.parse().unwrap())
     }
 
     fn set(&self, key: &str, value: &[u8]) {
@@ -412,4 +423,86 @@ fn memcached_down_or_silent_costs_misses_and_never_blocks_the_handshake() {
     assert!(rt.block_on(c.prefetch(take2)).into_ticket().is_none());
     assert_eq!(tier_c.stats().reads_unavailable, 2);
     assert!(matches!(tier_c.fetch(k1), Fetched::Unavailable));
+}
+
+/// A synchronous authority under the memcached tier, standing in for another shared store.
+#[derive(Default)]
+struct MapTier(parking_lot::Mutex<std::collections::HashMap<Vec<u8>, Arc<Session>>>);
+
+impl Tier for MapTier {
+    fn name(&self) -> &str {
+        "map"
+    }
+    fn store(&self, session: &Arc<Session>) {
+        let id = session.id().as_bytes().to_vec();
+        self.0.lock().insert(id, Arc::clone(session));
+    }
+    fn fetch(&self, key: SessionKey<'_>) -> Fetched {
+        self.0
+            .lock()
+            .get(key.id)
+            .cloned()
+            .map_or(Fetched::Miss, Fetched::Hit)
+    }
+    fn take(&self, key: SessionKey<'_>) -> Fetched {
+        self.0
+            .lock()
+            .remove(key.id)
+            .map_or(Fetched::Miss, Fetched::Hit)
+    }
+    fn remove(&self, session: &Arc<Session>, _why: Removal) {
+        self.0.lock().remove(session.id().as_bytes());
+    }
+}
+
+#[test]
+fn above_another_authority_the_tier_drops_a_ticket_the_authority_took() {
+    let rt = runtime();
+    let mc = Memcached::start();
+    let (cache, tier) = instance(&rt, mc.addr());
+    cache.attach(Arc::new(MapTier::default()));
+    cache.new_session(Role::Server, session(&cache, 7, ProtocolVersion::TLS1_3));
+    let key = SessionKey::new(&[7; 32], CTX);
+    let mkey = tier.memcached_key(Kind::Ticket, key);
+    assert!(wait_until(WAIT, || mc.get(&mkey).is_some()));
+    // The map, last, decides the take; the memcached copy goes with it.
+    let taken = cache
+        .take(Role::Server, key)
+        .expect("the authority hands it over");
+    assert_eq!(taken.payload().as_bytes(), &[7u8; 48]);
+    assert!(wait_until(WAIT, || mc.get(&mkey).is_none()));
+    assert!(cache.take(Role::Server, key).is_none());
+}
+
+#[test]
+fn a_session_expires_in_memcached_when_the_cache_would_drop_it() {
+    let rt = runtime();
+    let mc = Memcached::start();
+    let store_with = |cache: Arc<SessionCache>, id: u8| {
+        let tier = {
+            let _in_runtime = rt.enter();
+            Arc::new(MemcachedTier::start(MemcachedConfig::new(mc.addr()), ring()).unwrap())
+        };
+        cache.attach(tier.clone());
+        let s = cache
+            .session(&[id; 32], SecretBytes::from(vec![id; 48]))
+            .sid_ctx(CTX)
+            .version(ProtocolVersion::TLS1_2)
+            .timeout_secs(120)
+            .build()
+            .unwrap();
+        cache.new_session(Role::Server, s);
+        let mkey = tier.memcached_key(Kind::Session, SessionKey::new(&[id; 32], CTX));
+        assert!(wait_until(WAIT, || mc.get(&mkey).is_some()), "session {id}");
+        mc.ttl(&mkey).unwrap()
+    };
+    // The system clock: an absolute time, the second after the last valid one.
+    let ttl = store_with(Arc::new(SessionCache::new()), 1);
+    assert!((60..=125).contains(&ttl), "ttl {ttl}");
+    // A manual clock near zero: its absolute times are under 30 days, which memcached would read
+    // as seconds from now (1,000,120 s here, 11 days); the tier sends the seconds left instead.
+    let manual = Arc::new(reprise::ManualClock::new(1_000_000));
+    let cache = Arc::new(SessionCache::builder().clock(manual).build());
+    let ttl = store_with(cache, 2);
+    assert!((60..=125).contains(&ttl), "ttl {ttl}");
 }
