@@ -506,3 +506,89 @@ fn a_session_expires_in_memcached_when_the_cache_would_drop_it() {
     let ttl = store_with(cache, 2);
     assert!((60..=125).contains(&ttl), "ttl {ttl}");
 }
+
+/// Memory, then the disk tier, then memcached (the authority): the tier composes with a tier it
+/// knows nothing of, and neither was changed for the other.
+#[test]
+fn under_a_disk_tier_sessions_survive_a_restart_and_memcached_decides_tickets() {
+    use reprise_disk::{DiskConfig, DiskTier};
+    let rt = runtime();
+    let mc = Memcached::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance_on_disk = |addr: SocketAddr| {
+        let (disk, _startup) = DiskTier::open(DiskConfig::new(dir.path()), Some(ring())).unwrap();
+        let cache = Arc::new(SessionCache::new());
+        cache.attach(Arc::new(disk.clone()));
+        let tier = {
+            let _in_runtime = rt.enter();
+            let mut config = MemcachedConfig::new(addr);
+            config.read_timeout = Duration::from_secs(2);
+            Arc::new(MemcachedTier::start(config, ring()).unwrap())
+        };
+        cache.attach(tier.clone());
+        (cache, disk, tier)
+    };
+    let (a, disk, tier) = instance_on_disk(mc.addr());
+    let (b, _) = instance(&rt, mc.addr());
+    let (k1, k2, k3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    a.new_session(Role::Server, session(&a, 1, ProtocolVersion::TLS1_2));
+    a.new_session(Role::Server, session(&a, 2, ProtocolVersion::TLS1_3));
+    a.new_session(Role::Server, session(&a, 3, ProtocolVersion::TLS1_3));
+    for (kind, id) in [
+        (Kind::Session, &k1),
+        (Kind::Ticket, &k2),
+        (Kind::Ticket, &k3),
+    ] {
+        let mkey = tier.memcached_key(kind, SessionKey::new(id, CTX));
+        assert!(wait_until(WAIT, || mc.get(&mkey).is_some()));
+    }
+    static K2: [u8; 32] = [2; 32];
+    static K3: [u8; 32] = [3; 32];
+    static TICKET2: [&[u8]; 1] = [&K2];
+    static TICKET3: [&[u8]; 1] = [&K3];
+    let offer = |idents: &'static [&'static [u8]]| Offer {
+        sid_ctx: CTX,
+        psk_identities: idents,
+        ..Offer::default()
+    };
+    // Another instance uses ticket 2 while A restarts.
+    assert!(rt
+        .block_on(b.prefetch(offer(&TICKET2)))
+        .into_ticket()
+        .is_some());
+    disk.close();
+    drop((a, disk, tier));
+
+    // A restarts, and cannot reach memcached (nothing listens where it points).
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (a, disk, _tier) = instance_on_disk(nowhere);
+    // The TLS 1.2 session resumes from the disk; a ticket needs memcached to confirm its take.
+    assert!(a.lookup(Role::Server, SessionKey::new(&k1, CTX)).is_some());
+    assert!(a.take(Role::Server, SessionKey::new(&k3, CTX)).is_none());
+    assert!(rt
+        .block_on(a.prefetch(offer(&TICKET3)))
+        .into_ticket()
+        .is_none());
+    disk.close();
+    drop((a, disk));
+
+    // A restarts again, memcached reachable: ticket 3 resumes once; ticket 2, which B used,
+    // never resumes from A's disk.
+    let (a, _disk, _tier) = instance_on_disk(mc.addr());
+    let ticket = rt
+        .block_on(a.prefetch(offer(&TICKET3)))
+        .into_ticket()
+        .unwrap();
+    assert!(a
+        .take_confirmed(SessionKey::new(&k3, CTX), ticket)
+        .is_some());
+    assert!(rt
+        .block_on(a.prefetch(offer(&TICKET3)))
+        .into_ticket()
+        .is_none());
+    assert!(rt
+        .block_on(a.prefetch(offer(&TICKET2)))
+        .into_ticket()
+        .is_none());
+    assert!(a.take(Role::Server, SessionKey::new(&k2, CTX)).is_none());
+}
