@@ -3,8 +3,9 @@
 //! resumes, under TLS 1.2 and TLS 1.3 (whose ticket the second instance takes from memcached).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,39 +15,12 @@ use reprise_rustls::{
     derive_sid_ctx, AcceptPolicy, Acceptor, ClientAuth, Prefetch, ServerContext, ServerStore,
 };
 use reprise_seal::KeyRing;
-use reprise_testkit::{free_port, wait_until, Pki, Version, VERSIONS};
+use reprise_testkit::{wait_until, Pki, Version, VERSIONS};
+
+use common::{Memcached, WAIT};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// A `memcached` on a free loopback port, killed when dropped.
-struct Memcached(Child, SocketAddr);
-
-impl Memcached {
-    fn start() -> Memcached {
-        let port = free_port();
-        let child = Command::new("memcached")
-            // `-u` is required when the tests run as root, and ignored otherwise.
-            .args(["-l", "127.0.0.1", "-U", "0", "-t", "1", "-u", "root", "-p"])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("memcached not found: scripts/test.sh installs it (apt-get install memcached)");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        assert!(wait_until(WAIT, || TcpStream::connect(addr).is_ok()));
-        Memcached(child, addr)
-    }
-}
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One server instance: its own cache and memcached tier, an acceptor, and an accept loop that
 /// answers `hi` and reports each connection's prefetch.
@@ -116,8 +90,8 @@ async fn a_client_resumes_on_a_second_instance_through_memcached() {
     let mc = Memcached::start();
     let pki = Pki::new();
     for version in VERSIONS {
-        let (a, tier_a, _) = instance(&pki, mc.1, version).await;
-        let (b, _, mut b_prefetch) = instance(&pki, mc.1, version).await;
+        let (a, tier_a, _) = instance(&pki, mc.addr(), version).await;
+        let (b, _, mut b_prefetch) = instance(&pki, mc.addr(), version).await;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client = Arc::new(
             ClientConfig::builder_with_provider(provider)
