@@ -40,6 +40,14 @@
 //! A value that does not open (forged, corrupt, moved from another key, sealed for another
 //! tier) is a miss and counted; a value sealed with a key this ring lacks is left in place for
 //! the instances that can open it.
+//!
+//! # What it leaves out
+//!
+//! - No per-client read budget and no negative cache: every identity a ClientHello offers
+//!   (up to the acceptor's limit) costs one memcached round trip. Reads in flight are capped
+//!   (64); past the cap a prefetch is unavailable at once.
+//! - No blocking wiring: a TLS stack that looks sessions up only synchronously (OpenSSL, rustls
+//!   without the acceptor's prefetch) resumes nothing through this tier.
 
 mod proto;
 mod stats;
@@ -77,6 +85,10 @@ const MAX_PREFIX: usize = 100;
 
 /// Idle connections kept for reads.
 const POOL: usize = 8;
+
+/// Reads in flight at once (each on its own connection); past it, a prefetch is
+/// [`Fetched::Unavailable`] at once rather than one more connection to memcached.
+const MAX_READS: usize = 64;
 
 /// Writes sent per round of the writer.
 const BATCH: usize = 256;
@@ -144,6 +156,7 @@ struct Shared {
     counters: Counters,
     cx: OnceLock<TierContext>,
     pool: Mutex<Vec<Conn>>,
+    reads: tokio::sync::Semaphore,
 }
 
 /// A [`Tier`] that shares sealed sessions through one memcached server.
@@ -214,6 +227,7 @@ impl MemcachedTier {
             counters: Counters::default(),
             cx: OnceLock::new(),
             pool: Mutex::new(Vec::new()),
+            reads: tokio::sync::Semaphore::new(MAX_READS),
         });
         runtime.spawn(writer(Arc::clone(&shared)));
         Ok(Self { shared })
@@ -382,6 +396,9 @@ impl Shared {
     }
 
     async fn read(&self, kind: Kind, key: SessionKey<'_>) -> Fetched {
+        let Ok(_permit) = self.reads.try_acquire() else {
+            return Fetched::Unavailable;
+        };
         let mkey = self.key(kind, key);
         // A connection that timed out mid-command is dropped, not reused.
         let read = timeout(self.config.read_timeout, async {
