@@ -320,9 +320,20 @@ fn memcached_down_or_silent_costs_misses_and_never_blocks_the_handshake() {
     assert!(matches!(tier_c.fetch(k1), Fetched::Unavailable));
 }
 
-/// A synchronous authority under the memcached tier, standing in for another shared store.
+/// A synchronous authority under the memcached tier, standing in for another shared store. It
+/// keeps copies, never memory's own `Arc` (which memory marks not resumable when it lets go).
 #[derive(Default)]
-struct MapTier(parking_lot::Mutex<std::collections::HashMap<Vec<u8>, Arc<Session>>>);
+struct MapTier(parking_lot::Mutex<std::collections::HashMap<Vec<u8>, Session>>);
+
+fn copy(s: &Session) -> Session {
+    Session::builder(s.id().as_bytes(), SecretBytes::from(s.payload().as_bytes()))
+        .sid_ctx(s.sid_ctx().as_bytes())
+        .version(s.version())
+        .time(s.time())
+        .timeout_secs(s.timeout_secs())
+        .build()
+        .unwrap()
+}
 
 impl Tier for MapTier {
     fn name(&self) -> &str {
@@ -330,23 +341,20 @@ impl Tier for MapTier {
     }
     fn store(&self, session: &Arc<Session>) {
         let id = session.id().as_bytes().to_vec();
-        self.0.lock().insert(id, Arc::clone(session));
+        self.0.lock().insert(id, copy(session));
     }
     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
-        self.0
-            .lock()
-            .get(key.id)
-            .cloned()
-            .map_or(Fetched::Miss, Fetched::Hit)
+        let found = self.0.lock().get(key.id).map(copy);
+        found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
     }
     fn take(&self, key: SessionKey<'_>) -> Fetched {
-        self.0
-            .lock()
-            .remove(key.id)
-            .map_or(Fetched::Miss, Fetched::Hit)
+        let found = self.0.lock().remove(key.id);
+        found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
     }
-    fn remove(&self, session: &Arc<Session>, _why: Removal) {
-        self.0.lock().remove(session.id().as_bytes());
+    fn remove(&self, session: &Arc<Session>, why: Removal) {
+        if matches!(why, Removal::Explicit | Removal::Taken | Removal::Expired) {
+            self.0.lock().remove(session.id().as_bytes());
+        }
     }
 }
 
