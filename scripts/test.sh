@@ -12,6 +12,8 @@ declare -A packages=(
   [openssl]=openssl
   [redis-server]=redis-server
   [redis-cli]=redis-tools
+  # The example memcached tier's tests (examples/memcached-tier).
+  [memcached]=memcached
   [pkg-config]=pkg-config
   # The interop suite's client stacks (crates/reprise-cli/tests/interop.rs).
   [go]=golang-go
