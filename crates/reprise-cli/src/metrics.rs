@@ -304,6 +304,17 @@ impl Metrics {
         );
         // Each tier's counters and gauges, as it declares them: `reprise_<tier>_<name>`.
         for (tier, metrics) in tiers {
+            // A tier names itself: only what a metric name may hold goes into one.
+            let tier: String = tier
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
             for m in metrics {
                 let kind = match m.kind {
                     MetricKind::Counter => "counter",

@@ -423,11 +423,7 @@ impl Tier for RedisTier {
 /// When Redis should drop a session (unix seconds, for `EXAT`): through the last second the
 /// cache would keep it, capped; `None` if that is already past.
 fn expiry(session: &Session, now: u64) -> Option<u64> {
-    let exat = session
-        .expires_at()
-        .saturating_add(1)
-        .min(now.saturating_add(MAX_TTL_SECS));
-    (exat > now).then_some(exat)
+    session.keep_until(now, MAX_TTL_SECS)
 }
 
 /// Whether a cache holds a copy of a ticket (not a TLS 1.2 session) for the key.

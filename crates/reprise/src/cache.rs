@@ -390,6 +390,15 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
             .unwrap_or_default()
     }
 
+    /// How many tiers are attached.
+    pub fn tier_count(&self) -> usize {
+        self.callbacks
+            .tiers
+            .load()
+            .as_ref()
+            .map_or(0, |stack| stack.len())
+    }
+
     /// Whether any tier is attached.
     pub fn has_tiers(&self) -> bool {
         self.callbacks.tiers.load().is_some()

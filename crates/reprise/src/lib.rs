@@ -6,6 +6,11 @@
 //! dependency; `reprise-rustls` plugs it into rustls, and the other Reprise crates give it a
 //! distributed tier and a TLS terminator.
 //!
+//! Under its memory a cache can carry an ordered stack of external tiers: a disk that survives
+//! restarts, a Redis a fleet shares, or your own. A tier is one trait, [`Tier`], attached with
+//! [`SessionCache::attach`]; the [`tier`] module says how the stack reads, writes, takes and
+//! removes, with an example to start from.
+//!
 //! The rules come from OpenSSL's manual pages; `docs/SEEDS.md` in the repository maps every
 //! function they name to its item here, and `docs/ARCHITECTURE.md` shows how a session flows.
 //!
@@ -47,7 +52,7 @@ mod shim;
 #[cfg(all(test, feature = "shuttle"))]
 mod shuttle_tests;
 mod stats;
-mod tier;
+pub mod tier;
 
 pub use cache::{CacheBuilder, NewSession, SessionCache, AUTO_FLUSH_INTERVAL, DEFAULT_SIZE_LIMIT};
 pub use callbacks::{

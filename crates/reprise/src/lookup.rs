@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::cache::{SessionCache, TierStack, Use};
 use crate::callbacks::TakeSessionCallback;
 use crate::mode::{CacheMode, Role};
-use crate::session::{Session, SessionKey, Validity};
+use crate::session::{ProtocolVersion, Session, SessionKey, Validity};
 use crate::stats::Counters;
 use crate::tier::{Fetched, Offer, Prefetched, Request};
 use crate::Removal;
@@ -104,6 +104,11 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 return None;
             }
             Validity::OtherKey | Validity::NotResumable => return None,
+        }
+        // A read resumes reusable sessions only: a TLS 1.3 ticket is taken, never read (its id
+        // travels in the clear and could be offered as a TLS 1.2 session id).
+        if found.version() == ProtocolVersion::TLS1_3 {
+            return None;
         }
         if !mode.contains(CacheMode::NO_INTERNAL_STORE) {
             self.add(&found);

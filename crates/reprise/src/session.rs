@@ -372,6 +372,47 @@ impl<P> Session<P> {
         &self.payload
     }
 
+    /// A new session with this one's id, context, version, time and timeout, and `payload`:
+    /// what a tier keeps or hands back (never the cache's own object, which the cache marks
+    /// not resumable when it lets the session go).
+    ///
+    /// ```
+    /// use reprise::{SecretBytes, Session};
+    /// let s = Session::builder(&[1; 32], SecretBytes::from(vec![7; 48])).sid_ctx(b"web").build().unwrap();
+    /// let copy = s.copy_with(SecretBytes::from(s.payload().as_bytes()));
+    /// assert_eq!((copy.key(), copy.time(), copy.payload().as_bytes()), (s.key(), s.time(), &[7; 48][..]));
+    /// ```
+    pub fn copy_with<Q>(&self, payload: Q) -> Session<Q> {
+        Session {
+            id: self.id,
+            sid_ctx: Arc::clone(&self.sid_ctx),
+            version: self.version,
+            timeout_secs: self.timeout_secs,
+            time: AtomicU64::new(self.time()),
+            resumable: AtomicBool::new(true),
+            payload,
+        }
+    }
+
+    /// The last second a store outside memory should keep the session (Unix seconds): its
+    /// expiry plus one, capped at `max_ttl` seconds from `now`; `None` if that is already past.
+    /// For a store that expires entries by itself (Redis `EXAT`, memcached's exptime).
+    ///
+    /// ```
+    /// use reprise::{SecretBytes, Session};
+    /// let s = Session::builder(&[1; 32], SecretBytes::from(vec![0; 48])).time(1_000).timeout_secs(300).build().unwrap();
+    /// assert_eq!(s.keep_until(1_000, 3_600), Some(1_301));
+    /// assert_eq!(s.keep_until(1_000, 60), Some(1_060));
+    /// assert_eq!(s.keep_until(1_301, 3_600), None);
+    /// ```
+    pub fn keep_until(&self, now: u64, max_ttl: u64) -> Option<u64> {
+        let until = self
+            .expires_at()
+            .saturating_add(1)
+            .min(now.saturating_add(max_ttl));
+        (until > now).then_some(until)
+    }
+
     /// The key the session is cached under: its id and its context.
     pub fn key(&self) -> SessionKey<'_> {
         SessionKey::new(self.id.as_bytes(), self.sid_ctx().as_bytes())

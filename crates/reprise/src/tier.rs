@@ -177,6 +177,15 @@ impl<P: Send + Sync + 'static> TierContext<P> {
         self.position
     }
 
+    /// Whether the tier is the last of the stack now, the authority on takes: the one the
+    /// cache asks to take, where every other tier is told of a take with [`Removal::Taken`].
+    /// A tier attached later changes the answer.
+    pub fn is_last(&self) -> bool {
+        self.cache
+            .upgrade()
+            .is_some_and(|cache| cache.tier_count() == self.position + 1)
+    }
+
     /// Forgets the session under `key` in memory and in every tier above this one
     /// ([`Tier::forget`]), without a remove callback: for a removal this tier learned of from
     /// elsewhere (another instance of a fleet removed the session). Returns whether memory held
@@ -205,11 +214,13 @@ impl<P: Send + Sync + 'static> TierContext<P> {
 /// that needs the network should answer [`Fetched::Unavailable`] here and do its work in
 /// [`prefetch`](Tier::prefetch).
 pub trait Tier<P = SecretBytes>: Send + Sync {
-    /// A short name for the tier (`"disk"`, `"redis"`): in logs, in metric names, and bound
-    /// into what the tier seals, so that a value never moves between tiers.
+    /// A short name for the tier (`"disk"`, `"redis"`): in logs, in metric names
+    /// (`reprise_<name>_…`: use lowercase letters, digits and `_`), and bound into what the
+    /// tier seals, so that a value never moves between tiers.
     fn name(&self) -> &str;
 
-    /// Called once when the tier is attached to a cache, before any other call.
+    /// Called once when the tier is attached to a cache, before the cache makes any other call
+    /// (a tier used before it is attached, directly, has no context yet).
     fn attach(&self, cx: TierContext<P>) {
         let _ = cx;
     }
@@ -345,7 +356,8 @@ pub struct Metric {
 /// reprise::tier_counters! {
 ///     /// The counters of a tier.
 ///     pub struct Counters => Snapshot {
-///         /// Sessions stored.
+///         /// Sessions stored, in one
+///         /// declaration.
 ///         stores: Counter = "stores_total",
 ///         /// Entries held now.
 ///         held: Gauge = "entries",
@@ -356,26 +368,26 @@ pub struct Metric {
 /// let snap = c.snapshot();
 /// assert_eq!(snap.stores, 2);
 /// assert_eq!(snap.metrics()[0].name, "stores_total");
-/// assert_eq!(snap.metrics()[0].help, "Sessions stored.");
+/// assert_eq!(snap.metrics()[0].help, "Sessions stored, in one declaration.");
 /// ```
 #[macro_export]
 macro_rules! tier_counters {
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident => $snapshot:ident {
-            $( #[doc = $help:literal] $field:ident : $kind:ident = $metric:literal ),* $(,)?
+            $( $(#[doc = $help:literal])+ $field:ident : $kind:ident = $metric:literal ),* $(,)?
         }
     ) => {
         $(#[$meta])*
         #[derive(Debug, Default)]
         $vis struct $name {
-            $( #[doc = $help] pub $field: ::core::sync::atomic::AtomicU64, )*
+            $( $(#[doc = $help])+ pub $field: ::core::sync::atomic::AtomicU64, )*
         }
 
         #[doc = concat!("A snapshot of [`", stringify!($name), "`].")]
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         $vis struct $snapshot {
-            $( #[doc = $help] pub $field: u64, )*
+            $( $(#[doc = $help])+ pub $field: u64, )*
         }
 
         impl $name {
@@ -399,7 +411,7 @@ macro_rules! tier_counters {
                 ::std::vec![
                     $( $crate::Metric {
                         name: $metric,
-                        help: $help.trim_start(),
+                        help: concat!($($help),+).trim_start(),
                         kind: $crate::MetricKind::$kind,
                         value: self.$field,
                     }, )*

@@ -468,3 +468,26 @@ fn prefetch_leaves_synchronous_tiers_below_the_last_async_one_to_the_handshake()
     assert_eq!(disk.reads.load(Ordering::SeqCst), 1);
     assert_eq!(shared.prefetches.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_read_never_adopts_a_ticket_from_a_tier() {
+    // A ticket id travels in the clear: offered as a TLS 1.2 session id, it must not resume,
+    // nor land in memory.
+    let disk = MapTier::new("disk");
+    let (cache, _) = stack(&[&disk]);
+    disk.put(session(&cache, 18, ProtocolVersion::TLS1_3));
+    let k = key(18);
+    assert!(cache
+        .lookup(Role::Server, SessionKey::new(&k, CTX))
+        .is_none());
+    assert!(cache.peek(&k).is_none());
+    let cx = disk.cx.get().unwrap();
+    assert!(cx.is_last(), "one tier: the authority");
+    let shared = MapTier::new("shared");
+    cache.attach(shared.clone());
+    assert!(!cx.is_last() && shared.cx.get().unwrap().is_last());
+    // Still takeable, once, from the authority that holds it.
+    shared.put(session(&cache, 18, ProtocolVersion::TLS1_3));
+    assert!(cache.take(Role::Server, SessionKey::new(&k, CTX)).is_some());
+    assert!(!disk.has(18), "the disk's copy went with the take");
+}

@@ -242,13 +242,10 @@ impl MemcachedTier {
     /// Whether this tier is the last of its cache's stack, the one that decides takes (also
     /// before it is attached, or once its cache is gone).
     fn is_authority(&self) -> bool {
-        let Some(cache) = self.shared.cx.get().and_then(TierContext::cache) else {
-            return true;
-        };
-        cache
-            .tiers()
-            .last()
-            .is_none_or(|last| std::ptr::addr_eq(Arc::as_ptr(last), self as *const Self))
+        self.shared
+            .cx
+            .get()
+            .is_none_or(|cx| cx.cache().is_none() || cx.is_last())
     }
 
     /// The tier's counters now.
@@ -346,17 +343,8 @@ impl Tier for MemcachedTier {
 /// a real Unix time (a manual clock near zero): memcached reads an `exptime` of 30 days or less
 /// as seconds from now, so the seconds left are sent instead.
 fn exptime(session: &Session, now: u64) -> Option<u64> {
-    let at = session
-        .expires_at()
-        .saturating_add(1)
-        .min(now.saturating_add(MAX_TTL_SECS));
-    if at <= now {
-        None
-    } else if at > RELATIVE_LIMIT {
-        Some(at)
-    } else {
-        Some(at - now)
-    }
+    let at = session.keep_until(now, MAX_TTL_SECS)?;
+    Some(if at > RELATIVE_LIMIT { at } else { at - now })
 }
 
 impl Shared {
