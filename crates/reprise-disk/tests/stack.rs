@@ -25,16 +25,6 @@ struct Shared {
     cx: OnceLock<TierContext>,
 }
 
-fn copy(s: &Session) -> Session {
-    Session::builder(s.id().as_bytes(), SecretBytes::from(s.payload().as_bytes()))
-        .sid_ctx(s.sid_ctx().as_bytes())
-        .version(s.version())
-        .time(s.time())
-        .timeout_secs(s.timeout_secs())
-        .build()
-        .unwrap()
-}
-
 impl Tier for Shared {
     fn name(&self) -> &str {
         "shared"
@@ -47,7 +37,7 @@ impl Tier for Shared {
     fn store(&self, session: &Arc<Session>) {
         self.map
             .lock()
-            .insert(session.id().as_bytes().to_vec(), copy(session));
+            .insert(session.id().as_bytes().to_vec(), session.duplicate());
     }
 
     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
@@ -56,7 +46,7 @@ impl Tier for Shared {
         }
         let map = self.map.lock();
         map.get(key.id)
-            .map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(copy(s))))
+            .map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s.duplicate())))
     }
 
     fn take(&self, key: SessionKey<'_>) -> Fetched {

@@ -456,6 +456,14 @@ impl<P> Session<P> {
     }
 }
 
+impl Session<SecretBytes> {
+    /// A copy of the session with a copy of its payload (zeroed on drop, as the original's):
+    /// [`copy_with`](Session::copy_with) for the default payload.
+    pub fn duplicate(&self) -> Session {
+        self.copy_with(SecretBytes::from(self.payload.as_bytes()))
+    }
+}
+
 impl<P> fmt::Debug for Session<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The payload holds secrets: it is never printed.

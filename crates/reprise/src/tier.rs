@@ -32,23 +32,13 @@
 //! #[derive(Default)]
 //! struct MapTier(Mutex<HashMap<Vec<u8>, Session>>);
 //!
-//! fn copy(s: &Session) -> Session {
-//!     Session::builder(s.id().as_bytes(), SecretBytes::from(s.payload().as_bytes()))
-//!         .sid_ctx(s.sid_ctx().as_bytes())
-//!         .version(s.version())
-//!         .time(s.time())
-//!         .timeout_secs(s.timeout_secs())
-//!         .build()
-//!         .expect("a session's own id and context are valid")
-//! }
-//!
 //! impl Tier for MapTier {
 //!     fn name(&self) -> &str { "map" }
 //!     fn store(&self, session: &Arc<Session>) {
-//!         self.0.lock().insert(session.id().as_bytes().to_vec(), copy(session));
+//!         self.0.lock().insert(session.id().as_bytes().to_vec(), session.duplicate());
 //!     }
 //!     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
-//!         let found = self.0.lock().get(key.id).map(copy);
+//!         let found = self.0.lock().get(key.id).map(Session::duplicate);
 //!         found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
 //!     }
 //!     fn take(&self, key: SessionKey<'_>) -> Fetched {

@@ -70,7 +70,7 @@ impl MapTier {
         let found = if take {
             map.remove(key.id)
         } else {
-            map.get(key.id).map(|s| Arc::new(copy(s)))
+            map.get(key.id).map(|s| Arc::new(s.duplicate()))
         };
         found.map_or(Fetched::Miss, Fetched::Hit)
     }
@@ -88,7 +88,7 @@ impl Tier for MapTier {
     fn store(&self, session: &Arc<Session>) {
         // A copy, as a real tier decodes one: memory marks its own object not resumable when it
         // lets it go, and that must not reach the tier's.
-        self.put(copy(session));
+        self.put(session.duplicate());
     }
 
     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
@@ -135,16 +135,6 @@ impl Tier for MapTier {
 }
 
 const CTX: &[u8] = b"ctx";
-
-fn copy(s: &Session) -> Session {
-    Session::builder(s.id().as_bytes(), SecretBytes::from(s.payload().as_bytes()))
-        .sid_ctx(s.sid_ctx().as_bytes())
-        .version(s.version())
-        .time(s.time())
-        .timeout_secs(s.timeout_secs())
-        .build()
-        .unwrap()
-}
 
 fn key(id: u8) -> [u8; 32] {
     [id; 32]

@@ -325,26 +325,16 @@ fn memcached_down_or_silent_costs_misses_and_never_blocks_the_handshake() {
 #[derive(Default)]
 struct MapTier(parking_lot::Mutex<std::collections::HashMap<Vec<u8>, Session>>);
 
-fn copy(s: &Session) -> Session {
-    Session::builder(s.id().as_bytes(), SecretBytes::from(s.payload().as_bytes()))
-        .sid_ctx(s.sid_ctx().as_bytes())
-        .version(s.version())
-        .time(s.time())
-        .timeout_secs(s.timeout_secs())
-        .build()
-        .unwrap()
-}
-
 impl Tier for MapTier {
     fn name(&self) -> &str {
         "map"
     }
     fn store(&self, session: &Arc<Session>) {
         let id = session.id().as_bytes().to_vec();
-        self.0.lock().insert(id, copy(session));
+        self.0.lock().insert(id, session.duplicate());
     }
     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
-        let found = self.0.lock().get(key.id).map(copy);
+        let found = self.0.lock().get(key.id).map(Session::duplicate);
         found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
     }
     fn take(&self, key: SessionKey<'_>) -> Fetched {
