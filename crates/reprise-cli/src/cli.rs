@@ -49,6 +49,19 @@ pub enum TlsVersion {
     Tls13,
 }
 
+impl TlsVersion {
+    /// rustls's name for the versions in `versions`, in order.
+    pub fn rustls(versions: &[TlsVersion]) -> Vec<&'static rustls::SupportedProtocolVersion> {
+        versions
+            .iter()
+            .map(|v| match v {
+                TlsVersion::Tls12 => &rustls::version::TLS12,
+                TlsVersion::Tls13 => &rustls::version::TLS13,
+            })
+            .collect()
+    }
+}
+
 /// How TLS 1.3 resumption tickets are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -221,14 +221,7 @@ impl Drop for Open<'_> {
 /// The acceptor every connection goes through, as any user of `reprise-rustls` would build it:
 /// the one configuration, and the policy from the settings.
 fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor {
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
-        .tls_versions
-        .iter()
-        .map(|v| match v {
-            TlsVersion::Tls12 => &rustls::version::TLS12,
-            TlsVersion::Tls13 => &rustls::version::TLS13,
-        })
-        .collect();
+    let versions = TlsVersion::rustls(&settings.tls_versions);
     let context =
         ServerContext::new(tls.config.clone(), tls.store.clone()).with_versions(&versions);
     let mut policy = AcceptPolicy::default();

@@ -120,14 +120,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     let fingerprint = fingerprint(&chain[0]);
 
     let provider = Arc::new(provider());
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
-        .tls_versions
-        .iter()
-        .map(|v| match v {
-            TlsVersion::Tls12 => &rustls::version::TLS12,
-            TlsVersion::Tls13 => &rustls::version::TLS13,
-        })
-        .collect();
+    let versions = TlsVersion::rustls(&settings.tls_versions);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .context("TLS versions")?;

@@ -263,23 +263,54 @@ async fn the_chooser_sees_the_hello_and_picks_the_config() {
     }
 }
 
+/// Two instances, each with its cache over one shared tier, in one session-id context.
+struct Fleet {
+    tier_a: Arc<SharedTier>,
+    tier_b: Arc<SharedTier>,
+    a: Arc<SessionCache>,
+    b: Arc<SessionCache>,
+    addr_a: SocketAddr,
+    rx_a: mpsc::UnboundedReceiver<Result<Seen, AcceptError>>,
+    addr_b: SocketAddr,
+    rx_b: mpsc::UnboundedReceiver<Result<Seen, AcceptError>>,
+}
+
+impl Fleet {
+    async fn start(pki: &Pki, v: Version) -> Fleet {
+        let tier_a = Arc::new(SharedTier::default());
+        let tier_b = Arc::new(tier_a.sharing(false));
+        let (a, b) = (tiered(tier_a.clone()), tiered(tier_b.clone()));
+        let instance =
+            |cache| Acceptor::new(context(pki, v, cache, b"fleet"), AcceptPolicy::default());
+        let (addr_a, rx_a) = serve(instance(&a)).await;
+        let (addr_b, rx_b) = serve(instance(&b)).await;
+        Fleet {
+            tier_a,
+            tier_b,
+            a,
+            b,
+            addr_a,
+            rx_a,
+            addr_b,
+            rx_b,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_tls12_session_resumes_on_another_instance_through_the_prefetch() {
     let pki = Pki::new();
     let v = Version::Tls12;
-    let tier_a = Arc::new(SharedTier::default());
-    let tier_b = Arc::new(tier_a.sharing(false));
-    let (a, b) = (tiered(tier_a.clone()), tiered(tier_b.clone()));
-    let (addr_a, mut rx_a) = serve(Acceptor::new(
-        context(&pki, v, &a, b"fleet"),
-        AcceptPolicy::default(),
-    ))
-    .await;
-    let (addr_b, mut rx_b) = serve(Acceptor::new(
-        context(&pki, v, &b, b"fleet"),
-        AcceptPolicy::default(),
-    ))
-    .await;
+    let Fleet {
+        tier_a,
+        tier_b,
+        b,
+        addr_a,
+        mut rx_a,
+        addr_b,
+        mut rx_b,
+        ..
+    } = Fleet::start(&pki, v).await;
     let client = pki.client_config(v, None, false);
 
     assert!(!connect(addr_a, &client, "localhost").await);
@@ -361,19 +392,15 @@ async fn replay_accepts_psk(addr: SocketAddr, hello: &[u8]) -> bool {
 async fn a_tls13_ticket_taken_by_the_prefetch_resumes_once() {
     let pki = Pki::new();
     let v = Version::Tls13;
-    let tier_a = Arc::new(SharedTier::default());
-    let tier_b = Arc::new(tier_a.sharing(false));
-    let (a, b) = (tiered(tier_a.clone()), tiered(tier_b.clone()));
-    let (addr_a, mut rx_a) = serve(Acceptor::new(
-        context(&pki, v, &a, b"fleet"),
-        AcceptPolicy::default(),
-    ))
-    .await;
-    let (addr_b, mut rx_b) = serve(Acceptor::new(
-        context(&pki, v, &b, b"fleet"),
-        AcceptPolicy::default(),
-    ))
-    .await;
+    let Fleet {
+        tier_a,
+        a,
+        addr_a,
+        mut rx_a,
+        addr_b,
+        mut rx_b,
+        ..
+    } = Fleet::start(&pki, v).await;
     let client = pki.client_config(v, None, false);
 
     assert!(!connect(addr_a, &client, "localhost").await);
