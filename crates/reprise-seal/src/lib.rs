@@ -23,6 +23,7 @@
 mod codec;
 mod error;
 mod keyring;
+pub mod tickets;
 
 pub use codec::{associated_data, decode, encode};
 pub use error::{KeyFileError, OpenError};
