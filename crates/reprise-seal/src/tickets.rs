@@ -226,6 +226,39 @@ impl TicketKeys {
     }
 }
 
+/// Rotation by the clock, the same on every instance without talking: time is cut into periods
+/// of one ticket lifetime, numbered from the Unix epoch. Key `n` is learned during period
+/// `n - 1` (it is then the *next* key), encrypts during period `n` (*current*), decrypts during
+/// period `n + 1` (*previous*: the tickets it issued live one lifetime at most), and is erased
+/// when period `n + 2` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    period: u64,
+}
+
+impl Schedule {
+    /// A schedule whose periods last `period` (whole seconds); None below one second.
+    pub fn new(period: Duration) -> Option<Self> {
+        let period = period.as_secs();
+        (period >= 1).then_some(Self { period })
+    }
+
+    /// The length of a period.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(self.period)
+    }
+
+    /// The number of the period that contains the Unix time `unix_secs`.
+    pub fn slot_at(&self, unix_secs: u64) -> u64 {
+        unix_secs / self.period
+    }
+
+    /// The Unix time at which period `slot` starts.
+    pub fn starts(&self, slot: u64) -> u64 {
+        slot.saturating_mul(self.period)
+    }
+}
+
 /// Where a server's ticket keys come from.
 ///
 /// Implement it to supply keys from elsewhere: the ticketer calls [`keys`](Self::keys) for
@@ -286,5 +319,16 @@ mod tests {
         assert!(keys.find(k1.id()).is_some());
         assert!(keys.find(KeyId::from_version(3)).is_none());
         assert!(!format!("{k1:?}").contains("[1, 1"));
+    }
+
+    #[test]
+    fn schedule_slots() {
+        assert!(Schedule::new(Duration::from_millis(999)).is_none());
+        let s = Schedule::new(Duration::from_secs(300)).unwrap();
+        assert_eq!(s.slot_at(0), 0);
+        assert_eq!(s.slot_at(299), 0);
+        assert_eq!(s.slot_at(300), 1);
+        assert_eq!(s.starts(s.slot_at(1234) + 1), 1500);
+        assert_eq!(s.starts(u64::MAX), u64::MAX);
     }
 }
