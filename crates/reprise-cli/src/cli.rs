@@ -62,16 +62,38 @@ impl TlsVersion {
     }
 }
 
-/// How TLS 1.3 resumption tickets are made.
+/// How resumption tickets are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TicketMode {
-    /// Tickets name sessions kept in the cache (single use, visible to the cache).
+    /// Stateless tickets for clients that offer only TLS 1.2 (Go's TLS 1.2 client resumes with
+    /// nothing else), stateful single-use TLS 1.3 tickets for every other client.
+    Auto,
+    /// TLS 1.3 tickets name sessions kept in the cache (single use, visible to the cache); no
+    /// TLS 1.2 tickets.
     Stateful,
-    /// Tickets carry the session, encrypted with a key only this process holds.
+    /// Tickets carry the session, encrypted with the ticket keys, for both versions: a TLS 1.3
+    /// ticket can then be used more than once until it expires.
     Stateless,
-    /// No TLS 1.3 tickets.
+    /// No TLS 1.3 tickets and no TLS 1.2 tickets.
     Off,
+}
+
+impl TicketMode {
+    /// The name, as the flag spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketMode::Auto => "auto",
+            TicketMode::Stateful => "stateful",
+            TicketMode::Stateless => "stateless",
+            TicketMode::Off => "off",
+        }
+    }
+
+    /// Whether this mode encrypts tickets with ticket keys (and so needs a key source).
+    pub fn uses_ticket_keys(self) -> bool {
+        matches!(self, TicketMode::Auto | TicketMode::Stateless)
+    }
 }
 
 /// How a server that has a client CA treats client certificates.
@@ -132,9 +154,27 @@ pub struct ServeArgs {
     #[arg(long, value_name = "STRING")]
     pub sid_ctx: Option<String>,
 
-    /// TLS 1.3 tickets: stateful (kept in the cache), stateless or off [default: stateful].
+    /// Tickets: auto (stateless TLS 1.2 tickets, stateful TLS 1.3), stateful (TLS 1.3 tickets
+    /// kept in the cache), stateless (both versions; TLS 1.3 tickets then replayable until they
+    /// expire) or off [default: auto].
     #[arg(long, value_name = "MODE")]
     pub tickets: Option<TicketMode>,
+
+    /// Ticket keys from this file (name:hex lines, the first encrypts, all decrypt; re-read on
+    /// SIGHUP) [default: the fleet's ring in Redis with --redis, else keys of this process,
+    /// rotated every --ticket-lifetime].
+    #[arg(long, value_name = "FILE", conflicts_with = "ticket_keys_from_redis")]
+    pub ticket_keys: Option<PathBuf>,
+
+    /// Ticket keys from the fleet's ring in Redis, rotated by the fleet itself and sealed with
+    /// --key-file (the default with --redis).
+    #[arg(long)]
+    pub ticket_keys_from_redis: bool,
+
+    /// Seconds a ticket is valid, and the ticket keys' rotation period, 1 to 604800 (7 days)
+    /// [default: --cache-timeout].
+    #[arg(long, value_name = "SECONDS")]
+    pub ticket_lifetime: Option<u64>,
 
     /// TLS 1.3 tickets issued per handshake, 0 to 16 [default: 2].
     #[arg(long, value_name = "N")]

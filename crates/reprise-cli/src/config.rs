@@ -34,6 +34,9 @@ pub struct FileConfig {
     cache_mode: Option<String>,
     sid_ctx: Option<String>,
     tickets: Option<TicketMode>,
+    ticket_keys: Option<PathBuf>,
+    ticket_keys_from_redis: Option<bool>,
+    ticket_lifetime: Option<u64>,
     tls13_tickets: Option<usize>,
     client_ca: Option<PathBuf>,
     client_auth: Option<ClientAuthMode>,
@@ -77,8 +80,12 @@ pub struct Settings {
     pub cache_mode: CacheMode,
     /// An explicit session-id context, or `None` to derive one.
     pub sid_ctx: Option<String>,
-    /// How TLS 1.3 tickets are made.
+    /// How tickets are made.
     pub tickets: TicketMode,
+    /// Where the ticket keys come from (None with `stateful` and `off`, which use none).
+    pub ticket_keys: Option<TicketKeysFrom>,
+    /// How long a ticket is valid, and the ticket keys' rotation period.
+    pub ticket_lifetime: Duration,
     /// TLS 1.3 tickets per handshake.
     pub tls13_tickets: usize,
     /// The client CA bundle and policy, for mTLS.
@@ -104,6 +111,18 @@ pub struct Settings {
     /// The former name of the key file's flag or setting, if one was used: logged once the
     /// server has its TLS state, so that a start-up error stays one line.
     pub deprecated_key_file: Option<&'static str>,
+}
+
+/// Where the ticket keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketKeysFrom {
+    /// Keys of this process alone, rotated every ticket lifetime: tickets resume only on the
+    /// instance that issued them, and not after a restart.
+    Local,
+    /// A key file the operator distributes and rotates (`--ticket-keys`).
+    File(PathBuf),
+    /// The fleet's ring in Redis (`--ticket-keys-from-redis`, the default with `--redis`).
+    Redis,
 }
 
 /// Where and how to keep sessions on disk across restarts.
@@ -152,6 +171,9 @@ pub mod defaults {
     pub const TLS13_TICKETS: usize = 2;
     /// Milliseconds a handshake may wait on Redis.
     pub const REDIS_TIMEOUT_MS: u64 = 5;
+    /// The longest ticket lifetime, in seconds: 7 days, the most RFC 8446 (§4.6.1) lets a
+    /// TLS 1.3 ticket live.
+    pub const MAX_TICKET_LIFETIME: u64 = 604_800;
 }
 
 impl FileConfig {
@@ -368,6 +390,28 @@ impl Settings {
                 None
             }
         };
+        let cache_timeout = args
+            .cache_timeout
+            .or(file.cache_timeout)
+            .unwrap_or(reprise::DEFAULT_TIMEOUT_SECS);
+        let tickets = args.tickets.or(file.tickets).unwrap_or(TicketMode::Auto);
+        let (ticket_keys, ticket_lifetime) = ticket_keys(
+            tickets,
+            [
+                TicketKeysArgs {
+                    file: args.ticket_keys,
+                    from_redis: args.ticket_keys_from_redis,
+                    lifetime: args.ticket_lifetime,
+                },
+                TicketKeysArgs {
+                    file: file.ticket_keys,
+                    from_redis: file.ticket_keys_from_redis.unwrap_or(false),
+                    lifetime: file.ticket_lifetime,
+                },
+            ],
+            redis.is_some(),
+            cache_timeout,
+        )?;
         Ok(Self {
             listen,
             upstream: args.upstream.or(file.upstream),
@@ -378,16 +422,12 @@ impl Settings {
                 .cache_size
                 .or(file.cache_size)
                 .unwrap_or(reprise::DEFAULT_SIZE_LIMIT),
-            cache_timeout: args
-                .cache_timeout
-                .or(file.cache_timeout)
-                .unwrap_or(reprise::DEFAULT_TIMEOUT_SECS),
+            cache_timeout,
             cache_mode,
             sid_ctx,
-            tickets: args
-                .tickets
-                .or(file.tickets)
-                .unwrap_or(TicketMode::Stateful),
+            tickets,
+            ticket_keys,
+            ticket_lifetime,
             tls13_tickets,
             client_auth,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
@@ -406,6 +446,65 @@ impl Settings {
             deprecated_key_file,
         })
     }
+}
+
+/// The ticket-key settings of the flags or of the settings file.
+struct TicketKeysArgs {
+    file: Option<PathBuf>,
+    from_redis: bool,
+    lifetime: Option<u64>,
+}
+
+/// Where the ticket keys come from and the ticket lifetime: the flags over the settings file
+/// over the defaults (the fleet's ring with Redis, else keys of this process; the cache
+/// timeout). A key source or a lifetime given to a mode that uses no ticket keys (`stateful`,
+/// `off`) is an error, as every other setting that would have no effect.
+fn ticket_keys(
+    mode: TicketMode,
+    [flags, file]: [TicketKeysArgs; 2],
+    with_redis: bool,
+    cache_timeout: u64,
+) -> anyhow::Result<(Option<TicketKeysFrom>, Duration)> {
+    if file.file.is_some() && file.from_redis {
+        bail!("ticket-keys and ticket-keys-from-redis are two sources: give one");
+    }
+    let lifetime = flags.lifetime.or(file.lifetime);
+    match lifetime {
+        Some(0) => bail!("ticket-lifetime must be at least 1 second"),
+        Some(secs) if secs > defaults::MAX_TICKET_LIFETIME => bail!(
+            "ticket-lifetime is {secs} s; the limit is {} s (7 days)",
+            defaults::MAX_TICKET_LIFETIME
+        ),
+        _ => {}
+    }
+    // The flags' source wins over the file's, whichever each names.
+    let explicit = match (flags.file, flags.from_redis) {
+        (Some(path), _) => Some(TicketKeysFrom::File(path)),
+        (None, true) => Some(TicketKeysFrom::Redis),
+        (None, false) => match file.file {
+            Some(path) => Some(TicketKeysFrom::File(path)),
+            None => file.from_redis.then_some(TicketKeysFrom::Redis),
+        },
+    };
+    if !mode.uses_ticket_keys() {
+        if explicit.is_some() || lifetime.is_some() {
+            bail!(
+                "ticket-keys, ticket-keys-from-redis and ticket-lifetime have no effect with --tickets {}: use --tickets auto or stateless",
+                mode.as_str()
+            );
+        }
+        return Ok((None, Duration::from_secs(cache_timeout.max(1))));
+    }
+    if explicit == Some(TicketKeysFrom::Redis) && !with_redis {
+        bail!("--ticket-keys-from-redis needs --redis and --key-file");
+    }
+    let source = explicit.unwrap_or(if with_redis {
+        TicketKeysFrom::Redis
+    } else {
+        TicketKeysFrom::Local
+    });
+    let secs = lifetime.unwrap_or_else(|| cache_timeout.clamp(1, defaults::MAX_TICKET_LIFETIME));
+    Ok((Some(source), Duration::from_secs(secs)))
 }
 
 /// The key file: the flag (`--key-file`, or its former name `--redis-key-file`) over the
@@ -534,6 +633,80 @@ mod tests {
             .err()
             .is_some_and(|e| e.to_string().contains("one setting")));
         Ok(())
+    }
+
+    #[test]
+    fn ticket_keys_default_by_mode_and_tier() -> anyhow::Result<()> {
+        let merge = |args: ServeArgs, file: &str| Settings::merge(args, parse(file)?);
+        // Defaults: auto, keys of this process, the cache timeout.
+        let s = merge(ServeArgs::default(), "cache-timeout = 120")?;
+        assert_eq!(s.tickets, TicketMode::Auto);
+        assert_eq!(s.ticket_keys, Some(TicketKeysFrom::Local));
+        assert_eq!(s.ticket_lifetime, Duration::from_secs(120));
+        // With Redis, the fleet's ring.
+        let fleet = || ServeArgs {
+            redis: Some("redis://127.0.0.1:1".into()),
+            key_file: Some("k".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(merge(fleet(), "")?.ticket_keys, Some(TicketKeysFrom::Redis));
+        // A file wins over the ring, a flag over the settings file.
+        let s = merge(
+            ServeArgs {
+                ticket_keys: Some("t.keys".into()),
+                ticket_lifetime: Some(60),
+                ..fleet()
+            },
+            "ticket-keys-from-redis = true\nticket-lifetime = 30",
+        )?;
+        assert_eq!(s.ticket_keys, Some(TicketKeysFrom::File("t.keys".into())));
+        assert_eq!(s.ticket_lifetime, Duration::from_secs(60));
+        let s = merge(ServeArgs::default(), "ticket-keys = \"f.keys\"")?;
+        assert_eq!(s.ticket_keys, Some(TicketKeysFrom::File("f.keys".into())));
+        // Stateful and off use no keys.
+        let s = merge(ServeArgs::default(), "tickets = \"stateful\"")?;
+        assert_eq!(s.ticket_keys, None);
+        // A long cache timeout caps the default lifetime at 7 days.
+        let s = merge(ServeArgs::default(), "cache-timeout = 9999999")?;
+        assert_eq!(s.ticket_lifetime, Duration::from_secs(604_800));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_ticket_settings_name_the_problem() {
+        let err = |args: ServeArgs, file: &str| -> String {
+            match parse(file).and_then(|f| Settings::merge(args, f)) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let lifetime = |secs| ServeArgs {
+            ticket_lifetime: Some(secs),
+            ..ServeArgs::default()
+        };
+        assert!(err(lifetime(0), "").contains("ticket-lifetime must be at least 1"));
+        assert!(err(lifetime(604_801), "").contains("ticket-lifetime is 604801"));
+        let from_redis = ServeArgs {
+            ticket_keys_from_redis: true,
+            ..ServeArgs::default()
+        };
+        assert!(err(from_redis, "").contains("--ticket-keys-from-redis needs --redis"));
+        assert!(err(
+            ServeArgs::default(),
+            "ticket-keys = \"a\"\nticket-keys-from-redis = true"
+        )
+        .contains("give one"));
+        let stateful_with_keys = ServeArgs {
+            tickets: Some(TicketMode::Stateful),
+            ticket_keys: Some("t.keys".into()),
+            ..ServeArgs::default()
+        };
+        assert!(err(stateful_with_keys, "").contains("no effect with --tickets stateful"));
+        assert!(err(
+            ServeArgs::default(),
+            "tickets = \"off\"\nticket-lifetime = 5"
+        )
+        .contains("no effect with --tickets off"));
     }
 
     #[test]

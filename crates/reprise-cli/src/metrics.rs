@@ -111,6 +111,20 @@ impl Failure {
     }
 }
 
+/// What `/metrics` shows of the tickets: the mode, the key source, the ticketer's counters and
+/// the source's own metrics.
+#[derive(Debug, Clone, Default)]
+pub struct TicketMetrics {
+    /// The ticket mode (`auto`, `stateful`, `stateless`, `off`).
+    pub mode: &'static str,
+    /// The key source's name (`local`, `file`, `redis`); None when the mode uses no keys.
+    pub source: Option<String>,
+    /// The ticketer's counters (`issued_total`, `rejected_<reason>_total`, ...).
+    pub counters: Vec<Metric>,
+    /// The key source's metrics (rotations, the current key's version and age, ...).
+    pub keys: Vec<Metric>,
+}
+
 /// The server's counters; the cache keeps its own.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -177,7 +191,12 @@ impl Metrics {
 
     /// The Prometheus text exposition of these metrics, the cache's statistics, and the
     /// metrics of each tier (its name, and what its `Tier::metrics` declares).
-    pub fn render(&self, cache: &Stats, tiers: &[(String, Vec<Metric>)]) -> String {
+    pub fn render(
+        &self,
+        cache: &Stats,
+        tiers: &[(String, Vec<Metric>)],
+        tickets: &TicketMetrics,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -302,33 +321,90 @@ impl Metrics {
             "Connections that ended after their handshake without close_notify on either side (a FIN or a reset); their sessions were kept.",
             &plain(self.closes_without_close_notify.load(Ordering::Relaxed)),
         );
+        family(
+            "reprise_tickets_mode",
+            "gauge",
+            "The ticket mode (--tickets): 1 for the mode in use.",
+            &[(format!("{{mode=\"{}\"}}", tickets.mode), 1)],
+        );
+        if let Some(source) = &tickets.source {
+            family(
+                "reprise_ticket_keys_source",
+                "gauge",
+                "Where the ticket keys come from: 1 for the source in use (local, file, redis).",
+                &[(format!("{{source=\"{}\"}}", metric_name(source)), 1)],
+            );
+        }
+        // The ticketer's counters, `reprise_tickets_<name>`; its rejections by reason
+        // (`rejected_<reason>_total`) as one family with a `reason` label.
+        let mut rejected = Vec::new();
+        for m in &tickets.counters {
+            match m
+                .name
+                .strip_prefix("rejected_")
+                .and_then(|r| r.strip_suffix("_total"))
+            {
+                Some(reason) => rejected.push((format!("{{reason=\"{reason}\"}}"), m.value)),
+                None => family(
+                    &format!("reprise_tickets_{}", m.name),
+                    kind_name(m.kind),
+                    m.help,
+                    &plain(m.value),
+                ),
+            }
+        }
+        if !rejected.is_empty() {
+            family(
+                "reprise_tickets_rejected_total",
+                "counter",
+                "Tickets that did not decrypt, by reason (unknown_key, wrong_context, expired, malformed).",
+                &rejected,
+            );
+        }
+        for m in &tickets.keys {
+            family(
+                &format!("reprise_ticket_keys_{}", m.name),
+                kind_name(m.kind),
+                m.help,
+                &plain(m.value),
+            );
+        }
         // Each tier's counters and gauges, as it declares them: `reprise_<tier>_<name>`.
         for (tier, metrics) in tiers {
             // A tier names itself: only what a metric name may hold goes into one.
-            let tier: String = tier
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_lowercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
+            let tier = metric_name(tier);
             for m in metrics {
-                let kind = match m.kind {
-                    MetricKind::Counter => "counter",
-                    MetricKind::Gauge => "gauge",
-                };
                 family(
                     &format!("reprise_{tier}_{}", m.name),
-                    kind,
+                    kind_name(m.kind),
                     m.help,
                     &plain(m.value),
                 );
             }
         }
         out
+    }
+}
+
+/// A name as a metric name (or label value) may hold it: lower-case ASCII letters, digits and
+/// underscores.
+fn metric_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The Prometheus type of a metric.
+fn kind_name(kind: MetricKind) -> &'static str {
+    match kind {
+        MetricKind::Counter => "counter",
+        MetricKind::Gauge => "gauge",
     }
 }
 
@@ -343,7 +419,7 @@ mod tests {
         m.handshake(Some(HandshakeKind::Resumed), Some(ProtocolVersion::TLSv1_3));
         m.handshake(Some(HandshakeKind::Full), Some(ProtocolVersion::TLSv1_2));
         m.failure(Failure::Timeout);
-        let text = m.render(&Stats::default(), &[]);
+        let text = m.render(&Stats::default(), &[], &TicketMetrics::default());
         assert!(text.contains("reprise_handshakes_total{kind=\"resumed\",version=\"TLSv1.3\"} 1"));
         assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.2\"} 1"));
         assert!(text.contains("reprise_handshakes_total{kind=\"full\",version=\"TLSv1.3\"} 0"));
@@ -366,7 +442,7 @@ mod tests {
             ..DiskStats::default()
         };
         let tiers = [("disk".to_owned(), disk.metrics())];
-        let text = Metrics::default().render(&Stats::default(), &tiers);
+        let text = Metrics::default().render(&Stats::default(), &tiers, &TicketMetrics::default());
         for line in [
             "# TYPE reprise_disk_file_bytes gauge",
             "reprise_disk_file_bytes 4096",
@@ -379,6 +455,46 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line}: {text}");
         }
+    }
+
+    /// The ticketer's rejections become one family with a reason label; the key source's
+    /// metrics are `reprise_ticket_keys_<name>`.
+    #[test]
+    fn renders_tickets_by_reason_and_the_key_source() {
+        let metric = |name, kind, value| Metric {
+            name,
+            help: "h",
+            kind,
+            value,
+        };
+        let tickets = TicketMetrics {
+            mode: "auto",
+            source: Some("redis".to_owned()),
+            counters: vec![
+                metric("issued_total", MetricKind::Counter, 4),
+                metric("rejected_unknown_key_total", MetricKind::Counter, 2),
+                metric("rejected_expired_total", MetricKind::Counter, 1),
+            ],
+            keys: vec![metric("current_version", MetricKind::Gauge, 7)],
+        };
+        let text = Metrics::default().render(&Stats::default(), &[], &tickets);
+        for line in [
+            "reprise_tickets_mode{mode=\"auto\"} 1",
+            "reprise_ticket_keys_source{source=\"redis\"} 1",
+            "reprise_tickets_issued_total 4",
+            "# TYPE reprise_tickets_rejected_total counter",
+            "reprise_tickets_rejected_total{reason=\"unknown_key\"} 2",
+            "reprise_tickets_rejected_total{reason=\"expired\"} 1",
+            "# TYPE reprise_ticket_keys_current_version gauge",
+            "reprise_ticket_keys_current_version 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE reprise_tickets_rejected_total")
+                .count(),
+            1
+        );
     }
 
     #[test]

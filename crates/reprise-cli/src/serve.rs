@@ -14,17 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use reprise_rustls::{
-    AcceptError, AcceptPolicy, Accepted, Acceptor, ServerContext, ServerTlsStream,
-};
+use reprise_rustls::{AcceptError, AcceptPolicy, Accepted, Acceptor, ServerTlsStream};
 
 use crate::admission::{AddressPermit, PerAddress};
-use crate::cli::{ServeArgs, TlsVersion};
+use crate::cli::ServeArgs;
 use crate::config::Settings;
 use crate::http::{self, Ending};
 use crate::metrics::{Failure, Metrics};
 use crate::startup;
-use crate::tls::{self, ServerTls};
+use crate::tls::{self, Chooser, ServerTls};
 
 /// PSK identities fetched from the tiers per ClientHello, at most (clients offer one).
 const MAX_PREFETCHED_IDENTITIES: usize = 4;
@@ -39,7 +37,7 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 struct Shared {
     settings: Settings,
     tls: ServerTls,
-    acceptor: Acceptor,
+    acceptor: Acceptor<Chooser>,
     metrics: Metrics,
     permits: Arc<Semaphore>,
     per_address: Arc<PerAddress>,
@@ -47,8 +45,13 @@ struct Shared {
     tasks: TaskTracker,
 }
 
-/// Runs the terminator until SIGINT or SIGTERM.
+/// How long the start waits for the fleet's ticket-key ring before serving with what it has.
+const TICKET_KEYS_READY: Duration = Duration::from_secs(3);
+
+/// Runs the terminator until SIGINT or SIGTERM; SIGHUP reloads what can be reloaded.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // First of all, so that a SIGHUP during the start reloads nothing instead of killing.
+    let mut signals = Signals::install().map_err(startup)?;
     let settings = Settings::resolve(args).map_err(startup)?;
     let tls = tls::build(&settings).map_err(startup)?;
     if let Some(upstream) = &settings.upstream {
@@ -81,6 +84,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "session cache ready"
     );
 
+    match &tls.tickets {
+        None => info!(mode = settings.tickets.as_str(), "tickets"),
+        Some(t) => {
+            // Names the mode and the source, never a key.
+            info!(
+                mode = settings.tickets.as_str(),
+                keys = t.source.name(),
+                lifetime = settings.ticket_lifetime.as_secs(),
+                "tickets"
+            );
+            if let Some(fleet) = &t.fleet {
+                if !fleet.ready(TICKET_KEYS_READY).await {
+                    warn!("the fleet's ticket-key ring is not in Redis yet: serving with the keys held, until it is");
+                }
+            }
+        }
+    }
+
     if let Some(disk) = &tls.disk {
         // Loads the stored sessions before the first client, on a blocking thread.
         let (disk, cache) = (disk.clone(), tls.cache.clone());
@@ -112,7 +133,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         loops.push(tokio::spawn(metrics_loop(shared.clone(), listener)));
     }
 
-    wait_for_signal().await?;
+    while signals.next().await == Signal::Reload {
+        reload(&shared).await;
+    }
     info!("shutting down: no new connections");
     shared.shutdown.cancel();
     for l in loops {
@@ -140,12 +163,61 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler"),
-        _ = term.recv() => Ok(()),
+/// What a signal asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT or SIGTERM: stop gracefully.
+    Stop,
+    /// SIGHUP: reload (the ticket-key file).
+    Reload,
+}
+
+/// The signals `reprise serve` handles.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// The next signal. A stream that ends (it cannot, while the runtime lives) counts as a stop.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.term.recv() => Signal::Stop,
+            r = self.hup.recv() => if r.is_some() { Signal::Reload } else { Signal::Stop },
+        }
+    }
+}
+
+/// SIGHUP: reads the ticket keys again (a key file; the other sources have nothing to read). A
+/// reload that fails keeps the keys as they were, with one line in the log.
+async fn reload(shared: &Shared) {
+    let Some(tickets) = &shared.tls.tickets else {
+        info!("SIGHUP: nothing to reload");
+        return;
+    };
+    let source = tickets.source.clone();
+    let name = source.name().to_owned();
+    // A file read: off the runtime's threads.
+    match tokio::task::spawn_blocking(move || source.reload().map_err(|e| e.to_string())).await {
+        Ok(Ok(())) => info!(keys = %name, "SIGHUP: ticket keys reloaded"),
+        Ok(Err(e)) => {
+            let e = e.replace('\n', " ");
+            warn!(keys = %name, error = %e, "SIGHUP: ticket keys not reloaded; keeping the ones held");
+        }
+        Err(e) => {
+            warn!(keys = %name, error = %e, "SIGHUP: ticket-key reload failed; keeping the ones held")
+        }
     }
 }
 
@@ -219,11 +291,9 @@ impl Drop for Open<'_> {
 }
 
 /// The acceptor every connection goes through, as any user of `reprise-rustls` would build it:
-/// the one configuration, and the policy from the settings.
-fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor {
-    let versions = TlsVersion::rustls(&settings.tls_versions);
-    let context =
-        ServerContext::new(tls.config.clone(), tls.store.clone()).with_versions(&versions);
+/// the configuration chooser (two configurations with `--tickets auto`), and the policy from the
+/// settings.
+fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor<Chooser> {
     let mut policy = AcceptPolicy::default();
     policy.max_psk_identities = MAX_PREFETCHED_IDENTITIES;
     policy.hello_timeout = Some(settings.hello_timeout);
@@ -232,7 +302,7 @@ fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor {
         // The tier gives up at its read deadline by itself; this is the backstop.
         policy.prefetch_deadline = redis.timeout.saturating_mul(2);
     }
-    Acceptor::new(context, policy)
+    Acceptor::new(tls.chooser(&settings.tls_versions), policy)
 }
 
 /// A connection until its handshake completes, under `--hello-timeout` and
@@ -517,7 +587,8 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
                         .map(|tier| (tier.name().to_owned(), tier.metrics()))
                         .collect();
                     let cache = shared.tls.cache.stats();
-                    ("200 OK", shared.metrics.render(&cache, &tiers))
+                    let tickets = shared.tls.ticket_metrics(shared.settings.tickets);
+                    ("200 OK", shared.metrics.render(&cache, &tiers, &tickets))
                 }
                 Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),
                 Ok(Ok(_)) => ("404 Not Found", "not found\n".to_owned()),

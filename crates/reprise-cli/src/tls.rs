@@ -1,6 +1,6 @@
 //! TLS material for `reprise serve`: certificates and keys from PEM files or a generated
-//! self-signed certificate, the client-certificate verifier, the session-id context, and the
-//! rustls server configuration wired to the Reprise cache.
+//! self-signed certificate, the client-certificate verifier, the session-id context, the
+//! rustls server configurations wired to the Reprise cache, and the ticket keys.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +9,13 @@ use anyhow::{bail, Context};
 use reprise::SessionCache;
 use reprise_disk::{DiskConfig, DiskTier};
 use reprise_redis::{RedisConfig, RedisTier};
-use reprise_rustls::{derive_sid_ctx, named_sid_ctx, ClientAuth, ServerStore};
+use reprise_rustls::{
+    derive_sid_ctx, named_sid_ctx, ChoosesConfig, ClientAuth, ClientHelloInfo, ServerContext,
+    ServerStore,
+};
+use reprise_seal::tickets::TicketKeySource;
+// Stand-ins until wt-keys and wt-fleet land.
+use crate::pending::{FleetTicketKeys, LocalTicketKeys, TicketCounters, TicketKeyFile, Ticketer};
 use reprise_seal::KeyRing;
 use ring::digest;
 use rustls::crypto::ring::default_provider;
@@ -19,12 +25,20 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::cli::{ClientAuthMode, TicketMode, TlsVersion};
-use crate::config::Settings;
+use crate::config::{RedisSettings, Settings, TicketKeysFrom};
+use crate::metrics::TicketMetrics;
 
-/// The server's TLS state: its rustls configuration and the cache behind it.
+/// The server's TLS state: its rustls configurations and the cache behind them.
 pub struct ServerTls {
-    /// The rustls configuration every connection uses.
+    /// The rustls configuration of every connection that does not get `tickets_config`:
+    /// stateful (or no) TLS 1.3 tickets, and with `--tickets stateless` the ticketer for both
+    /// versions.
     pub config: Arc<ServerConfig>,
+    /// With `--tickets auto`: the TLS 1.2-only configuration with the ticketer, for clients that
+    /// offer only TLS 1.2 (see [`ServerTls::context`]).
+    pub tickets_config: Option<Arc<ServerConfig>>,
+    /// The ticket keys and the ticketer's counters, in the modes that use them.
+    pub tickets: Option<Tickets>,
     /// The session store the configuration uses.
     pub store: ServerStore,
     /// The cache behind the store.
@@ -37,6 +51,76 @@ pub struct ServerTls {
     pub disk: Option<DiskTier>,
 }
 
+/// Chooses each connection's configuration (see [`ServerTls::chooser`]).
+#[derive(Clone, Debug)]
+pub struct Chooser {
+    /// The stateful configuration (or the only one).
+    main: ServerContext,
+    /// With `--tickets auto`, the TLS 1.2-only configuration with the ticketer.
+    tls12_tickets: Option<ServerContext>,
+}
+
+impl Chooser {
+    /// Whether a ClientHello offers TLS 1.2 and not TLS 1.3 (no TLS 1.3 in its
+    /// `supported_versions`, or no such extension at all).
+    pub fn offers_only_tls12(hello: &ClientHelloInfo) -> bool {
+        !hello.supports_tls13 && hello.offers_tls12()
+    }
+}
+
+impl ChoosesConfig for Chooser {
+    fn choose(&self, hello: Option<&ClientHelloInfo>) -> ServerContext {
+        match (&self.tls12_tickets, hello) {
+            (Some(tls12), Some(h)) if Self::offers_only_tls12(h) => tls12.clone(),
+            _ => self.main.clone(),
+        }
+    }
+}
+
+/// The ticket keys of a server and what its ticketer counted.
+pub struct Tickets {
+    /// Where the keys come from.
+    pub source: Arc<dyn TicketKeySource>,
+    /// The fleet's ring, when the keys come from Redis (to wait for it at start).
+    pub fleet: Option<Arc<FleetTicketKeys>>,
+    /// The ticketer's counters: issued, decrypted, rejected by reason.
+    pub counters: Arc<TicketCounters>,
+}
+
+impl ServerTls {
+    /// What a connection gets, from its ClientHello: with `--tickets auto`, a client whose hello
+    /// offers TLS 1.2 and not TLS 1.3 gets the TLS 1.2 configuration with tickets; every other
+    /// client, an unreadable hello included, the stateful one. So a misparsed hello never
+    /// receives a stateless (replayable) TLS 1.3 ticket.
+    pub fn chooser(&self, versions: &[TlsVersion]) -> Chooser {
+        Chooser {
+            main: ServerContext::new(self.config.clone(), self.store.clone())
+                .with_versions(&TlsVersion::rustls(versions)),
+            tls12_tickets: self.tickets_config.as_ref().map(|config| {
+                ServerContext::new(config.clone(), self.store.clone())
+                    .with_versions(&[&rustls::version::TLS12])
+            }),
+        }
+    }
+
+    /// The ticket mode, source and counters, for `/metrics`.
+    pub fn ticket_metrics(&self, mode: TicketMode) -> TicketMetrics {
+        TicketMetrics {
+            mode: mode.as_str(),
+            source: self.tickets.as_ref().map(|t| t.source.name().to_owned()),
+            counters: self
+                .tickets
+                .as_ref()
+                .map(|t| t.counters.metrics())
+                .unwrap_or_default(),
+            keys: self
+                .tickets
+                .as_ref()
+                .map(|t| t.source.metrics())
+                .unwrap_or_default(),
+        }
+    }
+}
 /// Reads a PEM certificate chain; the first certificate is the leaf.
 pub fn load_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let bytes = std::fs::read(path)
@@ -120,14 +204,10 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     let fingerprint = fingerprint(&chain[0]);
 
     let provider = Arc::new(provider());
-    let versions = TlsVersion::rustls(&settings.tls_versions);
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .context("TLS versions")?;
 
     // The client-certificate policy and its CA bundle are part of the security context.
-    let (builder, client_auth, cas) = match &settings.client_auth {
-        None => (builder.with_no_client_auth(), ClientAuth::None, Vec::new()),
+    let (verifier, client_auth, cas) = match &settings.client_auth {
+        None => (None, ClientAuth::None, Vec::new()),
         Some((ca_path, mode)) => {
             let cas = load_chain(ca_path).with_context(|| "client CA".to_owned())?;
             let mut roots = RootCertStore::empty();
@@ -147,7 +227,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             let verifier = verifier
                 .build()
                 .map_err(|e| anyhow::anyhow!("client CA file {}: {e}", ca_path.display()))?;
-            (builder.with_client_cert_verifier(verifier), auth, cas)
+            (Some(verifier), auth, cas)
         }
     };
 
@@ -161,15 +241,32 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         }
     };
 
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        anyhow::anyhow!("certificate and key: {e} (does the key belong to the certificate?)")
-    })?;
-    config.alpn_protocols = settings
-        .alpn
-        .iter()
-        .map(|p| p.as_bytes().to_vec())
-        .collect();
-    config.ignore_client_order = true;
+    // One configuration, or two with `--tickets auto`: the same certificate, client
+    // verifier, ALPN and store, so the same security context.
+    let config_for = |versions: &[TlsVersion]| -> anyhow::Result<ServerConfig> {
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&TlsVersion::rustls(versions))
+            .context("TLS versions")?;
+        let builder = match &verifier {
+            None => builder.with_no_client_auth(),
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
+        };
+        let mut config = builder
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "certificate and key: {e} (does the key belong to the certificate?)"
+                )
+            })?;
+        config.alpn_protocols = settings
+            .alpn
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        config.ignore_client_order = true;
+        Ok(config)
+    };
+    let mut config = config_for(&settings.tls_versions)?;
 
     let cache = Arc::new(
         SessionCache::builder()
@@ -200,23 +297,42 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     if let Some(r) = &settings.redis {
         let keys =
             KeyRing::load(&r.key_file).map_err(|e| anyhow::Error::new(e).context("key-file"))?;
-        let mut config = RedisConfig::new(r.target.clone());
-        config.prefix = r.prefix.clone();
-        config.read_timeout = r.timeout;
-        config.misses_per_address = r.misses_per_address;
-        let tier = RedisTier::start(config, keys).context("redis")?;
+        let tier = RedisTier::start(redis_config(r), keys).context("redis")?;
         cache.attach(Arc::new(tier));
     }
     let store = ServerStore::new(cache.clone(), sid_ctx, client_auth)
         .map_err(|e| anyhow::anyhow!("sid-ctx: {e}"))?;
     config.session_storage = Arc::new(store.clone());
-    match settings.tickets {
-        TicketMode::Stateful => config.send_tls13_tickets = settings.tls13_tickets,
-        TicketMode::Stateless => {
-            config.ticketer = rustls::crypto::ring::Ticketer::new().context("ticket keys")?;
+    let tickets = match &settings.ticket_keys {
+        Some(from) if settings.tickets.uses_ticket_keys() => Some(ticket_keys(settings, from)?),
+        _ => None,
+    };
+    // Each context's tickets are bound to its session-id context, as its sessions are.
+    let ticketer = tickets
+        .as_ref()
+        .map(|t| Ticketer::new(t.source.clone(), sid_ctx.as_bytes(), t.counters.clone()));
+    let mut tickets_config = None;
+    match (settings.tickets, ticketer) {
+        (TicketMode::Auto, Some(ticketer)) => {
+            config.send_tls13_tickets = settings.tls13_tickets;
+            let tls12 = settings.tls_versions.contains(&TlsVersion::Tls12);
+            let tls13 = settings.tls_versions.contains(&TlsVersion::Tls13);
+            if tls12 && !tls13 {
+                // No TLS 1.3 to keep stateful: the one configuration has the ticketer.
+                config.ticketer = ticketer;
+            } else if tls12 {
+                let mut with_tickets = config_for(&[TlsVersion::Tls12])?;
+                with_tickets.session_storage = Arc::new(store.clone());
+                with_tickets.ticketer = ticketer;
+                tickets_config = Some(Arc::new(with_tickets));
+            }
+        }
+        (TicketMode::Stateless, Some(ticketer)) => {
+            config.ticketer = ticketer;
             config.send_tls13_tickets = settings.tls13_tickets;
         }
-        TicketMode::Off => config.send_tls13_tickets = 0,
+        (TicketMode::Off, _) => config.send_tls13_tickets = 0,
+        _ => config.send_tls13_tickets = settings.tls13_tickets,
     }
     if let Some(old) = settings.deprecated_key_file {
         tracing::warn!(
@@ -225,10 +341,49 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     }
     Ok(ServerTls {
         config: Arc::new(config),
+        tickets_config,
+        tickets,
         store,
         cache,
         fingerprint,
         self_signed,
         disk,
+    })
+}
+
+/// The Redis client settings of the session tier and of the fleet's ticket-key ring.
+fn redis_config(r: &RedisSettings) -> RedisConfig {
+    let mut config = RedisConfig::new(r.target.clone());
+    config.prefix = r.prefix.clone();
+    config.read_timeout = r.timeout;
+    config.misses_per_address = r.misses_per_address;
+    config
+}
+
+/// Opens the ticket-key source the settings name.
+fn ticket_keys(settings: &Settings, from: &TicketKeysFrom) -> anyhow::Result<Tickets> {
+    let lifetime = settings.ticket_lifetime;
+    let (source, fleet): (Arc<dyn TicketKeySource>, _) = match from {
+        TicketKeysFrom::Local => (LocalTicketKeys::new(lifetime), None),
+        TicketKeysFrom::File(path) => {
+            let file = TicketKeyFile::open(path, lifetime)
+                .map_err(|e| anyhow::Error::new(e).context("ticket-keys"))?;
+            (file, None)
+        }
+        TicketKeysFrom::Redis => {
+            let Some(r) = &settings.redis else {
+                bail!("--ticket-keys-from-redis needs --redis and --key-file");
+            };
+            let seal = KeyRing::load(&r.key_file)
+                .map_err(|e| anyhow::Error::new(e).context("key-file"))?;
+            let fleet = FleetTicketKeys::start(redis_config(r), seal, lifetime)
+                .map_err(|e| anyhow::Error::new(e).context("ticket-keys-from-redis"))?;
+            (fleet.clone(), Some(fleet))
+        }
+    };
+    Ok(Tickets {
+        source,
+        fleet,
+        counters: Arc::new(TicketCounters::default()),
     })
 }
