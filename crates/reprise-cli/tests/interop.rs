@@ -17,84 +17,16 @@ mod common;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::clients::{program, require, run};
 use common::{fleet_flags, path_in, reprise, reuse_words, s_client, Server};
 use reprise_testkit::{wait_until, PemFiles, Pki, RedisServer};
 
 /// Connections per chain: a full handshake, then five that must resume.
 const CHAIN: usize = 6;
-
-/// The client programs' directory.
-fn programs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// Runs `cmd` under `timeout 30`, with `stdin`; its output.
-fn run(cmd: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new("timeout")
-        .arg("30")
-        .arg(cmd)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-/// Asserts that `tool` is installed, naming the package that provides it.
-fn require(tool: &str, version_flag: &str, package: &str) {
-    let found = Command::new(tool)
-        .arg(version_flag)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{tool} is not installed: run scripts/test.sh (it installs {package})"
-    );
-}
-
-/// The Go client, built once per test process with the standard library only (no module, no
-/// proxy, no network), its build cache in Cargo's temporary directory for tests.
-fn go_client() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        require("go", "version", "golang-go");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-go");
-        std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("client");
-        let out = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg("client.go")
-            .current_dir(programs())
-            .env("GOCACHE", dir.join("cache"))
-            .env("GOPATH", dir.join("gopath"))
-            .env("GO111MODULE", "off")
-            .env("GOPROXY", "off")
-            .env("GOTOOLCHAIN", "local")
-            .env("GOENV", "off")
-            .env("GOFLAGS", "")
-            .env("CGO_ENABLED", "0")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "go build client.go: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        bin
-    })
-}
 
 /// What `reprise serve` the clients reach: one instance, or two sharing a Redis server behind
 /// the round-robin balancer.
@@ -357,63 +289,31 @@ fn assert_all_resumed(target: &Target, chains: &[Chain]) {
 /// A chain of [`CHAIN`] connections by one of the client programs: every connection after the
 /// first counts as resumed when both the client's TLS stack and the responder's body say so.
 fn program_chain(target: &Target, client: &str, tls: &str, mode: &str) -> Chain {
-    let ca = target.ca();
-    let addr = target.addr.to_string();
-    let count = CHAIN.to_string();
-    let flags = [
-        "--connect",
-        addr.as_str(),
-        "--servername",
-        "localhost",
-        "--ca",
-        &ca,
-        "--tls",
+    let run = program(
+        client,
+        &[target.addr.to_string()],
+        &target.ca(),
         tls,
-        "--mode",
         mode,
-        "--count",
-        &count,
-    ];
-    let dir = programs();
-    let out = match client {
-        "go" => run(go_client().to_str().unwrap(), &flags, b""),
-        "node" => {
-            let script = path_in(&dir, "client.js");
-            run("node", &[&[script.as_str()][..], &flags].concat(), b"")
-        }
-        "python" => {
-            let script = path_in(&dir, "client.py");
-            run("python3", &[&[script.as_str()][..], &flags].concat(), b"")
-        }
-        other => panic!("no client {other}"),
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lines: Vec<&str> = stdout.lines().collect();
-    let resumed = lines
-        .iter()
-        .skip(1)
-        .filter(|l| l.contains("client=yes") && l.contains("server=yes"))
-        .count();
-    let whole = out.status.success() && lines.len() == CHAIN;
+        CHAIN,
+    );
     Chain {
         name: format!("{client} TLS {tls} {mode}"),
-        resumed: if whole { resumed } else { 0 },
+        resumed: run.resumed_after_first(),
         of: CHAIN - 1,
-        detail: format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        detail: run.detail,
     }
 }
 
-/// Go (TLS 1.3 only: Go's TLS 1.2 client resumes with tickets alone), Node and Python, each
-/// closing in every way: close_notify then FIN, FIN alone, RST, and the server closing first.
+/// Go (whose TLS 1.2 client resumes with tickets alone: the defaults' TLS 1.2 tickets), Node
+/// and Python, each closing in every way: close_notify then FIN, FIN alone, RST, and the server
+/// closing first.
 fn program_chains(target: &Target) -> Vec<Chain> {
     require("node", "--version", "nodejs");
     require("python3", "--version", "python3");
     let modes = ["notify", "fin", "rst", "server"];
     let mut chains = Vec::new();
-    for mode in modes {
-        chains.push(program_chain(target, "go", "1.3", mode));
-    }
-    for client in ["node", "python"] {
+    for client in ["go", "node", "python"] {
         for tls in ["1.2", "1.3"] {
             for mode in modes {
                 chains.push(program_chain(target, client, tls, mode));

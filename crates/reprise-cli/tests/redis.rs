@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fails_to_start, fleet_flags, path_in, reprise, request, Server};
+use common::{fails_to_start, fleet_flags, keygen, path_in, request, Server};
 use reprise_testkit::{wait_until, PemFiles, Pki, RedisCluster, RedisServer};
 
 /// A fleet's shared material: one certificate (so one session-id context) and one key file.
@@ -43,19 +43,6 @@ impl Fleet {
     fn sess(&self, name: &str) -> String {
         path_in(self.dir.path(), name)
     }
-}
-
-/// `reprise keygen --name NAME`: one key-file line.
-fn keygen(name: &str) -> String {
-    let out = reprise().args(["keygen", "--name", name]).output().unwrap();
-    assert!(out.status.success());
-    let line = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(line.lines().count(), 1);
-    let (got_name, hex) = line.trim().split_once(':').unwrap();
-    assert_eq!(got_name, name);
-    assert_eq!(hex.len(), 64);
-    assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
-    line.trim().to_owned()
 }
 
 /// Waits (bounded) until an instance has written `n` sessions to Redis.

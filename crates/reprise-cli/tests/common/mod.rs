@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod clients;
+
 /// The `reprise` binary under test.
 pub fn reprise() -> Command {
     Command::new(env!("CARGO_BIN_EXE_reprise"))
@@ -243,6 +245,19 @@ pub fn fails_to_start(args: &[&str]) -> String {
     assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
     stderr
+}
+
+/// `reprise keygen --name NAME`: one key-file line.
+pub fn keygen(name: &str) -> String {
+    let out = reprise().args(["keygen", "--name", name]).output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(line.lines().count(), 1);
+    let (got_name, hex) = line.trim().split_once(':').unwrap();
+    assert_eq!(got_name, name);
+    assert_eq!(hex.len(), 64);
+    assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    line.trim().to_owned()
 }
 
 /// The flags that put an instance in a Redis fleet: the shared Redis, the fleet's key file, and

@@ -1,5 +1,6 @@
-// Command client is the interop suite's Go crypto/tls client: a chain of sequential connections
-// to one address, each offering the session the previous one left, each closed as -mode says.
+// Command client is the interop suite's Go crypto/tls client: a chain of sequential connections,
+// each offering the session the previous one left, each closed as -mode says. -connect takes
+// one address, or several separated by commas: connection N goes to the Nth, round-robin.
 // It prints one line per connection: "N client=yes|no server=yes|no|?", where client is what
 // crypto/tls reports and server what the built-in responder's body says ("?" without one).
 // Only the standard library is used, so it builds without a network.
@@ -20,7 +21,7 @@ import (
 )
 
 func main() {
-	connect := flag.String("connect", "", "host:port of the server")
+	connect := flag.String("connect", "", "host:port of the server, or several, comma-separated")
 	serverName := flag.String("servername", "localhost", "name sent and verified")
 	caFile := flag.String("ca", "", "PEM file of trusted CAs; empty: no verification")
 	version := flag.String("tls", "1.3", "1.2 or 1.3")
@@ -57,8 +58,9 @@ func main() {
 	default:
 		fail("unknown -mode %q", *mode)
 	}
+	addrs := strings.Split(*connect, ",")
 	for i := 1; i <= *count; i++ {
-		client, server := one(*connect, cfg, *mode)
+		client, server := one(addrs[(i-1)%len(addrs)], cfg, *mode)
 		fmt.Printf("%d client=%s server=%s\n", i, yesNo(client), server)
 	}
 }

@@ -1,5 +1,6 @@
-"""The interop suite's Python `ssl` client: a chain of sequential connections to one address,
-each offering the session the previous one left, each closed as --mode says. It prints one line
+"""The interop suite's Python `ssl` client: a chain of sequential connections, each offering the
+session the previous one left, each closed as --mode says. --connect takes one address, or
+several separated by commas: connection N goes to the Nth, round-robin. It prints one line
 per connection: "N client=yes|no server=yes|no|?", where client is what the ssl module reports
 (session_reused) and server what the built-in responder's body says ("?" without one).
 
@@ -15,8 +16,8 @@ import struct
 import sys
 
 
-def one(args, ctx, session):
-    host, port = args.connect.rsplit(":", 1)
+def one(args, addr, ctx, session):
+    host, port = addr.rsplit(":", 1)
     raw = socket.create_connection((host, int(port)), timeout=10)
     sock = ctx.wrap_socket(raw, server_hostname=args.servername, session=session)
     close = "Connection: close\r\n" if args.mode == "server" else ""
@@ -77,8 +78,9 @@ def main():
     version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[args.tls]
     ctx.minimum_version = ctx.maximum_version = version
     session = None
+    addrs = args.connect.split(",")
     for i in range(1, args.count + 1):
-        resumed, server, session = one(args, ctx, session)
+        resumed, server, session = one(args, addrs[(i - 1) % len(addrs)], ctx, session)
         print(f"{i} client={'yes' if resumed else 'no'} server={server}", flush=True)
 
 
