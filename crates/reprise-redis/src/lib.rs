@@ -47,6 +47,7 @@ mod conn;
 mod error;
 mod guard;
 mod stats;
+mod tickets;
 mod tier;
 
 pub use breaker::BreakerState;
@@ -58,4 +59,7 @@ pub use error::ConfigError;
 pub use guard::{SESSION_MISS_TTL, TICKET_MISS_TTL};
 pub use reprise_seal::{KeyFileError, KeyRing, OpenError, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
 pub use stats::{RedisCounters, TierStats};
+pub use tickets::{
+    associated_data as ticket_key_associated_data, FleetCounters, FleetStats, FleetTicketKeys,
+};
 pub use tier::{Kind, RedisTier, Wiring};
