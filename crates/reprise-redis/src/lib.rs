@@ -20,6 +20,10 @@
 //!   deadline (5 ms by default), a circuit breaker stops asking a failing Redis, and when Redis
 //!   is down every handshake still completes, as a full one.
 //!
+//! The crate also shares session-ticket keys across a fleet: [`FleetTicketKeys`] is a
+//! [`TicketKeySource`](reprise_seal::tickets::TicketKeySource) whose ring lives in Redis,
+//! sealed, rotated by the clock with no leader, and fail-open when Redis is unreachable.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use reprise::{Offer, SessionCache};

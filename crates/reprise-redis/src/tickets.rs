@@ -509,12 +509,16 @@ impl Shared {
                 Choice::Fleet(v) => v,
                 _ => 0,
             };
-            if st.current.is_some() {
+            let what = if st.current.is_some() {
                 FleetCounters::bump(&self.counters.rotations);
-            }
+                "ticket key rotated"
+            } else {
+                "ticket key in use"
+            };
+            // The id only: it is public (every ticket carries it in clear).
             match (choice, id) {
-                (Choice::Fleet(v), _) => info!(version = v, "ticket key rotated: fleet key"),
-                (_, Some(id)) => info!(id = %id, "ticket key rotated: local key"),
+                (Choice::Fleet(v), _) => info!(version = v, source = "fleet", "{what}"),
+                (_, Some(id)) => info!(id = %id, source = "local", "{what}"),
                 _ => {}
             }
             st.current = id;

@@ -126,6 +126,16 @@ async fn rotation_promotes_the_next_key_and_erases_the_old_ones() {
     let newer = held(&a, N + 2).expect("a new next key");
     assert_eq!(held(&b, N + 2), Some(newer));
     assert_eq!(a.stats().rotations, 1);
+    // Whoever created the new key announced it; the other heard it.
+    let mut heard = 0;
+    for _ in 0..50 {
+        heard = a.stats().pubsub_messages + b.stats().pubsub_messages;
+        if heard > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(heard > 0, "no announcement heard");
 
     // Another period: key N is erased, from memory and from Redis.
     clock.advance(PERIOD);
@@ -211,6 +221,36 @@ async fn an_outage_keeps_the_fleet_in_step_then_falls_back_then_converges() {
     refreshed(&a).await;
     assert!(a.keys().find(local_a).is_none());
     assert_eq!(encrypting(&a).0, KeyId::from_version(N + 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_gets_the_ring_back_from_memory() {
+    let mut redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(T0));
+    let (a, b) = (start(&redis, &clock), start(&redis, &clock));
+    assert!(a.ready(Duration::from_secs(10)).await);
+    assert!(b.ready(Duration::from_secs(10)).await);
+    refreshed(&a).await;
+    refreshed(&b).await;
+    let (current, next) = (held(&a, N).unwrap(), held(&a, N + 1).unwrap());
+    let created = a.stats().created + b.stats().created;
+
+    redis.stop();
+    redis.restart();
+    assert_eq!(raw_get(&redis, &a.redis_key(N)), None);
+    refreshed(&a).await;
+    refreshed(&b).await;
+    for (version, secret) in [(N, current), (N + 1, next)] {
+        let name = a.redis_key(version);
+        let raw = raw_get(&redis, &name).expect("written back");
+        let opened = seal()
+            .open(&ticket_key_associated_data(&name), &raw)
+            .unwrap();
+        assert_eq!(&opened[..], &secret[..]);
+        assert_eq!(held(&b, version), Some(secret));
+    }
+    assert_eq!(a.stats().created + b.stats().created, created);
+    assert_eq!(a.stats().fallbacks + b.stats().fallbacks, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
