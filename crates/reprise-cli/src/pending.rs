@@ -1,116 +1,42 @@
-//! Stand-ins for the ticket-key pieces other branches build (wt-keys: the key sources, the
-//! counters and the rustls ticketer; wt-fleet: the Redis ring), so that this branch compiles and
-//! its chooser can be tested before they land. Removed when they are merged.
-#![allow(dead_code, missing_docs, clippy::new_ret_no_self)]
+//! A stand-in for the rustls ticketer wt-keys builds in `reprise-rustls`, over the
+//! [`TicketSealer`] it already landed, so that this branch's tests run before it lands.
+//! Removed when it is merged.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use reprise_seal::tickets::{TicketKeySource, TicketKeys};
+use reprise_seal::tickets::{TicketCounters, TicketKeySource, TicketSealer};
 
-reprise::tier_counters! {
-    /// The ticketer's counters.
-    pub struct TicketCounters => TicketSnapshot {
-        /// Tickets issued.
-        issued: Counter = "issued_total",
-        /// Tickets decrypted.
-        decrypted: Counter = "decrypted_total",
-        /// Tickets rejected: unknown key.
-        rejected_unknown_key: Counter = "rejected_unknown_key_total",
-        /// Tickets rejected: another context.
-        rejected_wrong_context: Counter = "rejected_wrong_context_total",
-        /// Tickets rejected: expired.
-        rejected_expired: Counter = "rejected_expired_total",
-        /// Tickets rejected: malformed.
-        rejected_malformed: Counter = "rejected_malformed_total",
+/// rustls's `ProducesTickets` over a [`TicketSealer`].
+pub struct Ticketer(TicketSealer);
+
+impl std::fmt::Debug for Ticketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticketer")
     }
 }
-
-impl TicketCounters {
-    pub fn metrics(&self) -> Vec<reprise::Metric> {
-        self.snapshot().metrics()
-    }
-}
-
-#[derive(Debug)]
-pub struct LocalTicketKeys(Duration);
-
-impl LocalTicketKeys {
-    pub fn new(lifetime: Duration) -> Arc<Self> {
-        Arc::new(Self(lifetime))
-    }
-}
-
-impl TicketKeySource for LocalTicketKeys {
-    fn name(&self) -> &str {
-        "local"
-    }
-    fn keys(&self) -> Arc<TicketKeys> {
-        Arc::new(TicketKeys::new(None, Vec::new(), 0))
-    }
-    fn lifetime(&self) -> Duration {
-        self.0
-    }
-}
-
-#[derive(Debug)]
-pub struct TicketKeyFile(Duration);
-
-impl TicketKeyFile {
-    pub fn open(_path: &Path, lifetime: Duration) -> Result<Arc<Self>, reprise_seal::KeyFileError> {
-        Ok(Arc::new(Self(lifetime)))
-    }
-}
-
-impl TicketKeySource for TicketKeyFile {
-    fn name(&self) -> &str {
-        "file"
-    }
-    fn keys(&self) -> Arc<TicketKeys> {
-        Arc::new(TicketKeys::new(None, Vec::new(), 0))
-    }
-    fn lifetime(&self) -> Duration {
-        self.0
-    }
-}
-
-pub struct Ticketer;
 
 impl Ticketer {
+    /// A ticketer for the context `sid_ctx`.
     pub fn new(
-        _source: Arc<dyn TicketKeySource>,
-        _sid_ctx: &[u8],
-        _counters: Arc<TicketCounters>,
-    ) -> Arc<dyn rustls::server::ProducesTickets> {
-        rustls::crypto::ring::Ticketer::new().unwrap_or_else(|_| std::process::abort())
+        source: Arc<dyn TicketKeySource>,
+        sid_ctx: &[u8],
+        counters: Arc<TicketCounters>,
+    ) -> Arc<Self> {
+        Arc::new(Self(TicketSealer::new(source, sid_ctx, counters)))
     }
 }
 
-#[derive(Debug)]
-pub struct FleetTicketKeys(Duration);
-
-impl FleetTicketKeys {
-    pub fn start(
-        _config: reprise_redis::RedisConfig,
-        _seal: reprise_seal::KeyRing,
-        lifetime: Duration,
-    ) -> Result<Arc<Self>, reprise_redis::ConfigError> {
-        Ok(Arc::new(Self(lifetime)))
-    }
-    pub async fn ready(&self, _timeout: Duration) -> bool {
+impl rustls::server::ProducesTickets for Ticketer {
+    fn enabled(&self) -> bool {
         true
     }
-}
-
-impl TicketKeySource for FleetTicketKeys {
-    fn name(&self) -> &str {
-        "redis"
+    fn lifetime(&self) -> u32 {
+        u32::try_from(self.0.lifetime().as_secs()).unwrap_or(u32::MAX)
     }
-    fn keys(&self) -> Arc<TicketKeys> {
-        Arc::new(TicketKeys::new(None, Vec::new(), 0))
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.0.seal(plain)
     }
-    fn lifetime(&self) -> Duration {
-        self.0
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.0.open(cipher).ok().map(|p| p.to_vec())
     }
 }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use reprise::SessionCache;
 use reprise_disk::{DiskConfig, DiskTier};
-use reprise_redis::{RedisConfig, RedisTier};
+use reprise_redis::{FleetTicketKeys, RedisConfig, RedisTier};
 use reprise_rustls::{
     derive_sid_ctx, named_sid_ctx, ChoosesConfig, ClientAuth, ClientHelloInfo, ServerContext,
     ServerStore,
 };
-use reprise_seal::tickets::TicketKeySource;
-// Stand-ins until wt-keys and wt-fleet land.
-use crate::pending::{FleetTicketKeys, LocalTicketKeys, TicketCounters, TicketKeyFile, Ticketer};
+use reprise_seal::tickets::{LocalTicketKeys, TicketCounters, TicketKeyFile, TicketKeySource};
+// A stand-in until wt-keys's rustls ticketer lands.
+use crate::pending::Ticketer;
 use reprise_seal::KeyRing;
 use ring::digest;
 use rustls::crypto::ring::default_provider;
@@ -111,7 +111,7 @@ impl ServerTls {
             counters: self
                 .tickets
                 .as_ref()
-                .map(|t| t.counters.metrics())
+                .map(|t| t.counters.snapshot().metrics())
                 .unwrap_or_default(),
             keys: self
                 .tickets
@@ -364,7 +364,11 @@ fn redis_config(r: &RedisSettings) -> RedisConfig {
 fn ticket_keys(settings: &Settings, from: &TicketKeysFrom) -> anyhow::Result<Tickets> {
     let lifetime = settings.ticket_lifetime;
     let (source, fleet): (Arc<dyn TicketKeySource>, _) = match from {
-        TicketKeysFrom::Local => (LocalTicketKeys::new(lifetime), None),
+        TicketKeysFrom::Local => (
+            LocalTicketKeys::new(lifetime)
+                .map_err(|e| anyhow::Error::new(e).context("ticket keys"))?,
+            None,
+        ),
         TicketKeysFrom::File(path) => {
             let file = TicketKeyFile::open(path, lifetime)
                 .map_err(|e| anyhow::Error::new(e).context("ticket-keys"))?;

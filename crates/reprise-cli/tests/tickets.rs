@@ -49,7 +49,8 @@ fn ring(server: &Server, name: &str) -> u64 {
     server.metric(&format!("reprise_ticket_keys_{name}"))
 }
 
-/// Failed handshakes, whatever the reason.
+/// Failed handshakes, whatever the reason (the harness's readiness probe, a TCP connection
+/// closed at once, counts as one: compare with a count taken before).
 fn failures(server: &Server) -> u64 {
     server
         .metrics_text()
@@ -156,6 +157,7 @@ fn the_defaults_resume_tls12_with_tickets_and_keep_tls13_single_use() {
     let pki = Pki::new().write_pem();
     let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
     let server = Server::start(&["--cert", &cert, "--key", &key]);
+    let failed = failures(&server);
     let metrics = server.metrics_text();
     assert!(
         metrics.contains("reprise_tickets_mode{mode=\"auto\"} 1"),
@@ -200,7 +202,7 @@ fn the_defaults_resume_tls12_with_tickets_and_keep_tls13_single_use() {
     );
     assert_eq!(request(&server, &sess("-tls1_3", "-sess_in", &s13)), "New");
     assert_eq!(tickets(&server, "issued"), issued);
-    assert_eq!(failures(&server), 0);
+    assert_eq!(failures(&server), failed, "{}", server.metrics_text());
 }
 
 /// Three instances on one Redis, on their defaults: Go's and s_client's TLS 1.2 tickets resume
@@ -339,6 +341,7 @@ fn rotation_keeps_fresh_tickets_and_drops_old_ones() {
 fn a_redis_outage_fails_open_falls_back_and_converges() {
     let mut fleet = Fleet::start(3, &["--ticket-lifetime", "2"]);
     let s12 = fleet.file("s12.pem");
+    let failed: Vec<u64> = fleet.servers.iter().map(failures).collect();
     assert_eq!(
         request(&fleet.servers[0], &sess("-tls1_2", "-sess_out", &s12)),
         "New"
@@ -361,7 +364,7 @@ fn a_redis_outage_fails_open_falls_back_and_converges() {
     });
     assert!(fell_back, "{}", fleet.servers[0].metrics_text());
     for (i, s) in fleet.servers.iter().enumerate() {
-        assert_eq!(failures(s), 0, "instance {i}: {}", s.metrics_text());
+        assert_eq!(failures(s), failed[i], "instance {i}: {}", s.metrics_text());
     }
 
     fleet.redis.restart();
