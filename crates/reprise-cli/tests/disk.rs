@@ -85,7 +85,10 @@ fn sessions_survive_a_restart_and_used_tickets_do_not() {
     let (s12, used, unused) = (disk.file("s12"), disk.file("used"), disk.file("unused"));
 
     let server = disk.serve();
-    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &s12]),
+        "New"
+    );
     assert_eq!(request(&server, &["-tls1_3", "-sess_out", &used]), "New");
     assert_eq!(request(&server, &["-tls1_3", "-sess_in", &used]), "Reused");
     assert_eq!(request(&server, &["-tls1_3", "-sess_out", &unused]), "New");
@@ -95,7 +98,10 @@ fn sessions_survive_a_restart_and_used_tickets_do_not() {
         .stderr()
         .contains("sessions loaded from disk")));
 
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "Reused"
+    );
     assert_eq!(request(&server, &["-tls1_3", "-sess_in", &used]), "New");
     // A ticket not used before the clean restart resumes once after it.
     assert_eq!(
@@ -112,12 +118,18 @@ fn expired_sessions_do_not_come_back() {
     let disk = Disk::new(&["--cache-timeout", "1"]);
     let s12 = disk.file("s12");
     let server = disk.serve();
-    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &s12]),
+        "New"
+    );
     assert_eq!(server.terminate().code(), Some(0));
     // The scenario is a timeout passing while the server is down.
     std::thread::sleep(Duration::from_secs(2));
     let server = disk.serve();
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "New");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "New"
+    );
     assert_eq!(server.metric("reprise_disk_warmed_total"), 0);
 }
 
@@ -126,7 +138,10 @@ fn kill_9_in_the_middle_of_writes_then_a_clean_start() {
     let disk = Disk::new(&["--tls13-tickets", "8"]);
     let s12 = disk.file("s12");
     let server = disk.serve();
-    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &s12]),
+        "New"
+    );
     assert!(wait_until(Duration::from_secs(10), || server
         .metric("reprise_disk_stores_written_total")
         >= 1));
@@ -154,7 +169,10 @@ fn kill_9_in_the_middle_of_writes_then_a_clean_start() {
     assert!(!log.contains("moved it aside"), "{log}");
     assert!(log.contains("did not shut down cleanly"), "{log}");
     // The TLS 1.2 session, written before the crash, still resumes.
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "Reused"
+    );
     assert_eq!(server.terminate().code(), Some(0));
 }
 
@@ -164,7 +182,7 @@ fn a_garbage_or_truncated_database_is_set_aside() {
         let disk = Disk::new(&[]);
         let server = disk.serve();
         for _ in 0..20 {
-            assert_eq!(request(&server, &["-tls1_2"]), "New");
+            assert_eq!(request(&server, &["-tls1_2", "-no_ticket"]), "New");
         }
         assert_eq!(server.terminate().code(), Some(0));
         let file = disk.database();
@@ -319,12 +337,21 @@ fn a_database_that_makes_redb_panic_is_set_aside() {
         std::fs::read(&crashing).unwrap().len()
     );
     let s12 = disk.file("s12");
-    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &s12]),
+        "New"
+    );
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "Reused"
+    );
     // A clean restart opens the new file, and nothing more is set aside.
     let server = disk.restart_cleanly(server);
     assert!(!server.stderr().contains("moved it aside"));
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "Reused"
+    );
     assert_eq!(server.terminate().code(), Some(0));
 }
 
@@ -339,7 +366,10 @@ fn files_are_private_and_an_exposed_key_file_is_warned_about() {
     let cache = disk.database().parent().unwrap().to_path_buf();
     let s12 = disk.file("s12");
     let server = disk.serve();
-    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &s12]),
+        "New"
+    );
     assert_eq!(mode(&cache), 0o700);
     assert_eq!(mode(&disk.database()), 0o600);
     let key = cache.join("key");
@@ -360,7 +390,10 @@ fn files_are_private_and_an_exposed_key_file_is_warned_about() {
     let key_hex = key_hex.trim().split(':').nth(1).unwrap();
     assert!(!log.contains(key_hex), "the key is in the log");
     // The key still works: the session stored before the restart resumes.
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "Reused"
+    );
     assert_eq!(server.terminate().code(), Some(0));
 }
 
@@ -382,7 +415,7 @@ fn the_key_file_flag_and_its_former_name_both_seal_the_disk() {
         let s12 = disk.file("s12");
         let server = disk.serve();
         assert_eq!(
-            request(&server, &["-tls1_2", "-sess_out", &s12]),
+            request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &s12]),
             "New",
             "{flag}"
         );
@@ -391,7 +424,7 @@ fn the_key_file_flag_and_its_former_name_both_seal_the_disk() {
             .stderr()
             .contains("sessions loaded from disk")));
         assert_eq!(
-            request(&server, &["-tls1_2", "-sess_in", &s12]),
+            request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
             "Reused",
             "{flag}"
         );

@@ -63,10 +63,19 @@ fn cross_instance_resumption(redis_url: &str) {
     }
     // TLS 1.2: a session made on the first instance resumes on the other two.
     let s12 = fleet.sess("s12");
-    assert_eq!(request(&nodes[0], &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(
+        request(&nodes[0], &["-tls1_2", "-no_ticket", "-sess_out", &s12]),
+        "New"
+    );
     written(&nodes[0], 1);
-    assert_eq!(request(&nodes[1], &["-tls1_2", "-sess_in", &s12]), "Reused");
-    assert_eq!(request(&nodes[2], &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(
+        request(&nodes[1], &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "Reused"
+    );
+    assert_eq!(
+        request(&nodes[2], &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "Reused"
+    );
 
     // TLS 1.3: two tickets from the first instance; one resumes on each of the others, and a
     // ticket used once never resumes again, anywhere.
@@ -103,13 +112,19 @@ fn redis_stopping_mid_run_fails_no_handshake_and_recovers() {
         fleet.instance(&redis.url(), "keys"),
     );
     let s = fleet.sess("s");
-    assert_eq!(request(&a, &["-tls1_2", "-sess_out", &s]), "New");
+    assert_eq!(
+        request(&a, &["-tls1_2", "-no_ticket", "-sess_out", &s]),
+        "New"
+    );
     written(&a, 1);
 
     redis.stop();
     // Every handshake completes; across instances they are all full.
     for _ in 0..5 {
-        assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s]), "New");
+        assert_eq!(
+            request(&b, &["-tls1_2", "-no_ticket", "-sess_in", &s]),
+            "New"
+        );
         let t = fleet.sess("t");
         assert_eq!(request(&a, &["-tls1_3", "-sess_out", &t]), "New");
         assert_eq!(request(&b, &["-tls1_3", "-sess_in", &t]), "New");
@@ -124,8 +139,8 @@ fn redis_stopping_mid_run_fails_no_handshake_and_recovers() {
     let fresh = fleet.sess("fresh");
     let mut back = false;
     for _ in 0..100 {
-        if request(&a, &["-tls1_2", "-sess_out", &fresh]) == "New"
-            && request(&b, &["-tls1_2", "-sess_in", &fresh]) == "Reused"
+        if request(&a, &["-tls1_2", "-no_ticket", "-sess_out", &fresh]) == "New"
+            && request(&b, &["-tls1_2", "-no_ticket", "-sess_in", &fresh]) == "Reused"
         {
             back = true;
             break;
@@ -144,11 +159,17 @@ fn garbage_and_forged_values_never_resume() {
         fleet.instance(&redis.url(), "keys"),
     );
     let (s1, s2) = (fleet.sess("s1"), fleet.sess("s2"));
-    assert_eq!(request(&a, &["-tls1_2", "-sess_out", &s1]), "New");
+    assert_eq!(
+        request(&a, &["-tls1_2", "-no_ticket", "-sess_out", &s1]),
+        "New"
+    );
     written(&a, 1);
     let keys = redis.command(&["KEYS", "reprise:*"]).unwrap();
     let key1 = keys.lines().next().unwrap().to_owned();
-    assert_eq!(request(&a, &["-tls1_2", "-sess_out", &s2]), "New");
+    assert_eq!(
+        request(&a, &["-tls1_2", "-no_ticket", "-sess_out", &s2]),
+        "New"
+    );
     written(&a, 2);
     let key2 = redis
         .command(&["KEYS", "reprise:*"])
@@ -162,14 +183,23 @@ fn garbage_and_forged_values_never_resume() {
     redis
         .command(&["SET", &key1, "\u{2}garbage\u{0}\u{ff}"])
         .unwrap();
-    assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s1]), "New");
+    assert_eq!(
+        request(&b, &["-tls1_2", "-no_ticket", "-sess_in", &s1]),
+        "New"
+    );
     let sealed2 = redis.command(&["GET", &key2]).unwrap();
     let forged_key = key1.clone();
     redis.command(&["SET", &forged_key, &sealed2]).unwrap();
     // On another instance: b remembers that this id missed a moment ago, and asks Redis no more.
     let c = fleet.instance(&redis.url(), "keys");
-    assert_eq!(request(&c, &["-tls1_2", "-sess_in", &s1]), "New");
-    assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s1]), "New");
+    assert_eq!(
+        request(&c, &["-tls1_2", "-no_ticket", "-sess_in", &s1]),
+        "New"
+    );
+    assert_eq!(
+        request(&b, &["-tls1_2", "-no_ticket", "-sess_in", &s1]),
+        "New"
+    );
     assert_eq!(b.metric("reprise_redis_rejected_values_total"), 1);
     assert_eq!(c.metric("reprise_redis_rejected_values_total"), 1);
     assert!(b.metric("reprise_redis_negative_hits_total") >= 1);
@@ -178,7 +208,10 @@ fn garbage_and_forged_values_never_resume() {
         .command(&["EXISTS", &key1])
         .as_deref()
         == Some(":0")));
-    assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s2]), "Reused");
+    assert_eq!(
+        request(&b, &["-tls1_2", "-no_ticket", "-sess_in", &s2]),
+        "Reused"
+    );
 }
 
 #[test]
@@ -191,18 +224,33 @@ fn keys_rotate_without_losing_sessions() {
     fleet.write_keys("rotated", &[&new, &old]);
     let before = fleet.instance(&redis.url(), "old-only");
     let s = fleet.sess("s");
-    assert_eq!(request(&before, &["-tls1_2", "-sess_out", &s]), "New");
+    assert_eq!(
+        request(&before, &["-tls1_2", "-no_ticket", "-sess_out", &s]),
+        "New"
+    );
     written(&before, 1);
     let after = fleet.instance(&redis.url(), "rotated");
-    assert_eq!(request(&after, &["-tls1_2", "-sess_in", &s]), "Reused");
+    assert_eq!(
+        request(&after, &["-tls1_2", "-no_ticket", "-sess_in", &s]),
+        "Reused"
+    );
     // A session sealed with the new key is not readable by an instance without it.
     let t = fleet.sess("t");
-    assert_eq!(request(&after, &["-tls1_2", "-sess_out", &t]), "New");
+    assert_eq!(
+        request(&after, &["-tls1_2", "-no_ticket", "-sess_out", &t]),
+        "New"
+    );
     written(&after, 1);
-    assert_eq!(request(&before, &["-tls1_2", "-sess_in", &t]), "New");
+    assert_eq!(
+        request(&before, &["-tls1_2", "-no_ticket", "-sess_in", &t]),
+        "New"
+    );
     // ... nor deleted by it (attack 8): the rotated instances still resume it.
     let after2 = fleet.instance(&redis.url(), "rotated");
-    assert_eq!(request(&after2, &["-tls1_2", "-sess_in", &t]), "Reused");
+    assert_eq!(
+        request(&after2, &["-tls1_2", "-no_ticket", "-sess_in", &t]),
+        "Reused"
+    );
     // The same for a TLS 1.3 ticket: an instance without the key leaves it, one with the key
     // takes it, once.
     let t13 = fleet.sess("t13");
@@ -225,9 +273,15 @@ fn the_redis_password_is_never_logged_nor_in_errors() {
     let (a, b) = (fleet.instance(&url, "keys"), fleet.instance(&url, "keys"));
     // It authenticates: sessions resume across the two instances.
     let s = fleet.sess("s");
-    assert_eq!(request(&a, &["-tls1_2", "-sess_out", &s]), "New");
+    assert_eq!(
+        request(&a, &["-tls1_2", "-no_ticket", "-sess_out", &s]),
+        "New"
+    );
     written(&a, 1);
-    assert_eq!(request(&b, &["-tls1_2", "-sess_in", &s]), "Reused");
+    assert_eq!(
+        request(&b, &["-tls1_2", "-no_ticket", "-sess_in", &s]),
+        "Reused"
+    );
     for server in [&a, &b] {
         let log = server.stderr();
         assert!(log.contains("connected to redis"), "{log}");

@@ -20,6 +20,7 @@ fn reconnect_tls12(server: &Server) -> Vec<String> {
             "-servername",
             "localhost",
             "-tls1_2",
+            "-no_ticket",
             "-reconnect",
         ],
         b"",
@@ -88,10 +89,16 @@ fn expired_sessions_do_not_resume() {
     let dir = tempfile::tempdir().unwrap();
     for (flag, name) in [("-tls1_2", "s12"), ("-tls1_3", "s13")] {
         let sess = path_in(dir.path(), name);
-        assert_eq!(request(&server, &[flag, "-sess_out", &sess]), "New");
+        assert_eq!(
+            request(&server, &[flag, "-no_ticket", "-sess_out", &sess]),
+            "New"
+        );
         // The scenario itself is a wait of two seconds past a one-second timeout.
         std::thread::sleep(Duration::from_secs(2));
-        assert_eq!(request(&server, &[flag, "-sess_in", &sess]), "New");
+        assert_eq!(
+            request(&server, &[flag, "-no_ticket", "-sess_in", &sess]),
+            "New"
+        );
     }
     assert_eq!(server.metric("reprise_cache_timeouts_total"), 2);
 }
@@ -101,10 +108,22 @@ fn cache_size_one_keeps_only_the_newest_session() {
     let server = Server::start(&["--cache-size", "1"]);
     let dir = tempfile::tempdir().unwrap();
     let (older, newer) = (path_in(dir.path(), "a"), path_in(dir.path(), "b"));
-    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &older]), "New");
-    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &newer]), "New");
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &newer]), "Reused");
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &older]), "New");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &older]),
+        "New"
+    );
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &newer]),
+        "New"
+    );
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &newer]),
+        "Reused"
+    );
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &older]),
+        "New"
+    );
     assert_eq!(server.metric("reprise_cache_sessions"), 1);
     assert!(server.metric("reprise_cache_cache_full_total") >= 1);
 }
@@ -145,7 +164,7 @@ fn sessions_never_cross_between_mtls_and_plain() {
     ];
     for flag in ["-tls1_2", "-tls1_3"] {
         let from_mtls = path_in(dir.path(), "m");
-        let mut args = vec![flag, "-sess_out", &from_mtls];
+        let mut args = vec![flag, "-no_ticket", "-sess_out", &from_mtls];
         args.extend_from_slice(&client);
         assert_eq!(request(&mtls, &args), "New");
         assert_eq!(request(&plain, &[flag, "-sess_in", &from_mtls]), "New");
@@ -301,6 +320,7 @@ fn rsa_and_ed25519_keys_work() {
                 &server,
                 &[
                     "-tls1_2",
+                    "-no_ticket",
                     "-CAfile",
                     &pki.path("ca.pem"),
                     "-verify_return_error"

@@ -38,6 +38,7 @@ fn resume_without_cert(server: &Server, version: &str, sess: &str) -> String {
             "localhost",
             "-ign_eof",
             version,
+            "-no_ticket",
             "-sess_in",
             sess,
         ],
@@ -73,25 +74,37 @@ fn a_named_context_shared_through_redis_never_carries_a_session_into_mtls() {
     for version in ["-tls1_2", "-tls1_3"] {
         // The fleet shares sessions under the name: the plain twin resumes them.
         let shared = path_in(dir.path(), "shared");
-        assert_eq!(request(&plain, &[version, "-sess_out", &shared]), "New");
+        assert_eq!(
+            request(&plain, &[version, "-no_ticket", "-sess_out", &shared]),
+            "New"
+        );
         stored += if version == "-tls1_2" { 1 } else { 2 };
         written(&plain, stored);
         assert_eq!(
-            request(&plain_twin, &[version, "-sess_in", &shared]),
+            request(&plain_twin, &[version, "-no_ticket", "-sess_in", &shared]),
             "Reused"
         );
 
         // Where a certificate is optional, the plain session is not resumed: a full handshake.
         let sess = path_in(dir.path(), "for-optional");
-        assert_eq!(request(&plain, &[version, "-sess_out", &sess]), "New");
+        assert_eq!(
+            request(&plain, &[version, "-no_ticket", "-sess_out", &sess]),
+            "New"
+        );
         stored += if version == "-tls1_2" { 1 } else { 2 };
         written(&plain, stored);
-        assert_eq!(request(&optional, &[version, "-sess_in", &sess]), "New");
+        assert_eq!(
+            request(&optional, &[version, "-no_ticket", "-sess_in", &sess]),
+            "New"
+        );
 
         // Where one is required, the plain session is not resumed, and without a certificate
         // the handshake fails.
         let sess = path_in(dir.path(), "for-required");
-        assert_eq!(request(&plain, &[version, "-sess_out", &sess]), "New");
+        assert_eq!(
+            request(&plain, &[version, "-no_ticket", "-sess_out", &sess]),
+            "New"
+        );
         stored += if version == "-tls1_2" { 1 } else { 2 };
         written(&plain, stored);
         let out = resume_without_cert(&required, version, &sess);
@@ -134,7 +147,10 @@ fn adding_a_client_ca_under_the_same_name_drops_the_sessions_on_disk() {
     let (s12, s13) = (path_in(work.path(), "s12"), path_in(work.path(), "s13"));
 
     let server = start(&[]);
-    assert_eq!(request(&server, &["-tls1_2", "-sess_out", &s12]), "New");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &s12]),
+        "New"
+    );
     assert_eq!(request(&server, &["-tls1_3", "-sess_out", &s13]), "New");
     assert_eq!(server.terminate().code(), Some(0));
 
@@ -149,12 +165,18 @@ fn adding_a_client_ca_under_the_same_name_drops_the_sessions_on_disk() {
 
     // Optional: a full handshake.
     let server = start(&["--client-ca", &ca, "--client-auth", "optional"]);
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "New");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "New"
+    );
     assert_eq!(server.terminate().code(), Some(0));
 
     // Back to the plain configuration: the session on disk resumes (the name alone still
     // matches, and a certificate renewal would not change it).
     let server = start(&[]);
-    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &s12]), "Reused");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &s12]),
+        "Reused"
+    );
     assert_eq!(request(&server, &["-tls1_3", "-sess_in", &s13]), "Reused");
 }
