@@ -116,6 +116,8 @@ async fn rotation_promotes_the_next_key_and_erases_the_old_ones() {
     let current = held(&a, N).unwrap();
     let next = held(&a, N + 1).unwrap();
     let generation = a.keys().generation();
+    // Who still holds key N's secret: once erased, nobody (it is wiped when dropped).
+    let erased = Arc::downgrade(a.keys().find(KeyId::from_version(N)).unwrap());
 
     // A period later the next key encrypts on both, before any read of Redis.
     clock.advance(PERIOD);
@@ -155,6 +157,7 @@ async fn rotation_promotes_the_next_key_and_erases_the_old_ones() {
         assert_eq!(stats.key_version, N + 2);
         assert_eq!(stats.key_age_seconds, 10);
     }
+    assert!(erased.upgrade().is_none(), "key N lingers in memory");
     assert_eq!(raw_get(&redis, &a.redis_key(N)), None);
     assert!(raw_get(&redis, &a.redis_key(N + 1)).is_some());
     assert!(raw_get(&redis, &a.redis_key(N + 3)).is_some());
