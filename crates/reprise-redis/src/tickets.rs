@@ -218,9 +218,12 @@ struct Shared {
 /// - Redis unreachable: the instance keeps the ring it holds. At a boundary it promotes the
 ///   next key, which every instance already holds, so the fleet stays in step without Redis.
 /// - No next key at a boundary: the current key stays current for one more period at most.
-/// - After that (or at start, if Redis cannot be reached and nothing is held), the instance
-///   generates a key of its own: its id has the top bit set, so it never collides with a ring
-///   version. One warning line, `fallbacks_total` counts it and `fallback_active` is 1;
+/// - At start, until the first attempt to reach Redis ends (a few seconds at most: every call
+///   has its deadline), the snapshot encrypts with nothing: handshakes complete, without a
+///   ticket. [`ready`](Self::ready) waits for the fleet's key.
+/// - After the hold-over (or at start, if Redis cannot be reached and nothing is held), the
+///   instance generates a key of its own: its id has the top bit set, so it never collides
+///   with a ring version. One warning line, `fallbacks_total` counts it and `fallback_active` is 1;
 ///   tickets then resume only on this instance. A local key rotates every period too.
 /// - Redis back: the instance adopts the fleet's keys (or creates them, as above), keeps its
 ///   local key for decrypting only, and erases it two periods after it last encrypted.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use reprise::ManualClock;
 use reprise_redis::{ticket_key_associated_data, FleetTicketKeys, KeyRing, RedisConfig};
 use reprise_seal::tickets::{KeyId, TicketKeySource, TICKET_KEY_LEN};
-use reprise_testkit::RedisServer;
+use reprise_testkit::{RedisCluster, RedisServer};
 
 /// The period (ticket lifetime) of the tests that move a manual clock.
 const PERIOD: u64 = 60;
@@ -22,7 +22,11 @@ fn seal() -> KeyRing {
 }
 
 fn start(redis: &RedisServer, clock: &Arc<ManualClock>) -> Arc<FleetTicketKeys> {
-    let config = RedisConfig::new(redis.url().parse().unwrap());
+    start_on(&redis.url(), clock)
+}
+
+fn start_on(url: &str, clock: &Arc<ManualClock>) -> Arc<FleetTicketKeys> {
+    let config = RedisConfig::new(url.parse().unwrap());
     FleetTicketKeys::start_with_clock(config, seal(), Duration::from_secs(PERIOD), clock.clone())
         .unwrap()
 }
@@ -112,6 +116,8 @@ async fn rotation_promotes_the_next_key_and_erases_the_old_ones() {
     let current = held(&a, N).unwrap();
     let next = held(&a, N + 1).unwrap();
     let generation = a.keys().generation();
+    // Who still holds key N's secret: once erased, nobody (it is wiped when dropped).
+    let erased = Arc::downgrade(a.keys().find(KeyId::from_version(N)).unwrap());
 
     // A period later the next key encrypts on both, before any read of Redis.
     clock.advance(PERIOD);
@@ -151,6 +157,7 @@ async fn rotation_promotes_the_next_key_and_erases_the_old_ones() {
         assert_eq!(stats.key_version, N + 2);
         assert_eq!(stats.key_age_seconds, 10);
     }
+    assert!(erased.upgrade().is_none(), "key N lingers in memory");
     assert_eq!(raw_get(&redis, &a.redis_key(N)), None);
     assert!(raw_get(&redis, &a.redis_key(N + 1)).is_some());
     assert!(raw_get(&redis, &a.redis_key(N + 3)).is_some());
@@ -385,4 +392,47 @@ async fn background_tasks_rotate_by_the_system_clock() {
     assert!(a.stats().oldest_key_version >= v - 1);
     a.stop();
     b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_shares_the_ring_too() {
+    let cluster = RedisCluster::start();
+    let clock = Arc::new(ManualClock::new(T0));
+    let (a, b) = (
+        start_on(&cluster.url(), &clock),
+        start_on(&cluster.url(), &clock),
+    );
+    assert!(a.ready(Duration::from_secs(10)).await);
+    assert!(b.ready(Duration::from_secs(10)).await);
+    refreshed(&a).await;
+    refreshed(&b).await;
+    assert_eq!(encrypting(&a), encrypting(&b));
+    assert_eq!(a.stats().created + b.stats().created, 2);
+
+    for _ in 0..2 {
+        clock.advance(PERIOD);
+        refreshed(&a).await;
+        refreshed(&b).await;
+    }
+    assert_eq!(encrypting(&a), encrypting(&b));
+    assert_eq!(encrypting(&a).0, KeyId::from_version(N + 2));
+    assert_eq!(held(&a, N + 3), held(&b, N + 3));
+    assert!(held(&a, N).is_none());
+    // Key N is gone from whichever node held it; key N + 1 is still there.
+    let nodes: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("redis://127.0.0.1:{}", n.port))
+        .collect();
+    let mut conn = redis::cluster::ClusterClient::new(nodes)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for (version, present) in [(N, 0), (N + 1, 1), (N + 3, 1)] {
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(a.redis_key(version))
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(exists, present, "key {version}");
+    }
 }

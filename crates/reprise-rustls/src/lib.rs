@@ -13,6 +13,9 @@
 //!   with Reprise's parser, lets a [`ChoosesConfig`] pick the `ServerConfig` from it, fetches
 //!   what the hello offers from the cache's tiers within a deadline (no runtime thread waits on
 //!   the network), and completes the handshake into a [`SessionStream`].
+//! - [`Ticketer`] implements `ProducesTickets`: stateless tickets sealed with keys from a
+//!   [`tickets::TicketKeySource`] (a key file, a fleet's shared ring, rotating local keys), so
+//!   that every server given the same keys resumes every other's tickets.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -42,6 +45,7 @@ mod server;
 mod sid_ctx;
 #[cfg(feature = "tokio")]
 mod stream;
+mod ticketer;
 
 #[cfg(feature = "tokio")]
 pub use acceptor::{
@@ -58,6 +62,10 @@ pub use server::ServerStore;
 pub use sid_ctx::{derive_sid_ctx, named_sid_ctx, ClientAuth};
 #[cfg(feature = "tokio")]
 pub use stream::SessionStream;
+pub use ticketer::Ticketer;
+
+/// Ticket keys and their sources, from `reprise-seal`: what a [`Ticketer`] takes.
+pub use reprise_seal::tickets;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

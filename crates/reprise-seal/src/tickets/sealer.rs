@@ -13,9 +13,9 @@
 //! ```
 //!
 //! The 37-byte header is the associated data: none of it can be changed without the tag
-//! failing. The AEAD key is [`TicketKey::derive`]`(`[`RUSTLS_TICKET_PURPOSE`]`, sid_ctx)`, so a
-//! ticket only opens in the context it was sealed for. A ticket costs [`TICKET_OVERHEAD`]
-//! bytes on top of what it carries.
+//! failing. The AEAD key is the ring key [derived](super::TicketKey::derive) for the purpose
+//! [`RUSTLS_TICKET_PURPOSE`] and the session-id context, so a ticket only opens in the context
+//! it was sealed for. A ticket costs [`TICKET_OVERHEAD`] bytes on top of what it carries.
 //!
 //! The header reveals which ring key sealed the ticket (a public name) and a tag of the
 //! session-id context, which is public too; neither says anything of a secret. With the tag, a
