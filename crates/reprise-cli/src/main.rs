@@ -8,7 +8,6 @@ mod client_conn;
 mod config;
 mod http;
 mod metrics;
-mod pending;
 mod serve;
 mod tls;
 

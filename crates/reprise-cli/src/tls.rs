@@ -11,11 +11,9 @@ use reprise_disk::{DiskConfig, DiskTier};
 use reprise_redis::{FleetTicketKeys, RedisConfig, RedisTier};
 use reprise_rustls::{
     derive_sid_ctx, named_sid_ctx, ChoosesConfig, ClientAuth, ClientHelloInfo, ServerContext,
-    ServerStore,
+    ServerStore, Ticketer,
 };
 use reprise_seal::tickets::{LocalTicketKeys, TicketCounters, TicketKeyFile, TicketKeySource};
-// A stand-in until wt-keys's rustls ticketer lands.
-use crate::pending::Ticketer;
 use reprise_seal::KeyRing;
 use ring::digest;
 use rustls::crypto::ring::default_provider;
@@ -390,4 +388,68 @@ fn ticket_keys(settings: &Settings, from: &TicketKeysFrom) -> anyhow::Result<Tic
         fleet,
         counters: Arc::new(TicketCounters::default()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::ServeArgs;
+
+    fn hello(versions: &[u16]) -> ClientHelloInfo {
+        ClientHelloInfo {
+            supports_tls13: versions.contains(&0x0304),
+            versions: versions.to_vec(),
+            ..ClientHelloInfo::default()
+        }
+    }
+
+    fn server(tickets: TicketMode) -> anyhow::Result<ServerTls> {
+        let settings = Settings::resolve(ServeArgs {
+            tickets: Some(tickets),
+            ..ServeArgs::default()
+        })?;
+        build(&settings)
+    }
+
+    /// With `auto`, only a hello that offers TLS 1.2 and not TLS 1.3 gets the configuration
+    /// with the ticketer; an unreadable hello, or one that offers TLS 1.3, the stateful one.
+    #[test]
+    fn auto_gives_tickets_to_tls12_only_hellos() -> anyhow::Result<()> {
+        let tls = server(TicketMode::Auto)?;
+        let with_tickets = tls.tickets_config.clone().expect("two configurations");
+        assert!(with_tickets.ticketer.enabled());
+        assert!(!tls.config.ticketer.enabled());
+        assert_eq!(tls.config.send_tls13_tickets, 2);
+        let chooser = tls.chooser(&[TlsVersion::Tls12, TlsVersion::Tls13]);
+        let chosen = |h: Option<&ClientHelloInfo>| chooser.choose(h).config().clone();
+        assert!(Arc::ptr_eq(&chosen(Some(&hello(&[]))), &with_tickets));
+        assert!(Arc::ptr_eq(&chosen(Some(&hello(&[0x0303]))), &with_tickets));
+        assert!(Arc::ptr_eq(
+            &chosen(Some(&hello(&[0x0a0a, 0x0303]))),
+            &with_tickets
+        ));
+        for stateful in [None, Some(hello(&[0x0304, 0x0303])), Some(hello(&[0x0304]))] {
+            assert!(Arc::ptr_eq(&chosen(stateful.as_ref()), &tls.config));
+        }
+        // Both configurations bind their sessions and tickets to one session-id context.
+        let tls12 = hello(&[0x0303]);
+        assert_eq!(
+            chooser.choose(None).store().sid_ctx().as_bytes(),
+            chooser.choose(Some(&tls12)).store().sid_ctx().as_bytes()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn stateless_has_one_configuration_with_the_ticketer_and_stateful_none() -> anyhow::Result<()> {
+        let tls = server(TicketMode::Stateless)?;
+        assert!(tls.tickets_config.is_none());
+        assert!(tls.config.ticketer.enabled());
+        let tls = server(TicketMode::Stateful)?;
+        assert!(tls.tickets_config.is_none() && tls.tickets.is_none());
+        assert!(!tls.config.ticketer.enabled());
+        let tls = server(TicketMode::Off)?;
+        assert_eq!(tls.config.send_tls13_tickets, 0);
+        Ok(())
+    }
 }
