@@ -301,8 +301,12 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     let store = ServerStore::new(cache.clone(), sid_ctx, client_auth)
         .map_err(|e| anyhow::anyhow!("sid-ctx: {e}"))?;
     config.session_storage = Arc::new(store.clone());
+    // `auto` without TLS 1.2 issues only stateful TLS 1.3 tickets: no keys to keep then.
+    let tls12 = settings.tls_versions.contains(&TlsVersion::Tls12);
     let tickets = match &settings.ticket_keys {
-        Some(from) if settings.tickets.uses_ticket_keys() => Some(ticket_keys(settings, from)?),
+        Some(from) if settings.tickets == TicketMode::Stateless || tls12 => {
+            Some(ticket_keys(settings, from)?)
+        }
         _ => None,
     };
     // Each context's tickets are bound to its session-id context, as its sessions are.
@@ -313,7 +317,6 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     match (settings.tickets, ticketer) {
         (TicketMode::Auto, Some(ticketer)) => {
             config.send_tls13_tickets = settings.tls13_tickets;
-            let tls12 = settings.tls_versions.contains(&TlsVersion::Tls12);
             let tls13 = settings.tls_versions.contains(&TlsVersion::Tls13);
             if tls12 && !tls13 {
                 // No TLS 1.3 to keep stateful: the one configuration has the ticketer.
