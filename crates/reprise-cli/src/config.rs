@@ -19,6 +19,9 @@ use crate::cli::{ClientAuthMode, ServeArgs, TicketMode, TlsVersion};
 /// cache-size = 50000
 /// cache-mode = "server,no-auto-clear"
 /// tls-versions = ["1.2", "1.3"]
+/// tickets = "auto"
+/// ticket-keys = "/etc/reprise/tickets.keys"
+/// ticket-lifetime = 3600
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]

@@ -33,7 +33,7 @@ pub struct ServerTls {
     /// versions.
     pub config: Arc<ServerConfig>,
     /// With `--tickets auto`: the TLS 1.2-only configuration with the ticketer, for clients that
-    /// offer only TLS 1.2 (see [`ServerTls::context`]).
+    /// offer only TLS 1.2 (see [`ServerTls::chooser`]).
     pub tickets_config: Option<Arc<ServerConfig>>,
     /// The ticket keys and the ticketer's counters, in the modes that use them.
     pub tickets: Option<Tickets>,
