@@ -49,13 +49,15 @@ fn ring(server: &Server, name: &str) -> u64 {
     server.metric(&format!("reprise_ticket_keys_{name}"))
 }
 
-/// Failed handshakes, whatever the reason (the harness's readiness probe, a TCP connection
-/// closed at once, counts as one: compare with a count taken before).
+/// Failed handshakes, whatever the reason but a client gone before its hello (`eof`): the
+/// harness's readiness probe is one, counted whenever the server gets to it. Every client
+/// here also checks its own handshake (`request` asserts the response).
 fn failures(server: &Server) -> u64 {
     server
         .metrics_text()
         .lines()
         .filter(|l| l.starts_with("reprise_handshake_failures_total{"))
+        .filter(|l| !l.contains("reason=\"eof\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
@@ -157,7 +159,6 @@ fn the_defaults_resume_tls12_with_tickets_and_keep_tls13_single_use() {
     let pki = Pki::new().write_pem();
     let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
     let server = Server::start(&["--cert", &cert, "--key", &key]);
-    let failed = failures(&server);
     let metrics = server.metrics_text();
     assert!(
         metrics.contains("reprise_tickets_mode{mode=\"auto\"} 1"),
@@ -202,7 +203,7 @@ fn the_defaults_resume_tls12_with_tickets_and_keep_tls13_single_use() {
     );
     assert_eq!(request(&server, &sess("-tls1_3", "-sess_in", &s13)), "New");
     assert_eq!(tickets(&server, "issued"), issued);
-    assert_eq!(failures(&server), failed, "{}", server.metrics_text());
+    assert_eq!(failures(&server), 0, "{}", server.metrics_text());
 }
 
 /// Three instances on one Redis, on their defaults: Go's and s_client's TLS 1.2 tickets resume
@@ -341,7 +342,6 @@ fn rotation_keeps_fresh_tickets_and_drops_old_ones() {
 fn a_redis_outage_fails_open_falls_back_and_converges() {
     let mut fleet = Fleet::start(3, &["--ticket-lifetime", "2"]);
     let s12 = fleet.file("s12.pem");
-    let failed: Vec<u64> = fleet.servers.iter().map(failures).collect();
     assert_eq!(
         request(&fleet.servers[0], &sess("-tls1_2", "-sess_out", &s12)),
         "New"
@@ -364,7 +364,7 @@ fn a_redis_outage_fails_open_falls_back_and_converges() {
     });
     assert!(fell_back, "{}", fleet.servers[0].metrics_text());
     for (i, s) in fleet.servers.iter().enumerate() {
-        assert_eq!(failures(s), failed[i], "instance {i}: {}", s.metrics_text());
+        assert_eq!(failures(s), 0, "instance {i}: {}", s.metrics_text());
     }
 
     fleet.redis.restart();
