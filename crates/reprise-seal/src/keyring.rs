@@ -101,6 +101,120 @@ fn name_error(line: usize, name: &str) -> KeyFileError {
     }
 }
 
+/// One key of a key file, as parsed: its name and its secret (wiped when dropped).
+pub(crate) struct FileKey {
+    /// Its name in the file.
+    pub(crate) name: String,
+    /// The 256-bit secret.
+    pub(crate) secret: Zeroizing<[u8; KEY_LEN]>,
+}
+
+/// Checks `(line, name, key)` triples: valid, distinct names, and at least one key.
+fn check_keys(
+    keys: impl IntoIterator<Item = (usize, String, Zeroizing<[u8; KEY_LEN]>)>,
+) -> Result<Vec<FileKey>, KeyFileError> {
+    let mut out: Vec<FileKey> = Vec::new();
+    for (line, name, secret) in keys {
+        if !valid_name(&name) {
+            return Err(name_error(line, &name));
+        }
+        if out.iter().any(|k| k.name == name) {
+            return Err(KeyFileError::Line {
+                line,
+                reason: format!("key name {name:?} appears twice"),
+            });
+        }
+        out.push(FileKey { name, secret });
+    }
+    if out.is_empty() {
+        return Err(KeyFileError::Empty);
+    }
+    Ok(out)
+}
+
+/// Parses the text of a key file (`name:hex` lines, `#` comments, blank lines) into its keys,
+/// in order; an error names the line.
+pub(crate) fn parse_key_lines(text: &str) -> Result<Vec<FileKey>, KeyFileError> {
+    let mut keys = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: String| KeyFileError::Line {
+            line: i + 1,
+            reason,
+        };
+        let (name, hex_key) = line
+            .split_once(':')
+            .ok_or_else(|| bad("expected name:hex".to_owned()))?;
+        let (name, hex_key) = (name.trim(), hex_key.trim());
+        if hex_key.len() != 2 * KEY_LEN {
+            return Err(bad(format!(
+                "key {name:?} has {} hex digits; a 256-bit key has {}",
+                hex_key.len(),
+                2 * KEY_LEN
+            )));
+        }
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        hex::decode_to_slice(hex_key, &mut bytes[..])
+            .map_err(|_| bad(format!("key {name:?} is not hexadecimal")))?;
+        keys.push((i + 1, name.to_owned(), bytes));
+    }
+    check_keys(keys)
+}
+
+/// A key file read into memory: its bytes (wiped when dropped) and whether group or others
+/// may read it.
+pub(crate) struct KeyFileText<'p> {
+    path: &'p Path,
+    bytes: Zeroizing<Vec<u8>>,
+    exposed: Option<u32>,
+}
+
+impl KeyFileText<'_> {
+    /// The file's text; an error if it is not UTF-8.
+    pub(crate) fn text(&self) -> Result<&str, KeyFileError> {
+        std::str::from_utf8(&self.bytes).map_err(|_| KeyFileError::NotText {
+            path: self.path.to_path_buf(),
+        })
+    }
+
+    /// Whether group or others may read the file.
+    pub(crate) fn exposed(&self) -> bool {
+        self.exposed.is_some()
+    }
+
+    /// Logs one warning naming the file and its mode (never its contents) if group or others
+    /// may read it.
+    pub(crate) fn warn_if_exposed(&self) {
+        if let Some(mode) = self.exposed {
+            tracing::warn!(
+                key_file = %self.path.display(),
+                mode = format_args!("{mode:o}"),
+                "the key file can be read by group or others; chmod 600 it"
+            );
+        }
+    }
+}
+
+/// Reads a key file into one buffer allocated once at its final size (it never grows and
+/// leaves copies behind), wiped when dropped.
+pub(crate) fn read_key_file(path: &Path) -> Result<KeyFileText<'_>, KeyFileError> {
+    let io = |source: std::io::Error| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let exposed = exposed_mode(&file.metadata().map_err(io)?);
+    let bytes = read_private(&mut file).map_err(io)?;
+    Ok(KeyFileText {
+        path,
+        bytes,
+        exposed,
+    })
+}
+
 impl KeyRing {
     /// A ring of `(name, key)` pairs, the sealing key first.
     pub fn new<I, N>(keys: I) -> Result<Self, KeyFileError>
@@ -119,27 +233,21 @@ impl KeyRing {
     fn build(
         keys: impl IntoIterator<Item = (usize, String, Zeroizing<[u8; KEY_LEN]>)>,
     ) -> Result<Self, KeyFileError> {
-        let mut ring: Vec<Key> = Vec::new();
-        for (line, name, bytes) in keys {
-            if !valid_name(&name) {
-                return Err(name_error(line, &name));
-            }
-            if ring.iter().any(|k| k.name == name) {
-                return Err(KeyFileError::Line {
-                    line,
-                    reason: format!("key name {name:?} appears twice"),
-                });
-            }
-            let cipher = XChaCha20Poly1305::new((&*bytes).into());
-            ring.push(Key { name, cipher });
-        }
-        if ring.is_empty() {
-            return Err(KeyFileError::Empty);
-        }
-        Ok(Self {
-            keys: ring,
+        Ok(Self::from_file_keys(check_keys(keys)?))
+    }
+
+    /// A ring of checked keys, in order.
+    fn from_file_keys(keys: Vec<FileKey>) -> Self {
+        Self {
+            keys: keys
+                .into_iter()
+                .map(|k| Key {
+                    cipher: XChaCha20Poly1305::new((&*k.secret).into()),
+                    name: k.name,
+                })
+                .collect(),
             rng: SystemRandom::new(),
-        })
+        }
     }
 
     /// Parses a key file: one `name:hex` key per line (64 hex digits, 256 bits), the sealing
@@ -153,33 +261,7 @@ impl KeyRing {
     /// assert!(KeyRing::parse("short:abcd").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self, KeyFileError> {
-        let mut keys = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let bad = |reason: String| KeyFileError::Line {
-                line: i + 1,
-                reason,
-            };
-            let (name, hex_key) = line
-                .split_once(':')
-                .ok_or_else(|| bad("expected name:hex".to_owned()))?;
-            let (name, hex_key) = (name.trim(), hex_key.trim());
-            if hex_key.len() != 2 * KEY_LEN {
-                return Err(bad(format!(
-                    "key {name:?} has {} hex digits; a 256-bit key has {}",
-                    hex_key.len(),
-                    2 * KEY_LEN
-                )));
-            }
-            let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-            hex::decode_to_slice(hex_key, &mut bytes[..])
-                .map_err(|_| bad(format!("key {name:?} is not hexadecimal")))?;
-            keys.push((i + 1, name.to_owned(), bytes));
-        }
-        Self::build(keys)
+        Ok(Self::from_file_keys(parse_key_lines(text)?))
     }
 
     /// Reads and parses a key file. The key material goes from the file into one buffer that
@@ -188,25 +270,10 @@ impl KeyRing {
     /// warning in the log naming the file and its mode (never its contents); one that does not
     /// load is only an error.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let io = |source: std::io::Error| KeyFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let exposed = exposed_mode(&file.metadata().map_err(io)?);
-        let text = read_private(&mut file).map_err(io)?;
-        let text = std::str::from_utf8(&text).map_err(|_| KeyFileError::NotText {
-            path: path.to_path_buf(),
-        })?;
-        let ring = Self::parse(text).map_err(|e| e.in_file(path))?;
+        let file = read_key_file(path)?;
+        let ring = Self::parse(file.text()?).map_err(|e| e.in_file(path))?;
         // Only for a file that is used: a bad one is an error, and its one line says so.
-        if let Some(mode) = exposed {
-            tracing::warn!(
-                key_file = %path.display(),
-                mode = format_args!("{mode:o}"),
-                "the key file can be read by group or others; chmod 600 it"
-            );
-        }
+        file.warn_if_exposed();
         Ok(ring)
     }
 

@@ -39,7 +39,29 @@
 //! let source = Fixed(Arc::new(TicketKeys::new(Some(key), Vec::new(), 1)));
 //! assert_eq!(source.keys().encrypting().map(|k| k.id()), Some(KeyId::from_version(1)));
 //! ```
+//!
+//! What this module provides on top of the contract:
+//!
+//! - [`TicketSealer`]: the ticket format (documented in [`sealer`]) and its encryption, for one
+//!   context of one server, with every outcome counted in [`TicketCounters`];
+//! - [`TicketKeyFile`]: keys from a file the operator distributes (the first encrypts, all
+//!   decrypt), reloaded when the file changes and on [`reload`](TicketKeySource::reload);
+//! - [`LocalTicketKeys`]: random keys of this process alone, rotated by the [`Schedule`];
+//! - [`ring_snapshot`] and [`erase_retired`]: the rules of a numbered ring (next, current,
+//!   previous), for a source that keeps one (the local keys, a fleet's shared ring).
 
+mod file;
+mod local;
+pub mod sealer;
+
+pub use file::{FileCounters, FileStats, TicketKeyFile};
+pub use local::{LocalCounters, LocalKeysError, LocalStats, LocalTicketKeys};
+pub use sealer::{
+    Rejected, TicketCounters, TicketSealer, TicketStats, MAX_FUTURE_SKEW_SECS,
+    RUSTLS_TICKET_PURPOSE, TICKET_FORMAT, TICKET_OVERHEAD,
+};
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,6 +281,64 @@ impl Schedule {
     }
 }
 
+/// The snapshot of a numbered ring (keys by version, as [`Schedule`] numbers the periods)
+/// during period `slot`:
+///
+/// - key `slot` (*current*) encrypts;
+/// - keys `slot + 1` (*next*: learned a period early, so that every holder decrypts a ticket
+///   before any holder issues one) and `slot - 1` (*previous*: its tickets live one lifetime
+///   at most) decrypt too;
+/// - when key `slot` is missing (no next key could be learned in time, during an outage), key
+///   `slot - 1` stays the encrypting key for this one more period, rather than issuing no
+///   tickets; when that is missing too, the snapshot encrypts with nothing.
+///
+/// Keys outside `slot - 1 ..= slot + 1` are left out (see [`erase_retired`]). `generation`
+/// becomes the snapshot's [`generation`](TicketKeys::generation).
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use std::sync::Arc;
+/// use reprise_seal::tickets::{ring_snapshot, KeyId, TicketKey};
+///
+/// let ring: BTreeMap<u64, Arc<TicketKey>> = (4..=7)
+///     .map(|v| (v, Arc::new(TicketKey::new(KeyId::from_version(v), [v as u8; 32]))))
+///     .collect();
+/// let keys = ring_snapshot(&ring, 6, 1);
+/// assert_eq!(keys.encrypting().map(|k| k.id().version()), Some(6));
+/// let mut held: Vec<u64> = keys.decrypting().iter().map(|k| k.id().version()).collect();
+/// held.sort();
+/// assert_eq!(held, [5, 6, 7]);
+/// // Period 8 came and key 8 never did: key 7 keeps encrypting, for one period.
+/// assert_eq!(ring_snapshot(&ring, 8, 2).encrypting().map(|k| k.id().version()), Some(7));
+/// assert!(ring_snapshot(&ring, 9, 3).encrypting().is_none());
+/// ```
+pub fn ring_snapshot(
+    ring: &BTreeMap<u64, Arc<TicketKey>>,
+    slot: u64,
+    generation: u64,
+) -> TicketKeys {
+    let current = ring.get(&slot);
+    let previous = slot.checked_sub(1).and_then(|v| ring.get(&v));
+    let next = slot.checked_add(1).and_then(|v| ring.get(&v));
+    let encrypt = current.or(previous).cloned();
+    let others = [current, next, previous]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    TicketKeys::new(encrypt, others, generation)
+}
+
+/// Erases from a numbered ring every key retired two periods or more before period `slot`
+/// (versions below `slot - 1`), and returns how many. A key's secret is zeroized when the last
+/// holder of its `Arc` lets go of it: the source's previous snapshot, and a ticketer's keys
+/// derived from it, which it re-derives on its next ticket.
+pub fn erase_retired(ring: &mut BTreeMap<u64, Arc<TicketKey>>, slot: u64) -> usize {
+    let keep = ring.split_off(&slot.saturating_sub(1));
+    let erased = std::mem::replace(ring, keep);
+    erased.len()
+}
+
 /// Where a server's ticket keys come from.
 ///
 /// Implement it to supply keys from elsewhere: the ticketer calls [`keys`](Self::keys) for
@@ -319,6 +399,24 @@ mod tests {
         assert!(keys.find(k1.id()).is_some());
         assert!(keys.find(KeyId::from_version(3)).is_none());
         assert!(!format!("{k1:?}").contains("[1, 1"));
+    }
+
+    #[test]
+    fn retired_keys_are_erased() {
+        let mut ring: BTreeMap<u64, Arc<TicketKey>> = (0..6)
+            .map(|v| (v, Arc::new(TicketKey::new(KeyId::from_version(v), [1; 32]))))
+            .collect();
+        let weak = Arc::downgrade(&ring[&2]);
+        assert_eq!(erase_retired(&mut ring, 4), 3);
+        assert_eq!(ring.keys().copied().collect::<Vec<_>>(), [3, 4, 5]);
+        assert!(weak.upgrade().is_none(), "key 2 was not dropped");
+        assert_eq!(erase_retired(&mut ring, 0), 0);
+        assert_eq!(erase_retired(&mut ring, 1), 0);
+        let keys = ring_snapshot(&ring, 0, 1);
+        assert!(keys.encrypting().is_none() && keys.decrypting().is_empty());
+        let keys = ring_snapshot(&ring, 2, 1);
+        assert_eq!(keys.encrypting().map(|k| k.id().version()), None);
+        assert_eq!(keys.decrypting().len(), 1);
     }
 
     #[test]
