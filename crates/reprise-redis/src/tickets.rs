@@ -437,9 +437,13 @@ impl Shared {
 
     /// Recomputes the snapshot if the period changed since it was made (no I/O).
     fn refresh_snapshot(&self, now: u64) {
-        if self.schedule.slot_at(now) != self.snapshot_slot.load(Ordering::Acquire) {
+        let slot = self.schedule.slot_at(now);
+        if slot != self.snapshot_slot.load(Ordering::Acquire) {
             let mut st = self.state.lock();
-            self.recompute(&mut st, now);
+            // Another caller may have done it while this one waited.
+            if slot != self.snapshot_slot.load(Ordering::Acquire) {
+                self.recompute(&mut st, now);
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! The fleet's ticket keys against a real `redis-server`: agreement between racing instances,
 //! rotation and erasure, fail-open through a Redis outage and convergence after it, sealing,
-//! and malformed values.
+//! malformed values, and tickets sealed on one instance opening on another.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use reprise::ManualClock;
 use reprise_redis::{ticket_key_associated_data, FleetTicketKeys, KeyRing, RedisConfig};
-use reprise_seal::tickets::{KeyId, TicketKeySource, TICKET_KEY_LEN};
+use reprise_seal::tickets::{
+    KeyId, Rejected, TicketCounters, TicketKeySource, TicketSealer, TICKET_KEY_LEN,
+};
 use reprise_testkit::{RedisCluster, RedisServer};
 
 /// The period (ticket lifetime) of the tests that move a manual clock.
@@ -435,4 +437,43 @@ async fn a_three_node_cluster_shares_the_ring_too() {
             .unwrap();
         assert_eq!(exists, present, "key {version}");
     }
+}
+
+/// Tickets sealed on one instance open on the other, across a rotation, and not once their
+/// key is erased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_sealed_on_one_instance_open_on_the_other() {
+    let redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(T0));
+    let (a, b) = (start(&redis, &clock), start(&redis, &clock));
+    assert!(a.ready(Duration::from_secs(10)).await);
+    assert!(b.ready(Duration::from_secs(10)).await);
+    refreshed(&a).await;
+    refreshed(&b).await;
+    let sealer = |s: &Arc<FleetTicketKeys>| {
+        let source: Arc<dyn TicketKeySource> = s.clone();
+        TicketSealer::new(source, b"ctx", Arc::new(TicketCounters::default()))
+            .with_clock(clock.clone())
+    };
+    let (sa, sb) = (sealer(&a), sealer(&b));
+
+    let ticket = sa.seal(b"state one").unwrap();
+    assert_eq!(&sb.open(&ticket).unwrap()[..], b"state one");
+    // Issued just before a boundary, it opens on the other instance just after.
+    clock.advance(PERIOD - 11);
+    let late = sa.seal(b"state two").unwrap();
+    clock.advance(2);
+    assert_eq!(&sb.open(&late).unwrap()[..], b"state two");
+    let after = sb.seal(b"state three").unwrap();
+    assert_eq!(&sa.open(&after).unwrap()[..], b"state three");
+    clock.advance(PERIOD / 2);
+    let recent = sa.seal(b"state four").unwrap();
+    // Two periods on, key N is erased: its tickets open nowhere.
+    clock.advance(PERIOD / 2);
+    refreshed(&b).await;
+    assert_eq!(sb.open(&late).err(), Some(Rejected::UnknownKey));
+    assert_eq!(sa.open(&ticket).err(), Some(Rejected::UnknownKey));
+    // A ticket of key N + 1 still opens on both while within its lifetime.
+    assert_eq!(&sb.open(&recent).unwrap()[..], b"state four");
+    assert_eq!(&sa.open(&recent).unwrap()[..], b"state four");
 }
