@@ -202,7 +202,7 @@ impl Signals {
 /// SIGHUP: reads the ticket keys again (a key file; the other sources have nothing to read). A
 /// reload that fails keeps the keys as they were, with one line in the log.
 async fn reload(shared: &Shared) {
-    let Some(tickets) = &shared.tls.tickets else {
+    let Some(tickets) = shared.tls.tickets.as_ref().filter(|t| t.reloadable) else {
         info!("SIGHUP: nothing to reload");
         return;
     };

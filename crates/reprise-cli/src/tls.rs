@@ -81,6 +81,8 @@ pub struct Tickets {
     pub source: Arc<dyn TicketKeySource>,
     /// The fleet's ring, when the keys come from Redis (to wait for it at start).
     pub fleet: Option<Arc<FleetTicketKeys>>,
+    /// Whether the source reads something again on SIGHUP (a key file).
+    pub reloadable: bool,
     /// The ticketer's counters: issued, decrypted, rejected by reason.
     pub counters: Arc<TicketCounters>,
 }
@@ -389,6 +391,7 @@ fn ticket_keys(settings: &Settings, from: &TicketKeysFrom) -> anyhow::Result<Tic
     Ok(Tickets {
         source,
         fleet,
+        reloadable: matches!(from, TicketKeysFrom::File(_)),
         counters: Arc::new(TicketCounters::default()),
     })
 }

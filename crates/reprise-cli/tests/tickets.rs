@@ -62,6 +62,19 @@ fn failures(server: &Server) -> u64 {
         .sum()
 }
 
+/// Sends SIGHUP to `server` and waits (bounded) until its log holds `what` `times` times.
+fn hup(server: &Server, times: usize, what: &str) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let logged = wait_until(Duration::from_secs(10), || {
+        server.stderr().matches(what).count() >= times
+    });
+    assert!(logged, "no {what:?} after SIGHUP: {}", server.stderr());
+}
+
 /// Milliseconds since the Unix epoch.
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -101,8 +114,9 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// `n` instances on one new Redis, ticket keys from its ring (the default with `--redis`),
-    /// each with `extra` flags; waits until each has its ring and its session tier is up.
+    /// `n` instances (one after the other) on one new Redis, ticket keys from its ring (the
+    /// default with `--redis`), each with `extra` flags; waits until each has its ring and its
+    /// session tier is up.
     fn start(n: usize, extra: &[&str]) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let keys = path_in(dir.path(), "keys");
@@ -204,6 +218,11 @@ fn the_defaults_resume_tls12_with_tickets_and_keep_tls13_single_use() {
     assert_eq!(request(&server, &sess("-tls1_3", "-sess_in", &s13)), "New");
     assert_eq!(tickets(&server, "issued"), issued);
     assert_eq!(failures(&server), 0, "{}", server.metrics_text());
+
+    // SIGHUP has nothing to read here, and leaves the server serving; SIGTERM still stops it.
+    hup(&server, 1, "SIGHUP: nothing to reload");
+    assert_eq!(request(&server, &["-tls1_2"]), "New");
+    assert_eq!(server.terminate().code(), Some(0));
 }
 
 /// Three instances on one Redis, on their defaults: Go's and s_client's TLS 1.2 tickets resume
@@ -230,6 +249,27 @@ fn a_fleet_resumes_each_others_tls12_tickets() {
         let decrypted = tickets(other, "decrypted");
         assert_eq!(request(other, &sess("-tls1_2", "-sess_in", &s12)), "Reused");
         assert_eq!(tickets(other, "decrypted"), decrypted + 1);
+    }
+}
+
+/// Two instances started at the same moment on an empty Redis agree on one key: each resumes
+/// the other's tickets at once.
+#[test]
+fn two_instances_started_together_agree_on_one_key() {
+    let mut fleet = Fleet::start(0, &[]);
+    let started: Vec<Server> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| fleet.instance(&[])))
+            .collect();
+        starting.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    fleet.servers = started;
+    let [a, b] = &fleet.servers[..] else { panic!() };
+    assert_eq!(ring(a, "key_version"), ring(b, "key_version"));
+    for (from, to) in [(a, b), (b, a)] {
+        let s12 = fleet.file("s12.pem");
+        assert_eq!(request(from, &sess("-tls1_2", "-sess_out", &s12)), "New");
+        assert_eq!(request(to, &sess("-tls1_2", "-sess_in", &s12)), "Reused");
     }
 }
 
@@ -451,17 +491,6 @@ fn a_ticket_key_file_is_shared_and_reloaded_on_sighup() {
         .metrics_text()
         .contains("reprise_ticket_keys_source{source=\"file\"} 1"));
     assert!(!a.stderr().contains(&k1[3..]), "a key in the log");
-    let hup = |server: &Server, times: usize, what: &str| {
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &server.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let logged = wait_until(Duration::from_secs(10), || {
-            server.stderr().matches(what).count() >= times
-        });
-        assert!(logged, "no {what:?} after SIGHUP: {}", server.stderr());
-    };
 
     let t1 = path_in(dir.path(), "t1.pem");
     assert_eq!(request(&a, &sess("-tls1_2", "-sess_out", &t1)), "New");
@@ -489,6 +518,7 @@ fn a_ticket_key_file_is_shared_and_reloaded_on_sighup() {
     assert_eq!(request(&b, &sess("-tls1_2", "-sess_in", &t1)), "New");
     assert_eq!(rejected(&b, "unknown_key"), refused + 1);
     assert_eq!(request(&b, &sess("-tls1_2", "-sess_in", &t2)), "Reused");
+    assert_eq!(a.terminate().code(), Some(0));
 }
 
 /// Bad ticket settings stop the start with one line naming the problem (exit 2); a ticket-key
