@@ -96,7 +96,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             );
             if let Some(fleet) = &t.fleet {
                 if !fleet.ready(TICKET_KEYS_READY).await {
-                    warn!("the fleet's ticket-key ring is not in Redis yet: serving with the keys held, until it is");
+                    // The source has logged its fallback already.
+                    info!(
+                        waited = TICKET_KEYS_READY.as_secs(),
+                        "serving before the fleet's ticket key could be read; it is adopted when Redis answers"
+                    );
                 }
             }
         }
