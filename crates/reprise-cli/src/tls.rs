@@ -121,6 +121,7 @@ impl ServerTls {
         }
     }
 }
+
 /// Reads a PEM certificate chain; the first certificate is the leaf.
 pub fn load_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let bytes = std::fs::read(path)
