@@ -4,7 +4,10 @@
 # and `reprise bench` (concurrent: 8 connections in flight). One s_time row runs `-reuse`
 # without `-www`: the client closes each connection right after the handshake, without
 # close_notify (TLS 1.2 only: without `-www` s_time never reads a TLS 1.3 ticket), as many
-# real clients do. Both servers get the same ECDSA P-256
+# real clients do. The `tickets-*` rows resume through stateless tickets instead of the session
+# cache: a second reprise (`--tickets stateless --ticket-keys FILE`) against a second nginx
+# server block (`ssl_session_tickets on; ssl_session_ticket_key FILE;`, no session cache), both
+# with a ticket key file as a fleet would share it. Both servers get the same ECDSA P-256
 # certificate and one worker; the runs alternate between them, round after round, and the table
 # shows the medians over the rounds.
 #
@@ -12,10 +15,11 @@
 #
 # COMPARE_TESTS (environment) runs a subset of the rows, by their test names: s_time-new
 # s_time-reuse s_time-reuse-nonotify bench-1.2-full bench-1.2-resume bench-1.3-full
-# bench-1.3-resume (the default is all of them).
+# bench-1.3-resume tickets-1.2-resume tickets-1.3-resume (the default is all of them).
 #
 # nginx is Debian's package (installed with apt-get when missing, as root), configured with
-# `ssl_session_cache shared:SSL:10m; ssl_session_tickets off;`. Server CPU time is read from
+# `ssl_session_cache shared:SSL:10m; ssl_session_tickets off;` (reprise with `--tickets
+# stateful`: both resume through their session cache). Server CPU time is read from
 # /proc/PID/stat (utime + stime) before and after each run: for nginx the master and its worker,
 # for reprise its one process. The client runs on the same machine and competes for the cores.
 set -euo pipefail
@@ -55,17 +59,18 @@ hz=$(getconf CLK_TCK)
 # --- Processes, cleaned up on every exit ----------------------------------------------------------
 work=$(mktemp -d /tmp/reprise-compare.XXXXXX)
 rpid=""
+rtpid=""
 npid=""
 cleanup() {
   local p
-  for p in $rpid $npid; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in $rpid $rtpid $npid; do kill -TERM "$p" 2>/dev/null || true; done
   for _ in $(seq 50); do # up to 5 s for both to exit
     local alive=0
-    for p in $rpid $npid; do kill -0 "$p" 2>/dev/null && alive=1; done
+    for p in $rpid $rtpid $npid; do kill -0 "$p" 2>/dev/null && alive=1; done
     [ "$alive" = 0 ] && break
     sleep 0.1
   done
-  for p in $rpid $npid $(cat "$work/nginx.workers" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+  for p in $rpid $rtpid $npid $(cat "$work/nginx.workers" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -87,15 +92,29 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$w
   -out "$work/cert.pem" -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>/dev/null \
   || die "could not make the test certificate"
 
-# reprise: one runtime worker thread.
+# Ticket keys, one file per server's format: reprise's `name:hex` lines, nginx's 80 random bytes.
+printf 'bench:%s\n' "$(openssl rand -hex 32)" >"$work/tickets.keys"
+openssl rand 80 >"$work/tickets.nginx"
+chmod 600 "$work/tickets.keys" "$work/tickets.nginx"
+
+# reprise: one runtime worker thread; the session cache for the cache rows, stateless tickets
+# under a key file for the tickets rows.
 rport=$(free_port)
 RUST_LOG=warn "$bin" serve --listen 127.0.0.1:"$rport" --cert "$work/cert.pem" --key "$work/key.pem" \
-  --workers 1 --max-connections-per-address 10000 2>"$work/reprise.log" &  # all the load comes from one address
+  --workers 1 --max-connections-per-address 10000 --tickets stateful 2>"$work/reprise.log" &  # all the load comes from one address
 rpid=$!
 wait_port "$rport" "$rpid" reprise
+rtport=$(free_port)
+RUST_LOG=warn "$bin" serve --listen 127.0.0.1:"$rtport" --cert "$work/cert.pem" --key "$work/key.pem" \
+  --workers 1 --max-connections-per-address 10000 --tickets stateless --ticket-keys "$work/tickets.keys" \
+  2>"$work/reprise-tickets.log" &
+rtpid=$!
+wait_port "$rtport" "$rtpid" reprise-tickets
 
-# nginx: one worker process, OpenSSL's shared session cache, no session tickets.
+# nginx: one worker process; one server block with OpenSSL's shared session cache and no session
+# tickets, one with tickets under a key file and no cache.
 nport=$(free_port)
+ntport=$(free_port)
 mkdir -p "$work/nginx"
 cat >"$work/nginx.conf" <<EOF
 daemon off;
@@ -120,6 +139,20 @@ http {
         ssl_session_timeout 300s;
         ssl_session_tickets off;
         # The same suite preference as reprise serve: SHA-256 suites first, server's order.
+        ssl_prefer_server_ciphers on;
+        ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384;
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384;
+        location / { return 200 "ok\n"; }
+    }
+    server {
+        listen 127.0.0.1:$ntport ssl;
+        ssl_certificate $work/cert.pem;
+        ssl_certificate_key $work/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_timeout 300s;
+        ssl_session_tickets on;
+        ssl_session_ticket_key $work/tickets.nginx;
         ssl_prefer_server_ciphers on;
         ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384;
         ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384;
@@ -151,11 +184,17 @@ check_answers() { # port, name
   esac
 }
 check_answers "$rport" reprise
+check_answers "$rtport" reprise-tickets
 check_answers "$nport" nginx
+check_answers "$ntport" nginx-tickets
 
 # --- Measurement ---------------------------------------------------------------------------------
-server_pids() { # name
-  if [ "$1" = reprise ]; then echo "$rpid"; else echo "$npid $(nginx_workers)"; fi
+server_pids() { # name, test
+  case "$1 $2" in
+    "reprise tickets-"*) echo "$rtpid" ;;
+    reprise*) echo "$rpid" ;;
+    *) echo "$npid $(nginx_workers)" ;;
+  esac
 }
 cpu_ticks() { # pids...: utime + stime, in clock ticks, summed (fields 14 and 15 of /proc/PID/stat)
   local total=0 p s
@@ -182,8 +221,13 @@ now_ns() { date +%s%N; }
 # test server round handshakes resumed wall_s server_cpu_s client_cpu_s other_cpu_s failures
 run() { # test, server, round
   local test=$1 server=$2 round=$3 port pids c0 c1 m0 m1 k0 k1 t0 t1 hs res fails
-  if [ "$server" = reprise ]; then port=$rport; else port=$nport; fi
-  pids=$(server_pids "$server")
+  case "$server $test" in
+    "reprise tickets-"*) port=$rtport ;;
+    "nginx tickets-"*) port=$ntport ;;
+    reprise*) port=$rport ;;
+    *) port=$nport ;;
+  esac
+  pids=$(server_pids "$server" "$test")
   # shellcheck disable=SC2086
   for p in $pids; do kill -0 "$p" 2>/dev/null || die "$server (pid $p) died; its log: $(tail -n 5 "$work/$server.log")"; done
   local -a cmd
@@ -192,8 +236,8 @@ run() { # test, server, round
     s_time-reuse) cmd=(openssl s_time -connect 127.0.0.1:"$port" -reuse -tls1_2 -time "$secs" -www /) ;;
     # No -www: s_time closes right after the handshake, without close_notify.
     s_time-reuse-nonotify) cmd=(openssl s_time -connect 127.0.0.1:"$port" -reuse -tls1_2 -time "$secs") ;;
-    bench-*)
-      local tls=${test#bench-} mode
+    bench-* | tickets-*)
+      local tls=${test#*-} mode
       mode=${tls#*-}
       tls=${tls%-*}
       cmd=("$bin" bench --connect 127.0.0.1:"$port" --server-name localhost --insecure --tls "$tls"
@@ -221,7 +265,7 @@ run() { # test, server, round
       res=$(grep -E '^[rt3*]+$' "$work/out" | tr -cd 'r' | wc -c || true)
       fails=$(grep -ci error "$work/out" || true)
       ;;
-    bench-*)
+    bench-* | tickets-*)
       read -r hs res fails < <(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["handshakes"], r["resumed"], r["failures"])' <"$work/out") \
         || die "cannot parse the output of reprise bench: $(head -c 300 "$work/out")"
       ;;
@@ -240,7 +284,7 @@ EOF
   tail -n 1 "$work/results" | awk '{ printf "  round %s  %-16s %-7s %6.0f hs/s  server %6.1f us/hs, busy %3.0f %%  client %6.1f us/hs  others %3.0f %%  resumed %5.1f %%\n", $3, $1, $2, $4 / $6, 1e6 * $7 / $4, 100 * $7 / $6, 1e6 * $8 / $4, 100 * $9 / $6, 100 * $5 / $4 }' >&2
 }
 
-all_tests="s_time-new s_time-reuse s_time-reuse-nonotify bench-1.2-full bench-1.2-resume bench-1.3-full bench-1.3-resume"
+all_tests="s_time-new s_time-reuse s_time-reuse-nonotify bench-1.2-full bench-1.2-resume bench-1.3-full bench-1.3-resume tickets-1.2-resume tickets-1.3-resume"
 tests=${COMPARE_TESTS:-$all_tests}
 for test in $tests; do
   [[ " $all_tests " == *" $test "* ]] || { echo "compare.sh: unknown test '$test' in COMPARE_TESTS" >&2; usage; }
@@ -258,7 +302,7 @@ if [ "$idle_busy" -gt 10 ]; then
 fi
 
 # Warm-up, not recorded: one second of full handshakes each.
-for port in "$rport" "$nport"; do
+for port in "$rport" "$rtport" "$nport" "$ntport"; do
   timeout 30 "$bin" bench --connect 127.0.0.1:"$port" --server-name localhost --insecure --tls 1.2 \
     --mode full --concurrency "$conc" --duration 1 --json --workers 1 >/dev/null || die "warm-up against port $port failed"
 done
@@ -284,6 +328,8 @@ names = {
     "bench-1.2-resume": (f"bench c={conc}", "1.2", "resumed"),
     "bench-1.3-full": (f"bench c={conc}", "1.3", "full"),
     "bench-1.3-resume": (f"bench c={conc}", "1.3", "resumed"),
+    "tickets-1.2-resume": (f"bench c={conc}, stateless tickets, key file", "1.2", "resumed"),
+    "tickets-1.3-resume": (f"bench c={conc}, stateless tickets, key file", "1.3", "resumed"),
 }
 med = statistics.median
 stats = {}
@@ -351,4 +397,8 @@ check("full TLS 1.2 throughput, bench", "bench-1.2-full", "rate", ">=", 1.0)
 check("full TLS 1.3 throughput, bench", "bench-1.3-full", "rate", ">=", 1.0)
 check("full TLS 1.2 throughput, s_time", "s_time-new", "rate", ">=", 1.0)
 check("resumed TLS 1.3 throughput, bench", "bench-1.3-resume", "rate", ">=", 1.2)
+check("resumed TLS 1.2 throughput, stateless tickets", "tickets-1.2-resume", "rate", ">=", 1.0)
+check("resumed TLS 1.2 server CPU/hs, stateless tickets", "tickets-1.2-resume", "cpu", "<=", 0.8)
+check("resumed TLS 1.3 throughput, stateless tickets", "tickets-1.3-resume", "rate", ">=", 1.0)
+check("resumed TLS 1.3 server CPU/hs, stateless tickets", "tickets-1.3-resume", "cpu", "<=", 0.8)
 EOF

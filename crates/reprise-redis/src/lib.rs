@@ -20,6 +20,10 @@
 //!   deadline (5 ms by default), a circuit breaker stops asking a failing Redis, and when Redis
 //!   is down every handshake still completes, as a full one.
 //!
+//! The crate also shares session-ticket keys across a fleet: [`FleetTicketKeys`] is a
+//! [`TicketKeySource`](reprise_seal::tickets::TicketKeySource) whose ring lives in Redis,
+//! sealed, rotated by the clock with no leader, and fail-open when Redis is unreachable.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use reprise::{Offer, SessionCache};
@@ -47,6 +51,7 @@ mod conn;
 mod error;
 mod guard;
 mod stats;
+mod tickets;
 mod tier;
 
 pub use breaker::BreakerState;
@@ -58,4 +63,7 @@ pub use error::ConfigError;
 pub use guard::{SESSION_MISS_TTL, TICKET_MISS_TTL};
 pub use reprise_seal::{KeyFileError, KeyRing, OpenError, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
 pub use stats::{RedisCounters, TierStats};
+pub use tickets::{
+    associated_data as ticket_key_associated_data, FleetCounters, FleetStats, FleetTicketKeys,
+};
 pub use tier::{Kind, RedisTier, Wiring};
