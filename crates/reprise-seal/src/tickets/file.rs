@@ -394,7 +394,10 @@ mod tests {
         let source = TicketKeyFile::open(&path, Duration::from_secs(60)).unwrap();
         let weak = Arc::downgrade(&source);
         drop(source);
-        assert!(weak.upgrade().is_none());
+        // The watcher holds the source only while it looks at the file, never longer.
+        assert!(wait_until(Duration::from_secs(10), || weak
+            .upgrade()
+            .is_none()));
     }
 
     /// Waits until `check` holds, for at most `limit`; whether it did.
