@@ -92,11 +92,22 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// A key name as an error message shows it: an invalid one is not echoed, since it may be
+/// key material written in the wrong place.
+fn shown(name: &str) -> String {
+    if valid_name(name) {
+        format!("{name:?}")
+    } else {
+        format!("(an invalid name of {} characters)", name.chars().count())
+    }
+}
+
 fn name_error(line: usize, name: &str) -> KeyFileError {
     KeyFileError::Line {
         line,
         reason: format!(
-            "key name {name:?} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'"
+            "key name {} must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'",
+            shown(name)
         ),
     }
 }
@@ -151,14 +162,15 @@ pub(crate) fn parse_key_lines(text: &str) -> Result<Vec<FileKey>, KeyFileError> 
         let (name, hex_key) = (name.trim(), hex_key.trim());
         if hex_key.len() != 2 * KEY_LEN {
             return Err(bad(format!(
-                "key {name:?} has {} hex digits; a 256-bit key has {}",
+                "key {} has {} hex digits; a 256-bit key has {}",
+                shown(name),
                 hex_key.len(),
                 2 * KEY_LEN
             )));
         }
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         hex::decode_to_slice(hex_key, &mut bytes[..])
-            .map_err(|_| bad(format!("key {name:?} is not hexadecimal")))?;
+            .map_err(|_| bad(format!("key {} is not hexadecimal", shown(name))))?;
         keys.push((i + 1, name.to_owned(), bytes));
     }
     check_keys(keys)
@@ -418,6 +430,15 @@ mod tests {
         }
         let e = KeyRing::parse(&format!("\n# x\nok:{k}\nbad:{}", "ab".repeat(16)));
         assert!(e.is_err_and(|e| e.to_string().contains("line 4")));
+        // A key written where the name goes is never echoed.
+        for text in [
+            format!("{k}:{k}"),
+            format!("{k}:abcd"),
+            format!("{k}:{}zz", "ab".repeat(31)),
+        ] {
+            let e = KeyRing::parse(&text).unwrap_err().to_string();
+            assert!(!e.contains(&k) && e.contains("invalid name of 64"), "{e}");
+        }
     }
 
     #[test]

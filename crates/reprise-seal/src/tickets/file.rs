@@ -116,6 +116,15 @@ impl TicketKeyFile {
     /// Reads the key file at `path` and watches it; tickets live `lifetime`. An error names
     /// the file (and the line, for a bad one).
     pub fn open(path: &Path, lifetime: Duration) -> Result<Arc<Self>, KeyFileError> {
+        Self::open_polling(path, lifetime, POLL)
+    }
+
+    /// [`open`](Self::open), looking at the file every `poll`.
+    fn open_polling(
+        path: &Path,
+        lifetime: Duration,
+        poll: Duration,
+    ) -> Result<Arc<Self>, KeyFileError> {
         let seen = identity(path);
         let (keys, exposed) = load(path)?;
         let held = keys.len();
@@ -139,7 +148,7 @@ impl TicketKeyFile {
         let weak = Arc::downgrade(&source);
         std::thread::Builder::new()
             .name("reprise-ticket-keys".into())
-            .spawn(move || watch(&weak, &stopped))
+            .spawn(move || watch(&weak, &stopped, poll))
             .map_err(|e| KeyFileError::Io {
                 path: path.to_path_buf(),
                 source: e,
@@ -216,10 +225,10 @@ fn snapshot(keys: Vec<Arc<TicketKey>>, generation: u64) -> TicketKeys {
     TicketKeys::new(first, keys, generation)
 }
 
-/// The watcher: looks at the file once every [`POLL`] until the source is dropped.
-fn watch(source: &Weak<TicketKeyFile>, stopped: &mpsc::Receiver<()>) {
+/// The watcher: looks at the file once every `poll` until the source is dropped.
+fn watch(source: &Weak<TicketKeyFile>, stopped: &mpsc::Receiver<()>, poll: Duration) {
     // Ends when the sender, held by the source, is dropped.
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(POLL) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(poll) {
         let Some(source) = source.upgrade() else {
             return;
         };
@@ -355,7 +364,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
         std::fs::write(&path, line("a", "11")).unwrap();
-        let source = TicketKeyFile::open(&path, Duration::from_secs(60)).unwrap();
+        let poll = Duration::from_millis(50);
+        let source = TicketKeyFile::open_polling(&path, Duration::from_secs(60), poll).unwrap();
         // Replaced by a rename, as deployment tools do.
         let next = dir.path().join("keys.new");
         std::fs::write(&next, format!("{}{}", line("b", "22"), line("a", "11"))).unwrap();
@@ -371,7 +381,7 @@ mod tests {
             source.stats().reload_errors == 1
         });
         assert!(seen, "the bad file was not looked at");
-        std::thread::sleep(POLL * 2);
+        std::thread::sleep(poll * 5);
         assert_eq!(source.stats().reload_errors, 1);
         assert_eq!(source.keys().decrypting().len(), 2);
     }
@@ -384,7 +394,10 @@ mod tests {
         let source = TicketKeyFile::open(&path, Duration::from_secs(60)).unwrap();
         let weak = Arc::downgrade(&source);
         drop(source);
-        assert!(weak.upgrade().is_none());
+        // The watcher holds the source only while it looks at the file, never longer.
+        assert!(wait_until(Duration::from_secs(10), || weak
+            .upgrade()
+            .is_none()));
     }
 
     /// Waits until `check` holds, for at most `limit`; whether it did.

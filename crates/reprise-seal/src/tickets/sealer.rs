@@ -268,11 +268,8 @@ impl TicketSealer {
                 "the system's random number generator failed: no ticket will be issued"
             );
         }
-        let derived = ArcSwap::from_pointee(Derived::new(
-            &source.keys(),
-            sid_ctx,
-            nonce_prefix.as_ref(),
-        ));
+        let derived =
+            ArcSwap::from_pointee(Derived::new(&source.keys(), sid_ctx, nonce_prefix.as_ref()));
         Self {
             ctx_tag: context_tag(sid_ctx),
             sid_ctx: sid_ctx.into(),
@@ -339,7 +336,10 @@ impl TicketSealer {
         let derived = self.derived();
         let key = derived.encrypting()?;
         let cipher = chacha(key.own.as_ref()?)?;
-        let counter = self.nonce_counter.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+        let counter = self
+            .nonce_counter
+            .fetch_add(1, Ordering::Relaxed)
+            .to_be_bytes();
 
         // Allocated once at its final size: the plaintext is encrypted in place and never
         // left behind by a reallocation.
@@ -352,8 +352,11 @@ impl TicketSealer {
         out.extend_from_slice(&self.clock.now().to_be_bytes());
         out.extend_from_slice(plain);
         let (header, body) = out.split_at_mut(HEADER_LEN);
-        let sealed = inner_nonce(&counter)
-            .and_then(|n| cipher.seal_in_place_separate_tag(n, Aad::from(&*header), body).ok());
+        let sealed = inner_nonce(&counter).and_then(|n| {
+            cipher
+                .seal_in_place_separate_tag(n, Aad::from(&*header), body)
+                .ok()
+        });
         match sealed {
             Some(tag) => {
                 out.extend_from_slice(tag.as_ref());
