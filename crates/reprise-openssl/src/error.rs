@@ -13,6 +13,11 @@ pub enum Error {
     /// The session-id context is longer than OpenSSL's 32 bytes.
     #[error("the session-id context has {0} bytes; at most 32 are allowed")]
     SidCtxTooLong(usize),
+    /// Stateless tickets with a [`TicketKeySource`](reprise_seal::tickets::TicketKeySource)
+    /// need OpenSSL 3.0 or newer (its `EVP_MAC_CTX` ticket-key callback); this build links an
+    /// older OpenSSL, or LibreSSL or BoringSSL.
+    #[error("stateless tickets from a key source need OpenSSL 3.0 or newer")]
+    TicketsUnsupported,
     /// OpenSSL refused a setting.
     #[error("openssl: {0}")]
     OpenSsl(#[from] openssl::error::ErrorStack),

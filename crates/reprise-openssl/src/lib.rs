@@ -13,9 +13,16 @@
 //!   keyed by session-id context and session id. TLS 1.3 tickets are taken on use, so each
 //!   resumes at most once.
 //! - [`ClientCache`] keeps a client's sessions per server name in a cache in CLIENT mode.
-//! - [`DecodedSession`], [`set_get_session_callback`] and [`set_session`] are the only places
-//!   where this crate uses `unsafe`: the two calls of the `openssl` crate that require it. Each
-//!   carries the proof that it is sound.
+//! - [`StatelessTickets::install`] turns on stateless tickets sealed with the keys of a
+//!   [`TicketKeySource`](reprise_seal::tickets::TicketKeySource) (a key file, a fleet's shared
+//!   ring), through OpenSSL 3's ticket-key callback: every server sharing the source resumes
+//!   every other's tickets, each context with keys of its own. `ServerCache::install` alone
+//!   keeps tickets off; this is the explicit choice to turn them on.
+//! - `unsafe` is used in two places only, each block with the proof that it is sound:
+//!   [`DecodedSession`], [`set_get_session_callback`] and [`set_session`] (the two calls of the
+//!   `openssl` crate that require it), and the private `ffi` part of the tickets module (the
+//!   declarations of three libssl functions `openssl-sys` lacks, installing the ticket-key
+//!   callback, and the callback itself).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -46,9 +53,11 @@ mod decoded;
 mod error;
 mod server;
 mod sid_ctx;
+mod tickets;
 
 pub use client::{client_session_key, ClientCache, ClientStats};
 pub use decoded::{set_get_session_callback, set_session, DecodedSession};
 pub use error::Error;
 pub use server::{ServerCache, ServerStats};
 pub use sid_ctx::{derive_sid_ctx, tag_context};
+pub use tickets::{StatelessTickets, TicketStats, OPENSSL_AES_PURPOSE, OPENSSL_HMAC_PURPOSE};
