@@ -1,9 +1,10 @@
 //! An OpenSSL-based TLS server whose sessions live in a Reprise cache, and, with `--redis`, in
-//! the Redis tier that a fleet of such servers shares.
+//! the Redis tier that a fleet of such servers shares; with `--ticket-keys`, it issues stateless
+//! tickets sealed with the keys of that file, which every instance given the file resumes.
 //!
 //! ```sh
 //! cargo run -p reprise-openssl --example openssl_server -- [--listen ADDR] [--cert FILE --key FILE]
-//!     [--sid-ctx STRING] [--redis URL --redis-key-file FILE]
+//!     [--sid-ctx STRING] [--redis URL --redis-key-file FILE] [--ticket-keys FILE]
 //! openssl s_client -connect 127.0.0.1:9443 -tls1_2 -reconnect < /dev/null | grep -E '^(New|Reused)'
 //! ```
 //!
@@ -25,11 +26,12 @@ use openssl::pkey::{PKey, Private};
 use openssl::ssl::{ErrorCode, Ssl, SslAcceptor, SslMethod};
 use openssl::x509::X509;
 use reprise::SessionCache;
-use reprise_openssl::{derive_sid_ctx, ServerCache};
+use reprise_openssl::{derive_sid_ctx, ServerCache, StatelessTickets};
 use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
+use reprise_seal::tickets::TicketKeyFile;
 
 const USAGE: &str = "usage: openssl_server [--listen ADDR] [--cert FILE --key FILE] \
-                     [--sid-ctx STRING] [--redis URL --redis-key-file FILE]";
+                     [--sid-ctx STRING] [--redis URL --redis-key-file FILE] [--ticket-keys FILE]";
 
 #[derive(Default)]
 struct Args {
@@ -39,6 +41,7 @@ struct Args {
     sid_ctx: Option<String>,
     redis: Option<String>,
     redis_key_file: Option<String>,
+    ticket_keys: Option<String>,
 }
 
 impl Args {
@@ -52,6 +55,7 @@ impl Args {
                 "--sid-ctx" => &mut parsed.sid_ctx,
                 "--redis" => &mut parsed.redis,
                 "--redis-key-file" => &mut parsed.redis_key_file,
+                "--ticket-keys" => &mut parsed.ticket_keys,
                 "-h" | "--help" => return Err(USAGE.to_owned()),
                 other => return Err(format!("unknown flag {other}\n{USAGE}")),
             };
@@ -129,7 +133,15 @@ fn run() -> Result<(), Box<dyn Error>> {
         (None, None) => None,
         _ => return Err("--redis and --redis-key-file go together".into()),
     };
+    let timeout = Duration::from_secs(cache.timeout_secs());
     let sessions = ServerCache::install(&mut builder, cache, &sid_ctx)?;
+    // After the cache: it turns tickets off, and this turns them on. Tickets live as long as
+    // cached sessions.
+    if let Some(file) = &args.ticket_keys {
+        let keys = TicketKeyFile::open(Path::new(file), timeout)?;
+        StatelessTickets::install(&mut builder, keys, &sid_ctx)?;
+        eprintln!("stateless tickets with the keys of {file}");
+    }
     let acceptor = Arc::new(builder.build());
 
     let listener = TcpListener::bind(args.listen.as_deref().unwrap_or("127.0.0.1:9443"))?;

@@ -524,7 +524,10 @@ mod ffi {
         std::panic::catch_unwind(AssertUnwindSafe(|| {
             // SAFETY: `s` is the valid connection OpenSSL is handshaking on this thread
             // (contract above). A shared reference lives only for this closure, and no code
-            // here changes the connection. The `Shared` found through it is an `Arc` clone
+            // here changes the connection. `SslRef` is an opaque type (an `UnsafeCell`), so
+            // this reference asserts nothing about OpenSSL's memory even while the caller up
+            // the stack holds the connection by `&mut` (the `openssl` crate's own callbacks
+            // rely on the same). The `Shared` found through it is an `Arc` clone
             // taken from its context's ex data: that context is alive (the connection holds a
             // reference to it for as long as it uses it), and its ex data cannot be replaced
             // once built (only `SslContextBuilder::set_ex_data` writes it, and a built

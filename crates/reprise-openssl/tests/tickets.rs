@@ -11,7 +11,7 @@ use common::{connect, serve, Close, Conn, Pki};
 use openssl::ssl::{Ssl, SslContext, SslSessionCacheMode, SslVerifyMode};
 use parking_lot::Mutex;
 use reprise::SessionCache;
-use reprise_openssl::{ServerCache, StatelessTickets, TicketStats};
+use reprise_openssl::{tag_context, ServerCache, StatelessTickets, TicketStats};
 use reprise_seal::tickets::{KeyId, TicketKey, TicketKeySource, TicketKeys};
 use reprise_testkit::{Version, VERSIONS};
 
@@ -179,6 +179,48 @@ fn a_ticket_never_resumes_under_another_context() {
         assert!(mtls.connect(&client, Some(&own)).resumed, "{v:?}");
         assert!(!web.connect(&client, Some(&own)).resumed, "{v:?}");
         assert_eq!(web.stats().rejected_wrong_context, 1, "{v:?}");
+    }
+}
+
+/// A connection switched to another context (as a server-name callback does) seals and opens
+/// its tickets with the keys installed on that context, for its session-id context; a context
+/// without tickets installed issues and accepts none.
+#[test]
+fn a_switched_connection_uses_its_new_contexts_keys() {
+    let pki = Pki::new();
+    for v in VERSIONS {
+        let source = Keys::new(Some(1), &[], 300);
+        let home = Instance::new(&pki, v, source.clone(), b"home");
+        let other = Instance::new(&pki, v, source.clone(), b"other");
+        let bare = {
+            let mut b = pki.server_builder(v);
+            b.set_session_cache_mode(SslSessionCacheMode::OFF);
+            tag_context(&mut b, b"bare").unwrap();
+            b.build()
+        };
+        let client = pki.client_builder(v).build();
+        let switched = |to: &SslContext, offer: Option<&[u8]>| {
+            let conn = connect(&client, offer, Close::Clean, |sock| {
+                let mut ssl = Ssl::new(&home.ctx).unwrap();
+                ssl.set_ssl_context(to).unwrap();
+                serve(ssl.accept(sock))
+            });
+            assert!(conn.ok);
+            conn
+        };
+        let ticket = switched(&other.ctx, None).session.unwrap();
+        assert_eq!(home.stats().issued, 0, "{v:?}");
+        assert_eq!(other.stats().issued, v.per_handshake() as u64, "{v:?}");
+        assert!(switched(&other.ctx, Some(&ticket)).resumed, "{v:?}");
+        assert!(other.connect(&client, Some(&ticket)).resumed, "{v:?}");
+        assert!(!home.connect(&client, Some(&ticket)).resumed, "{v:?}");
+        assert_eq!(home.stats().rejected_wrong_context, 1, "{v:?}");
+        let before = (home.stats(), other.stats());
+        let untracked = switched(&bare, None);
+        if let Some(session) = untracked.session {
+            assert!(!switched(&bare, Some(&session)).resumed, "{v:?}");
+        }
+        assert_eq!((home.stats(), other.stats()), before, "{v:?}");
     }
 }
 
