@@ -149,7 +149,10 @@ impl ServerCache {
     /// The cache decides what is stored, for how long (its timeout) and how many (its size
     /// limit). OpenSSL also checks each session it is given against its own session timeout,
     /// which the `openssl` crate gives no way to set: it stays at OpenSSL's 7200 s, so a cache
-    /// timeout above that is capped at 7200 s.
+    /// timeout above that is capped at 7200 s ([`StatelessTickets::install`] on the same
+    /// context sets it to the ticket lifetime).
+    ///
+    /// [`StatelessTickets::install`]: crate::StatelessTickets::install
     ///
     /// Call [`accept`](Self::accept) (or [`handshake_started`](Self::handshake_started) and
     /// [`handshake_completed`](Self::handshake_completed)) for each connection, so that the

@@ -253,8 +253,8 @@ fn shared_of(ssl: &SslRef) -> Option<Arc<Shared>> {
 /// [`TicketKeySource`]. Clones share the same counters.
 ///
 /// Every server given the same source (a fleet sharing a ring, instances reading one key
-/// file) and the same session-id context resumes the tickets of every other; a restart
-/// forgets none of them.
+/// file) and the same session-id context resumes the tickets of every other; with a source
+/// that outlives the process (a file, a ring), a restart forgets none of them.
 ///
 /// ```no_run
 /// use std::sync::Arc;
