@@ -106,6 +106,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(ticketer) = tls.ticketer.clone() {
+        // Rotations and erasures take effect on an idle server too: no derived copy of an
+        // erased key outlives it by more than a second.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                ticketer.sealer().refresh();
+            }
+        });
+    }
+
     if let Some(disk) = &tls.disk {
         // Loads the stored sessions before the first client, on a blocking thread.
         let (disk, cache) = (disk.clone(), tls.cache.clone());

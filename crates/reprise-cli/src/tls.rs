@@ -37,6 +37,9 @@ pub struct ServerTls {
     pub tickets_config: Option<Arc<ServerConfig>>,
     /// The ticket keys and the ticketer's counters, in the modes that use them.
     pub tickets: Option<Tickets>,
+    /// The ticketer of the context, in the modes that use one: [`serve`](crate::serve)
+    /// refreshes it every second, so that an erased key's derived copy goes at once.
+    pub ticketer: Option<Arc<Ticketer>>,
     /// The session store the configuration uses.
     pub store: ServerStore,
     /// The cache behind the store.
@@ -60,16 +63,18 @@ pub struct Chooser {
 
 impl Chooser {
     /// Whether a ClientHello offers TLS 1.2 and not TLS 1.3 (no TLS 1.3 in its
-    /// `supported_versions`, or no such extension at all).
-    pub fn offers_only_tls12(hello: &ClientHelloInfo) -> bool {
-        !hello.supports_tls13 && hello.offers_tls12()
+    /// `supported_versions`, or no such extension at all), and asks for a TLS 1.2 ticket (the
+    /// `session_ticket` extension). A TLS 1.2 client without that extension resumes by id only:
+    /// it gets the stateful configuration, which gives its sessions ids.
+    pub fn wants_tls12_ticket(hello: &ClientHelloInfo) -> bool {
+        !hello.supports_tls13 && hello.offers_tls12() && hello.session_ticket
     }
 }
 
 impl ChoosesConfig for Chooser {
     fn choose(&self, hello: Option<&ClientHelloInfo>) -> ServerContext {
         match (&self.tls12_tickets, hello) {
-            (Some(tls12), Some(h)) if Self::offers_only_tls12(h) => tls12.clone(),
+            (Some(tls12), Some(h)) if Self::wants_tls12_ticket(h) => tls12.clone(),
             _ => self.main.clone(),
         }
     }
@@ -97,7 +102,7 @@ impl ServerTls {
             main: ServerContext::new(self.config.clone(), self.store.clone())
                 .with_versions(&TlsVersion::rustls(versions)),
             tls12_tickets: self.tickets_config.as_ref().map(|config| {
-                ServerContext::new(config.clone(), self.store.clone())
+                ServerContext::new(config.clone(), self.store.for_tickets())
                     .with_versions(&[&rustls::version::TLS12])
             }),
         }
@@ -316,6 +321,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
     let ticketer = tickets
         .as_ref()
         .map(|t| Ticketer::new(t.source.clone(), sid_ctx.as_bytes(), t.counters.clone()));
+    let held_ticketer = ticketer.clone();
     let mut tickets_config = None;
     match (settings.tickets, ticketer) {
         (TicketMode::Auto, Some(ticketer)) => {
@@ -326,7 +332,9 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
                 config.ticketer = ticketer;
             } else if tls12 {
                 let mut with_tickets = config_for(&[TlsVersion::Tls12])?;
-                with_tickets.session_storage = Arc::new(store.clone());
+                // Chosen only for hellos that ask for a ticket: sessions offered by id still
+                // resume, new ones travel in their ticket and take no place in the cache.
+                with_tickets.session_storage = Arc::new(store.for_tickets());
                 with_tickets.ticketer = ticketer;
                 tickets_config = Some(Arc::new(with_tickets));
             }
@@ -347,6 +355,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         config: Arc::new(config),
         tickets_config,
         tickets,
+        ticketer: held_ticketer,
         store,
         cache,
         fingerprint,
@@ -406,6 +415,7 @@ mod tests {
         ClientHelloInfo {
             supports_tls13: versions.contains(&0x0304),
             versions: versions.to_vec(),
+            session_ticket: true,
             ..ClientHelloInfo::default()
         }
     }
@@ -435,7 +445,16 @@ mod tests {
             &chosen(Some(&hello(&[0x0a0a, 0x0303]))),
             &with_tickets
         ));
-        for stateful in [None, Some(hello(&[0x0304, 0x0303])), Some(hello(&[0x0304]))] {
+        let id_only = ClientHelloInfo {
+            session_ticket: false,
+            ..hello(&[0x0303])
+        };
+        for stateful in [
+            None,
+            Some(hello(&[0x0304, 0x0303])),
+            Some(hello(&[0x0304])),
+            Some(id_only),
+        ] {
             assert!(Arc::ptr_eq(&chosen(stateful.as_ref()), &tls.config));
         }
         // Both configurations bind their sessions and tickets to one session-id context.

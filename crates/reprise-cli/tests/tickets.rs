@@ -186,6 +186,7 @@ fn the_defaults_resume_tls12_with_tickets_and_keep_tls13_single_use() {
         .stderr()
         .contains("tickets mode=\"auto\" keys=\"local\""));
 
+    let cached = server.metric("reprise_cache_sessions");
     let go = program(
         "go",
         &[server.addr.to_string()],
@@ -196,8 +197,21 @@ fn the_defaults_resume_tls12_with_tickets_and_keep_tls13_single_use() {
     );
     assert_eq!(go.resumed_after_first(), 5, "{}", go.detail);
     assert!(tickets(&server, "decrypted") >= 5);
-
+    // A session that travels in its ticket takes no place in the cache...
+    assert_eq!(server.metric("reprise_cache_sessions"), cached);
+    // ...while a TLS 1.2 client that asks for no ticket gets an id, and resumes by it.
     let dir = tempfile::tempdir().unwrap();
+    let by_id = path_in(dir.path(), "id.pem");
+    let id_only = ["-tls1_2", "-no_ticket", "-sess_out", &by_id];
+    assert_eq!(request(&server, &id_only), "New");
+    assert_eq!(server.metric("reprise_cache_sessions"), cached + 1);
+    let decrypted = tickets(&server, "decrypted");
+    assert_eq!(
+        request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &by_id]),
+        "Reused"
+    );
+    assert_eq!(tickets(&server, "decrypted"), decrypted);
+
     let s12 = path_in(dir.path(), "s12.pem");
     assert_eq!(request(&server, &sess("-tls1_2", "-sess_out", &s12)), "New");
     let decrypted = tickets(&server, "decrypted");

@@ -112,6 +112,7 @@ const EXT_ALPN: u16 = 16;
 const EXT_EARLY_DATA: u16 = 42;
 const EXT_PRE_SHARED_KEY: u16 = 41;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
+const EXT_SESSION_TICKET: u16 = 35;
 const SNI_HOST_NAME: u8 = 0;
 const VERSION_TLS13: u16 = 0x0304;
 const VERSION_TLS12: u16 = 0x0303;
@@ -143,6 +144,9 @@ pub struct ClientHelloInfo {
     /// Whether the hello carries the `early_data` extension: the client sends 0-RTT data after
     /// it, under its first PSK identity.
     pub early_data: bool,
+    /// Whether the hello carries the `session_ticket` extension (RFC 5077), empty (the client
+    /// asks for a TLS 1.2 ticket) or not (it offers one).
+    pub session_ticket: bool,
 }
 
 impl ClientHelloInfo {
@@ -424,6 +428,7 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, &'static str> {
             }
             EXT_ALPN => info.alpn = parse_alpn(data),
             EXT_EARLY_DATA => info.early_data = true,
+            EXT_SESSION_TICKET => info.session_ticket = true,
             EXT_PRE_SHARED_KEY => {
                 info.psk_identities = parse_pre_shared_key(data)?;
                 after_psk = true;

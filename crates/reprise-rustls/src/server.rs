@@ -34,6 +34,8 @@ use crate::sid_ctx::ClientAuth;
 pub struct ServerStore {
     cache: Arc<SessionCache>,
     sid_ctx: SidCtx,
+    /// False for a store that resumes ids but gives new sessions none ([`Self::for_tickets`]).
+    new_ids: bool,
 }
 
 impl ServerStore {
@@ -49,7 +51,26 @@ impl ServerStore {
         if client_auth != ClientAuth::None && sid_ctx.is_empty() {
             return Err(Error::EmptySidCtxWithClientAuth);
         }
-        Ok(Self { cache, sid_ctx })
+        Ok(Self {
+            cache,
+            sid_ctx,
+            new_ids: true,
+        })
+    }
+
+    /// The same store, for a configuration that gives TLS 1.2 tickets to the clients that ask
+    /// for one: it still resumes the sessions clients offer by id, but gives new sessions no id,
+    /// so rustls stores nothing. A session that travels in a ticket then takes no place in the
+    /// cache nor in its tiers (no write to a shared tier for it), as OpenSSL does when it
+    /// issues a ticket. Choose such a configuration only for hellos that carry the
+    /// `session_ticket` extension ([`ClientHelloInfo::session_ticket`](crate::ClientHelloInfo)):
+    /// a client without it would get neither an id nor a ticket.
+    #[must_use]
+    pub fn for_tickets(&self) -> Self {
+        Self {
+            new_ids: false,
+            ..self.clone()
+        }
     }
 
     /// The cache behind the store.
@@ -125,7 +146,8 @@ impl StoresServerSessions for ServerStore {
 
     fn can_cache(&self) -> bool {
         let mode = self.cache.mode();
-        mode.contains(reprise::CacheMode::SERVER)
+        self.new_ids
+            && mode.contains(reprise::CacheMode::SERVER)
             && (!mode.contains(reprise::CacheMode::NO_INTERNAL_STORE)
                 || self.cache.new_session_callback().is_some()
                 || self.cache.has_tiers())

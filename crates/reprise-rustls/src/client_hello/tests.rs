@@ -422,6 +422,19 @@ fn rustls_tls12_hello_without_a_session() {
     assert!(info.psk_identities.is_empty());
     assert_eq!(info.server_name.as_deref(), Some("localhost"));
     assert!(!info.supports_tls13);
+    assert!(
+        info.session_ticket,
+        "rustls asks for a TLS 1.2 ticket by default"
+    );
+}
+
+#[test]
+fn a_tls12_client_resuming_by_id_only_asks_for_no_ticket() {
+    let mut config = (*client_config(&[&TLS12])).clone();
+    config.resumption = rustls::client::Resumption::in_memory_sessions(8)
+        .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+    let info = complete(&rustls_hello(&Arc::new(config), "localhost"));
+    assert!(!info.session_ticket);
 }
 
 #[test]
@@ -1128,6 +1141,7 @@ prop_compose! {
             for (ext_type, data) in others {
                 if seen.insert(ext_type) && ext_type != EXT_PRE_SHARED_KEY
                     && ext_type != EXT_SUPPORTED_VERSIONS && ext_type != EXT_ALPN {
+                    info.session_ticket |= ext_type == EXT_SESSION_TICKET;
                     exts.push((ext_type, data));
                 }
             }

@@ -303,6 +303,14 @@ impl TicketSealer {
         self.source.lifetime()
     }
 
+    /// Catches up with the source now rather than at the next ticket: a rotation or erasure
+    /// the source made (or makes lazily, on this read) takes effect, and the derived keys of a
+    /// key the source erased are dropped and wiped. A server calls it periodically (every
+    /// second, say), so that an idle server keeps no copy of an erased key, whatever its traffic.
+    pub fn refresh(&self) {
+        drop(self.derived());
+    }
+
     /// The ciphers of the source's current snapshot, derived again only when it changed.
     fn derived(&self) -> Guard<Arc<Derived>> {
         let keys = self.source.keys();
@@ -628,6 +636,23 @@ mod tests {
         assert!(s.seal(b"x").is_none());
         assert_eq!(&s.open(&new).unwrap()[..], b"new");
         assert_eq!(counters.snapshot().not_issued, 1);
+    }
+
+    /// An idle sealer lets go of an erased key's derived copy when refreshed, with no ticket
+    /// sealed or opened.
+    #[test]
+    fn refresh_drops_the_derived_keys_of_erased_keys() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let source = Fixed::new(Some(2), &[1], 300);
+        let (s, counters) = sealer(&source, b"c", &clock);
+        let one = KeyId::from_version(1);
+        assert!(s.derived.load().find(one).is_some());
+        source.set(Some(2), &[], 2);
+        assert!(s.derived.load().find(one).is_some(), "nothing read yet");
+        s.refresh();
+        assert!(s.derived.load().find(one).is_none());
+        assert!(s.derived.load().find(KeyId::from_version(2)).is_some());
+        assert_eq!(counters.snapshot(), Default::default());
     }
 
     #[test]
