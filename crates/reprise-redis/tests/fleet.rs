@@ -33,6 +33,20 @@ fn start_on(url: &str, clock: &Arc<ManualClock>) -> Arc<FleetTicketKeys> {
         .unwrap()
 }
 
+/// Two instances on `url`, both ready and having read the ring once more after the other's
+/// start (either may have read before the other's next key existed).
+async fn pair_on(
+    url: &str,
+    clock: &Arc<ManualClock>,
+) -> (Arc<FleetTicketKeys>, Arc<FleetTicketKeys>) {
+    let (a, b) = (start_on(url, clock), start_on(url, clock));
+    assert!(a.ready(Duration::from_secs(10)).await);
+    assert!(b.ready(Duration::from_secs(10)).await);
+    refreshed(&a).await;
+    refreshed(&b).await;
+    (a, b)
+}
+
 /// The secret of the key that encrypts now, and its id.
 fn encrypting(source: &FleetTicketKeys) -> (KeyId, [u8; TICKET_KEY_LEN]) {
     let keys = source.keys();
@@ -82,12 +96,7 @@ async fn refreshed(source: &FleetTicketKeys) {
 async fn two_instances_started_together_agree_on_one_key() {
     let redis = RedisServer::start();
     let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (start(&redis, &clock), start(&redis, &clock));
-    assert!(a.ready(Duration::from_secs(10)).await);
-    assert!(b.ready(Duration::from_secs(10)).await);
-    // Both may have read before the other's next key existed: one more read each.
-    refreshed(&a).await;
-    refreshed(&b).await;
+    let (a, b) = pair_on(&redis.url(), &clock).await;
 
     let (ida, secret_a) = encrypting(&a);
     let (idb, secret_b) = encrypting(&b);
@@ -110,11 +119,7 @@ async fn two_instances_started_together_agree_on_one_key() {
 async fn rotation_promotes_the_next_key_and_erases_the_old_ones() {
     let redis = RedisServer::start();
     let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (start(&redis, &clock), start(&redis, &clock));
-    assert!(a.ready(Duration::from_secs(10)).await);
-    assert!(b.ready(Duration::from_secs(10)).await);
-    refreshed(&a).await;
-    refreshed(&b).await;
+    let (a, b) = pair_on(&redis.url(), &clock).await;
     let current = held(&a, N).unwrap();
     let next = held(&a, N + 1).unwrap();
     let generation = a.keys().generation();
@@ -169,11 +174,7 @@ async fn rotation_promotes_the_next_key_and_erases_the_old_ones() {
 async fn an_outage_keeps_the_fleet_in_step_then_falls_back_then_converges() {
     let mut redis = RedisServer::start();
     let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (start(&redis, &clock), start(&redis, &clock));
-    assert!(a.ready(Duration::from_secs(10)).await);
-    assert!(b.ready(Duration::from_secs(10)).await);
-    refreshed(&a).await;
-    refreshed(&b).await;
+    let (a, b) = pair_on(&redis.url(), &clock).await;
     let next = held(&a, N + 1).unwrap();
 
     redis.stop();
@@ -236,11 +237,7 @@ async fn an_outage_keeps_the_fleet_in_step_then_falls_back_then_converges() {
 async fn a_redis_restarted_empty_gets_the_ring_back_from_memory() {
     let mut redis = RedisServer::start();
     let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (start(&redis, &clock), start(&redis, &clock));
-    assert!(a.ready(Duration::from_secs(10)).await);
-    assert!(b.ready(Duration::from_secs(10)).await);
-    refreshed(&a).await;
-    refreshed(&b).await;
+    let (a, b) = pair_on(&redis.url(), &clock).await;
     let (current, next) = (held(&a, N).unwrap(), held(&a, N + 1).unwrap());
     let created = a.stats().created + b.stats().created;
 
@@ -400,14 +397,7 @@ async fn background_tasks_rotate_by_the_system_clock() {
 async fn a_three_node_cluster_shares_the_ring_too() {
     let cluster = RedisCluster::start();
     let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (
-        start_on(&cluster.url(), &clock),
-        start_on(&cluster.url(), &clock),
-    );
-    assert!(a.ready(Duration::from_secs(10)).await);
-    assert!(b.ready(Duration::from_secs(10)).await);
-    refreshed(&a).await;
-    refreshed(&b).await;
+    let (a, b) = pair_on(&cluster.url(), &clock).await;
     assert_eq!(encrypting(&a), encrypting(&b));
     assert_eq!(a.stats().created + b.stats().created, 2);
 
@@ -445,11 +435,7 @@ async fn a_three_node_cluster_shares_the_ring_too() {
 async fn tickets_sealed_on_one_instance_open_on_the_other() {
     let redis = RedisServer::start();
     let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (start(&redis, &clock), start(&redis, &clock));
-    assert!(a.ready(Duration::from_secs(10)).await);
-    assert!(b.ready(Duration::from_secs(10)).await);
-    refreshed(&a).await;
-    refreshed(&b).await;
+    let (a, b) = pair_on(&redis.url(), &clock).await;
     let sealer = |s: &Arc<FleetTicketKeys>| {
         let source: Arc<dyn TicketKeySource> = s.clone();
         TicketSealer::new(source, b"ctx", Arc::new(TicketCounters::default()))

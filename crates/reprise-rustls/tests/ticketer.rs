@@ -85,16 +85,9 @@ fn client_config(pki: &Pki, version: Version) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// Moves the records `from` has to send into `to`; whether there were any.
 fn transfer<A, B>(from: &mut ConnectionCommon<A>, to: &mut ConnectionCommon<B>) -> bool {
-    let mut buf = Vec::new();
-    while from.wants_write() {
-        from.write_tls(&mut buf).unwrap();
-    }
-    let mut rd = &buf[..];
-    while !rd.is_empty() {
-        to.read_tls(&mut rd).unwrap();
-    }
-    !buf.is_empty()
+    !reprise_testkit::transfer(from, to).is_empty()
 }
 
 /// One connection from `client` to `server`, run until quiet (the TLS 1.3 tickets included);

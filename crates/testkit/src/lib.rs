@@ -17,7 +17,7 @@ mod pki;
 mod tls;
 
 pub use pki::{Leaf, PemFiles, Pki, TestCa};
-pub use tls::{AnyCert, Version, VERSIONS};
+pub use tls::{transfer, AnyCert, Version, VERSIONS};
 
 /// A free TCP port on loopback (bound, read, released).
 pub fn free_port() -> u16 {

@@ -1,9 +1,10 @@
-//! The TLS versions tests run under, and a rustls verifier that accepts any certificate.
+//! The TLS versions tests run under, a rustls verifier that accepts any certificate, and the
+//! in-memory transport of records between a client and a server.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
+use rustls::{ConnectionCommon, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 
 /// A TLS protocol version a test runs under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,4 +93,18 @@ impl ServerCertVerifier for AnyCert {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Moves every TLS record `from` has to send into `to`, in memory; returns the bytes moved
+/// (empty when `from` had nothing to say).
+pub fn transfer<A, B>(from: &mut ConnectionCommon<A>, to: &mut ConnectionCommon<B>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut buf).unwrap();
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).unwrap();
+    }
+    buf
 }

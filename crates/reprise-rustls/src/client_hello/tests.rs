@@ -318,23 +318,9 @@ fn handshake_in_memory(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) {
     let mut client = ClientConnection::new(client.clone(), name).unwrap();
     let mut server = ServerConnection::new(server.clone()).unwrap();
     for _ in 0..16 {
-        let mut to_server = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut to_server).unwrap();
-        }
-        let mut rd = &to_server[..];
-        while !rd.is_empty() {
-            server.read_tls(&mut rd).unwrap();
-        }
+        let to_server = reprise_testkit::transfer(&mut client, &mut server);
         server.process_new_packets().unwrap();
-        let mut to_client = Vec::new();
-        while server.wants_write() {
-            server.write_tls(&mut to_client).unwrap();
-        }
-        let mut rd = &to_client[..];
-        while !rd.is_empty() {
-            client.read_tls(&mut rd).unwrap();
-        }
+        let to_client = reprise_testkit::transfer(&mut server, &mut client);
         client.process_new_packets().unwrap();
         if to_server.is_empty()
             && to_client.is_empty()

@@ -12,9 +12,7 @@ use rustls::client::Resumption;
 use rustls::crypto::ring as provider;
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{
-    ClientConfig, ClientConnection, ConnectionCommon, HandshakeKind, ServerConfig, ServerConnection,
-};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
 
 /// The time the manual clocks start at.
 pub const T0: u64 = 1_700_000_000;
@@ -94,18 +92,7 @@ impl Configs for Pki {
     }
 }
 
-/// Moves TLS records from one side to the other; returns the bytes moved.
-pub fn transfer<A, B>(from: &mut ConnectionCommon<A>, to: &mut ConnectionCommon<B>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    while from.wants_write() {
-        from.write_tls(&mut buf).unwrap();
-    }
-    let mut rd = &buf[..];
-    while !rd.is_empty() {
-        to.read_tls(&mut rd).unwrap();
-    }
-    buf
-}
+pub use reprise_testkit::transfer;
 
 /// One client/server pair talking in memory, each side with its connection handle.
 pub struct Pair {
