@@ -586,3 +586,80 @@ fn bad_ticket_settings_fail_with_one_line() {
     assert!(log.contains("group or others"), "{log}");
     assert!(!log.contains(&good[5..]), "a key in the log: {log}");
 }
+
+/// The ticket in an `openssl s_client` session file, as `openssl sess_id -text` prints it.
+fn ticket_of(session: &str) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(["sess_id", "-in", session, "-noout", "-text"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut bytes = Vec::new();
+    // The hex dump after "TLS session ticket:": `0000 - 01 00 … 07-08 …   ascii`.
+    for line in text
+        .lines()
+        .skip_while(|l| !l.contains("TLS session ticket:"))
+        .skip(1)
+    {
+        let Some((offset, rest)) = line.trim().split_once(" - ") else {
+            break;
+        };
+        if offset.len() != 4 || !offset.bytes().all(|b| b.is_ascii_hexdigit()) {
+            break;
+        }
+        let hex: String = rest.get(..48).unwrap_or(rest).replace(['-', ' '], "");
+        for pair in hex.as_bytes().chunks(2) {
+            bytes.push(u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap());
+        }
+    }
+    assert!(bytes.len() > 61, "no ticket in:\n{text}");
+    bytes
+}
+
+/// Writes a copy of `session` whose ticket has the byte at `at` flipped.
+fn forged(session: &str, at: usize, out: &str) {
+    let der = format!("{out}.der");
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&["sess_id", "-in", session, "-outform", "DER", "-out", &der]);
+    let ticket = ticket_of(session);
+    let mut bytes = std::fs::read(&der).unwrap();
+    let start = bytes
+        .windows(ticket.len())
+        .position(|w| w == ticket.as_slice())
+        .expect("the ticket in the DER session");
+    bytes[start + at] ^= 0x40;
+    std::fs::write(&der, &bytes).unwrap();
+    run(&["sess_id", "-inform", "DER", "-in", &der, "-out", out]);
+}
+
+/// An attacker's tickets: one byte changed in the key id, the context tag or the ciphertext of a
+/// real ticket. Each makes a full handshake (never a failure, never a resumption), counted by
+/// its reason; the real ticket still resumes after them.
+#[test]
+fn forged_tickets_make_full_handshakes_counted_by_reason() {
+    let pki = Pki::new().write_pem();
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let server = Server::start(&["--cert", &cert, "--key", &key]);
+    let dir = tempfile::tempdir().unwrap();
+    let real = path_in(dir.path(), "real.pem");
+    assert_eq!(
+        request(&server, &sess("-tls1_2", "-sess_out", &real)),
+        "New"
+    );
+    // The ticket's clear header: format (1), key id (8), context tag (4), nonce (24).
+    for (at, reason) in [(3, "unknown_key"), (10, "wrong_context"), (50, "malformed")] {
+        let fake = path_in(dir.path(), &format!("{reason}.pem"));
+        forged(&real, at, &fake);
+        let before = rejected(&server, reason);
+        assert_eq!(request(&server, &["-tls1_2", "-sess_in", &fake]), "New");
+        assert_eq!(rejected(&server, reason), before + 1, "{reason}");
+    }
+    assert_eq!(request(&server, &["-tls1_2", "-sess_in", &real]), "Reused");
+    assert_eq!(failures(&server), 0, "{}", server.metrics_text());
+}
