@@ -24,6 +24,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print a new key line for a key file (`--key-file`).
     Keygen(KeygenArgs),
+    /// Check the settings of `reprise serve` (the same flags and --config) and load every file
+    /// they name, without listening or connecting; print "config ok" or the problem.
+    CheckConfig(Box<ServeArgs>),
 }
 
 /// `reprise keygen` flags.
@@ -260,6 +263,16 @@ pub struct ServeArgs {
     /// The cap on the session database file in --cache-dir, in bytes [default: 67108864].
     #[arg(long, value_name = "N")]
     pub cache_dir_max_bytes: Option<u64>,
+
+    /// Write one line per connection, when it ends, to this file (appended; reopened on
+    /// SIGHUP), or to the standard output with `-` [default: no access log].
+    #[arg(long, value_name = "FILE|-")]
+    pub access_log: Option<PathBuf>,
+
+    /// The access log's format: text (key=value fields) or json (an object per line)
+    /// [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub access_log_format: Option<crate::access_log::Format>,
 }
 
 /// Whether `reprise bench` makes full or resumed handshakes.

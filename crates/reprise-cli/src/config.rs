@@ -60,6 +60,8 @@ pub struct FileConfig {
     redis_misses_per_address: Option<u32>,
     cache_dir: Option<PathBuf>,
     cache_dir_max_bytes: Option<u64>,
+    access_log: Option<PathBuf>,
+    access_log_format: Option<crate::access_log::Format>,
 }
 
 /// Everything `reprise serve` runs with, checked.
@@ -114,6 +116,8 @@ pub struct Settings {
     /// The former name of the key file's flag or setting, if one was used: logged once the
     /// server has its TLS state, so that a start-up error stays one line.
     pub deprecated_key_file: Option<&'static str>,
+    /// The access log, if any.
+    pub access_log: Option<crate::access_log::Settings>,
 }
 
 /// Where the ticket keys come from.
@@ -415,6 +419,10 @@ impl Settings {
             redis.is_some(),
             cache_timeout,
         )?;
+        let access_log = access_log(
+            args.access_log.or(file.access_log),
+            args.access_log_format.or(file.access_log_format),
+        )?;
         Ok(Self {
             listen,
             upstream: args.upstream.or(file.upstream),
@@ -447,7 +455,26 @@ impl Settings {
             redis,
             disk,
             deprecated_key_file,
+            access_log,
         })
+    }
+}
+
+/// The access-log settings: a format without a target has no effect, and is an error.
+fn access_log(
+    path: Option<PathBuf>,
+    format: Option<crate::access_log::Format>,
+) -> anyhow::Result<Option<crate::access_log::Settings>> {
+    match (path, format) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => bail!("access-log-format needs access-log"),
+        (Some(path), _) if path.as_os_str().is_empty() => {
+            bail!("access-log: give a file, or - for the standard output")
+        }
+        (Some(path), format) => Ok(Some(crate::access_log::Settings {
+            target: crate::access_log::Target::parse(&path),
+            format: format.unwrap_or_default(),
+        })),
     }
 }
 

@@ -2,7 +2,7 @@
 //! built-in responder or the proxy to `--upstream`), the metrics endpoint and graceful shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use reprise_rustls::{AcceptError, AcceptPolicy, Accepted, Acceptor, ServerTlsStream};
 
+use crate::access_log::{self, AccessLog, End, Record, Resumption, Source};
 use crate::admission::{AddressPermit, PerAddress};
 use crate::cli::ServeArgs;
 use crate::config::Settings;
@@ -43,6 +44,10 @@ struct Shared {
     per_address: Arc<PerAddress>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The access log, with `--access-log`.
+    access_log: Option<AccessLog>,
+    /// Whether the listeners serve: `/healthz` answers 503 until then.
+    ready: AtomicBool,
 }
 
 /// How long the start waits for the fleet's ticket-key ring before serving with what it has.
@@ -57,6 +62,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(upstream) = &settings.upstream {
         check_host_port(upstream).map_err(startup)?;
     }
+    let access_log = match &settings.access_log {
+        Some(log) => Some(AccessLog::open(log).map_err(startup)?),
+        None => None,
+    };
     let mut listeners = Vec::new();
     for addr in &settings.listen {
         listeners.push(bind(addr).await.map_err(startup)?);
@@ -65,6 +74,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr).await.map_err(startup)?),
         None => None,
     };
+
+    // Shared from here on, so that the metrics listener answers during the rest of the start
+    // (with /healthz not ready).
+    let shared = Arc::new(Shared {
+        acceptor: acceptor(&settings, &tls),
+        tls,
+        metrics: Metrics::default(),
+        permits: Arc::new(Semaphore::new(settings.max_connections)),
+        per_address: PerAddress::new(settings.max_connections_per_address),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        access_log,
+        ready: AtomicBool::new(false),
+        settings,
+    });
+    let (settings, tls) = (&shared.settings, &shared.tls);
+    let mut loops = Vec::new();
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "metrics at /metrics, health at /healthz");
+        }
+        loops.push(tokio::spawn(metrics_loop(shared.clone(), listener)));
+    }
 
     if tls.self_signed {
         info!(sha256 = %tls.fingerprint, "generated a self-signed certificate for localhost");
@@ -128,29 +160,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         info!(sessions = warmed, "sessions loaded from disk");
     }
 
-    let shared = Arc::new(Shared {
-        acceptor: acceptor(&settings, &tls),
-        tls,
-        metrics: Metrics::default(),
-        permits: Arc::new(Semaphore::new(settings.max_connections)),
-        per_address: PerAddress::new(settings.max_connections_per_address),
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        settings,
-    });
-
-    let mut loops = Vec::new();
     for listener in listeners {
         loops.push(tokio::spawn(accept_loop(shared.clone(), listener)));
     }
-    if let Some(listener) = metrics_listener {
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "metrics at /metrics, health at /healthz");
-        }
-        loops.push(tokio::spawn(metrics_loop(shared.clone(), listener)));
-    }
+    shared.ready.store(true, Ordering::Release);
 
     while signals.next().await == Signal::Reload {
+        if let Some(log) = &shared.access_log {
+            log.reopen();
+        }
         reload(&shared).await;
     }
     info!("shutting down: no new connections");
@@ -175,6 +193,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(disk) = shared.tls.disk.clone() {
         // Writes out the queue and marks the shutdown clean, so TLS 1.3 tickets are kept.
         let _ = tokio::task::spawn_blocking(move || disk.close()).await;
+    }
+    if shared.access_log.is_some() {
+        // Writes out the queued lines.
+        let held = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(log) = &held.access_log {
+                log.close();
+            }
+        })
+        .await;
     }
     info!("stopped");
     Ok(())
@@ -239,7 +267,7 @@ async fn reload(shared: &Shared) {
 }
 
 /// Checks that an upstream is `HOST:PORT`.
-fn check_host_port(upstream: &str) -> anyhow::Result<()> {
+pub(crate) fn check_host_port(upstream: &str) -> anyhow::Result<()> {
     let port = upstream
         .rsplit_once(':')
         .map(|(host, port)| (host, port.parse::<u16>()))
@@ -333,20 +361,54 @@ async fn connection(
 ) {
     shared.metrics.connection_opened();
     let _open = Open(&shared.metrics);
+    let started = Instant::now();
     // In a block of its own, so that the accepted stream (large) is no part of this future:
     // it moves into the boxed rest of the connection.
     let established = {
         let accepted = tokio::select! {
             r = shared.acceptor.accept(tcp, peer) => r,
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => {
+                log_unfinished(&shared, peer, started, End::Shutdown, None);
+                return;
+            }
         };
         match accepted {
-            Ok(accepted) => Box::pin(established(&shared, accepted, peer)),
-            Err(e) => return handshake_failed(&shared, &e, peer),
+            Ok(accepted) => Box::pin(established(&shared, accepted, peer, started)),
+            Err(e) => {
+                let error = access_log::accept_error(&e);
+                log_unfinished(&shared, peer, started, End::HandshakeFailed, Some(error));
+                return handshake_failed(&shared, &e, peer);
+            }
         }
     };
     established.await;
     drop(permits);
+}
+
+/// The access-log line of a connection whose handshake did not complete.
+fn log_unfinished(
+    shared: &Shared,
+    peer: SocketAddr,
+    started: Instant,
+    end: End,
+    error: Option<&'static str>,
+) {
+    if let Some(log) = &shared.access_log {
+        log.log(Record {
+            time: std::time::SystemTime::now(),
+            client: peer,
+            sni: None,
+            version: None,
+            suite: None,
+            resumption: Resumption::None,
+            source: None,
+            handshake: started.elapsed(),
+            bytes_in: 0,
+            bytes_out: 0,
+            end,
+            error,
+        });
+    }
 }
 
 /// Counts and logs a connection whose handshake did not complete.
@@ -371,7 +433,8 @@ fn handshake_failed(shared: &Shared, e: &AcceptError, peer: SocketAddr) {
 }
 
 /// The connection's traffic, after its handshake.
-async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr) {
+async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr, started: Instant) {
+    let handshake_time = started.elapsed();
     let mut stream = accepted.stream;
     let (kind, version, suite) = {
         let (_, conn) = stream.get_ref().get_ref();
@@ -387,7 +450,8 @@ async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr) {
     let resumed = kind == Some(rustls::HandshakeKind::Resumed);
     debug!(%peer, ?version, resumed, "handshake completed");
 
-    let ending = match &shared.settings.upstream {
+    let traffic = Traffic::default();
+    let (ending, responded) = match &shared.settings.upstream {
         None => {
             let body = format!(
                 "protocol: {}\ncipher: {}\nresumed: {}\n",
@@ -396,19 +460,77 @@ async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr) {
                 if resumed { "yes" } else { "no" },
             );
             let idle = shared.settings.idle_timeout;
-            match http::respond(&mut stream, &body, idle, &shared.shutdown).await {
-                Ending::Close => close_notify(&mut stream, false).await,
+            let mut counted = access_log::Counted::new(&mut stream);
+            let responded = http::respond(&mut counted, &body, idle, &shared.shutdown).await;
+            traffic.add(counted.read, counted.written);
+            let ending = match responded {
+                Ending::Close | Ending::Idle | Ending::Shutdown => {
+                    close_notify(&mut stream, false).await
+                }
                 Ending::PeerClosed => close_notify(&mut stream, true).await,
                 ending => ending,
-            }
+            };
+            (ending, Some(responded))
         }
-        Some(upstream) => proxy(shared, &mut stream, upstream, peer).await,
+        Some(upstream) => (
+            proxy(shared, &mut stream, upstream, peer, &traffic).await,
+            None,
+        ),
     };
-    if stream.sessions().has_failed() {
+    let failed = stream.sessions().has_failed();
+    if failed {
         shared.metrics.unclean_shutdown();
-    } else if ending == Ending::Unclean {
+    } else if ending.is_unclean() {
         // No close_notify either way (a FIN, a reset): the session is kept.
         shared.metrics.close_without_close_notify();
+    }
+    if let Some(log) = &shared.access_log {
+        let resumption = Resumption::of(
+            kind,
+            version,
+            resumed && !stream.sessions().sessions().is_empty(),
+        );
+        let end = match (failed, responded.unwrap_or(ending)) {
+            (true, _) => End::TlsError,
+            (false, Ending::Close) => End::ServerClose,
+            (false, Ending::Idle) => End::IdleTimeout,
+            (false, Ending::Shutdown) => End::Shutdown,
+            (false, Ending::PeerClosed | Ending::Clean) => End::CloseNotify,
+            (false, Ending::Unclean) => End::Eof,
+            (false, Ending::Broken(std::io::ErrorKind::ConnectionReset)) => End::Reset,
+            (false, Ending::Broken(_)) => End::IoError,
+        };
+        let (_, conn) = stream.get_ref().get_ref();
+        log.log(Record {
+            time: std::time::SystemTime::now(),
+            client: peer,
+            sni: conn.server_name().map(str::to_owned),
+            version,
+            suite: suite.map(|s| s.suite()),
+            resumption,
+            source: Source::of(resumption, accepted.prefetch),
+            handshake: handshake_time,
+            bytes_in: traffic.read.load(Ordering::Relaxed),
+            bytes_out: traffic.written.load(Ordering::Relaxed),
+            end,
+            error: None,
+        });
+    }
+}
+
+/// Application bytes a connection moved, each way.
+#[derive(Default)]
+struct Traffic {
+    /// From the client.
+    read: AtomicU64,
+    /// To the client.
+    written: AtomicU64,
+}
+
+impl Traffic {
+    fn add(&self, read: u64, written: u64) {
+        self.read.fetch_add(read, Ordering::Relaxed);
+        self.written.fetch_add(written, Ordering::Relaxed);
     }
 }
 
@@ -434,7 +556,13 @@ fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
 }
 
 /// Proxies a decrypted connection to the upstream in both directions, passing half-closes on.
-async fn proxy(shared: &Shared, tls: &mut Tls, upstream: &str, peer: SocketAddr) -> Ending {
+async fn proxy(
+    shared: &Shared,
+    tls: &mut Tls,
+    upstream: &str,
+    peer: SocketAddr,
+    traffic: &Traffic,
+) -> Ending {
     let connected =
         tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await;
     let up = match connected {
@@ -455,12 +583,26 @@ async fn proxy(shared: &Shared, tls: &mut Tls, upstream: &str, peer: SocketAddr)
     let (mut up_read, mut up_write) = up.into_split();
     let to_upstream = async {
         // Ok: the client's close_notify; Err: its connection ended without one.
-        let r = pump(&mut client_read, &mut up_write, &last_activity, started).await;
+        let r = pump(
+            &mut client_read,
+            &mut up_write,
+            &last_activity,
+            started,
+            &traffic.read,
+        )
+        .await;
         let _ = up_write.shutdown().await;
         r.is_ok()
     };
     let to_client = async {
-        let _ = pump(&mut up_read, &mut client_write, &last_activity, started).await;
+        let _ = pump(
+            &mut up_read,
+            &mut client_write,
+            &last_activity,
+            started,
+            &traffic.written,
+        )
+        .await;
         // The upstream is done: send close_notify.
         client_write.shutdown().await.is_ok()
     };
@@ -490,12 +632,13 @@ async fn proxy(shared: &Shared, tls: &mut Tls, upstream: &str, peer: SocketAddr)
     }
 }
 
-/// Copies until EOF, noting the time of every transfer.
+/// Copies until EOF, noting the time of every transfer and counting the bytes in `moved`.
 async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     r: &mut R,
     w: &mut W,
     last_activity: &AtomicU64,
     started: Instant,
+    moved: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -505,6 +648,7 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
         last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
@@ -605,9 +749,16 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
                         .collect();
                     let cache = shared.tls.cache.stats();
                     let tickets = shared.tls.ticket_metrics(shared.settings.tickets);
-                    ("200 OK", shared.metrics.render(&cache, &tiers, &tickets))
+                    let mut page = shared.metrics.render(&cache, &tiers, &tickets);
+                    if let Some(log) = &shared.access_log {
+                        page.push_str(&log.render_metrics());
+                    }
+                    ("200 OK", page)
                 }
-                Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),
+                Ok(Ok(req)) if req.path == "/healthz" => {
+                    let (status, body) = health(shared.ready.load(Ordering::Acquire));
+                    (status, body.to_owned())
+                }
                 Ok(Ok(_)) => ("404 Not Found", "not found\n".to_owned()),
                 _ => return,
             };
@@ -622,5 +773,25 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
             .await;
             let _ = tcp.shutdown().await;
         });
+    }
+}
+
+/// The answer of `/healthz`: 503 until the listeners serve, 200 after.
+fn health(ready: bool) -> (&'static str, &'static str) {
+    if ready {
+        ("200 OK", "ok\n")
+    } else {
+        ("503 Service Unavailable", "starting\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthz_is_not_ready_until_the_listeners_serve() {
+        assert_eq!(health(false).0, "503 Service Unavailable");
+        assert_eq!(health(true), ("200 OK", "ok\n"));
     }
 }
