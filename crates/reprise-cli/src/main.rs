@@ -10,6 +10,7 @@ mod client_conn;
 mod config;
 mod http;
 mod metrics;
+mod notify;
 mod serve;
 mod tls;
 

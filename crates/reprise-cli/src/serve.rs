@@ -164,6 +164,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         loops.push(tokio::spawn(accept_loop(shared.clone(), listener)));
     }
     shared.ready.store(true, Ordering::Release);
+    crate::notify::notify("READY=1");
 
     while signals.next().await == Signal::Reload {
         if let Some(log) = &shared.access_log {
@@ -172,6 +173,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         reload(&shared).await;
     }
     info!("shutting down: no new connections");
+    crate::notify::notify("STOPPING=1");
     shared.shutdown.cancel();
     for l in loops {
         let _ = l.await;

@@ -13,8 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::clients::program;
-use common::{fails_to_start, free_port, http_get, keygen, path_in, reprise, request, Server};
-use reprise_testkit::Pki;
+use common::{
+    fails_to_start, fleet_flags, free_port, http_get, keygen, path_in, reprise, request, Server,
+};
+use reprise_testkit::{Pki, RedisServer};
 
 /// The lines of a log file, once `count` are there (at most 20 s).
 fn lines_when(path: &str, count: usize) -> Vec<String> {
@@ -279,21 +281,31 @@ fn access_log_lines_for_failed_handshakes() {
     }
 }
 
-/// `--access-log -` writes the lines to the standard output, flushed at shutdown.
+/// `--access-log -` writes the lines to the standard output. Under a service manager
+/// (`$NOTIFY_SOCKET`), the server says `READY=1` once it serves and `STOPPING=1` at SIGTERM.
 #[test]
-fn access_log_to_stdout() {
+fn access_log_to_stdout_and_readiness_notification() {
     let dir = tempfile::tempdir().unwrap();
     let stdout = path_in(dir.path(), "stdout");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let port = free_port();
     let mut child = reprise()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--access-log", "-"])
         .env("RUST_LOG", "warn")
+        .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut datagram = [0u8; 64];
+    let n = notify.recv(&mut datagram).unwrap();
+    assert_eq!(&datagram[..n], b"READY=1");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
@@ -326,6 +338,8 @@ fn access_log_to_stdout() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
+    let n = notify.recv(&mut datagram).unwrap();
+    assert_eq!(&datagram[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
 
@@ -480,4 +494,119 @@ fn bad_access_log_flags_stop_the_start() {
     );
     let line = fails_to_start(&["check-config", "--access-log-format", "xml"]);
     assert!(line.contains("xml"), "{line}");
+}
+
+/// Two instances sharing sessions through a real Redis: a session made on one and resumed on
+/// the other was brought from the tier (TLS 1.2 by session id, TLS 1.3 by stateful ticket); a
+/// resumption on the instance that made it, from memory.
+#[test]
+fn access_log_says_when_a_session_came_from_the_tier() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let pki = Pki::new().write_pem();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = path_in(dir.path(), "seal.keys");
+    std::fs::write(&keys, keygen("k1") + "\n").unwrap();
+    let logs = [path_in(dir.path(), "a.log"), path_in(dir.path(), "b.log")];
+    let start = |log: &str| {
+        let mut args = vec![
+            "--cert",
+            &pki.path("server.pem"),
+            "--key",
+            &pki.path("server.key"),
+            "--tickets",
+            "stateful",
+            "--access-log",
+            log,
+            "--access-log-format",
+            "json",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(fleet_flags(&url, &keys).map(str::to_owned));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start(&args)
+    };
+    let (a, b) = (start(&logs[0]), start(&logs[1]));
+    let mut on_b = 0;
+    for (i, version) in ["-tls1_2", "-tls1_3"].into_iter().enumerate() {
+        let sess = path_in(dir.path(), &format!("sess{i}"));
+        assert_eq!(request(&a, &[version, "-sess_out", &sess]), "New");
+        // The session reaches Redis in the background: poll until B resumes it (bounded).
+        let mut resumed = false;
+        for _ in 0..50 {
+            let tmp = path_in(dir.path(), &format!("retry{i}"));
+            std::fs::copy(&sess, &tmp).unwrap();
+            on_b += 1;
+            if request(&b, &[version, "-sess_in", &tmp]) == "Reused" {
+                resumed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(resumed, "{version}: never resumed on the other instance");
+    }
+    // Each request on B, and the harness's probe.
+    let (_, on_b) = completed(
+        lines_when(&logs[1], on_b + 1)
+            .iter()
+            .map(|l| parse_json(l))
+            .collect(),
+    );
+    let tier: Vec<_> = on_b
+        .iter()
+        .filter(|l| l.from.as_deref() == Some("tier"))
+        .map(|l| (l.version.clone().unwrap_or_default(), l.resumed.clone()))
+        .collect();
+    assert_eq!(
+        tier,
+        [
+            ("TLSv1.2".to_owned(), "session_id".to_owned()),
+            ("TLSv1.3".to_owned(), "stateful_ticket".to_owned())
+        ],
+        "{on_b:#?}"
+    );
+}
+
+/// The systemd unit of `contrib/` runs commands this binary accepts: its `ExecStartPre` and
+/// `ExecStart` command lines, with a real settings file, pass `check-config`.
+#[test]
+fn the_systemd_unit_runs_valid_commands() {
+    let unit_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/reprise.service");
+    let unit = std::fs::read_to_string(unit_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = path_in(dir.path(), "reprise.toml");
+    std::fs::write(&config, "listen = [\"127.0.0.1:1\"]\n").unwrap();
+    let value = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(value("Type"), ["notify"]);
+    assert_eq!(value("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+    let commands: Vec<String> = value("ExecStartPre")
+        .into_iter()
+        .chain(value("ExecStart"))
+        .collect();
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    for command in commands {
+        let mut words = command.split(' ');
+        assert_eq!(words.next(), Some("/usr/local/bin/reprise"), "{command}");
+        let args: Vec<&str> = words
+            .map(|w| match w {
+                "serve" => "check-config",
+                "/etc/reprise/reprise.toml" => config.as_str(),
+                w => w,
+            })
+            .collect();
+        let out = reprise().args(&args).output().unwrap();
+        assert_eq!(
+            (out.status.code(), out.stdout.as_slice()),
+            (Some(0), &b"config ok\n"[..]),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
