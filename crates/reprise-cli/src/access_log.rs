@@ -702,6 +702,47 @@ mod tests {
     }
 
     #[test]
+    fn settings_from_the_file_and_the_flags() -> anyhow::Result<()> {
+        use crate::cli::ServeArgs;
+        use crate::config::Settings as ServeSettings;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("reprise.toml");
+        std::fs::write(
+            &config,
+            "access-log = \"/var/log/a.log\"\naccess-log-format = \"json\"\n",
+        )?;
+        let resolve = |args: ServeArgs| {
+            ServeSettings::resolve(ServeArgs {
+                config: Some(config.clone()),
+                ..args
+            })
+        };
+        let s = resolve(ServeArgs::default())?;
+        assert_eq!(
+            s.access_log,
+            Some(Settings {
+                target: Target::File("/var/log/a.log".into()),
+                format: Format::Json,
+            })
+        );
+        let s = resolve(ServeArgs {
+            access_log: Some("-".into()),
+            access_log_format: Some(Format::Text),
+            ..ServeArgs::default()
+        })?;
+        assert_eq!(
+            s.access_log,
+            Some(Settings {
+                target: Target::Stdout,
+                format: Format::Text,
+            })
+        );
+        let off = ServeSettings::resolve(ServeArgs::default())?;
+        assert_eq!(off.access_log, None);
+        Ok(())
+    }
+
+    #[test]
     fn a_closed_log_has_written_every_line() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("access.log");

@@ -610,3 +610,39 @@ fn the_systemd_unit_runs_valid_commands() {
         );
     }
 }
+
+/// With `--upstream`, the bytes counted are those the proxy moves each way.
+#[test]
+fn access_log_counts_what_the_proxy_moves() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = backend.local_addr().unwrap().to_string();
+    // Reads the 6 bytes sent, answers 11, and closes.
+    let served = std::thread::spawn(move || {
+        let (mut tcp, _) = backend.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = [0u8; 6];
+        tcp.read_exact(&mut got).unwrap();
+        tcp.write_all(b"hello back\n").unwrap();
+        got
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = path_in(dir.path(), "access.log");
+    let server = Server::start(&["--upstream", &upstream, "--access-log", &log]);
+    let out = common::s_client(
+        &[
+            "-connect",
+            &server.connect_arg(),
+            "-servername",
+            "localhost",
+            "-ign_eof",
+        ],
+        b"hello\n",
+    );
+    assert!(out.contains("hello back"), "{out}");
+    assert_eq!(&served.join().unwrap(), b"hello\n");
+    let all: Vec<Line> = lines_when(&log, 2).iter().map(|l| parse_text(l)).collect();
+    let (_, done) = completed(all);
+    assert_eq!(done.len(), 1, "{done:#?}");
+    assert_eq!((done[0].bytes_in, done[0].bytes_out), (6, 11), "{done:#?}");
+    assert_eq!(done[0].end, "close_notify", "{done:#?}");
+}
