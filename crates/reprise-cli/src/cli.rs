@@ -24,6 +24,16 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print a new key line for a key file (`--key-file`).
     Keygen(KeygenArgs),
+    /// Make a running `reprise serve --pid-file FILE` reload (send it SIGHUP).
+    Reload(ReloadArgs),
+}
+
+/// `reprise reload` flags.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The pid file the server writes (`reprise serve --pid-file`).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: PathBuf,
 }
 
 /// `reprise keygen` flags.
@@ -187,6 +197,11 @@ pub struct ServeArgs {
     /// With --client-ca: whether a client certificate is required [default: required].
     #[arg(long, value_name = "MODE", requires = "client_ca")]
     pub client_auth: Option<ClientAuthMode>,
+
+    /// Write the server's process id to this file once it listens (for `reprise reload`);
+    /// removed when it exits.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 
     /// Serve Prometheus metrics at /metrics and a health check at /healthz on this address
     /// (16 connections at a time).

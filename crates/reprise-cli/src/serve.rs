@@ -65,6 +65,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr).await.map_err(startup)?),
         None => None,
     };
+    // Written once the listeners are bound; removed when this function returns.
+    let _pid_file = match &settings.pid_file {
+        Some(path) => Some(crate::pidfile::PidFile::create(path).map_err(startup)?),
+        None => None,
+    };
 
     if tls.self_signed {
         info!(sha256 = %tls.fingerprint, "generated a self-signed certificate for localhost");
