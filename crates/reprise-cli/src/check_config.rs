@@ -67,6 +67,16 @@ pub fn check(settings: &Settings) -> anyhow::Result<()> {
     if let Some(upstream) = &settings.upstream {
         crate::serve::check_host_port(upstream)?;
     }
+    if let Some(path) = &settings.pid_file {
+        // Written by `serve` into its directory, which must exist.
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            bail!("pid-file {}: its directory does not exist", path.display());
+        }
+    }
     if let Some(log) = &settings.access_log {
         if let crate::access_log::Target::File(path) = &log.target {
             std::fs::OpenOptions::new()

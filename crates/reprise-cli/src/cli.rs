@@ -27,6 +27,16 @@ pub enum Command {
     /// Check the settings of `reprise serve` (the same flags and --config) and load every file
     /// they name, without listening or connecting; print "config ok" or the problem.
     CheckConfig(Box<ServeArgs>),
+    /// Make a running `reprise serve --pid-file FILE` reload (send it SIGHUP).
+    Reload(ReloadArgs),
+}
+
+/// `reprise reload` flags.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The pid file the server writes (`reprise serve --pid-file`).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: PathBuf,
 }
 
 /// `reprise keygen` flags.
@@ -190,6 +200,11 @@ pub struct ServeArgs {
     /// With --client-ca: whether a client certificate is required [default: required].
     #[arg(long, value_name = "MODE", requires = "client_ca")]
     pub client_auth: Option<ClientAuthMode>,
+
+    /// Write the server's process id to this file once it listens (for `reprise reload`);
+    /// removed when it exits.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 
     /// Serve Prometheus metrics at /metrics and a health check at /healthz on this address
     /// (16 connections at a time).

@@ -44,6 +44,7 @@ pub struct FileConfig {
     client_ca: Option<PathBuf>,
     client_auth: Option<ClientAuthMode>,
     metrics_listen: Option<String>,
+    pid_file: Option<PathBuf>,
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
     hello_timeout: Option<u64>,
@@ -97,6 +98,8 @@ pub struct Settings {
     pub client_auth: Option<(PathBuf, ClientAuthMode)>,
     /// The metrics address.
     pub metrics_listen: Option<String>,
+    /// Where to write the process id once listening (`reprise reload` reads it).
+    pub pid_file: Option<PathBuf>,
     /// Connections served at once.
     pub max_connections: usize,
     /// Connections one client address (an IPv6 /64) may hold at once.
@@ -442,6 +445,7 @@ impl Settings {
             tls13_tickets,
             client_auth,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            pid_file: args.pid_file.or(file.pid_file),
             max_connections,
             max_connections_per_address,
             hello_timeout: Duration::from_secs(hello_timeout),

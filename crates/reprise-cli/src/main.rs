@@ -1,5 +1,5 @@
-//! `reprise`: a TLS terminator whose sessions resume through the Reprise cache (`serve`), and a
-//! handshake load generator (`bench`).
+//! `reprise`: a TLS terminator whose sessions resume through the Reprise cache (`serve`, and
+//! `reload` to make it reload), and a handshake load generator (`bench`).
 
 mod access_log;
 mod admission;
@@ -11,6 +11,7 @@ mod config;
 mod http;
 mod metrics;
 mod notify;
+mod pidfile;
 mod serve;
 mod tls;
 
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
     let workers = match &cli.command {
         Command::Serve(args) => args.workers.or_else(|| config::workers_from_file(args)),
         Command::Bench(args) => args.workers,
-        Command::Keygen(_) | Command::CheckConfig(_) => Some(1),
+        Command::Keygen(_) | Command::CheckConfig(_) | Command::Reload(_) => Some(1),
     };
     // One worker runs everything on this thread: no cross-thread wake-ups at all.
     let mut runtime = match workers {
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
                 Command::Bench(args) => bench::run(args).await,
                 Command::Keygen(args) => keygen(args),
                 Command::CheckConfig(args) => check_config::run(*args),
+                Command::Reload(args) => pidfile::reload(&args.pid_file),
             }
         })
     });

@@ -74,6 +74,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr).await.map_err(startup)?),
         None => None,
     };
+    // Written once the listeners are bound; removed when this function returns.
+    let _pid_file = match &settings.pid_file {
+        Some(path) => Some(crate::pidfile::PidFile::create(path).map_err(startup)?),
+        None => None,
+    };
 
     // Shared from here on, so that the metrics listener answers during the rest of the start
     // (with /healthz not ready).

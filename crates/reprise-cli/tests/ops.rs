@@ -417,6 +417,10 @@ fn check_config_loads_every_file() {
         (vec!["--access-log-format", "json"], "access-log-format"),
         (vec!["--config", &missing], "missing.pem"),
         (vec!["--upstream", "no-port"], "upstream"),
+        (
+            vec!["--pid-file", "/nonexistent-dir/reprise.pid"],
+            "pid-file",
+        ),
     ];
     for (args, named) in cases {
         let line = fails_to_start(&[&["check-config"][..], &args].concat());
