@@ -13,7 +13,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -227,7 +227,7 @@ pub struct Record {
 /// What the writer thread receives.
 enum Message {
     Line(Box<Record>),
-    /// Open the file again (SIGHUP).
+    /// Wakes the writer to look at the reopen flag.
     Reopen,
     /// Write out everything and stop; answers when done.
     Close(mpsc::Sender<()>),
@@ -237,6 +237,9 @@ enum Message {
 pub struct AccessLog {
     queue: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
+    /// Set on SIGHUP: the writer opens its file again before its next line (a flag, so that a
+    /// full queue cannot lose the request).
+    reopen: Arc<AtomicBool>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -246,7 +249,9 @@ impl AccessLog {
         let out = Output::open(&settings.target)?;
         let (queue, lines) = mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
+        let reopen = Arc::new(AtomicBool::new(false));
         let writer = Writer {
+            reopen: reopen.clone(),
             out,
             target: settings.target.clone(),
             format: settings.format,
@@ -261,6 +266,7 @@ impl AccessLog {
         Ok(Self {
             queue,
             dropped,
+            reopen,
             writer: std::sync::Mutex::new(Some(handle)),
         })
     }
@@ -277,6 +283,7 @@ impl AccessLog {
 
     /// Asks the writer to open its file again (after a rotation).
     pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
         let _ = self.queue.try_send(Message::Reopen);
     }
 
@@ -340,6 +347,7 @@ impl Output {
 
 /// The writer thread's state.
 struct Writer {
+    reopen: Arc<AtomicBool>,
     out: Output,
     target: Target,
     format: Format,
@@ -361,6 +369,16 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            if self.reopen.swap(false, Ordering::AcqRel) {
+                self.flush();
+                pending = false;
+                match Output::open(&self.target) {
+                    Ok(out) => self.out = out,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "access log not reopened; writing to the file already open")
+                    }
+                }
+            }
             match message {
                 Some(Message::Line(record)) => {
                     self.line.clear();
@@ -373,22 +391,12 @@ impl Writer {
                     self.written(written);
                     pending = true;
                 }
-                Some(Message::Reopen) => {
-                    self.flush();
-                    pending = false;
-                    match Output::open(&self.target) {
-                        Ok(out) => self.out = out,
-                        Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "access log not reopened; writing to the file already open")
-                        }
-                    }
-                }
+                Some(Message::Reopen) | None => {}
                 Some(Message::Close(done)) => {
                     self.flush();
                     let _ = done.send(());
                     return;
                 }
-                None => {}
             }
             if pending && last_flush.elapsed() >= FLUSH_EVERY {
                 self.flush();

@@ -455,6 +455,9 @@ async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr, star
     // sessions. A FIN, a reset or a timeout keeps them.
     shared.metrics.handshake(kind, version);
     let resumed = kind == Some(rustls::HandshakeKind::Resumed);
+    // Read now: a failure later takes the connection's sessions away.
+    let from_cache =
+        resumed && shared.access_log.is_some() && !stream.sessions().sessions().is_empty();
     debug!(%peer, ?version, resumed, "handshake completed");
 
     let traffic = Traffic::default();
@@ -492,11 +495,7 @@ async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr, star
         shared.metrics.close_without_close_notify();
     }
     if let Some(log) = &shared.access_log {
-        let resumption = Resumption::of(
-            kind,
-            version,
-            resumed && !stream.sessions().sessions().is_empty(),
-        );
+        let resumption = Resumption::of(kind, version, from_cache);
         let end = match (failed, responded.unwrap_or(ending)) {
             (true, _) => End::TlsError,
             (false, Ending::Close) => End::ServerClose,

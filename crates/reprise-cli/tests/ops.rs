@@ -650,3 +650,41 @@ fn access_log_counts_what_the_proxy_moves() {
     assert_eq!((done[0].bytes_in, done[0].bytes_out), (6, 11), "{done:#?}");
     assert_eq!(done[0].end, "close_notify", "{done:#?}");
 }
+
+/// Log rotation: after the file is moved away, SIGHUP makes the server write to a new file at
+/// the old path; the moved file keeps the lines written before.
+#[test]
+fn access_log_is_reopened_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = path_in(dir.path(), "access.log");
+    let rotated = path_in(dir.path(), "access.log.1");
+    let server = Server::start(&["--access-log", &log]);
+    assert_eq!(request(&server, &[]), "New");
+    // The harness's probe and the request.
+    lines_when(&log, 2);
+    std::fs::rename(&log, &rotated).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // The signal is handled in the background: request until a line reaches the new file.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut requests = 0;
+    while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+        assert!(Instant::now() < deadline, "no new access log");
+        assert_eq!(request(&server, &[]), "New");
+        requests += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(requests >= 1);
+    let before: Vec<Line> = lines_when(&rotated, 2)
+        .iter()
+        .map(|l| parse_text(l))
+        .collect();
+    // The request before the rotation (and maybe some made before the signal was handled).
+    let (_, done) = completed(before);
+    assert!(!done.is_empty());
+    let after = parse_text(&lines_when(&log, 1)[0]);
+    assert_eq!(after.resumed, "full", "{after:?}");
+}
