@@ -443,20 +443,55 @@ impl Writer {
     }
 }
 
+thread_local! {
+    /// The second formatted last and its `YYYY-MM-DDTHH:MM:SS`: the writer's lines come in
+    /// bursts within one second, which then cost no date arithmetic.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
 /// `2026-12-03T14:39:15.123Z`.
 pub fn rfc3339(time: SystemTime, out: &mut String) {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60,
-        since.subsec_millis()
-    );
+    let (cached, text) = SECOND.get();
+    let second = if cached == secs {
+        text
+    } else {
+        let (days, rest) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days);
+        let mut fresh = String::with_capacity(19);
+        let _ = write!(
+            fresh,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+            rest / 3600,
+            rest / 60 % 60,
+            rest % 60,
+        );
+        match <[u8; 19]>::try_from(fresh.as_bytes()) {
+            Ok(bytes) => {
+                SECOND.set((secs, bytes));
+                bytes
+            }
+            // A year past 9999: not cached.
+            Err(_) => {
+                out.push_str(&fresh);
+                push_millis(since.subsec_millis(), out);
+                return;
+            }
+        }
+    };
+    // Always ASCII: written above from digits, dashes, colons and a `T`.
+    out.extend(second.iter().map(|&b| char::from(b)));
+    push_millis(since.subsec_millis(), out);
+}
+
+/// `.mmmZ`.
+fn push_millis(millis: u32, out: &mut String) {
+    out.push('.');
+    for digit in [millis / 100 % 10, millis / 10 % 10, millis % 10] {
+        out.push(char::from_digit(digit, 10).unwrap_or('0'));
+    }
+    out.push('Z');
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01.
@@ -664,6 +699,10 @@ mod tests {
         s.clear();
         rfc3339(UNIX_EPOCH + Duration::from_secs(951_868_800), &mut s);
         assert_eq!(s, "2000-03-01T00:00:00.000Z");
+        // The same second again (from the cache), other milliseconds.
+        s.clear();
+        rfc3339(UNIX_EPOCH + Duration::from_millis(951_868_800_042), &mut s);
+        assert_eq!(s, "2000-03-01T00:00:00.042Z");
     }
 
     #[test]
