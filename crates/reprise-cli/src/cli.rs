@@ -131,13 +131,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub upstream: Option<String>,
 
-    /// Certificate chain, PEM [default: a self-signed certificate for localhost].
+    /// Certificate chain, PEM [default: a self-signed certificate for localhost]. Repeat
+    /// --cert and --key in pairs to serve several certificates, each chosen by the names in it
+    /// (SNI); the first is the default.
     #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
+    pub cert: Vec<PathBuf>,
 
-    /// Private key, PEM (RSA, ECDSA or Ed25519).
+    /// Private key, PEM (RSA, ECDSA or Ed25519), of the --cert given in the same position.
     #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
+    pub key: Vec<PathBuf>,
+
+    /// Refuse a client whose ClientHello names no certificate's name (or none), instead of
+    /// serving it the default certificate.
+    #[arg(long)]
+    pub strict_sni: bool,
 
     /// TLS versions to accept [default: 1.2,1.3].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
