@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use reprise_redis::RedisTarget;
 
-use crate::cli::{ClientAuthMode, ServeArgs, TicketMode, TlsVersion};
+use crate::cli::{ClientAuthMode, ProxyVersion, ServeArgs, TicketMode, TlsVersion};
+use crate::proxy::Cidr;
 
 /// The settings file: the flags' names and meanings, in TOML.
 ///
@@ -60,6 +61,9 @@ pub struct FileConfig {
     redis_misses_per_address: Option<u32>,
     cache_dir: Option<PathBuf>,
     cache_dir_max_bytes: Option<u64>,
+    accept_proxy_protocol: Option<bool>,
+    proxy_protocol_from: Option<Vec<String>>,
+    upstream_proxy_protocol: Option<ProxyVersion>,
 }
 
 /// Everything `reprise serve` runs with, checked.
@@ -114,6 +118,10 @@ pub struct Settings {
     /// The former name of the key file's flag or setting, if one was used: logged once the
     /// server has its TLS state, so that a start-up error stays one line.
     pub deprecated_key_file: Option<&'static str>,
+    /// The networks whose PROXY protocol headers are read; empty: none is read.
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// The PROXY protocol version sent to the upstream, if any.
+    pub upstream_proxy_protocol: Option<ProxyVersion>,
 }
 
 /// Where the ticket keys come from.
@@ -415,9 +423,21 @@ impl Settings {
             redis.is_some(),
             cache_timeout,
         )?;
+        let upstream = args.upstream.or(file.upstream);
+        let (proxy_protocol_from, upstream_proxy_protocol) = proxy_protocol(
+            args.accept_proxy_protocol || file.accept_proxy_protocol.unwrap_or(false),
+            if args.proxy_protocol_from.is_empty() {
+                file.proxy_protocol_from.unwrap_or_default()
+            } else {
+                args.proxy_protocol_from
+            },
+            args.upstream_proxy_protocol
+                .or(file.upstream_proxy_protocol),
+            upstream.is_some(),
+        )?;
         Ok(Self {
             listen,
-            upstream: args.upstream.or(file.upstream),
+            upstream,
             cert_key,
             tls_versions,
             alpn: args.alpn.or(file.alpn).unwrap_or_default(),
@@ -447,8 +467,36 @@ impl Settings {
             redis,
             disk,
             deprecated_key_file,
+            proxy_protocol_from,
+            upstream_proxy_protocol,
         })
     }
+}
+
+/// The PROXY protocol settings, checked: the trusted networks (needed by, and only with,
+/// accept-proxy-protocol), and the version sent upstream (needs an upstream).
+fn proxy_protocol(
+    accept: bool,
+    from: Vec<String>,
+    upstream_version: Option<ProxyVersion>,
+    with_upstream: bool,
+) -> anyhow::Result<(Vec<Cidr>, Option<ProxyVersion>)> {
+    let from = from
+        .iter()
+        .map(|c| {
+            c.parse::<Cidr>()
+                .map_err(|e| anyhow::anyhow!("proxy-protocol-from: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    match (accept, from.is_empty()) {
+        (true, true) => bail!("--accept-proxy-protocol needs at least one --proxy-protocol-from CIDR (the load balancers trusted to send headers)"),
+        (false, false) => bail!("--proxy-protocol-from needs --accept-proxy-protocol"),
+        _ => {}
+    }
+    if upstream_version.is_some() && !with_upstream {
+        bail!("--upstream-proxy-protocol needs --upstream");
+    }
+    Ok((from, upstream_version))
 }
 
 /// The ticket-key settings of the flags or of the settings file.

@@ -8,6 +8,7 @@ mod client_conn;
 mod config;
 mod http;
 mod metrics;
+mod proxy;
 mod serve;
 mod tls;
 
