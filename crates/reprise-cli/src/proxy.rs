@@ -83,9 +83,12 @@ pub enum ProxyError {
     /// A header, but malformed.
     #[error("malformed PROXY protocol header: {0}")]
     Malformed(&'static str),
-    /// The connection ended, failed or timed out before the header was whole.
+    /// The connection ended or failed before the header was whole.
     #[error("connection closed before the PROXY protocol header was complete")]
     Truncated,
+    /// The connection ended before its first byte (a load balancer's TCP health check).
+    #[error("connection closed before its first byte")]
+    Closed,
 }
 
 /// What [`parse`] made of the bytes so far.
@@ -324,11 +327,15 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Header, Prox
     let mut bytes = Vec::with_capacity(V1_MAX);
     let mut need = V1_MIN;
     loop {
-        let at = bytes.len();
+        let mut at = bytes.len();
         bytes.resize(at + need, 0);
-        r.read_exact(&mut bytes[at..])
-            .await
-            .map_err(|_| ProxyError::Truncated)?;
+        while at < bytes.len() {
+            match r.read(&mut bytes[at..]).await {
+                Ok(0) | Err(_) if at == 0 => return Err(ProxyError::Closed),
+                Ok(0) | Err(_) => return Err(ProxyError::Truncated),
+                Ok(n) => at += n,
+            }
+        }
         match parse(&bytes)? {
             Parsed::Complete(header, _) => return Ok(header),
             Parsed::Incomplete(n) => need = n,
@@ -761,6 +768,8 @@ mod tests {
         }
         let mut r = &b"PROXY TCP4 1.2.3.4"[..];
         assert_eq!(read_header(&mut r).await, Err(ProxyError::Truncated));
+        let mut r = &b""[..];
+        assert_eq!(read_header(&mut r).await, Err(ProxyError::Closed));
     }
 
     #[test]

@@ -396,6 +396,12 @@ async fn proxied(
     };
     let header = match read {
         Ok(Ok(header)) => header,
+        Ok(Err(proxy::ProxyError::Closed)) => {
+            // As without the PROXY protocol: a client gone before its first byte.
+            shared.metrics.failure(Failure::Eof);
+            debug!(%peer, "closed before the PROXY protocol header");
+            return None;
+        }
         Ok(Err(e)) => {
             let why = match e {
                 proxy::ProxyError::Missing => proxy::Refused::Missing,
@@ -406,7 +412,7 @@ async fn proxied(
             return None;
         }
         Err(_) => {
-            shared.proxy_metrics.refused(proxy::Refused::Malformed);
+            shared.metrics.failure(Failure::Timeout);
             debug!(%peer, "no whole PROXY protocol header within hello-timeout: connection closed");
             return None;
         }
