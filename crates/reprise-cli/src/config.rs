@@ -761,6 +761,43 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_settings() -> anyhow::Result<()> {
+        let merge = |args: ServeArgs, file: &str| Settings::merge(args, parse(file)?);
+        let s = merge(
+            ServeArgs::default(),
+            "accept-proxy-protocol = true\nproxy-protocol-from = [\"10.0.0.0/8\", \"fd00::/8\"]\nupstream = \"127.0.0.1:1\"\nupstream-proxy-protocol = \"v2\"",
+        )?;
+        assert_eq!(s.proxy_protocol_from.len(), 2);
+        assert_eq!(s.upstream_proxy_protocol, Some(ProxyVersion::V2));
+        // The flags' networks replace the file's.
+        let s = merge(
+            ServeArgs {
+                proxy_protocol_from: vec!["192.0.2.1".into()],
+                ..ServeArgs::default()
+            },
+            "accept-proxy-protocol = true\nproxy-protocol-from = [\"10.0.0.0/8\"]",
+        )?;
+        assert_eq!(s.proxy_protocol_from.len(), 1);
+        assert!(s.proxy_protocol_from[0].contains("192.0.2.1".parse()?));
+        let s = merge(ServeArgs::default(), "")?;
+        assert!(s.proxy_protocol_from.is_empty() && s.upstream_proxy_protocol.is_none());
+        let err = |file: &str| {
+            merge(ServeArgs::default(), file)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(
+            err("accept-proxy-protocol = true").is_some_and(|e| e.contains("needs at least one"))
+        );
+        assert!(err("proxy-protocol-from = [\"10.0.0.0/8\"]")
+            .is_some_and(|e| e.contains("needs --accept")));
+        assert!(
+            err("upstream-proxy-protocol = \"v1\"").is_some_and(|e| e.contains("needs --upstream"))
+        );
+        Ok(())
+    }
+
+    #[test]
     fn bad_values_name_the_problem() {
         let unknown = parse("cache-sise = 5").err().map(|e| e.to_string());
         assert!(unknown.is_some_and(|e| e.contains("cache-sise")));

@@ -814,6 +814,36 @@ mod tests {
         }
 
         #[test]
+        fn valid_headers_are_read_to_their_last_byte_and_no_further(
+            v6 in any::<bool>(),
+            two in any::<bool>(),
+            a in any::<[u8; 16]>(),
+            b in any::<[u8; 16]>(),
+            ports in any::<(u16, u16)>(),
+            after in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let ip = |o: [u8; 16]| if v6 {
+                IpAddr::V6(Ipv6Addr::from(o))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], o[3]))
+            };
+            let (src, dst) = (SocketAddr::new(ip(a), ports.0), SocketAddr::new(ip(b), ports.1));
+            let tls = TlsFacts { sni: Some("b.test"), alpn: None, version: "TLSv1.2", cipher: None, client_cert: false };
+            let header = if two { write_v2(src, dst, &tls) } else { write_v1(src, dst) };
+            prop_assert!(two || header.len() <= V1_MAX);
+            let stream = [&header[..], &after[..]].concat();
+            let mut r = &stream[..];
+            let runtime = tokio::runtime::Builder::new_current_thread().build();
+            prop_assert!(runtime.is_ok());
+            if let Ok(runtime) = runtime {
+                let read = runtime.block_on(read_header(&mut r));
+                let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+                prop_assert_eq!(read.map(|h| h.addresses.map(|(s, d)| (canon(s), canon(d)))), Ok(Some((canon(src), canon(dst)))));
+                prop_assert_eq!(r, &after[..]);
+            }
+        }
+
+        #[test]
         fn mutated_headers_never_panic_nor_overread(
             v6 in any::<bool>(),
             two in any::<bool>(),
