@@ -380,15 +380,25 @@ async fn proxied(
         // An untrusted source is served as plain TLS; a header it sends is not honoured, and
         // counted here (the TLS handshake would fail on it anyway).
         let mut first = [0u8; 12];
-        let peeked = tokio::time::timeout(settings.hello_timeout, tcp.peek(&mut first)).await;
-        if let Ok(Ok(n)) = peeked {
-            if proxy::looks_like_header(&first[..n]) {
+        let peeked = tokio::select! {
+            r = tokio::time::timeout(settings.hello_timeout, tcp.peek(&mut first)) => r,
+            _ = shared.shutdown.cancelled() => return None,
+        };
+        match peeked {
+            Ok(Ok(n)) if proxy::looks_like_header(&first[..n]) => {
                 shared.proxy_metrics.refused(proxy::Refused::Untrusted);
                 debug!(%peer, "PROXY protocol header from an untrusted source: connection closed");
                 return None;
             }
+            // Silent for the whole hello timeout: the acceptor would give it another.
+            Err(_) => {
+                shared.metrics.failure(Failure::Timeout);
+                debug!(%peer, "handshake failed: no ClientHello within hello-timeout");
+                return None;
+            }
+            // The rest (a socket error, an end) is the acceptor's to report.
+            Ok(_) => return Some((peer, local, None)),
         }
-        return Some((peer, local, None));
     }
     let read = tokio::select! {
         r = tokio::time::timeout(settings.hello_timeout, proxy::read_header(tcp)) => r,
