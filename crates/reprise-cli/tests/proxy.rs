@@ -189,12 +189,28 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 
 /// Connects from `from` (a loopback address), sends `header`, and completes a TLS handshake.
 fn connect(server: &Server, from: Ipv4Addr, header: &[u8]) -> std::io::Result<Tls> {
+    connect_split(server, from, header, header.len())
+}
+
+/// [`connect`], with the header sent in two writes (split at `at`), a pause between them: the
+/// server reads it as it comes.
+fn connect_split(
+    server: &Server,
+    from: Ipv4Addr,
+    header: &[u8],
+    at: usize,
+) -> std::io::Result<Tls> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     socket.bind(&SocketAddr::new(IpAddr::V4(from), 0).into())?;
     socket.connect_timeout(&server.addr.into(), Duration::from_secs(5))?;
     let mut tcp: TcpStream = socket.into();
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    tcp.write_all(header)?;
+    tcp.set_nodelay(true)?;
+    tcp.write_all(&header[..at])?;
+    if at < header.len() {
+        std::thread::sleep(Duration::from_millis(100));
+        tcp.write_all(&header[at..])?;
+    }
     let conn = ClientConnection::new(client_config(), ServerName::try_from("localhost").unwrap())
         .map_err(std::io::Error::other)?;
     let mut tls = StreamOwned::new(conn, tcp);
@@ -349,6 +365,15 @@ fn untrusted_missing_and_malformed_headers_are_refused_and_counted() {
     .unwrap();
     assert!(ask(&mut a, request, "resumed: ").contains("resumed: "));
     assert!(ask(&mut b, request, "resumed: ").contains("resumed: "));
+    // Headers that arrive in pieces are read as they come.
+    let split_v1 = v1(sa("192.0.2.30:1"), dst);
+    let mut c = connect_split(&server, Ipv4Addr::LOCALHOST, &split_v1, 20).unwrap();
+    assert!(ask(&mut c, request, "resumed: ").contains("resumed: "));
+    drop(c);
+    let split_v2 = v2(sa("192.0.2.31:1"), dst);
+    let mut c = connect_split(&server, Ipv4Addr::LOCALHOST, &split_v2, 14).unwrap();
+    assert!(ask(&mut c, request, "resumed: ").contains("resumed: "));
+    drop(c);
     // A second connection from a client that holds one is closed.
     let before = server.metric("reprise_connections_rejected_per_address_total");
     assert!(refused(
@@ -362,11 +387,11 @@ fn untrusted_missing_and_malformed_headers_are_refused_and_counted() {
     );
     assert_eq!(
         server.metric("reprise_proxy_headers_total{version=\"v1\"}"),
-        2
+        3
     );
     assert_eq!(
         server.metric("reprise_proxy_headers_total{version=\"v2\"}"),
-        1
+        2
     );
     drop((a, b));
 }
