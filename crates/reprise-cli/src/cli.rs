@@ -116,6 +116,16 @@ pub enum ClientAuthMode {
     Optional,
 }
 
+/// A PROXY protocol version to send to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    /// The text header.
+    V1,
+    /// The binary header, with TLVs.
+    V2,
+}
+
 /// `reprise serve` flags. Each may also be set in the `--config` file; a flag wins.
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {
@@ -282,6 +292,21 @@ pub struct ServeArgs {
     /// The cap on the session database file in --cache-dir, in bytes [default: 67108864].
     #[arg(long, value_name = "N")]
     pub cache_dir_max_bytes: Option<u64>,
+
+    /// Read a PROXY protocol header (v1 or v2) from connections whose source is in a
+    /// --proxy-protocol-from network, and use the client address it carries.
+    #[arg(long)]
+    pub accept_proxy_protocol: bool,
+
+    /// A network trusted to send PROXY protocol headers, as a CIDR (10.0.0.0/8, fd00::/8, or a
+    /// bare address); repeatable. Needed by --accept-proxy-protocol.
+    #[arg(long, value_name = "CIDR")]
+    pub proxy_protocol_from: Vec<String>,
+
+    /// Send a PROXY protocol header (v1 or v2; v2 carries the SNI, the ALPN and the TLS version)
+    /// with the client's address to the --upstream before the decrypted bytes.
+    #[arg(long, value_name = "VERSION")]
+    pub upstream_proxy_protocol: Option<ProxyVersion>,
 }
 
 /// Whether `reprise bench` makes full or resumed handshakes.

@@ -9,6 +9,7 @@ mod config;
 mod http;
 mod metrics;
 mod pidfile;
+mod proxy;
 mod serve;
 mod tls;
 
