@@ -24,6 +24,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print a new key line for a key file (`--key-file`).
     Keygen(KeygenArgs),
+    /// Check the settings of `reprise serve` (the same flags and --config) and load every file
+    /// they name, without listening or connecting; print "config ok" or the problem.
+    CheckConfig(Box<ServeArgs>),
     /// Make a running `reprise serve --pid-file FILE` reload (send it SIGHUP).
     Reload(ReloadArgs),
 }
@@ -307,6 +310,16 @@ pub struct ServeArgs {
     /// with the client's address to the --upstream before the decrypted bytes.
     #[arg(long, value_name = "VERSION")]
     pub upstream_proxy_protocol: Option<ProxyVersion>,
+
+    /// Write one line per connection, when it ends, to this file (appended; reopened on
+    /// SIGHUP), or to the standard output with `-` [default: no access log].
+    #[arg(long, value_name = "FILE|-")]
+    pub access_log: Option<PathBuf>,
+
+    /// The access log's format: text (key=value fields) or json (an object per line)
+    /// [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub access_log_format: Option<crate::access_log::Format>,
 }
 
 /// Whether `reprise bench` makes full or resumed handshakes.

@@ -62,6 +62,8 @@ pub struct FileConfig {
     redis_misses_per_address: Option<u32>,
     cache_dir: Option<PathBuf>,
     cache_dir_max_bytes: Option<u64>,
+    access_log: Option<PathBuf>,
+    access_log_format: Option<crate::access_log::Format>,
     accept_proxy_protocol: Option<bool>,
     proxy_protocol_from: Option<Vec<String>>,
     upstream_proxy_protocol: Option<ProxyVersion>,
@@ -154,6 +156,8 @@ pub struct Settings {
     /// The former name of the key file's flag or setting, if one was used: logged once the
     /// server has its TLS state, so that a start-up error stays one line.
     pub deprecated_key_file: Option<&'static str>,
+    /// The access log, if any.
+    pub access_log: Option<crate::access_log::Settings>,
     /// The networks whose PROXY protocol headers are read; empty: none is read.
     pub proxy_protocol_from: Vec<Cidr>,
     /// The PROXY protocol version sent to the upstream, if any.
@@ -480,6 +484,10 @@ impl Settings {
                 .or(file.upstream_proxy_protocol),
             upstream.is_some(),
         )?;
+        let access_log = access_log(
+            args.access_log.or(file.access_log),
+            args.access_log_format.or(file.access_log_format),
+        )?;
         Ok(Self {
             listen,
             upstream,
@@ -516,6 +524,7 @@ impl Settings {
             deprecated_key_file,
             proxy_protocol_from,
             upstream_proxy_protocol,
+            access_log,
         })
     }
 }
@@ -686,6 +695,24 @@ fn proxy_protocol(
         bail!("--upstream-proxy-protocol needs --upstream");
     }
     Ok((from, upstream_version))
+}
+
+/// The access-log settings: a format without a target has no effect, and is an error.
+fn access_log(
+    path: Option<PathBuf>,
+    format: Option<crate::access_log::Format>,
+) -> anyhow::Result<Option<crate::access_log::Settings>> {
+    match (path, format) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => bail!("access-log-format needs access-log"),
+        (Some(path), _) if path.as_os_str().is_empty() => {
+            bail!("access-log: give a file, or - for the standard output")
+        }
+        (Some(path), format) => Ok(Some(crate::access_log::Settings {
+            target: crate::access_log::Target::parse(&path),
+            format: format.unwrap_or_default(),
+        })),
+    }
 }
 
 /// The ticket-key settings of the flags or of the settings file.

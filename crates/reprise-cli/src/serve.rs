@@ -2,7 +2,7 @@
 //! built-in responder or the proxy to `--upstream`), the metrics endpoint and graceful shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use reprise_rustls::{AcceptError, AcceptPolicy, Accepted, Acceptor, ServerTlsStream};
 
+use crate::access_log::{self, AccessLog, End, Record, Resumption, Source};
 use crate::admission::{AddressPermit, PerAddress};
 use crate::cli::ServeArgs;
 use crate::config::Settings;
@@ -45,6 +46,10 @@ struct Shared {
     per_address: Arc<PerAddress>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The access log, with `--access-log`.
+    access_log: Option<AccessLog>,
+    /// Whether the listeners serve: `/healthz` answers 503 until then.
+    ready: AtomicBool,
 }
 
 /// How long the start waits for the fleet's ticket-key ring before serving with what it has.
@@ -59,6 +64,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(upstream) = &settings.upstream {
         check_host_port(upstream).map_err(startup)?;
     }
+    let access_log = match &settings.access_log {
+        Some(log) => Some(AccessLog::open(log).map_err(startup)?),
+        None => None,
+    };
     let mut listeners = Vec::new();
     for addr in &settings.listen {
         listeners.push(bind(addr).await.map_err(startup)?);
@@ -72,6 +81,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Some(crate::pidfile::PidFile::create(path).map_err(startup)?),
         None => None,
     };
+
+    // Shared from here on, so that the metrics listener answers during the rest of the start
+    // (with /healthz not ready).
+    let shared = Arc::new(Shared {
+        acceptor: acceptor(&settings, &tls),
+        tls,
+        metrics: Metrics::default(),
+        proxy_metrics: ProxyMetrics::default(),
+        permits: Arc::new(Semaphore::new(settings.max_connections)),
+        per_address: PerAddress::new(settings.max_connections_per_address),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        access_log,
+        ready: AtomicBool::new(false),
+        settings,
+    });
+    let (settings, tls) = (&shared.settings, &shared.tls);
+    let mut loops = Vec::new();
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "metrics at /metrics, health at /healthz");
+        }
+        loops.push(tokio::spawn(metrics_loop(shared.clone(), listener)));
+    }
 
     if tls.self_signed {
         info!(sha256 = %tls.fingerprint, "generated a self-signed certificate for localhost");
@@ -128,7 +161,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    tls::log_certificates(&tls, settings.strict_sni);
+    tls::log_certificates(tls, settings.strict_sni);
     tokio::spawn(tls::watch_ocsp(tls.certificates.clone()));
 
     if let Some(disk) = &tls.disk {
@@ -140,33 +173,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         info!(sessions = warmed, "sessions loaded from disk");
     }
 
-    let shared = Arc::new(Shared {
-        acceptor: acceptor(&settings, &tls),
-        tls,
-        metrics: Metrics::default(),
-        proxy_metrics: ProxyMetrics::default(),
-        permits: Arc::new(Semaphore::new(settings.max_connections)),
-        per_address: PerAddress::new(settings.max_connections_per_address),
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        settings,
-    });
-
-    let mut loops = Vec::new();
     for listener in listeners {
         loops.push(tokio::spawn(accept_loop(shared.clone(), listener)));
     }
-    if let Some(listener) = metrics_listener {
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "metrics at /metrics, health at /healthz");
-        }
-        loops.push(tokio::spawn(metrics_loop(shared.clone(), listener)));
-    }
+    shared.ready.store(true, Ordering::Release);
+    crate::notify::notify("READY=1");
 
     while signals.next().await == Signal::Reload {
+        if let Some(log) = &shared.access_log {
+            log.reopen();
+        }
         reload(&shared).await;
     }
     info!("shutting down: no new connections");
+    crate::notify::notify("STOPPING=1");
     shared.shutdown.cancel();
     for l in loops {
         let _ = l.await;
@@ -188,6 +208,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(disk) = shared.tls.disk.clone() {
         // Writes out the queue and marks the shutdown clean, so TLS 1.3 tickets are kept.
         let _ = tokio::task::spawn_blocking(move || disk.close()).await;
+    }
+    if shared.access_log.is_some() {
+        // Writes out the queued lines.
+        let held = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(log) = &held.access_log {
+                log.close();
+            }
+        })
+        .await;
     }
     info!("stopped");
     Ok(())
@@ -252,7 +282,7 @@ async fn reload(shared: &Shared) {
 }
 
 /// Checks that an upstream is `HOST:PORT`.
-fn check_host_port(upstream: &str) -> anyhow::Result<()> {
+pub(crate) fn check_host_port(upstream: &str) -> anyhow::Result<()> {
     let port = upstream
         .rsplit_once(':')
         .map(|(host, port)| (host, port.parse::<u16>()))
@@ -353,6 +383,7 @@ async fn connection(
 ) {
     shared.metrics.connection_opened();
     let _open = Open(&shared.metrics);
+    let started = Instant::now();
     // The PROXY protocol header, from a trusted source: the client's address from here on.
     let Some((peer, local, _per_address)) = proxied(&shared, &mut tcp, peer).await else {
         return;
@@ -362,11 +393,18 @@ async fn connection(
     let established = {
         let accepted = tokio::select! {
             r = shared.acceptor.accept(tcp, peer) => r,
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => {
+                log_unfinished(&shared, peer, started, End::Shutdown, None);
+                return;
+            }
         };
         match accepted {
-            Ok(accepted) => Box::pin(established(&shared, accepted, peer, local)),
-            Err(e) => return handshake_failed(&shared, &e, peer),
+            Ok(accepted) => Box::pin(established(&shared, accepted, peer, local, started)),
+            Err(e) => {
+                let error = access_log::accept_error(&e);
+                log_unfinished(&shared, peer, started, End::HandshakeFailed, Some(error));
+                return handshake_failed(&shared, &e, peer);
+            }
         }
     };
     established.await;
@@ -451,6 +489,32 @@ async fn proxied(
     Some((client, local, Some(permit)))
 }
 
+/// The access-log line of a connection whose handshake did not complete.
+fn log_unfinished(
+    shared: &Shared,
+    peer: SocketAddr,
+    started: Instant,
+    end: End,
+    error: Option<&'static str>,
+) {
+    if let Some(log) = &shared.access_log {
+        log.log(Record {
+            time: std::time::SystemTime::now(),
+            client: peer,
+            sni: None,
+            version: None,
+            suite: None,
+            resumption: Resumption::None,
+            source: None,
+            handshake: started.elapsed(),
+            bytes_in: 0,
+            bytes_out: 0,
+            end,
+            error,
+        });
+    }
+}
+
 /// Counts and logs a connection whose handshake did not complete.
 fn handshake_failed(shared: &Shared, e: &AcceptError, peer: SocketAddr) {
     let reason = Failure::of_accept(e);
@@ -478,7 +542,9 @@ async fn established(
     accepted: Accepted,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    started: Instant,
 ) {
+    let handshake_time = started.elapsed();
     let mut stream = accepted.stream;
     let (kind, version, suite, proxy_header) = {
         let (_, conn) = stream.get_ref().get_ref();
@@ -493,9 +559,13 @@ async fn established(
     // sessions. A FIN, a reset or a timeout keeps them.
     shared.metrics.handshake(kind, version);
     let resumed = kind == Some(rustls::HandshakeKind::Resumed);
+    // Read now: a failure later takes the connection's sessions away.
+    let from_cache =
+        resumed && shared.access_log.is_some() && !stream.sessions().sessions().is_empty();
     debug!(%peer, ?version, resumed, "handshake completed");
 
-    let ending = match &shared.settings.upstream {
+    let traffic = Traffic::default();
+    let (ending, responded) = match &shared.settings.upstream {
         None => {
             let body = format!(
                 "protocol: {}\ncipher: {}\nresumed: {}\n",
@@ -504,19 +574,73 @@ async fn established(
                 if resumed { "yes" } else { "no" },
             );
             let idle = shared.settings.idle_timeout;
-            match http::respond(&mut stream, &body, idle, &shared.shutdown).await {
-                Ending::Close => close_notify(&mut stream, false).await,
+            let mut counted = access_log::Counted::new(&mut stream);
+            let responded = http::respond(&mut counted, &body, idle, &shared.shutdown).await;
+            traffic.add(counted.read, counted.written);
+            let ending = match responded {
+                Ending::Close | Ending::Idle | Ending::Shutdown => {
+                    close_notify(&mut stream, false).await
+                }
                 Ending::PeerClosed => close_notify(&mut stream, true).await,
                 ending => ending,
-            }
+            };
+            (ending, Some(responded))
         }
-        Some(upstream) => proxy(shared, &mut stream, upstream, peer, &proxy_header).await,
+        Some(upstream) => (
+            proxy(shared, &mut stream, upstream, peer, &proxy_header, &traffic).await,
+            None,
+        ),
     };
-    if stream.sessions().has_failed() {
+    let failed = stream.sessions().has_failed();
+    if failed {
         shared.metrics.unclean_shutdown();
-    } else if ending == Ending::Unclean {
+    } else if ending.is_unclean() {
         // No close_notify either way (a FIN, a reset): the session is kept.
         shared.metrics.close_without_close_notify();
+    }
+    if let Some(log) = &shared.access_log {
+        let resumption = Resumption::of(kind, version, from_cache);
+        let end = match (failed, responded.unwrap_or(ending)) {
+            (true, _) => End::TlsError,
+            (false, Ending::Close) => End::ServerClose,
+            (false, Ending::Idle) => End::IdleTimeout,
+            (false, Ending::Shutdown) => End::Shutdown,
+            (false, Ending::PeerClosed | Ending::Clean) => End::CloseNotify,
+            (false, Ending::Unclean) => End::Eof,
+            (false, Ending::Broken(std::io::ErrorKind::ConnectionReset)) => End::Reset,
+            (false, Ending::Broken(_)) => End::IoError,
+        };
+        let (_, conn) = stream.get_ref().get_ref();
+        log.log(Record {
+            time: std::time::SystemTime::now(),
+            client: peer,
+            sni: conn.server_name().map(str::to_owned),
+            version,
+            suite: suite.map(|s| s.suite()),
+            resumption,
+            source: Source::of(resumption, accepted.prefetch),
+            handshake: handshake_time,
+            bytes_in: traffic.read.load(Ordering::Relaxed),
+            bytes_out: traffic.written.load(Ordering::Relaxed),
+            end,
+            error: None,
+        });
+    }
+}
+
+/// Application bytes a connection moved, each way.
+#[derive(Default)]
+struct Traffic {
+    /// From the client.
+    read: AtomicU64,
+    /// To the client.
+    written: AtomicU64,
+}
+
+impl Traffic {
+    fn add(&self, read: u64, written: u64) {
+        self.read.fetch_add(read, Ordering::Relaxed);
+        self.written.fetch_add(written, Ordering::Relaxed);
     }
 }
 
@@ -548,6 +672,7 @@ async fn proxy(
     upstream: &str,
     peer: SocketAddr,
     proxy_header: &[u8],
+    traffic: &Traffic,
 ) -> Ending {
     let connected =
         tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await;
@@ -575,12 +700,26 @@ async fn proxy(
     let (mut up_read, mut up_write) = up.into_split();
     let to_upstream = async {
         // Ok: the client's close_notify; Err: its connection ended without one.
-        let r = pump(&mut client_read, &mut up_write, &last_activity, started).await;
+        let r = pump(
+            &mut client_read,
+            &mut up_write,
+            &last_activity,
+            started,
+            &traffic.read,
+        )
+        .await;
         let _ = up_write.shutdown().await;
         r.is_ok()
     };
     let to_client = async {
-        let _ = pump(&mut up_read, &mut client_write, &last_activity, started).await;
+        let _ = pump(
+            &mut up_read,
+            &mut client_write,
+            &last_activity,
+            started,
+            &traffic.written,
+        )
+        .await;
         // The upstream is done: send close_notify.
         client_write.shutdown().await.is_ok()
     };
@@ -610,12 +749,13 @@ async fn proxy(
     }
 }
 
-/// Copies until EOF, noting the time of every transfer.
+/// Copies until EOF, noting the time of every transfer and counting the bytes in `moved`.
 async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     r: &mut R,
     w: &mut W,
     last_activity: &AtomicU64,
     started: Instant,
+    moved: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -625,6 +765,7 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
         last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
@@ -730,9 +871,15 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
                     if !shared.settings.proxy_protocol_from.is_empty() {
                         shared.proxy_metrics.render(&mut body);
                     }
+                    if let Some(log) = &shared.access_log {
+                        body.push_str(&log.render_metrics());
+                    }
                     ("200 OK", body)
                 }
-                Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),
+                Ok(Ok(req)) if req.path == "/healthz" => {
+                    let (status, body) = health(shared.ready.load(Ordering::Acquire));
+                    (status, body.to_owned())
+                }
                 Ok(Ok(_)) => ("404 Not Found", "not found\n".to_owned()),
                 _ => return,
             };
@@ -747,5 +894,25 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
             .await;
             let _ = tcp.shutdown().await;
         });
+    }
+}
+
+/// The answer of `/healthz`: 503 until the listeners serve, 200 after.
+fn health(ready: bool) -> (&'static str, &'static str) {
+    if ready {
+        ("200 OK", "ok\n")
+    } else {
+        ("503 Service Unavailable", "starting\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthz_is_not_ready_until_the_listeners_serve() {
+        assert_eq!(health(false).0, "503 Service Unavailable");
+        assert_eq!(health(true), ("200 OK", "ok\n"));
     }
 }
