@@ -24,6 +24,16 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print a new key line for a key file (`--key-file`).
     Keygen(KeygenArgs),
+    /// Make a running `reprise serve --pid-file FILE` reload (send it SIGHUP).
+    Reload(ReloadArgs),
+}
+
+/// `reprise reload` flags.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The pid file the server writes (`reprise serve --pid-file`).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: PathBuf,
 }
 
 /// `reprise keygen` flags.
@@ -131,13 +141,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub upstream: Option<String>,
 
-    /// Certificate chain, PEM [default: a self-signed certificate for localhost].
+    /// Certificate chain, PEM [default: a self-signed certificate for localhost]. Repeat
+    /// --cert and --key in pairs to serve several certificates, each chosen by the names in it
+    /// (SNI); the first is the default.
     #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
+    pub cert: Vec<PathBuf>,
 
-    /// Private key, PEM (RSA, ECDSA or Ed25519).
+    /// Private key, PEM (RSA, ECDSA or Ed25519), of the --cert given in the same position.
     #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
+    pub key: Vec<PathBuf>,
+
+    /// Refuse a client whose ClientHello names no certificate's name (or none), instead of
+    /// serving it the default certificate.
+    #[arg(long)]
+    pub strict_sni: bool,
 
     /// TLS versions to accept [default: 1.2,1.3].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -197,6 +214,11 @@ pub struct ServeArgs {
     /// With --client-ca: whether a client certificate is required [default: required].
     #[arg(long, value_name = "MODE", requires = "client_ca")]
     pub client_auth: Option<ClientAuthMode>,
+
+    /// Write the server's process id to this file once it listens (for `reprise reload`);
+    /// removed when it exits.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 
     /// Serve Prometheus metrics at /metrics and a health check at /healthz on this address
     /// (16 connections at a time).

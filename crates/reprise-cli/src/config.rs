@@ -45,6 +45,7 @@ pub struct FileConfig {
     client_ca: Option<PathBuf>,
     client_auth: Option<ClientAuthMode>,
     metrics_listen: Option<String>,
+    pid_file: Option<PathBuf>,
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
     hello_timeout: Option<u64>,
@@ -64,6 +65,36 @@ pub struct FileConfig {
     accept_proxy_protocol: Option<bool>,
     proxy_protocol_from: Option<Vec<String>>,
     upstream_proxy_protocol: Option<ProxyVersion>,
+    certificate: Option<Vec<CertificateFile>>,
+    strict_sni: Option<bool>,
+}
+
+/// One `[[certificate]]` entry of the settings file: a certificate, its key, and the security
+/// context it serves.
+///
+/// ```toml
+/// [[certificate]]
+/// cert = "/etc/reprise/www.pem"
+/// key = "/etc/reprise/www.key"
+///
+/// [[certificate]]
+/// cert = "/etc/reprise/api.pem"
+/// key = "/etc/reprise/api.key"
+/// names = ["api.example.com"]
+/// client-ca = "/etc/reprise/clients.pem"
+/// client-auth = "required"
+/// ocsp = "/etc/reprise/api.ocsp.der"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CertificateFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    names: Option<Vec<String>>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<ClientAuthMode>,
+    ocsp: Option<PathBuf>,
+    sid_ctx: Option<String>,
 }
 
 /// Everything `reprise serve` runs with, checked.
@@ -73,8 +104,11 @@ pub struct Settings {
     pub listen: Vec<String>,
     /// The TCP backend, or `None` for the built-in responder.
     pub upstream: Option<String>,
-    /// The certificate chain and key files, or `None` for a self-signed certificate.
-    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// The certificates, the default first; empty for a self-signed certificate.
+    pub certificates: Vec<CertificateSettings>,
+    /// Whether a hello that names no certificate's name (or none) is refused rather than
+    /// served the default certificate.
+    pub strict_sni: bool,
     /// TLS versions to accept, sorted, at least one.
     pub tls_versions: Vec<TlsVersion>,
     /// ALPN protocols to offer.
@@ -99,6 +133,8 @@ pub struct Settings {
     pub client_auth: Option<(PathBuf, ClientAuthMode)>,
     /// The metrics address.
     pub metrics_listen: Option<String>,
+    /// Where to write the process id once listening (`reprise reload` reads it).
+    pub pid_file: Option<PathBuf>,
     /// Connections served at once.
     pub max_connections: usize,
     /// Connections one client address (an IPv6 /64) may hold at once.
@@ -122,6 +158,24 @@ pub struct Settings {
     pub proxy_protocol_from: Vec<Cidr>,
     /// The PROXY protocol version sent to the upstream, if any.
     pub upstream_proxy_protocol: Option<ProxyVersion>,
+}
+
+/// One certificate and the security context it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSettings {
+    /// The PEM chain file.
+    pub cert: PathBuf,
+    /// The PEM key file.
+    pub key: PathBuf,
+    /// The names it serves, lower-case (`*.example.com` for one label under example.com), or
+    /// `None` for the DNS names of the certificate.
+    pub names: Option<Vec<String>>,
+    /// The client CA bundle and policy, for mTLS.
+    pub client_auth: Option<(PathBuf, ClientAuthMode)>,
+    /// A DER OCSP response to staple.
+    pub ocsp: Option<PathBuf>,
+    /// An explicit session-id context name, or `None` to derive one.
+    pub sid_ctx: Option<String>,
 }
 
 /// Where the ticket keys come from.
@@ -233,12 +287,6 @@ impl Settings {
         if listen.is_empty() {
             bail!("listen: at least one address is needed");
         }
-        let cert_key = match (args.cert.or(file.cert), args.key.or(file.key)) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            (Some(_), None) => bail!("--cert needs --key"),
-            (None, Some(_)) => bail!("--key needs --cert"),
-        };
         let mut tls_versions = args
             .tls_versions
             .or(file.tls_versions)
@@ -258,25 +306,22 @@ impl Settings {
             },
         };
         let sid_ctx = args.sid_ctx.or(file.sid_ctx);
-        if let Some(ctx) = &sid_ctx {
-            if ctx.len() > reprise::MAX_SID_CTX_LEN {
-                bail!(
-                    "sid-ctx is {} bytes long; the limit is {}",
-                    ctx.len(),
-                    reprise::MAX_SID_CTX_LEN
-                );
-            }
-        }
-        let client_ca = args.client_ca.or(file.client_ca);
-        let client_auth_mode = args.client_auth.or(file.client_auth);
-        let client_auth = match (client_ca, client_auth_mode) {
-            (Some(ca), mode) => Some((ca, mode.unwrap_or(ClientAuthMode::Required))),
-            (None, Some(_)) => bail!("client-auth needs client-ca"),
-            (None, None) => None,
-        };
+        check_sid_ctx(sid_ctx.as_deref())?;
+        let client_auth = client_auth(
+            args.client_ca.or(file.client_ca),
+            args.client_auth.or(file.client_auth),
+        )?;
         if client_auth.is_some() && sid_ctx.as_deref() == Some("") {
             bail!("sid-ctx: a server that verifies client certificates needs a non-empty session-id context");
         }
+        let certificates = certificates(
+            (args.cert, args.key),
+            (file.cert, file.key),
+            file.certificate,
+            &client_auth,
+            &sid_ctx,
+        )?;
+        let strict_sni = args.strict_sni || file.strict_sni.unwrap_or(false);
         let tls13_tickets = args
             .tls13_tickets
             .or(file.tls13_tickets)
@@ -438,7 +483,8 @@ impl Settings {
         Ok(Self {
             listen,
             upstream,
-            cert_key,
+            certificates,
+            strict_sni,
             tls_versions,
             alpn: args.alpn.or(file.alpn).unwrap_or_default(),
             cache_size: args
@@ -454,6 +500,7 @@ impl Settings {
             tls13_tickets,
             client_auth,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            pid_file: args.pid_file.or(file.pid_file),
             max_connections,
             max_connections_per_address,
             hello_timeout: Duration::from_secs(hello_timeout),
@@ -497,6 +544,148 @@ fn proxy_protocol(
         bail!("--upstream-proxy-protocol needs --upstream");
     }
     Ok((from, upstream_version))
+}
+
+/// Checks an operator's session-id context name.
+fn check_sid_ctx(sid_ctx: Option<&str>) -> anyhow::Result<()> {
+    if let Some(ctx) = sid_ctx {
+        if ctx.len() > reprise::MAX_SID_CTX_LEN {
+            bail!(
+                "sid-ctx is {} bytes long; the limit is {}",
+                ctx.len(),
+                reprise::MAX_SID_CTX_LEN
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The client CA and policy: a policy needs a CA, a CA alone means `required`.
+fn client_auth(
+    ca: Option<PathBuf>,
+    mode: Option<ClientAuthMode>,
+) -> anyhow::Result<Option<(PathBuf, ClientAuthMode)>> {
+    match (ca, mode) {
+        (Some(ca), mode) => Ok(Some((ca, mode.unwrap_or(ClientAuthMode::Required)))),
+        (None, Some(_)) => bail!("client-auth needs client-ca"),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The certificates: the `--cert`/`--key` pairs, else the file's `[[certificate]]` entries,
+/// else its `cert`/`key`; none for a self-signed certificate. The flags' pairs and the file's
+/// `cert`/`key` take the server-wide client CA and session-id context; an entry names its own.
+fn certificates(
+    (certs, keys): (Vec<PathBuf>, Vec<PathBuf>),
+    (file_cert, file_key): (Option<PathBuf>, Option<PathBuf>),
+    entries: Option<Vec<CertificateFile>>,
+    client_auth: &Option<(PathBuf, ClientAuthMode)>,
+    sid_ctx: &Option<String>,
+) -> anyhow::Result<Vec<CertificateSettings>> {
+    let plain = |cert, key| CertificateSettings {
+        cert,
+        key,
+        names: None,
+        client_auth: client_auth.clone(),
+        ocsp: None,
+        sid_ctx: sid_ctx.clone(),
+    };
+    if !certs.is_empty() || !keys.is_empty() {
+        if certs.len() != keys.len() {
+            bail!(
+                "--cert and --key come in pairs: {} --cert, {} --key",
+                certs.len(),
+                keys.len()
+            );
+        }
+        return Ok(certs
+            .into_iter()
+            .zip(keys)
+            .map(|(c, k)| plain(c, k))
+            .collect());
+    }
+    match (entries, file_cert, file_key) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            bail!("cert and key, or [[certificate]] entries: give one of the two")
+        }
+        (None, Some(cert), Some(key)) => Ok(vec![plain(cert, key)]),
+        (None, None, None) => Ok(Vec::new()),
+        (None, Some(_), None) => bail!("--cert needs --key"),
+        (None, None, Some(_)) => bail!("--key needs --cert"),
+        (Some(entries), None, None) => {
+            if entries.is_empty() {
+                bail!("[[certificate]]: at least one entry is needed");
+            }
+            if client_auth.is_some() {
+                bail!("client-ca and client-auth go in each [[certificate]] entry that verifies client certificates");
+            }
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| certificate_entry(i + 1, e, sid_ctx))
+                .collect()
+        }
+    }
+}
+
+/// Checks one `[[certificate]]` entry (`n` counts from 1).
+fn certificate_entry(
+    n: usize,
+    entry: CertificateFile,
+    sid_ctx: &Option<String>,
+) -> anyhow::Result<CertificateSettings> {
+    let (Some(cert), Some(key)) = (entry.cert, entry.key) else {
+        bail!("[[certificate]] entry {n}: cert and key are both needed");
+    };
+    let names = match entry.names {
+        None => None,
+        Some(names) if names.is_empty() => {
+            bail!("[[certificate]] entry {n}: names is empty (leave it out to use the certificate's names)")
+        }
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|name| server_name(name))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map_err(|e| anyhow::anyhow!("[[certificate]] entry {n}: {e}"))?,
+        ),
+    };
+    let client_auth = client_auth(entry.client_ca, entry.client_auth)
+        .map_err(|e| anyhow::anyhow!("[[certificate]] entry {n}: {e}"))?;
+    let sid_ctx = entry.sid_ctx.or_else(|| sid_ctx.clone());
+    check_sid_ctx(sid_ctx.as_deref())
+        .map_err(|e| anyhow::anyhow!("[[certificate]] entry {n}: {e}"))?;
+    if client_auth.is_some() && sid_ctx.as_deref() == Some("") {
+        bail!("[[certificate]] entry {n}: sid-ctx: a server that verifies client certificates needs a non-empty session-id context");
+    }
+    Ok(CertificateSettings {
+        cert,
+        key,
+        names,
+        client_auth,
+        ocsp: entry.ocsp,
+        sid_ctx,
+    })
+}
+
+/// A server name a certificate entry serves, lower-cased: a DNS name, or `*.` and a DNS name
+/// for any one label under it.
+pub fn server_name(name: &str) -> anyhow::Result<String> {
+    let lower = name.to_ascii_lowercase();
+    let host = lower.strip_prefix("*.").unwrap_or(&lower);
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        bail!("names: {name:?} is not a DNS name (nor *. and one)");
+    }
+    Ok(lower)
 }
 
 /// The ticket-key settings of the flags or of the settings file.

@@ -67,6 +67,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr).await.map_err(startup)?),
         None => None,
     };
+    // Written once the listeners are bound; removed when this function returns.
+    let _pid_file = match &settings.pid_file {
+        Some(path) => Some(crate::pidfile::PidFile::create(path).map_err(startup)?),
+        None => None,
+    };
 
     if tls.self_signed {
         info!(sha256 = %tls.fingerprint, "generated a self-signed certificate for localhost");
@@ -108,7 +113,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    if let Some(ticketer) = tls.ticketer.clone() {
+    let ticketers = tls.ticketers();
+    if !ticketers.is_empty() {
         // Rotations and erasures take effect on an idle server too: no derived copy of an
         // erased key outlives it by more than a second.
         tokio::spawn(async move {
@@ -116,10 +122,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                ticketer.sealer().refresh();
+                for ticketer in &ticketers {
+                    ticketer.sealer().refresh();
+                }
             }
         });
     }
+    tls::log_certificates(&tls, settings.strict_sni);
+    tokio::spawn(tls::watch_ocsp(tls.certificates.clone()));
 
     if let Some(disk) = &tls.disk {
         // Loads the stored sessions before the first client, on a blocking thread.
@@ -329,7 +339,7 @@ fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor<Chooser> {
         // The tier gives up at its read deadline by itself; this is the backstop.
         policy.prefetch_deadline = redis.timeout.saturating_mul(2);
     }
-    Acceptor::new(tls.chooser(&settings.tls_versions), policy)
+    Acceptor::new(tls.chooser(), policy)
 }
 
 /// A connection until its handshake completes, under `--hello-timeout` and
@@ -460,7 +470,7 @@ fn handshake_failed(shared: &Shared, e: &AcceptError, peer: SocketAddr) {
         // The client's doing (it went away, sent garbage, offered nothing in common): counted
         // in the metrics, and logged at debug so that a client that resets every connection
         // (openssl s_time does) or a flood cannot fill the log.
-        e if e.is_client_fault() => {
+        e if e.is_client_fault() || tls::is_sni_refusal(e) => {
             debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
         }
         e => warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed"),
@@ -720,11 +730,12 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
                         .collect();
                     let cache = shared.tls.cache.stats();
                     let tickets = shared.tls.ticket_metrics(shared.settings.tickets);
-                    let mut text = shared.metrics.render(&cache, &tiers, &tickets);
+                    let mut body = shared.metrics.render(&cache, &tiers, &tickets);
+                    body.push_str(&shared.acceptor.chooser().render_metrics());
                     if !shared.settings.proxy_protocol_from.is_empty() {
-                        shared.proxy_metrics.render(&mut text);
+                        shared.proxy_metrics.render(&mut body);
                     }
-                    ("200 OK", text)
+                    ("200 OK", body)
                 }
                 Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),
                 Ok(Ok(_)) => ("404 Not Found", "not found\n".to_owned()),
