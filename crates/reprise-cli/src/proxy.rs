@@ -239,6 +239,17 @@ fn parse_v2(bytes: &[u8]) -> Result<Parsed, ProxyError> {
         return Ok(Parsed::Incomplete(len - bytes.len()));
     }
     let payload = &bytes[V2_FIXED..len];
+    if local {
+        // The proxy's own connection (a health check): its address block, whatever the family,
+        // is discarded, as the spec asks.
+        return Ok(Parsed::Complete(
+            Header {
+                version: Version::V2,
+                addresses: None,
+            },
+            len,
+        ));
+    }
     let (address_len, transport) = (
         match family >> 4 {
             0 => 0,
@@ -258,40 +269,36 @@ fn parse_v2(bytes: &[u8]) -> Result<Parsed, ProxyError> {
         ));
     }
     check_tlvs(&payload[address_len..])?;
-    let addresses = if local {
-        None
-    } else {
-        match family {
-            // TCP over IPv4, TCP over IPv6.
-            0x11 => {
-                let a = |i: usize| {
-                    Ipv4Addr::new(payload[i], payload[i + 1], payload[i + 2], payload[i + 3])
-                };
-                let p = |i: usize| u16::from_be_bytes([payload[i], payload[i + 1]]);
-                Some((
-                    SocketAddr::new(IpAddr::V4(a(0)), p(8)),
-                    SocketAddr::new(IpAddr::V4(a(4)), p(10)),
-                ))
-            }
-            0x21 => {
-                let a = |i: usize| {
-                    let mut o = [0u8; 16];
-                    o.copy_from_slice(&payload[i..i + 16]);
-                    Ipv6Addr::from(o)
-                };
-                let p = |i: usize| u16::from_be_bytes([payload[i], payload[i + 1]]);
-                Some((
-                    SocketAddr::new(IpAddr::V6(a(0)), p(32)),
-                    SocketAddr::new(IpAddr::V6(a(16)), p(34)),
-                ))
-            }
-            // UNSPEC, or AF_UNIX: no address to use.
-            0x00 | 0x30 | 0x31 => None,
-            _ => {
-                return Err(ProxyError::Malformed(
-                    "v2 PROXY command over a transport other than a stream",
-                ))
-            }
+    let addresses = match family {
+        // TCP over IPv4, TCP over IPv6.
+        0x11 => {
+            let a = |i: usize| {
+                Ipv4Addr::new(payload[i], payload[i + 1], payload[i + 2], payload[i + 3])
+            };
+            let p = |i: usize| u16::from_be_bytes([payload[i], payload[i + 1]]);
+            Some((
+                SocketAddr::new(IpAddr::V4(a(0)), p(8)),
+                SocketAddr::new(IpAddr::V4(a(4)), p(10)),
+            ))
+        }
+        0x21 => {
+            let a = |i: usize| {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(&payload[i..i + 16]);
+                Ipv6Addr::from(o)
+            };
+            let p = |i: usize| u16::from_be_bytes([payload[i], payload[i + 1]]);
+            Some((
+                SocketAddr::new(IpAddr::V6(a(0)), p(32)),
+                SocketAddr::new(IpAddr::V6(a(16)), p(34)),
+            ))
+        }
+        // UNSPEC, or AF_UNIX: no address to use.
+        0x00 | 0x30 | 0x31 => None,
+        _ => {
+            return Err(ProxyError::Malformed(
+                "v2 PROXY command over a transport other than a stream",
+            ))
         }
     };
     Ok(Parsed::Complete(
@@ -733,6 +740,10 @@ mod tests {
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
         assert_eq!(whole(&local).map(|(h, _)| h.addresses), Ok(None));
+        // LOCAL discards whatever address block it has.
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0x11, 0x00, 0x02, 0xff, 0xff]);
+        assert_eq!(whole(&local).map(|(h, n)| (h.addresses, n)), Ok((None, 18)));
         let mut unix = V2_SIGNATURE.to_vec();
         unix.extend_from_slice(&[0x21, 0x31, 0x00, 216]);
         unix.extend_from_slice(&[0u8; 216]);

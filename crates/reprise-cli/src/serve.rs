@@ -421,7 +421,12 @@ async fn proxied(
 ) -> Option<(SocketAddr, Option<SocketAddr>, Option<AddressPermit>)> {
     let settings = &shared.settings;
     if settings.proxy_protocol_from.is_empty() {
-        return Some((peer, None, None));
+        // The address the client connected to, for a header sent upstream.
+        let local = match settings.upstream_proxy_protocol {
+            Some(_) => tcp.local_addr().ok(),
+            None => None,
+        };
+        return Some((peer, local, None));
     }
     let local = tcp.local_addr().ok();
     if !proxy::trusted(settings, peer.ip()) {

@@ -70,6 +70,7 @@ fn v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 struct Seen {
     version: u8,
     src: Option<SocketAddr>,
+    dst: Option<SocketAddr>,
     authority: Option<String>,
     alpn: Option<String>,
     ssl_version: Option<String>,
@@ -93,12 +94,18 @@ fn read_upstream_header(tcp: &mut TcpStream) -> Seen {
                 let ip = Ipv4Addr::new(body[0], body[1], body[2], body[3]);
                 let port = u16::from_be_bytes([body[8], body[9]]);
                 seen.src = Some(SocketAddr::new(IpAddr::V4(ip), port));
+                let ip = Ipv4Addr::new(body[4], body[5], body[6], body[7]);
+                let port = u16::from_be_bytes([body[10], body[11]]);
+                seen.dst = Some(SocketAddr::new(IpAddr::V4(ip), port));
                 &body[12..]
             }
             0x21 => {
                 let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&body[..16]).unwrap());
                 let port = u16::from_be_bytes([body[32], body[33]]);
                 seen.src = Some(SocketAddr::new(IpAddr::V6(ip), port));
+                let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&body[16..32]).unwrap());
+                let port = u16::from_be_bytes([body[34], body[35]]);
+                seen.dst = Some(SocketAddr::new(IpAddr::V6(ip), port));
                 &body[36..]
             }
             f => panic!("family {f:#x}"),
@@ -134,6 +141,10 @@ fn read_upstream_header(tcp: &mut TcpStream) -> Seen {
         seen.src = Some(SocketAddr::new(
             f[2].parse().unwrap(),
             f[4].parse().unwrap(),
+        ));
+        seen.dst = Some(SocketAddr::new(
+            f[3].parse().unwrap(),
+            f[5].parse().unwrap(),
         ));
     }
     seen
@@ -276,6 +287,7 @@ fn headers_reach_the_backend_and_the_logs() {
             assert!(answer.contains("backend says hello"), "{answer:?}");
             let got = seen.recv_timeout(Duration::from_secs(10)).unwrap();
             assert_eq!(got.src, Some(src), "{upstream_version} after {header:?}");
+            assert_eq!(got.dst, Some(dst), "{upstream_version} after {header:?}");
             assert_eq!(got.request, "ping\n");
             if upstream_version == "v2" {
                 assert_eq!(got.version, 2);
@@ -307,6 +319,28 @@ fn headers_reach_the_backend_and_the_logs() {
             server.stderr().contains("peer=203.0.113.77:5555")
         });
         assert!(logged, "{}", server.stderr());
+    }
+}
+
+#[test]
+fn without_an_incoming_header_the_backend_gets_the_tcp_addresses() {
+    for upstream_version in ["v1", "v2"] {
+        let (backend_addr, seen) = backend(1);
+        let upstream = backend_addr.to_string();
+        let server = Server::start(&[
+            "--upstream",
+            &upstream,
+            "--upstream-proxy-protocol",
+            upstream_version,
+        ]);
+        let mut tls = connect(&server, Ipv4Addr::LOCALHOST, b"").unwrap();
+        let client = tls.sock.local_addr().unwrap();
+        let answer = ask(&mut tls, b"ping\n", "hello");
+        assert!(answer.contains("backend says hello"), "{answer:?}");
+        let got = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got.src, Some(client));
+        assert_eq!(got.dst, Some(server.addr));
+        assert_eq!(got.request, "ping\n");
     }
 }
 
