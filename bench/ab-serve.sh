@@ -8,18 +8,23 @@
 # per run, then the medians and B/A for TLS 1.2 and 1.3.
 #
 # Usage: FLAGS_B="--access-log /tmp/a.log" bench/ab-serve.sh BIN_A BIN_B [seconds, default 5] [rounds, default 5]
-# In FLAGS_A and FLAGS_B, CERT and KEY stand for the generated certificate and key files.
+# In FLAGS_A and FLAGS_B, CERT and KEY stand for the generated certificate and key files (for
+# localhost, the name the load generator asks for), CERT2 and KEY2 for a second pair (other.test).
 set -euo pipefail
 [ $# -ge 2 ] || { grep -m1 '^# Usage:' "$0" | sed 's/^# //' >&2; exit 2; }
 A=$1; B=$2; secs=${3:-5}; rounds=${4:-5}
 source "$(dirname "$0")/lib.sh"
 make_cert
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key2.pem" \
+  -out "$work/cert2.pem" -days 1 -subj /CN=other.test -addext subjectAltName=DNS:other.test 2>/dev/null
 hz=$(getconf CLK_TCK)
 declare -A port pid
 for side in A B; do
   bin=${!side}
   flags_var=FLAGS_$side
   flags=${!flags_var:-}
+  flags=${flags//CERT2/$work/cert2.pem}
+  flags=${flags//KEY2/$work/key2.pem}
   flags=${flags//CERT/$work/cert.pem}
   flags=${flags//KEY/$work/key.pem}
   port[$side]=$(free_port)

@@ -119,6 +119,16 @@ pub enum ClientAuthMode {
     Optional,
 }
 
+/// A PROXY protocol version to send to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    /// The text header.
+    V1,
+    /// The binary header, with TLVs.
+    V2,
+}
+
 /// `reprise serve` flags. Each may also be set in the `--config` file; a flag wins.
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {
@@ -134,13 +144,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub upstream: Option<String>,
 
-    /// Certificate chain, PEM [default: a self-signed certificate for localhost].
+    /// Certificate chain, PEM [default: a self-signed certificate for localhost]. Repeat
+    /// --cert and --key in pairs to serve several certificates, each chosen by the names in it
+    /// (SNI); the first is the default.
     #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
+    pub cert: Vec<PathBuf>,
 
-    /// Private key, PEM (RSA, ECDSA or Ed25519).
+    /// Private key, PEM (RSA, ECDSA or Ed25519), of the --cert given in the same position.
     #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
+    pub key: Vec<PathBuf>,
+
+    /// Refuse a client whose ClientHello names no certificate's name (or none), instead of
+    /// serving it the default certificate.
+    #[arg(long)]
+    pub strict_sni: bool,
 
     /// TLS versions to accept [default: 1.2,1.3].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -278,6 +295,21 @@ pub struct ServeArgs {
     /// The cap on the session database file in --cache-dir, in bytes [default: 67108864].
     #[arg(long, value_name = "N")]
     pub cache_dir_max_bytes: Option<u64>,
+
+    /// Read a PROXY protocol header (v1 or v2) from connections whose source is in a
+    /// --proxy-protocol-from network, and use the client address it carries.
+    #[arg(long)]
+    pub accept_proxy_protocol: bool,
+
+    /// A network trusted to send PROXY protocol headers, as a CIDR (10.0.0.0/8, fd00::/8, or a
+    /// bare address); repeatable. Needed by --accept-proxy-protocol.
+    #[arg(long, value_name = "CIDR")]
+    pub proxy_protocol_from: Vec<String>,
+
+    /// Send a PROXY protocol header (v1 or v2; v2 carries the SNI, the ALPN and the TLS version)
+    /// with the client's address to the --upstream before the decrypted bytes.
+    #[arg(long, value_name = "VERSION")]
+    pub upstream_proxy_protocol: Option<ProxyVersion>,
 
     /// Write one line per connection, when it ends, to this file (appended; reopened on
     /// SIGHUP), or to the standard output with `-` [default: no access log].

@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use reprise_redis::RedisTarget;
 
-use crate::cli::{ClientAuthMode, ServeArgs, TicketMode, TlsVersion};
+use crate::cli::{ClientAuthMode, ProxyVersion, ServeArgs, TicketMode, TlsVersion};
+use crate::proxy::Cidr;
 
 /// The settings file: the flags' names and meanings, in TOML.
 ///
@@ -63,6 +64,39 @@ pub struct FileConfig {
     cache_dir_max_bytes: Option<u64>,
     access_log: Option<PathBuf>,
     access_log_format: Option<crate::access_log::Format>,
+    accept_proxy_protocol: Option<bool>,
+    proxy_protocol_from: Option<Vec<String>>,
+    upstream_proxy_protocol: Option<ProxyVersion>,
+    certificate: Option<Vec<CertificateFile>>,
+    strict_sni: Option<bool>,
+}
+
+/// One `[[certificate]]` entry of the settings file: a certificate, its key, and the security
+/// context it serves.
+///
+/// ```toml
+/// [[certificate]]
+/// cert = "/etc/reprise/www.pem"
+/// key = "/etc/reprise/www.key"
+///
+/// [[certificate]]
+/// cert = "/etc/reprise/api.pem"
+/// key = "/etc/reprise/api.key"
+/// names = ["api.example.com"]
+/// client-ca = "/etc/reprise/clients.pem"
+/// client-auth = "required"
+/// ocsp = "/etc/reprise/api.ocsp.der"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CertificateFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    names: Option<Vec<String>>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<ClientAuthMode>,
+    ocsp: Option<PathBuf>,
+    sid_ctx: Option<String>,
 }
 
 /// Everything `reprise serve` runs with, checked.
@@ -72,8 +106,11 @@ pub struct Settings {
     pub listen: Vec<String>,
     /// The TCP backend, or `None` for the built-in responder.
     pub upstream: Option<String>,
-    /// The certificate chain and key files, or `None` for a self-signed certificate.
-    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// The certificates, the default first; empty for a self-signed certificate.
+    pub certificates: Vec<CertificateSettings>,
+    /// Whether a hello that names no certificate's name (or none) is refused rather than
+    /// served the default certificate.
+    pub strict_sni: bool,
     /// TLS versions to accept, sorted, at least one.
     pub tls_versions: Vec<TlsVersion>,
     /// ALPN protocols to offer.
@@ -121,6 +158,28 @@ pub struct Settings {
     pub deprecated_key_file: Option<&'static str>,
     /// The access log, if any.
     pub access_log: Option<crate::access_log::Settings>,
+    /// The networks whose PROXY protocol headers are read; empty: none is read.
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// The PROXY protocol version sent to the upstream, if any.
+    pub upstream_proxy_protocol: Option<ProxyVersion>,
+}
+
+/// One certificate and the security context it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSettings {
+    /// The PEM chain file.
+    pub cert: PathBuf,
+    /// The PEM key file.
+    pub key: PathBuf,
+    /// The names it serves, lower-case (`*.example.com` for one label under example.com), or
+    /// `None` for the DNS names of the certificate.
+    pub names: Option<Vec<String>>,
+    /// The client CA bundle and policy, for mTLS.
+    pub client_auth: Option<(PathBuf, ClientAuthMode)>,
+    /// A DER OCSP response to staple.
+    pub ocsp: Option<PathBuf>,
+    /// An explicit session-id context name, or `None` to derive one.
+    pub sid_ctx: Option<String>,
 }
 
 /// Where the ticket keys come from.
@@ -232,12 +291,6 @@ impl Settings {
         if listen.is_empty() {
             bail!("listen: at least one address is needed");
         }
-        let cert_key = match (args.cert.or(file.cert), args.key.or(file.key)) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            (Some(_), None) => bail!("--cert needs --key"),
-            (None, Some(_)) => bail!("--key needs --cert"),
-        };
         let mut tls_versions = args
             .tls_versions
             .or(file.tls_versions)
@@ -257,25 +310,22 @@ impl Settings {
             },
         };
         let sid_ctx = args.sid_ctx.or(file.sid_ctx);
-        if let Some(ctx) = &sid_ctx {
-            if ctx.len() > reprise::MAX_SID_CTX_LEN {
-                bail!(
-                    "sid-ctx is {} bytes long; the limit is {}",
-                    ctx.len(),
-                    reprise::MAX_SID_CTX_LEN
-                );
-            }
-        }
-        let client_ca = args.client_ca.or(file.client_ca);
-        let client_auth_mode = args.client_auth.or(file.client_auth);
-        let client_auth = match (client_ca, client_auth_mode) {
-            (Some(ca), mode) => Some((ca, mode.unwrap_or(ClientAuthMode::Required))),
-            (None, Some(_)) => bail!("client-auth needs client-ca"),
-            (None, None) => None,
-        };
+        check_sid_ctx(sid_ctx.as_deref())?;
+        let client_auth = client_auth(
+            args.client_ca.or(file.client_ca),
+            args.client_auth.or(file.client_auth),
+        )?;
         if client_auth.is_some() && sid_ctx.as_deref() == Some("") {
             bail!("sid-ctx: a server that verifies client certificates needs a non-empty session-id context");
         }
+        let certificates = certificates(
+            (args.cert, args.key),
+            (file.cert, file.key),
+            file.certificate,
+            &client_auth,
+            &sid_ctx,
+        )?;
+        let strict_sni = args.strict_sni || file.strict_sni.unwrap_or(false);
         let tls13_tickets = args
             .tls13_tickets
             .or(file.tls13_tickets)
@@ -422,14 +472,27 @@ impl Settings {
             redis.is_some(),
             cache_timeout,
         )?;
+        let upstream = args.upstream.or(file.upstream);
+        let (proxy_protocol_from, upstream_proxy_protocol) = proxy_protocol(
+            args.accept_proxy_protocol || file.accept_proxy_protocol.unwrap_or(false),
+            if args.proxy_protocol_from.is_empty() {
+                file.proxy_protocol_from.unwrap_or_default()
+            } else {
+                args.proxy_protocol_from
+            },
+            args.upstream_proxy_protocol
+                .or(file.upstream_proxy_protocol),
+            upstream.is_some(),
+        )?;
         let access_log = access_log(
             args.access_log.or(file.access_log),
             args.access_log_format.or(file.access_log_format),
         )?;
         Ok(Self {
             listen,
-            upstream: args.upstream.or(file.upstream),
-            cert_key,
+            upstream,
+            certificates,
+            strict_sni,
             tls_versions,
             alpn: args.alpn.or(file.alpn).unwrap_or_default(),
             cache_size: args
@@ -459,9 +522,179 @@ impl Settings {
             redis,
             disk,
             deprecated_key_file,
+            proxy_protocol_from,
+            upstream_proxy_protocol,
             access_log,
         })
     }
+}
+
+/// Checks an operator's session-id context name.
+fn check_sid_ctx(sid_ctx: Option<&str>) -> anyhow::Result<()> {
+    if let Some(ctx) = sid_ctx {
+        if ctx.len() > reprise::MAX_SID_CTX_LEN {
+            bail!(
+                "sid-ctx is {} bytes long; the limit is {}",
+                ctx.len(),
+                reprise::MAX_SID_CTX_LEN
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The client CA and policy: a policy needs a CA, a CA alone means `required`.
+fn client_auth(
+    ca: Option<PathBuf>,
+    mode: Option<ClientAuthMode>,
+) -> anyhow::Result<Option<(PathBuf, ClientAuthMode)>> {
+    match (ca, mode) {
+        (Some(ca), mode) => Ok(Some((ca, mode.unwrap_or(ClientAuthMode::Required)))),
+        (None, Some(_)) => bail!("client-auth needs client-ca"),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The certificates: the `--cert`/`--key` pairs, else the file's `[[certificate]]` entries,
+/// else its `cert`/`key`; none for a self-signed certificate. The flags' pairs and the file's
+/// `cert`/`key` take the server-wide client CA and session-id context; an entry names its own.
+fn certificates(
+    (certs, keys): (Vec<PathBuf>, Vec<PathBuf>),
+    (file_cert, file_key): (Option<PathBuf>, Option<PathBuf>),
+    entries: Option<Vec<CertificateFile>>,
+    client_auth: &Option<(PathBuf, ClientAuthMode)>,
+    sid_ctx: &Option<String>,
+) -> anyhow::Result<Vec<CertificateSettings>> {
+    let plain = |cert, key| CertificateSettings {
+        cert,
+        key,
+        names: None,
+        client_auth: client_auth.clone(),
+        ocsp: None,
+        sid_ctx: sid_ctx.clone(),
+    };
+    if !certs.is_empty() || !keys.is_empty() {
+        if certs.len() != keys.len() {
+            bail!(
+                "--cert and --key come in pairs: {} --cert, {} --key",
+                certs.len(),
+                keys.len()
+            );
+        }
+        return Ok(certs
+            .into_iter()
+            .zip(keys)
+            .map(|(c, k)| plain(c, k))
+            .collect());
+    }
+    match (entries, file_cert, file_key) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            bail!("cert and key, or [[certificate]] entries: give one of the two")
+        }
+        (None, Some(cert), Some(key)) => Ok(vec![plain(cert, key)]),
+        (None, None, None) => Ok(Vec::new()),
+        (None, Some(_), None) => bail!("--cert needs --key"),
+        (None, None, Some(_)) => bail!("--key needs --cert"),
+        (Some(entries), None, None) => {
+            if entries.is_empty() {
+                bail!("[[certificate]]: at least one entry is needed");
+            }
+            if client_auth.is_some() {
+                bail!("client-ca and client-auth go in each [[certificate]] entry that verifies client certificates");
+            }
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| certificate_entry(i + 1, e, sid_ctx))
+                .collect()
+        }
+    }
+}
+
+/// Checks one `[[certificate]]` entry (`n` counts from 1).
+fn certificate_entry(
+    n: usize,
+    entry: CertificateFile,
+    sid_ctx: &Option<String>,
+) -> anyhow::Result<CertificateSettings> {
+    let (Some(cert), Some(key)) = (entry.cert, entry.key) else {
+        bail!("[[certificate]] entry {n}: cert and key are both needed");
+    };
+    let names = match entry.names {
+        None => None,
+        Some(names) if names.is_empty() => {
+            bail!("[[certificate]] entry {n}: names is empty (leave it out to use the certificate's names)")
+        }
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|name| server_name(name))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map_err(|e| anyhow::anyhow!("[[certificate]] entry {n}: {e}"))?,
+        ),
+    };
+    let client_auth = client_auth(entry.client_ca, entry.client_auth)
+        .map_err(|e| anyhow::anyhow!("[[certificate]] entry {n}: {e}"))?;
+    let sid_ctx = entry.sid_ctx.or_else(|| sid_ctx.clone());
+    check_sid_ctx(sid_ctx.as_deref())
+        .map_err(|e| anyhow::anyhow!("[[certificate]] entry {n}: {e}"))?;
+    if client_auth.is_some() && sid_ctx.as_deref() == Some("") {
+        bail!("[[certificate]] entry {n}: sid-ctx: a server that verifies client certificates needs a non-empty session-id context");
+    }
+    Ok(CertificateSettings {
+        cert,
+        key,
+        names,
+        client_auth,
+        ocsp: entry.ocsp,
+        sid_ctx,
+    })
+}
+
+/// A server name a certificate entry serves, lower-cased: a DNS name, or `*.` and a DNS name
+/// for any one label under it.
+pub fn server_name(name: &str) -> anyhow::Result<String> {
+    let lower = name.to_ascii_lowercase();
+    let host = lower.strip_prefix("*.").unwrap_or(&lower);
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        bail!("names: {name:?} is not a DNS name (nor *. and one)");
+    }
+    Ok(lower)
+}
+
+/// The PROXY protocol settings, checked: the trusted networks (needed by, and only with,
+/// accept-proxy-protocol), and the version sent upstream (needs an upstream).
+fn proxy_protocol(
+    accept: bool,
+    from: Vec<String>,
+    upstream_version: Option<ProxyVersion>,
+    with_upstream: bool,
+) -> anyhow::Result<(Vec<Cidr>, Option<ProxyVersion>)> {
+    let from = from
+        .iter()
+        .map(|c| {
+            c.parse::<Cidr>()
+                .map_err(|e| anyhow::anyhow!("proxy-protocol-from: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    match (accept, from.is_empty()) {
+        (true, true) => bail!("--accept-proxy-protocol needs at least one --proxy-protocol-from CIDR (the load balancers trusted to send headers)"),
+        (false, false) => bail!("--proxy-protocol-from needs --accept-proxy-protocol"),
+        _ => {}
+    }
+    if upstream_version.is_some() && !with_upstream {
+        bail!("--upstream-proxy-protocol needs --upstream");
+    }
+    Ok((from, upstream_version))
 }
 
 /// The access-log settings: a format without a target has no effect, and is an error.
@@ -741,6 +974,43 @@ mod tests {
             "tickets = \"off\"\nticket-lifetime = 5"
         )
         .contains("no effect with --tickets off"));
+    }
+
+    #[test]
+    fn proxy_protocol_settings() -> anyhow::Result<()> {
+        let merge = |args: ServeArgs, file: &str| Settings::merge(args, parse(file)?);
+        let s = merge(
+            ServeArgs::default(),
+            "accept-proxy-protocol = true\nproxy-protocol-from = [\"10.0.0.0/8\", \"fd00::/8\"]\nupstream = \"127.0.0.1:1\"\nupstream-proxy-protocol = \"v2\"",
+        )?;
+        assert_eq!(s.proxy_protocol_from.len(), 2);
+        assert_eq!(s.upstream_proxy_protocol, Some(ProxyVersion::V2));
+        // The flags' networks replace the file's.
+        let s = merge(
+            ServeArgs {
+                proxy_protocol_from: vec!["192.0.2.1".into()],
+                ..ServeArgs::default()
+            },
+            "accept-proxy-protocol = true\nproxy-protocol-from = [\"10.0.0.0/8\"]",
+        )?;
+        assert_eq!(s.proxy_protocol_from.len(), 1);
+        assert!(s.proxy_protocol_from[0].contains("192.0.2.1".parse()?));
+        let s = merge(ServeArgs::default(), "")?;
+        assert!(s.proxy_protocol_from.is_empty() && s.upstream_proxy_protocol.is_none());
+        let err = |file: &str| {
+            merge(ServeArgs::default(), file)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(
+            err("accept-proxy-protocol = true").is_some_and(|e| e.contains("needs at least one"))
+        );
+        assert!(err("proxy-protocol-from = [\"10.0.0.0/8\"]")
+            .is_some_and(|e| e.contains("needs --accept")));
+        assert!(
+            err("upstream-proxy-protocol = \"v1\"").is_some_and(|e| e.contains("needs --upstream"))
+        );
+        Ok(())
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod http;
 mod metrics;
 mod notify;
 mod pidfile;
+mod proxy;
 mod serve;
 mod tls;
 

@@ -22,6 +22,7 @@ use crate::cli::ServeArgs;
 use crate::config::Settings;
 use crate::http::{self, Ending};
 use crate::metrics::{Failure, Metrics};
+use crate::proxy::{self, ProxyMetrics};
 use crate::startup;
 use crate::tls::{self, Chooser, ServerTls};
 
@@ -40,6 +41,7 @@ struct Shared {
     tls: ServerTls,
     acceptor: Acceptor<Chooser>,
     metrics: Metrics,
+    proxy_metrics: ProxyMetrics,
     permits: Arc<Semaphore>,
     per_address: Arc<PerAddress>,
     shutdown: CancellationToken,
@@ -86,6 +88,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         acceptor: acceptor(&settings, &tls),
         tls,
         metrics: Metrics::default(),
+        proxy_metrics: ProxyMetrics::default(),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         per_address: PerAddress::new(settings.max_connections_per_address),
         shutdown: CancellationToken::new(),
@@ -143,7 +146,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    if let Some(ticketer) = tls.ticketer.clone() {
+    let ticketers = tls.ticketers();
+    if !ticketers.is_empty() {
         // Rotations and erasures take effect on an idle server too: no derived copy of an
         // erased key outlives it by more than a second.
         tokio::spawn(async move {
@@ -151,10 +155,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                ticketer.sealer().refresh();
+                for ticketer in &ticketers {
+                    ticketer.sealer().refresh();
+                }
             }
         });
     }
+    tls::log_certificates(tls, settings.strict_sni);
+    tokio::spawn(tls::watch_ocsp(tls.certificates.clone()));
 
     if let Some(disk) = &tls.disk {
         // Loads the stored sessions before the first client, on a blocking thread.
@@ -308,10 +316,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let Some(per_address) = shared.per_address.try_acquire(peer.ip()) else {
-                    shared.metrics.connection_rejected_per_address();
-                    debug!(%peer, "max-connections-per-address reached: connection closed");
-                    continue;
+                // A trusted proxy's connections count against the client address its header
+                // carries, once read.
+                let per_address = if proxy::trusted(&shared.settings, peer.ip()) {
+                    None
+                } else {
+                    let Some(p) = shared.per_address.try_acquire(peer.ip()) else {
+                        shared.metrics.connection_rejected_per_address();
+                        debug!(%peer, "max-connections-per-address reached: connection closed");
+                        continue;
+                    };
+                    Some(p)
                 };
                 let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
                     shared.metrics.connection_rejected();
@@ -354,7 +369,7 @@ fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor<Chooser> {
         // The tier gives up at its read deadline by itself; this is the backstop.
         policy.prefetch_deadline = redis.timeout.saturating_mul(2);
     }
-    Acceptor::new(tls.chooser(&settings.tls_versions), policy)
+    Acceptor::new(tls.chooser(), policy)
 }
 
 /// A connection until its handshake completes, under `--hello-timeout` and
@@ -362,13 +377,17 @@ fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor<Chooser> {
 /// client sent. The rest of its life, larger, is allocated after.
 async fn connection(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
-    permits: (OwnedSemaphorePermit, AddressPermit),
+    permits: (OwnedSemaphorePermit, Option<AddressPermit>),
 ) {
     shared.metrics.connection_opened();
     let _open = Open(&shared.metrics);
     let started = Instant::now();
+    // The PROXY protocol header, from a trusted source: the client's address from here on.
+    let Some((peer, local, _per_address)) = proxied(&shared, &mut tcp, peer).await else {
+        return;
+    };
     // In a block of its own, so that the accepted stream (large) is no part of this future:
     // it moves into the boxed rest of the connection.
     let established = {
@@ -380,7 +399,7 @@ async fn connection(
             }
         };
         match accepted {
-            Ok(accepted) => Box::pin(established(&shared, accepted, peer, started)),
+            Ok(accepted) => Box::pin(established(&shared, accepted, peer, local, started)),
             Err(e) => {
                 let error = access_log::accept_error(&e);
                 log_unfinished(&shared, peer, started, End::HandshakeFailed, Some(error));
@@ -390,6 +409,89 @@ async fn connection(
     };
     established.await;
     drop(permits);
+}
+
+/// The client's address and the address it connected to, after the PROXY protocol header of a
+/// trusted source (counted against the client address's limit); or the TCP ones. None: the
+/// connection is to be closed (counted and logged).
+async fn proxied(
+    shared: &Shared,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<(SocketAddr, Option<SocketAddr>, Option<AddressPermit>)> {
+    let settings = &shared.settings;
+    if settings.proxy_protocol_from.is_empty() {
+        // The address the client connected to, for a header sent upstream.
+        let local = match settings.upstream_proxy_protocol {
+            Some(_) => tcp.local_addr().ok(),
+            None => None,
+        };
+        return Some((peer, local, None));
+    }
+    let local = tcp.local_addr().ok();
+    if !proxy::trusted(settings, peer.ip()) {
+        // An untrusted source is served as plain TLS; a header it sends is not honoured, and
+        // counted here (the TLS handshake would fail on it anyway).
+        let mut first = [0u8; 12];
+        let peeked = tokio::select! {
+            r = tokio::time::timeout(settings.hello_timeout, tcp.peek(&mut first)) => r,
+            _ = shared.shutdown.cancelled() => return None,
+        };
+        match peeked {
+            Ok(Ok(n)) if proxy::looks_like_header(&first[..n]) => {
+                shared.proxy_metrics.refused(proxy::Refused::Untrusted);
+                debug!(%peer, "PROXY protocol header from an untrusted source: connection closed");
+                return None;
+            }
+            // Silent for the whole hello timeout: the acceptor would give it another.
+            Err(_) => {
+                shared.metrics.failure(Failure::Timeout);
+                debug!(%peer, "handshake failed: no ClientHello within hello-timeout");
+                return None;
+            }
+            // The rest (a socket error, an end) is the acceptor's to report.
+            Ok(_) => return Some((peer, local, None)),
+        }
+    }
+    let read = tokio::select! {
+        r = tokio::time::timeout(settings.hello_timeout, proxy::read_header(tcp)) => r,
+        _ = shared.shutdown.cancelled() => return None,
+    };
+    let header = match read {
+        Ok(Ok(header)) => header,
+        Ok(Err(proxy::ProxyError::Closed)) => {
+            // As without the PROXY protocol: a client gone before its first byte.
+            shared.metrics.failure(Failure::Eof);
+            debug!(%peer, "closed before the PROXY protocol header");
+            return None;
+        }
+        Ok(Err(e)) => {
+            let why = match e {
+                proxy::ProxyError::Missing => proxy::Refused::Missing,
+                _ => proxy::Refused::Malformed,
+            };
+            shared.proxy_metrics.refused(why);
+            debug!(%peer, error = %e, "PROXY protocol header refused: connection closed");
+            return None;
+        }
+        Err(_) => {
+            shared.metrics.failure(Failure::Timeout);
+            debug!(%peer, "no whole PROXY protocol header within hello-timeout: connection closed");
+            return None;
+        }
+    };
+    shared.proxy_metrics.accepted(header.version);
+    let (client, local) = match header.addresses {
+        Some((src, dst)) => (src, Some(dst)),
+        None => (peer, local),
+    };
+    let Some(permit) = shared.per_address.try_acquire(client.ip()) else {
+        shared.metrics.connection_rejected_per_address();
+        debug!(peer = %client, proxy = %peer, "max-connections-per-address reached: connection closed");
+        return None;
+    };
+    debug!(peer = %client, proxy = %peer, version = header.version.as_str(), "PROXY protocol header");
+    Some((client, local, Some(permit)))
 }
 
 /// The access-log line of a connection whose handshake did not complete.
@@ -432,7 +534,7 @@ fn handshake_failed(shared: &Shared, e: &AcceptError, peer: SocketAddr) {
         // The client's doing (it went away, sent garbage, offered nothing in common): counted
         // in the metrics, and logged at debug so that a client that resets every connection
         // (openssl s_time does) or a flood cannot fill the log.
-        e if e.is_client_fault() => {
+        e if e.is_client_fault() || tls::is_sni_refusal(e) => {
             debug!(%peer, reason = reason.as_str(), error = %e, "handshake failed");
         }
         e => warn!(%peer, reason = reason.as_str(), error = %e, "handshake failed"),
@@ -440,15 +542,22 @@ fn handshake_failed(shared: &Shared, e: &AcceptError, peer: SocketAddr) {
 }
 
 /// The connection's traffic, after its handshake.
-async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr, started: Instant) {
+async fn established(
+    shared: &Shared,
+    accepted: Accepted,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    started: Instant,
+) {
     let handshake_time = started.elapsed();
     let mut stream = accepted.stream;
-    let (kind, version, suite) = {
+    let (kind, version, suite, proxy_header) = {
         let (_, conn) = stream.get_ref().get_ref();
         (
             conn.handshake_kind(),
             conn.protocol_version(),
             conn.negotiated_cipher_suite(),
+            proxy::upstream_header(&shared.settings, peer, local, conn),
         )
     };
     // A TLS failure from here on (a fatal alert, a bad record) removes the connection's
@@ -483,7 +592,7 @@ async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr, star
             (ending, Some(responded))
         }
         Some(upstream) => (
-            proxy(shared, &mut stream, upstream, peer, &traffic).await,
+            proxy(shared, &mut stream, upstream, peer, &proxy_header, &traffic).await,
             None,
         ),
     };
@@ -567,11 +676,12 @@ async fn proxy(
     tls: &mut Tls,
     upstream: &str,
     peer: SocketAddr,
+    proxy_header: &[u8],
     traffic: &Traffic,
 ) -> Ending {
     let connected =
         tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await;
-    let up = match connected {
+    let mut up = match connected {
         Ok(Ok(up)) => up,
         Ok(Err(e)) => {
             warn!(%peer, %upstream, error = %e, "upstream connect failed");
@@ -583,6 +693,12 @@ async fn proxy(
         }
     };
     let _ = up.set_nodelay(true);
+    if !proxy_header.is_empty() {
+        if let Err(e) = up.write_all(proxy_header).await {
+            warn!(%peer, %upstream, error = %e, "upstream write failed");
+            return close(tls).await;
+        }
+    }
     let last_activity = AtomicU64::new(0);
     let started = Instant::now();
     let (mut client_read, mut client_write) = tokio::io::split(tls);
@@ -755,11 +871,15 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
                         .collect();
                     let cache = shared.tls.cache.stats();
                     let tickets = shared.tls.ticket_metrics(shared.settings.tickets);
-                    let mut page = shared.metrics.render(&cache, &tiers, &tickets);
-                    if let Some(log) = &shared.access_log {
-                        page.push_str(&log.render_metrics());
+                    let mut body = shared.metrics.render(&cache, &tiers, &tickets);
+                    body.push_str(&shared.acceptor.chooser().render_metrics());
+                    if !shared.settings.proxy_protocol_from.is_empty() {
+                        shared.proxy_metrics.render(&mut body);
                     }
-                    ("200 OK", page)
+                    if let Some(log) = &shared.access_log {
+                        body.push_str(&log.render_metrics());
+                    }
+                    ("200 OK", body)
                 }
                 Ok(Ok(req)) if req.path == "/healthz" => {
                     let (status, body) = health(shared.ready.load(Ordering::Acquire));

@@ -685,8 +685,12 @@ fn reprise_reload_signals_the_server_of_the_pid_file() {
         "--pid-file",
         &pid_file,
     ]);
-    let written = std::fs::read_to_string(&pid_file).unwrap();
-    assert_eq!(written.trim(), server.pid().to_string());
+    // Written once the listeners are bound, a moment after they accept connections.
+    let expected = server.pid().to_string();
+    let written = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|w| w.trim() == expected)
+    });
+    assert!(written, "no pid file {pid_file}");
 
     let out = common::reprise()
         .args(["reload", "--pid-file", &pid_file])

@@ -47,6 +47,71 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// The CA's private key, PEM (PKCS#8): to sign OCSP responses with `openssl ocsp`.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// A leaf for the DNS `names` (a fresh ECDSA P-256 key), with `common_name` if given.
+    pub fn leaf(&self, names: &[&str], common_name: Option<&str>) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        Leaf {
+            cert: self.sign(names, common_name, &key),
+            key,
+        }
+    }
+
+    /// An OCSP response, DER, that this CA signs for `leaf`, saying "good", valid for `days`
+    /// days (at least 1) from now, made with `openssl ocsp` in `dir` (which gets the CA's
+    /// files and an index).
+    pub fn ocsp_response(&self, leaf: &Leaf, days: u32, dir: &std::path::Path) -> Vec<u8> {
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        std::fs::write(path("ocsp-ca.pem"), self.cert.pem()).unwrap();
+        std::fs::write(path("ocsp-ca.key"), self.key_pem()).unwrap();
+        std::fs::write(path("ocsp-leaf.pem"), leaf.cert.pem()).unwrap();
+        // The index, as `openssl ca` keeps it: one valid certificate, by its serial.
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in", &path("ocsp-leaf.pem")])
+            .output()
+            .expect("openssl is not installed: run scripts/test.sh");
+        assert!(out.status.success(), "openssl x509 failed");
+        let serial = String::from_utf8(out.stdout).unwrap();
+        let serial = serial.trim().trim_start_matches("serial=");
+        let index = format!("V\t491231235959Z\t\t{serial}\tunknown\t/CN=leaf\n");
+        std::fs::write(path("ocsp-index.txt"), index).unwrap();
+        let days = days.to_string();
+        let out = Command::new("openssl")
+            .args([
+                "ocsp",
+                "-index",
+                &path("ocsp-index.txt"),
+                "-rsigner",
+                &path("ocsp-ca.pem"),
+                "-rkey",
+                &path("ocsp-ca.key"),
+                "-CA",
+                &path("ocsp-ca.pem"),
+                "-issuer",
+                &path("ocsp-ca.pem"),
+                "-cert",
+                &path("ocsp-leaf.pem"),
+                "-ndays",
+                &days,
+                "-respout",
+                &path("ocsp-resp.der"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl ocsp failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(path("ocsp-resp.der")).unwrap()
+    }
+}
+
 impl Default for TestCa {
     fn default() -> Self {
         Self::new()
