@@ -385,8 +385,12 @@ async fn connection(
     let _open = Open(&shared.metrics);
     let started = Instant::now();
     // The PROXY protocol header, from a trusted source: the client's address from here on.
-    let Some((peer, local, _per_address)) = proxied(&shared, &mut tcp, peer).await else {
-        return;
+    let (peer, local, _per_address) = match proxied(&shared, &mut tcp, peer).await {
+        Ok(proxied) => proxied,
+        Err(Some((client, end, error))) => {
+            return log_unfinished(&shared, client, started, end, error);
+        }
+        Err(None) => return,
     };
     // In a block of its own, so that the accepted stream (large) is no part of this future:
     // it moves into the boxed rest of the connection.
@@ -412,13 +416,14 @@ async fn connection(
 }
 
 /// The client's address and the address it connected to, after the PROXY protocol header of a
-/// trusted source (counted against the client address's limit); or the TCP ones. None: the
-/// connection is to be closed (counted and logged).
+/// trusted source (counted against the client address's limit); or the TCP ones. An error: the
+/// connection is to be closed (counted, and logged at debug level), with what its access-log
+/// line says, if it has one.
 async fn proxied(
     shared: &Shared,
     tcp: &mut TcpStream,
     peer: SocketAddr,
-) -> Option<(SocketAddr, Option<SocketAddr>, Option<AddressPermit>)> {
+) -> Result<(SocketAddr, Option<SocketAddr>, Option<AddressPermit>), Option<Unproxied>> {
     let settings = &shared.settings;
     if settings.proxy_protocol_from.is_empty() {
         // The address the client connected to, for a header sent upstream.
@@ -426,7 +431,7 @@ async fn proxied(
             Some(_) => tcp.local_addr().ok(),
             None => None,
         };
-        return Some((peer, local, None));
+        return Ok((peer, local, None));
     }
     let local = tcp.local_addr().ok();
     if !proxy::trusted(settings, peer.ip()) {
@@ -435,27 +440,31 @@ async fn proxied(
         let mut first = [0u8; 12];
         let peeked = tokio::select! {
             r = tokio::time::timeout(settings.hello_timeout, tcp.peek(&mut first)) => r,
-            _ = shared.shutdown.cancelled() => return None,
+            _ = shared.shutdown.cancelled() => return Err(Some((peer, End::Shutdown, None))),
         };
         match peeked {
             Ok(Ok(n)) if proxy::looks_like_header(&first[..n]) => {
                 shared.proxy_metrics.refused(proxy::Refused::Untrusted);
                 debug!(%peer, "PROXY protocol header from an untrusted source: connection closed");
-                return None;
+                return Err(Some((
+                    peer,
+                    End::HandshakeFailed,
+                    Some("proxy_header_untrusted"),
+                )));
             }
             // Silent for the whole hello timeout: the acceptor would give it another.
             Err(_) => {
                 shared.metrics.failure(Failure::Timeout);
                 debug!(%peer, "handshake failed: no ClientHello within hello-timeout");
-                return None;
+                return Err(Some((peer, End::HandshakeFailed, Some("hello_timeout"))));
             }
             // The rest (a socket error, an end) is the acceptor's to report.
-            Ok(_) => return Some((peer, local, None)),
+            Ok(_) => return Ok((peer, local, None)),
         }
     }
     let read = tokio::select! {
         r = tokio::time::timeout(settings.hello_timeout, proxy::read_header(tcp)) => r,
-        _ = shared.shutdown.cancelled() => return None,
+        _ = shared.shutdown.cancelled() => return Err(Some((peer, End::Shutdown, None))),
     };
     let header = match read {
         Ok(Ok(header)) => header,
@@ -463,21 +472,21 @@ async fn proxied(
             // As without the PROXY protocol: a client gone before its first byte.
             shared.metrics.failure(Failure::Eof);
             debug!(%peer, "closed before the PROXY protocol header");
-            return None;
+            return Err(Some((peer, End::HandshakeFailed, Some("eof"))));
         }
         Ok(Err(e)) => {
-            let why = match e {
-                proxy::ProxyError::Missing => proxy::Refused::Missing,
-                _ => proxy::Refused::Malformed,
+            let (why, label) = match e {
+                proxy::ProxyError::Missing => (proxy::Refused::Missing, "proxy_header_missing"),
+                _ => (proxy::Refused::Malformed, "proxy_header_malformed"),
             };
             shared.proxy_metrics.refused(why);
             debug!(%peer, error = %e, "PROXY protocol header refused: connection closed");
-            return None;
+            return Err(Some((peer, End::HandshakeFailed, Some(label))));
         }
         Err(_) => {
             shared.metrics.failure(Failure::Timeout);
             debug!(%peer, "no whole PROXY protocol header within hello-timeout: connection closed");
-            return None;
+            return Err(Some((peer, End::HandshakeFailed, Some("hello_timeout"))));
         }
     };
     shared.proxy_metrics.accepted(header.version);
@@ -488,10 +497,11 @@ async fn proxied(
     let Some(permit) = shared.per_address.try_acquire(client.ip()) else {
         shared.metrics.connection_rejected_per_address();
         debug!(peer = %client, proxy = %peer, "max-connections-per-address reached: connection closed");
-        return None;
+        // Not logged, as a connection closed at accept for its address is not.
+        return Err(None);
     };
     debug!(peer = %client, proxy = %peer, version = header.version.as_str(), "PROXY protocol header");
-    Some((client, local, Some(permit)))
+    Ok((client, local, Some(permit)))
 }
 
 /// The access-log line of a connection whose handshake did not complete.
@@ -519,6 +529,10 @@ fn log_unfinished(
         });
     }
 }
+
+/// Why a connection ended before its handshake, at its PROXY protocol header: the address to
+/// log, how it ended, and the access log's `error`.
+type Unproxied = (SocketAddr, End, Option<&'static str>);
 
 /// Counts and logs a connection whose handshake did not complete.
 fn handshake_failed(shared: &Shared, e: &AcceptError, peer: SocketAddr) {

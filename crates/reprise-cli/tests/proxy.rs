@@ -266,7 +266,11 @@ fn headers_reach_the_backend_and_the_logs() {
     for upstream_version in ["v1", "v2"] {
         let (backend_addr, seen) = backend(clients.len());
         let upstream = backend_addr.to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let access_log = dir.path().join("access.log").to_string_lossy().into_owned();
         let server = Server::start(&[
+            "--access-log",
+            &access_log,
             "--upstream",
             &upstream,
             "--upstream-proxy-protocol",
@@ -299,6 +303,18 @@ fn headers_reach_the_backend_and_the_logs() {
                 assert_eq!(got.version, 1);
             }
         }
+        // Each connection's access-log line names the client of its header.
+        let logged = reprise_testkit::wait_until(Duration::from_secs(10), || {
+            let lines = std::fs::read_to_string(&access_log).unwrap_or_default();
+            clients
+                .iter()
+                .all(|(src, _)| lines.contains(&format!("client={src} ")))
+        });
+        assert!(
+            logged,
+            "{}",
+            std::fs::read_to_string(&access_log).unwrap_or_default()
+        );
         assert_eq!(
             server.metric("reprise_proxy_headers_total{version=\"v1\"}"),
             2
@@ -346,7 +362,11 @@ fn without_an_incoming_header_the_backend_gets_the_tcp_addresses() {
 
 #[test]
 fn untrusted_missing_and_malformed_headers_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let access_log = dir.path().join("access.log").to_string_lossy().into_owned();
     let server = Server::start(&[
+        "--access-log",
+        &access_log,
         "--accept-proxy-protocol",
         "--proxy-protocol-from",
         "127.0.0.1",
@@ -428,6 +448,20 @@ fn untrusted_missing_and_malformed_headers_are_refused_and_counted() {
         2
     );
     drop((a, b));
+    // Each refusal has its access-log line, with the reason.
+    let logged = reprise_testkit::wait_until(Duration::from_secs(10), || {
+        let lines = std::fs::read_to_string(&access_log).unwrap_or_default();
+        let count = |what: &str| lines.lines().filter(|l| l.contains(what)).count();
+        count("error=proxy_header_missing") == 1
+            && count("error=proxy_header_malformed") == 3
+            && count("client=127.0.0.2:") >= 2
+            && count("error=proxy_header_untrusted") == 1
+    });
+    assert!(
+        logged,
+        "{}",
+        std::fs::read_to_string(&access_log).unwrap_or_default()
+    );
 }
 
 #[test]
