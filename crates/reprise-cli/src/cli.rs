@@ -24,6 +24,19 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print a new key line for a key file (`--key-file`).
     Keygen(KeygenArgs),
+    /// Check the settings of `reprise serve` (the same flags and --config) and load every file
+    /// they name, without listening or connecting; print "config ok" or the problem.
+    CheckConfig(Box<ServeArgs>),
+    /// Make a running `reprise serve --pid-file FILE` reload (send it SIGHUP).
+    Reload(ReloadArgs),
+}
+
+/// `reprise reload` flags.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The pid file the server writes (`reprise serve --pid-file`).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: PathBuf,
 }
 
 /// `reprise keygen` flags.
@@ -104,6 +117,16 @@ pub enum ClientAuthMode {
     Required,
     /// A client may present one; if it does, it must verify.
     Optional,
+}
+
+/// A PROXY protocol version to send to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    /// The text header.
+    V1,
+    /// The binary header, with TLVs.
+    V2,
 }
 
 /// `reprise serve` flags. Each may also be set in the `--config` file; a flag wins.
@@ -195,6 +218,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODE", requires = "client_ca")]
     pub client_auth: Option<ClientAuthMode>,
 
+    /// Write the server's process id to this file once it listens (for `reprise reload`);
+    /// removed when it exits.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+
     /// Serve Prometheus metrics at /metrics and a health check at /healthz on this address
     /// (16 connections at a time).
     #[arg(long, value_name = "ADDR")]
@@ -267,6 +295,31 @@ pub struct ServeArgs {
     /// The cap on the session database file in --cache-dir, in bytes [default: 67108864].
     #[arg(long, value_name = "N")]
     pub cache_dir_max_bytes: Option<u64>,
+
+    /// Read a PROXY protocol header (v1 or v2) from connections whose source is in a
+    /// --proxy-protocol-from network, and use the client address it carries.
+    #[arg(long)]
+    pub accept_proxy_protocol: bool,
+
+    /// A network trusted to send PROXY protocol headers, as a CIDR (10.0.0.0/8, fd00::/8, or a
+    /// bare address); repeatable. Needed by --accept-proxy-protocol.
+    #[arg(long, value_name = "CIDR")]
+    pub proxy_protocol_from: Vec<String>,
+
+    /// Send a PROXY protocol header (v1 or v2; v2 carries the SNI, the ALPN and the TLS version)
+    /// with the client's address to the --upstream before the decrypted bytes.
+    #[arg(long, value_name = "VERSION")]
+    pub upstream_proxy_protocol: Option<ProxyVersion>,
+
+    /// Write one line per connection, when it ends, to this file (appended; reopened on
+    /// SIGHUP), or to the standard output with `-` [default: no access log].
+    #[arg(long, value_name = "FILE|-")]
+    pub access_log: Option<PathBuf>,
+
+    /// The access log's format: text (key=value fields) or json (an object per line)
+    /// [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub access_log_format: Option<crate::access_log::Format>,
 }
 
 /// Whether `reprise bench` makes full or resumed handshakes.

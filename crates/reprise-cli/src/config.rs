@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use reprise_redis::RedisTarget;
 
-use crate::cli::{ClientAuthMode, ServeArgs, TicketMode, TlsVersion};
+use crate::cli::{ClientAuthMode, ProxyVersion, ServeArgs, TicketMode, TlsVersion};
+use crate::proxy::Cidr;
 
 /// The settings file: the flags' names and meanings, in TOML.
 ///
@@ -44,6 +45,7 @@ pub struct FileConfig {
     client_ca: Option<PathBuf>,
     client_auth: Option<ClientAuthMode>,
     metrics_listen: Option<String>,
+    pid_file: Option<PathBuf>,
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
     hello_timeout: Option<u64>,
@@ -60,6 +62,11 @@ pub struct FileConfig {
     redis_misses_per_address: Option<u32>,
     cache_dir: Option<PathBuf>,
     cache_dir_max_bytes: Option<u64>,
+    access_log: Option<PathBuf>,
+    access_log_format: Option<crate::access_log::Format>,
+    accept_proxy_protocol: Option<bool>,
+    proxy_protocol_from: Option<Vec<String>>,
+    upstream_proxy_protocol: Option<ProxyVersion>,
     certificate: Option<Vec<CertificateFile>>,
     strict_sni: Option<bool>,
 }
@@ -128,6 +135,8 @@ pub struct Settings {
     pub client_auth: Option<(PathBuf, ClientAuthMode)>,
     /// The metrics address.
     pub metrics_listen: Option<String>,
+    /// Where to write the process id once listening (`reprise reload` reads it).
+    pub pid_file: Option<PathBuf>,
     /// Connections served at once.
     pub max_connections: usize,
     /// Connections one client address (an IPv6 /64) may hold at once.
@@ -147,6 +156,12 @@ pub struct Settings {
     /// The former name of the key file's flag or setting, if one was used: logged once the
     /// server has its TLS state, so that a start-up error stays one line.
     pub deprecated_key_file: Option<&'static str>,
+    /// The access log, if any.
+    pub access_log: Option<crate::access_log::Settings>,
+    /// The networks whose PROXY protocol headers are read; empty: none is read.
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// The PROXY protocol version sent to the upstream, if any.
+    pub upstream_proxy_protocol: Option<ProxyVersion>,
 }
 
 /// One certificate and the security context it serves.
@@ -457,9 +472,25 @@ impl Settings {
             redis.is_some(),
             cache_timeout,
         )?;
+        let upstream = args.upstream.or(file.upstream);
+        let (proxy_protocol_from, upstream_proxy_protocol) = proxy_protocol(
+            args.accept_proxy_protocol || file.accept_proxy_protocol.unwrap_or(false),
+            if args.proxy_protocol_from.is_empty() {
+                file.proxy_protocol_from.unwrap_or_default()
+            } else {
+                args.proxy_protocol_from
+            },
+            args.upstream_proxy_protocol
+                .or(file.upstream_proxy_protocol),
+            upstream.is_some(),
+        )?;
+        let access_log = access_log(
+            args.access_log.or(file.access_log),
+            args.access_log_format.or(file.access_log_format),
+        )?;
         Ok(Self {
             listen,
-            upstream: args.upstream.or(file.upstream),
+            upstream,
             certificates,
             strict_sni,
             tls_versions,
@@ -477,6 +508,7 @@ impl Settings {
             tls13_tickets,
             client_auth,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            pid_file: args.pid_file.or(file.pid_file),
             max_connections,
             max_connections_per_address,
             hello_timeout: Duration::from_secs(hello_timeout),
@@ -490,6 +522,9 @@ impl Settings {
             redis,
             disk,
             deprecated_key_file,
+            proxy_protocol_from,
+            upstream_proxy_protocol,
+            access_log,
         })
     }
 }
@@ -634,6 +669,50 @@ pub fn server_name(name: &str) -> anyhow::Result<String> {
         bail!("names: {name:?} is not a DNS name (nor *. and one)");
     }
     Ok(lower)
+}
+
+/// The PROXY protocol settings, checked: the trusted networks (needed by, and only with,
+/// accept-proxy-protocol), and the version sent upstream (needs an upstream).
+fn proxy_protocol(
+    accept: bool,
+    from: Vec<String>,
+    upstream_version: Option<ProxyVersion>,
+    with_upstream: bool,
+) -> anyhow::Result<(Vec<Cidr>, Option<ProxyVersion>)> {
+    let from = from
+        .iter()
+        .map(|c| {
+            c.parse::<Cidr>()
+                .map_err(|e| anyhow::anyhow!("proxy-protocol-from: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    match (accept, from.is_empty()) {
+        (true, true) => bail!("--accept-proxy-protocol needs at least one --proxy-protocol-from CIDR (the load balancers trusted to send headers)"),
+        (false, false) => bail!("--proxy-protocol-from needs --accept-proxy-protocol"),
+        _ => {}
+    }
+    if upstream_version.is_some() && !with_upstream {
+        bail!("--upstream-proxy-protocol needs --upstream");
+    }
+    Ok((from, upstream_version))
+}
+
+/// The access-log settings: a format without a target has no effect, and is an error.
+fn access_log(
+    path: Option<PathBuf>,
+    format: Option<crate::access_log::Format>,
+) -> anyhow::Result<Option<crate::access_log::Settings>> {
+    match (path, format) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => bail!("access-log-format needs access-log"),
+        (Some(path), _) if path.as_os_str().is_empty() => {
+            bail!("access-log: give a file, or - for the standard output")
+        }
+        (Some(path), format) => Ok(Some(crate::access_log::Settings {
+            target: crate::access_log::Target::parse(&path),
+            format: format.unwrap_or_default(),
+        })),
+    }
 }
 
 /// The ticket-key settings of the flags or of the settings file.
@@ -920,6 +999,43 @@ mod tests {
         );
         assert!(merge(ServeArgs::default(), "")?.certificates.is_empty());
         assert!(merge(ServeArgs::default(), "strict-sni = true")?.strict_sni);
+        Ok(())
+    }
+
+    #[test]
+    fn proxy_protocol_settings() -> anyhow::Result<()> {
+        let merge = |args: ServeArgs, file: &str| Settings::merge(args, parse(file)?);
+        let s = merge(
+            ServeArgs::default(),
+            "accept-proxy-protocol = true\nproxy-protocol-from = [\"10.0.0.0/8\", \"fd00::/8\"]\nupstream = \"127.0.0.1:1\"\nupstream-proxy-protocol = \"v2\"",
+        )?;
+        assert_eq!(s.proxy_protocol_from.len(), 2);
+        assert_eq!(s.upstream_proxy_protocol, Some(ProxyVersion::V2));
+        // The flags' networks replace the file's.
+        let s = merge(
+            ServeArgs {
+                proxy_protocol_from: vec!["192.0.2.1".into()],
+                ..ServeArgs::default()
+            },
+            "accept-proxy-protocol = true\nproxy-protocol-from = [\"10.0.0.0/8\"]",
+        )?;
+        assert_eq!(s.proxy_protocol_from.len(), 1);
+        assert!(s.proxy_protocol_from[0].contains("192.0.2.1".parse()?));
+        let s = merge(ServeArgs::default(), "")?;
+        assert!(s.proxy_protocol_from.is_empty() && s.upstream_proxy_protocol.is_none());
+        let err = |file: &str| {
+            merge(ServeArgs::default(), file)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(
+            err("accept-proxy-protocol = true").is_some_and(|e| e.contains("needs at least one"))
+        );
+        assert!(err("proxy-protocol-from = [\"10.0.0.0/8\"]")
+            .is_some_and(|e| e.contains("needs --accept")));
+        assert!(
+            err("upstream-proxy-protocol = \"v1\"").is_some_and(|e| e.contains("needs --upstream"))
+        );
         Ok(())
     }
 

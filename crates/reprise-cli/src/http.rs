@@ -158,6 +158,11 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
 pub enum Ending {
     /// The responder is done: the caller sends close_notify and closes.
     Close,
+    /// The connection stayed idle past the idle timeout: the caller sends close_notify and
+    /// closes.
+    Idle,
+    /// The server is shutting down: the caller sends close_notify and closes.
+    Shutdown,
     /// The client sent close_notify between requests: the caller answers with its own and
     /// closes. Nothing more can come from the client, so nothing is left unread at the close.
     PeerClosed,
@@ -165,6 +170,16 @@ pub enum Ending {
     Clean,
     /// The connection ended without close_notify on either side.
     Unclean,
+    /// A socket or TLS error other than an end of stream (a reset, a bad record): no
+    /// close_notify either.
+    Broken(io::ErrorKind),
+}
+
+impl Ending {
+    /// Whether the connection ended without close_notify on either side.
+    pub fn is_unclean(self) -> bool {
+        matches!(self, Ending::Unclean | Ending::Broken(_))
+    }
 }
 
 /// The built-in responder: answers every request with 200 and `body`, keeping the connection
@@ -179,15 +194,18 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let read = tokio::select! {
             r = tokio::time::timeout(idle, read_request(stream, &mut buf)) => r,
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return Ending::Shutdown,
         };
         match read {
             // Idle: close it ourselves.
-            Err(_) => break,
+            Err(_) => return Ending::Idle,
             Ok(Err(ReadError::Closed)) => return Ending::PeerClosed,
             Ok(Err(ReadError::Io(e))) => {
                 tracing::debug!(error = %e, "connection ended");
-                return Ending::Unclean;
+                return match e.kind() {
+                    io::ErrorKind::UnexpectedEof => Ending::Unclean,
+                    kind => Ending::Broken(kind),
+                };
             }
             Ok(Err(ReadError::Bad(why))) => {
                 let text = format!("bad request: {why}\n");

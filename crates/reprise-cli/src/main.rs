@@ -1,13 +1,18 @@
-//! `reprise`: a TLS terminator whose sessions resume through the Reprise cache (`serve`), and a
-//! handshake load generator (`bench`).
+//! `reprise`: a TLS terminator whose sessions resume through the Reprise cache (`serve`, and
+//! `reload` to make it reload), and a handshake load generator (`bench`).
 
+mod access_log;
 mod admission;
 mod bench;
+mod check_config;
 mod cli;
 mod client_conn;
 mod config;
 mod http;
 mod metrics;
+mod notify;
+mod pidfile;
+mod proxy;
 mod serve;
 mod tls;
 
@@ -38,7 +43,7 @@ fn main() -> ExitCode {
     let workers = match &cli.command {
         Command::Serve(args) => args.workers.or_else(|| config::workers_from_file(args)),
         Command::Bench(args) => args.workers,
-        Command::Keygen(_) => Some(1),
+        Command::Keygen(_) | Command::CheckConfig(_) | Command::Reload(_) => Some(1),
     };
     // One worker runs everything on this thread: no cross-thread wake-ups at all.
     let mut runtime = match workers {
@@ -57,6 +62,8 @@ fn main() -> ExitCode {
                 Command::Serve(args) => serve::run(*args).await,
                 Command::Bench(args) => bench::run(args).await,
                 Command::Keygen(args) => keygen(args),
+                Command::CheckConfig(args) => check_config::run(*args),
+                Command::Reload(args) => pidfile::reload(&args.pid_file),
             }
         })
     });

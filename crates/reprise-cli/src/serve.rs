@@ -2,7 +2,7 @@
 //! built-in responder or the proxy to `--upstream`), the metrics endpoint and graceful shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,13 @@ use tracing::{debug, info, warn};
 
 use reprise_rustls::{AcceptError, AcceptPolicy, Accepted, Acceptor, ServerTlsStream};
 
+use crate::access_log::{self, AccessLog, End, Record, Resumption, Source};
 use crate::admission::{AddressPermit, PerAddress};
 use crate::cli::ServeArgs;
 use crate::config::Settings;
 use crate::http::{self, Ending};
 use crate::metrics::{Failure, Metrics};
+use crate::proxy::{self, ProxyMetrics};
 use crate::startup;
 use crate::tls::{self, Chooser, ServerTls};
 
@@ -39,10 +41,15 @@ struct Shared {
     tls: ServerTls,
     acceptor: Acceptor<Chooser>,
     metrics: Metrics,
+    proxy_metrics: ProxyMetrics,
     permits: Arc<Semaphore>,
     per_address: Arc<PerAddress>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The access log, with `--access-log`.
+    access_log: Option<AccessLog>,
+    /// Whether the listeners serve: `/healthz` answers 503 until then.
+    ready: AtomicBool,
 }
 
 /// How long the start waits for the fleet's ticket-key ring before serving with what it has.
@@ -57,6 +64,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(upstream) = &settings.upstream {
         check_host_port(upstream).map_err(startup)?;
     }
+    let access_log = match &settings.access_log {
+        Some(log) => Some(AccessLog::open(log).map_err(startup)?),
+        None => None,
+    };
     let mut listeners = Vec::new();
     for addr in &settings.listen {
         listeners.push(bind(addr).await.map_err(startup)?);
@@ -65,6 +76,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr).await.map_err(startup)?),
         None => None,
     };
+    // Written once the listeners are bound; removed when this function returns.
+    let _pid_file = match &settings.pid_file {
+        Some(path) => Some(crate::pidfile::PidFile::create(path).map_err(startup)?),
+        None => None,
+    };
+
+    // Shared from here on, so that the metrics listener answers during the rest of the start
+    // (with /healthz not ready).
+    let shared = Arc::new(Shared {
+        acceptor: acceptor(&settings, &tls),
+        tls,
+        metrics: Metrics::default(),
+        proxy_metrics: ProxyMetrics::default(),
+        permits: Arc::new(Semaphore::new(settings.max_connections)),
+        per_address: PerAddress::new(settings.max_connections_per_address),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        access_log,
+        ready: AtomicBool::new(false),
+        settings,
+    });
+    let (settings, tls) = (&shared.settings, &shared.tls);
+    let mut loops = Vec::new();
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "metrics at /metrics, health at /healthz");
+        }
+        loops.push(tokio::spawn(metrics_loop(shared.clone(), listener)));
+    }
 
     if tls.self_signed {
         info!(sha256 = %tls.fingerprint, "generated a self-signed certificate for localhost");
@@ -121,7 +161,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    tls::log_certificates(&tls, settings.strict_sni);
+    tls::log_certificates(tls, settings.strict_sni);
     tokio::spawn(tls::watch_ocsp(tls.certificates.clone()));
 
     if let Some(disk) = &tls.disk {
@@ -133,32 +173,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         info!(sessions = warmed, "sessions loaded from disk");
     }
 
-    let shared = Arc::new(Shared {
-        acceptor: acceptor(&settings, &tls),
-        tls,
-        metrics: Metrics::default(),
-        permits: Arc::new(Semaphore::new(settings.max_connections)),
-        per_address: PerAddress::new(settings.max_connections_per_address),
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        settings,
-    });
-
-    let mut loops = Vec::new();
     for listener in listeners {
         loops.push(tokio::spawn(accept_loop(shared.clone(), listener)));
     }
-    if let Some(listener) = metrics_listener {
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "metrics at /metrics, health at /healthz");
-        }
-        loops.push(tokio::spawn(metrics_loop(shared.clone(), listener)));
-    }
+    shared.ready.store(true, Ordering::Release);
+    crate::notify::notify("READY=1");
 
     while signals.next().await == Signal::Reload {
+        if let Some(log) = &shared.access_log {
+            log.reopen();
+        }
         reload(&shared).await;
     }
     info!("shutting down: no new connections");
+    crate::notify::notify("STOPPING=1");
     shared.shutdown.cancel();
     for l in loops {
         let _ = l.await;
@@ -180,6 +208,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(disk) = shared.tls.disk.clone() {
         // Writes out the queue and marks the shutdown clean, so TLS 1.3 tickets are kept.
         let _ = tokio::task::spawn_blocking(move || disk.close()).await;
+    }
+    if shared.access_log.is_some() {
+        // Writes out the queued lines.
+        let held = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(log) = &held.access_log {
+                log.close();
+            }
+        })
+        .await;
     }
     info!("stopped");
     Ok(())
@@ -244,7 +282,7 @@ async fn reload(shared: &Shared) {
 }
 
 /// Checks that an upstream is `HOST:PORT`.
-fn check_host_port(upstream: &str) -> anyhow::Result<()> {
+pub(crate) fn check_host_port(upstream: &str) -> anyhow::Result<()> {
     let port = upstream
         .rsplit_once(':')
         .map(|(host, port)| (host, port.parse::<u16>()))
@@ -278,10 +316,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let Some(per_address) = shared.per_address.try_acquire(peer.ip()) else {
-                    shared.metrics.connection_rejected_per_address();
-                    debug!(%peer, "max-connections-per-address reached: connection closed");
-                    continue;
+                // A trusted proxy's connections count against the client address its header
+                // carries, once read.
+                let per_address = if proxy::trusted(&shared.settings, peer.ip()) {
+                    None
+                } else {
+                    let Some(p) = shared.per_address.try_acquire(peer.ip()) else {
+                        shared.metrics.connection_rejected_per_address();
+                        debug!(%peer, "max-connections-per-address reached: connection closed");
+                        continue;
+                    };
+                    Some(p)
                 };
                 let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
                     shared.metrics.connection_rejected();
@@ -332,27 +377,162 @@ fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor<Chooser> {
 /// client sent. The rest of its life, larger, is allocated after.
 async fn connection(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
-    permits: (OwnedSemaphorePermit, AddressPermit),
+    permits: (OwnedSemaphorePermit, Option<AddressPermit>),
 ) {
     shared.metrics.connection_opened();
     let _open = Open(&shared.metrics);
+    let started = Instant::now();
+    // The PROXY protocol header, from a trusted source: the client's address from here on.
+    let (peer, local, _per_address) = match proxied(&shared, &mut tcp, peer).await {
+        Ok(proxied) => proxied,
+        Err(Some((client, end, error))) => {
+            return log_unfinished(&shared, client, started, end, error);
+        }
+        Err(None) => return,
+    };
     // In a block of its own, so that the accepted stream (large) is no part of this future:
     // it moves into the boxed rest of the connection.
     let established = {
         let accepted = tokio::select! {
             r = shared.acceptor.accept(tcp, peer) => r,
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => {
+                log_unfinished(&shared, peer, started, End::Shutdown, None);
+                return;
+            }
         };
         match accepted {
-            Ok(accepted) => Box::pin(established(&shared, accepted, peer)),
-            Err(e) => return handshake_failed(&shared, &e, peer),
+            Ok(accepted) => Box::pin(established(&shared, accepted, peer, local, started)),
+            Err(e) => {
+                let error = access_log::accept_error(&e);
+                log_unfinished(&shared, peer, started, End::HandshakeFailed, Some(error));
+                return handshake_failed(&shared, &e, peer);
+            }
         }
     };
     established.await;
     drop(permits);
 }
+
+/// The client's address and the address it connected to, after the PROXY protocol header of a
+/// trusted source (counted against the client address's limit); or the TCP ones. An error: the
+/// connection is to be closed (counted, and logged at debug level), with what its access-log
+/// line says, if it has one.
+async fn proxied(
+    shared: &Shared,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<(SocketAddr, Option<SocketAddr>, Option<AddressPermit>), Option<Unproxied>> {
+    let settings = &shared.settings;
+    if settings.proxy_protocol_from.is_empty() {
+        // The address the client connected to, for a header sent upstream.
+        let local = match settings.upstream_proxy_protocol {
+            Some(_) => tcp.local_addr().ok(),
+            None => None,
+        };
+        return Ok((peer, local, None));
+    }
+    let local = tcp.local_addr().ok();
+    if !proxy::trusted(settings, peer.ip()) {
+        // An untrusted source is served as plain TLS; a header it sends is not honoured, and
+        // counted here (the TLS handshake would fail on it anyway).
+        let mut first = [0u8; 12];
+        let peeked = tokio::select! {
+            r = tokio::time::timeout(settings.hello_timeout, tcp.peek(&mut first)) => r,
+            _ = shared.shutdown.cancelled() => return Err(Some((peer, End::Shutdown, None))),
+        };
+        match peeked {
+            Ok(Ok(n)) if proxy::looks_like_header(&first[..n]) => {
+                shared.proxy_metrics.refused(proxy::Refused::Untrusted);
+                debug!(%peer, "PROXY protocol header from an untrusted source: connection closed");
+                return Err(Some((
+                    peer,
+                    End::HandshakeFailed,
+                    Some("proxy_header_untrusted"),
+                )));
+            }
+            // Silent for the whole hello timeout: the acceptor would give it another.
+            Err(_) => {
+                shared.metrics.failure(Failure::Timeout);
+                debug!(%peer, "handshake failed: no ClientHello within hello-timeout");
+                return Err(Some((peer, End::HandshakeFailed, Some("hello_timeout"))));
+            }
+            // The rest (a socket error, an end) is the acceptor's to report.
+            Ok(_) => return Ok((peer, local, None)),
+        }
+    }
+    let read = tokio::select! {
+        r = tokio::time::timeout(settings.hello_timeout, proxy::read_header(tcp)) => r,
+        _ = shared.shutdown.cancelled() => return Err(Some((peer, End::Shutdown, None))),
+    };
+    let header = match read {
+        Ok(Ok(header)) => header,
+        Ok(Err(proxy::ProxyError::Closed)) => {
+            // As without the PROXY protocol: a client gone before its first byte.
+            shared.metrics.failure(Failure::Eof);
+            debug!(%peer, "closed before the PROXY protocol header");
+            return Err(Some((peer, End::HandshakeFailed, Some("eof"))));
+        }
+        Ok(Err(e)) => {
+            let (why, label) = match e {
+                proxy::ProxyError::Missing => (proxy::Refused::Missing, "proxy_header_missing"),
+                _ => (proxy::Refused::Malformed, "proxy_header_malformed"),
+            };
+            shared.proxy_metrics.refused(why);
+            debug!(%peer, error = %e, "PROXY protocol header refused: connection closed");
+            return Err(Some((peer, End::HandshakeFailed, Some(label))));
+        }
+        Err(_) => {
+            shared.metrics.failure(Failure::Timeout);
+            debug!(%peer, "no whole PROXY protocol header within hello-timeout: connection closed");
+            return Err(Some((peer, End::HandshakeFailed, Some("hello_timeout"))));
+        }
+    };
+    shared.proxy_metrics.accepted(header.version);
+    let (client, local) = match header.addresses {
+        Some((src, dst)) => (src, Some(dst)),
+        None => (peer, local),
+    };
+    let Some(permit) = shared.per_address.try_acquire(client.ip()) else {
+        shared.metrics.connection_rejected_per_address();
+        debug!(peer = %client, proxy = %peer, "max-connections-per-address reached: connection closed");
+        // Not logged, as a connection closed at accept for its address is not.
+        return Err(None);
+    };
+    debug!(peer = %client, proxy = %peer, version = header.version.as_str(), "PROXY protocol header");
+    Ok((client, local, Some(permit)))
+}
+
+/// The access-log line of a connection whose handshake did not complete.
+fn log_unfinished(
+    shared: &Shared,
+    peer: SocketAddr,
+    started: Instant,
+    end: End,
+    error: Option<&'static str>,
+) {
+    if let Some(log) = &shared.access_log {
+        log.log(Record {
+            time: std::time::SystemTime::now(),
+            client: peer,
+            sni: None,
+            version: None,
+            suite: None,
+            resumption: Resumption::None,
+            source: None,
+            handshake: started.elapsed(),
+            bytes_in: 0,
+            bytes_out: 0,
+            end,
+            error,
+        });
+    }
+}
+
+/// Why a connection ended before its handshake, at its PROXY protocol header: the address to
+/// log, how it ended, and the access log's `error`.
+type Unproxied = (SocketAddr, End, Option<&'static str>);
 
 /// Counts and logs a connection whose handshake did not complete.
 fn handshake_failed(shared: &Shared, e: &AcceptError, peer: SocketAddr) {
@@ -376,23 +556,35 @@ fn handshake_failed(shared: &Shared, e: &AcceptError, peer: SocketAddr) {
 }
 
 /// The connection's traffic, after its handshake.
-async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr) {
+async fn established(
+    shared: &Shared,
+    accepted: Accepted,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    started: Instant,
+) {
+    let handshake_time = started.elapsed();
     let mut stream = accepted.stream;
-    let (kind, version, suite) = {
+    let (kind, version, suite, proxy_header) = {
         let (_, conn) = stream.get_ref().get_ref();
         (
             conn.handshake_kind(),
             conn.protocol_version(),
             conn.negotiated_cipher_suite(),
+            proxy::upstream_header(&shared.settings, peer, local, conn),
         )
     };
     // A TLS failure from here on (a fatal alert, a bad record) removes the connection's
     // sessions. A FIN, a reset or a timeout keeps them.
     shared.metrics.handshake(kind, version);
     let resumed = kind == Some(rustls::HandshakeKind::Resumed);
+    // Read now: a failure later takes the connection's sessions away.
+    let from_cache =
+        resumed && shared.access_log.is_some() && !stream.sessions().sessions().is_empty();
     debug!(%peer, ?version, resumed, "handshake completed");
 
-    let ending = match &shared.settings.upstream {
+    let traffic = Traffic::default();
+    let (ending, responded) = match &shared.settings.upstream {
         None => {
             let body = format!(
                 "protocol: {}\ncipher: {}\nresumed: {}\n",
@@ -401,19 +593,73 @@ async fn established(shared: &Shared, accepted: Accepted, peer: SocketAddr) {
                 if resumed { "yes" } else { "no" },
             );
             let idle = shared.settings.idle_timeout;
-            match http::respond(&mut stream, &body, idle, &shared.shutdown).await {
-                Ending::Close => close_notify(&mut stream, false).await,
+            let mut counted = access_log::Counted::new(&mut stream);
+            let responded = http::respond(&mut counted, &body, idle, &shared.shutdown).await;
+            traffic.add(counted.read, counted.written);
+            let ending = match responded {
+                Ending::Close | Ending::Idle | Ending::Shutdown => {
+                    close_notify(&mut stream, false).await
+                }
                 Ending::PeerClosed => close_notify(&mut stream, true).await,
                 ending => ending,
-            }
+            };
+            (ending, Some(responded))
         }
-        Some(upstream) => proxy(shared, &mut stream, upstream, peer).await,
+        Some(upstream) => (
+            proxy(shared, &mut stream, upstream, peer, &proxy_header, &traffic).await,
+            None,
+        ),
     };
-    if stream.sessions().has_failed() {
+    let failed = stream.sessions().has_failed();
+    if failed {
         shared.metrics.unclean_shutdown();
-    } else if ending == Ending::Unclean {
+    } else if ending.is_unclean() {
         // No close_notify either way (a FIN, a reset): the session is kept.
         shared.metrics.close_without_close_notify();
+    }
+    if let Some(log) = &shared.access_log {
+        let resumption = Resumption::of(kind, version, from_cache);
+        let end = match (failed, responded.unwrap_or(ending)) {
+            (true, _) => End::TlsError,
+            (false, Ending::Close) => End::ServerClose,
+            (false, Ending::Idle) => End::IdleTimeout,
+            (false, Ending::Shutdown) => End::Shutdown,
+            (false, Ending::PeerClosed | Ending::Clean) => End::CloseNotify,
+            (false, Ending::Unclean) => End::Eof,
+            (false, Ending::Broken(std::io::ErrorKind::ConnectionReset)) => End::Reset,
+            (false, Ending::Broken(_)) => End::IoError,
+        };
+        let (_, conn) = stream.get_ref().get_ref();
+        log.log(Record {
+            time: std::time::SystemTime::now(),
+            client: peer,
+            sni: conn.server_name().map(str::to_owned),
+            version,
+            suite: suite.map(|s| s.suite()),
+            resumption,
+            source: Source::of(resumption, accepted.prefetch),
+            handshake: handshake_time,
+            bytes_in: traffic.read.load(Ordering::Relaxed),
+            bytes_out: traffic.written.load(Ordering::Relaxed),
+            end,
+            error: None,
+        });
+    }
+}
+
+/// Application bytes a connection moved, each way.
+#[derive(Default)]
+struct Traffic {
+    /// From the client.
+    read: AtomicU64,
+    /// To the client.
+    written: AtomicU64,
+}
+
+impl Traffic {
+    fn add(&self, read: u64, written: u64) {
+        self.read.fetch_add(read, Ordering::Relaxed);
+        self.written.fetch_add(written, Ordering::Relaxed);
     }
 }
 
@@ -439,10 +685,17 @@ fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
 }
 
 /// Proxies a decrypted connection to the upstream in both directions, passing half-closes on.
-async fn proxy(shared: &Shared, tls: &mut Tls, upstream: &str, peer: SocketAddr) -> Ending {
+async fn proxy(
+    shared: &Shared,
+    tls: &mut Tls,
+    upstream: &str,
+    peer: SocketAddr,
+    proxy_header: &[u8],
+    traffic: &Traffic,
+) -> Ending {
     let connected =
         tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await;
-    let up = match connected {
+    let mut up = match connected {
         Ok(Ok(up)) => up,
         Ok(Err(e)) => {
             warn!(%peer, %upstream, error = %e, "upstream connect failed");
@@ -454,18 +707,38 @@ async fn proxy(shared: &Shared, tls: &mut Tls, upstream: &str, peer: SocketAddr)
         }
     };
     let _ = up.set_nodelay(true);
+    if !proxy_header.is_empty() {
+        if let Err(e) = up.write_all(proxy_header).await {
+            warn!(%peer, %upstream, error = %e, "upstream write failed");
+            return close(tls).await;
+        }
+    }
     let last_activity = AtomicU64::new(0);
     let started = Instant::now();
     let (mut client_read, mut client_write) = tokio::io::split(tls);
     let (mut up_read, mut up_write) = up.into_split();
     let to_upstream = async {
         // Ok: the client's close_notify; Err: its connection ended without one.
-        let r = pump(&mut client_read, &mut up_write, &last_activity, started).await;
+        let r = pump(
+            &mut client_read,
+            &mut up_write,
+            &last_activity,
+            started,
+            &traffic.read,
+        )
+        .await;
         let _ = up_write.shutdown().await;
         r.is_ok()
     };
     let to_client = async {
-        let _ = pump(&mut up_read, &mut client_write, &last_activity, started).await;
+        let _ = pump(
+            &mut up_read,
+            &mut client_write,
+            &last_activity,
+            started,
+            &traffic.written,
+        )
+        .await;
         // The upstream is done: send close_notify.
         client_write.shutdown().await.is_ok()
     };
@@ -495,12 +768,13 @@ async fn proxy(shared: &Shared, tls: &mut Tls, upstream: &str, peer: SocketAddr)
     }
 }
 
-/// Copies until EOF, noting the time of every transfer.
+/// Copies until EOF, noting the time of every transfer and counting the bytes in `moved`.
 async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     r: &mut R,
     w: &mut W,
     last_activity: &AtomicU64,
     started: Instant,
+    moved: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -510,6 +784,7 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
         last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
@@ -612,9 +887,18 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
                     let tickets = shared.tls.ticket_metrics(shared.settings.tickets);
                     let mut body = shared.metrics.render(&cache, &tiers, &tickets);
                     body.push_str(&shared.acceptor.chooser().render_metrics());
+                    if !shared.settings.proxy_protocol_from.is_empty() {
+                        shared.proxy_metrics.render(&mut body);
+                    }
+                    if let Some(log) = &shared.access_log {
+                        body.push_str(&log.render_metrics());
+                    }
                     ("200 OK", body)
                 }
-                Ok(Ok(req)) if req.path == "/healthz" => ("200 OK", "ok\n".to_owned()),
+                Ok(Ok(req)) if req.path == "/healthz" => {
+                    let (status, body) = health(shared.ready.load(Ordering::Acquire));
+                    (status, body.to_owned())
+                }
                 Ok(Ok(_)) => ("404 Not Found", "not found\n".to_owned()),
                 _ => return,
             };
@@ -629,5 +913,25 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
             .await;
             let _ = tcp.shutdown().await;
         });
+    }
+}
+
+/// The answer of `/healthz`: 503 until the listeners serve, 200 after.
+fn health(ready: bool) -> (&'static str, &'static str) {
+    if ready {
+        ("200 OK", "ok\n")
+    } else {
+        ("503 Service Unavailable", "starting\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthz_is_not_ready_until_the_listeners_serve() {
+        assert_eq!(health(false).0, "503 Service Unavailable");
+        assert_eq!(health(true), ("200 OK", "ok\n"));
     }
 }

@@ -6,8 +6,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{fails_to_start, path_in, reuse_words, s_client, Server};
-use reprise_testkit::{Leaf, Pki};
+use reprise_testkit::{wait_until, Leaf, Pki};
 
 /// The test CA, and two leaves it signs: `web` (web.test, www.web.test) and `api` (api.test,
 /// *.api.test), written with their chains (leaf, then CA) into `dir`.
@@ -134,7 +136,11 @@ fn each_certificate_answers_its_names_and_the_first_is_the_default() {
         assert_eq!(served_cn(&out).as_deref(), Some(cn), "{name}: {out}");
         assert!(out.contains("HTTP/1.1 200 OK"), "{out}");
     }
-    // The start's readiness probe (a connection without a hello) counts as missing too.
+    // The start's readiness probe (a connection without a hello) counts as missing too: wait
+    // until it is counted (bounded), so that it does not land with the request below.
+    assert!(wait_until(Duration::from_secs(10), || {
+        metric(&server, "reprise_sni_missing_total") >= 1
+    }));
     let missing = metric(&server, "reprise_sni_missing_total");
     let out = get(&server, &["-noservername"]);
     assert_eq!(served_cn(&out).as_deref(), Some("web"), "{out}");
@@ -161,7 +167,11 @@ fn strict_sni_refuses_unknown_names_and_hellos_without_one() {
     flags.push("--strict-sni".to_owned());
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = Server::start(&args);
-    // The start's readiness probe (a connection without a hello) was refused too.
+    // The start's readiness probe (a connection without a hello) is refused too: wait until
+    // it is counted (bounded), so that it does not land among the two below.
+    assert!(wait_until(Duration::from_secs(10), || {
+        metric(&server, "reprise_sni_refused_total") >= 1
+    }));
     let before = metric(&server, "reprise_sni_refused_total");
     for refused in [&["-servername", "unknown.test"][..], &["-noservername"][..]] {
         let out = get(&server, refused);

@@ -663,3 +663,51 @@ fn forged_tickets_make_full_handshakes_counted_by_reason() {
     assert_eq!(request(&server, &["-tls1_2", "-sess_in", &real]), "Reused");
     assert_eq!(failures(&server), 0, "{}", server.metrics_text());
 }
+
+/// `reprise reload` signals the server its pid file names: the ticket-key file is read again.
+/// The pid file is removed when the server exits; a missing or bad one is one line and exit 2.
+#[test]
+fn reprise_reload_signals_the_server_of_the_pid_file() {
+    let pki = Pki::new().write_pem();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = path_in(dir.path(), "tickets.keys");
+    std::fs::write(&keys, keygen("t1") + "\n").unwrap();
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pid_file = path_in(dir.path(), "reprise.pid");
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let server = Server::start(&[
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--ticket-keys",
+        &keys,
+        "--pid-file",
+        &pid_file,
+    ]);
+    // Written once the listeners are bound, a moment after they accept connections.
+    let expected = server.pid().to_string();
+    let written = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|w| w.trim() == expected)
+    });
+    assert!(written, "no pid file {pid_file}");
+
+    let out = common::reprise()
+        .args(["reload", "--pid-file", &pid_file])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let logged = wait_until(Duration::from_secs(10), || {
+        server.stderr().contains("ticket keys reloaded")
+    });
+    assert!(logged, "{}", server.stderr());
+    assert_eq!(request(&server, &["-tls1_2"]), "New");
+    assert_eq!(server.terminate().code(), Some(0));
+    assert!(!std::path::Path::new(&pid_file).exists());
+
+    let line = fails_to_start(&["reload", "--pid-file", &pid_file]);
+    assert!(line.contains("pid-file"), "{line}");
+    std::fs::write(&pid_file, "not a pid\n").unwrap();
+    let line = fails_to_start(&["reload", "--pid-file", &pid_file]);
+    assert!(line.contains("does not hold a process id"), "{line}");
+}

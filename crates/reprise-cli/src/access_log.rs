@@ -1,0 +1,780 @@
+//! The access log of `reprise serve` (`--access-log FILE|-`): one line per connection when it
+//! ends, in text or JSON, written by a thread of its own.
+//!
+//! A connection's task only fills a [`Record`] (copies of what it already holds, and the SNI)
+//! and offers it to a bounded channel; it never formats, writes or waits. When the channel is
+//! full the line is dropped and counted (`reprise_access_log_dropped_total`). The writer thread
+//! never waits on the channel (a sender would then have to wake it, a system call per
+//! connection): it takes the queued lines every 50 ms, formats them, writes through a buffer,
+//! flushes at least every second and at shutdown, and opens the file again on SIGHUP (for log
+//! rotation).
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Lines waiting for the writer, at most; more are dropped and counted. Enough for
+/// [`DRAIN_EVERY`] at over 300 000 connections a second.
+const QUEUE: usize = 16_384;
+
+/// How often the writer takes the queued lines.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
+/// The longest a written line waits in the buffer before it reaches the file.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The standard output (`-`).
+    Stdout,
+    /// A file, opened for appending (created if missing).
+    File(PathBuf),
+}
+
+impl Target {
+    /// `-` is the standard output; anything else a file.
+    pub fn parse(path: &Path) -> Self {
+        if path.as_os_str() == "-" {
+            Target::Stdout
+        } else {
+            Target::File(path.to_owned())
+        }
+    }
+}
+
+/// The format of the lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `key=value` fields separated by spaces, after the time.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The access-log settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Where the lines go.
+    pub target: Target,
+    /// Their format.
+    pub format: Format,
+}
+
+/// How a handshake went, as far as resumption goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumption {
+    /// No handshake completed.
+    None,
+    /// A full handshake.
+    Full,
+    /// TLS 1.2, resumed by session id from the cache.
+    SessionId,
+    /// TLS 1.3, resumed with a stateful ticket (a session kept in the cache).
+    StatefulTicket,
+    /// TLS 1.2 or 1.3, resumed with a ticket the ticketer decrypted (no cache involved).
+    StatelessTicket,
+}
+
+impl Resumption {
+    /// The field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resumption::None => "none",
+            Resumption::Full => "full",
+            Resumption::SessionId => "session_id",
+            Resumption::StatefulTicket => "stateful_ticket",
+            Resumption::StatelessTicket => "stateless_ticket",
+        }
+    }
+
+    /// What a completed handshake was: `stateful` says whether the connection resumed a
+    /// session of the cache (its handle holds one), as opposed to one its ticket carried.
+    pub fn of(
+        kind: Option<rustls::HandshakeKind>,
+        version: Option<rustls::ProtocolVersion>,
+        stateful: bool,
+    ) -> Self {
+        if kind != Some(rustls::HandshakeKind::Resumed) {
+            return Resumption::Full;
+        }
+        match (stateful, version) {
+            (false, _) => Resumption::StatelessTicket,
+            (true, Some(rustls::ProtocolVersion::TLSv1_3)) => Resumption::StatefulTicket,
+            (true, _) => Resumption::SessionId,
+        }
+    }
+}
+
+/// Where a resumed session of the cache was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Already in memory.
+    Memory,
+    /// Brought from a tier (disk, Redis) before the handshake.
+    Tier,
+}
+
+impl Source {
+    /// The field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Memory => "memory",
+            Source::Tier => "tier",
+        }
+    }
+
+    /// For a stateful resumption, whether the prefetch brought its session (a TLS 1.2 session
+    /// into memory, or a TLS 1.3 ticket the tier took for the connection).
+    pub fn of(resumption: Resumption, prefetch: reprise_rustls::Prefetch) -> Option<Self> {
+        use reprise_rustls::Prefetch;
+        match resumption {
+            Resumption::SessionId | Resumption::StatefulTicket => Some(match prefetch {
+                Prefetch::Session | Prefetch::Ticket => Source::Tier,
+                _ => Source::Memory,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The client sent close_notify (with `--upstream`: a close_notify went either way).
+    CloseNotify,
+    /// The server closed first, with close_notify (a `Connection: close` request, a bad one).
+    ServerClose,
+    /// The client closed the connection without close_notify.
+    Eof,
+    /// The connection was reset.
+    Reset,
+    /// It stayed idle past `--idle-timeout`.
+    IdleTimeout,
+    /// The server was shutting down.
+    Shutdown,
+    /// A TLS failure after the handshake (a fatal alert, a bad record).
+    TlsError,
+    /// Another socket error.
+    IoError,
+    /// The handshake did not complete; the record's `error` says why.
+    HandshakeFailed,
+}
+
+impl End {
+    /// The field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::CloseNotify => "close_notify",
+            End::ServerClose => "server_close",
+            End::Eof => "eof",
+            End::Reset => "reset",
+            End::IdleTimeout => "idle_timeout",
+            End::Shutdown => "shutdown",
+            End::TlsError => "tls_error",
+            End::IoError => "io_error",
+            End::HandshakeFailed => "handshake_failed",
+        }
+    }
+}
+
+/// The name of an accept error, for the `error` field.
+pub fn accept_error(e: &reprise_rustls::AcceptError) -> &'static str {
+    use reprise_rustls::AcceptError;
+    match e {
+        AcceptError::HelloTimeout => "hello_timeout",
+        AcceptError::HandshakeTimeout => "handshake_timeout",
+        e => crate::metrics::Failure::of_accept(e).as_str(),
+    }
+}
+
+/// One connection, as the writer formats it. Holds no secret: names, numbers and an address.
+#[derive(Debug)]
+pub struct Record {
+    /// When the connection ended.
+    pub time: SystemTime,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The server name the client asked for, as rustls accepted it.
+    pub sni: Option<String>,
+    /// The negotiated version.
+    pub version: Option<rustls::ProtocolVersion>,
+    /// The negotiated cipher suite.
+    pub suite: Option<rustls::CipherSuite>,
+    /// Full, resumed and how, or no handshake.
+    pub resumption: Resumption,
+    /// For a resumption through the cache, where its session was.
+    pub source: Option<Source>,
+    /// From the accept to the end of the handshake (or to its failure).
+    pub handshake: Duration,
+    /// Application bytes received from the client (decrypted).
+    pub bytes_in: u64,
+    /// Application bytes sent to the client (before encryption).
+    pub bytes_out: u64,
+    /// How it ended.
+    pub end: End,
+    /// Why the handshake failed.
+    pub error: Option<&'static str>,
+}
+
+/// What the writer thread receives.
+enum Message {
+    Line(Box<Record>),
+    /// Write out everything and stop; answers when done.
+    Close(mpsc::Sender<()>),
+}
+
+/// The sending side, shared by the connection tasks.
+pub struct AccessLog {
+    queue: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+    /// Set on SIGHUP: the writer opens its file again before its next line (a flag, so that a
+    /// full queue cannot lose the request).
+    reopen: Arc<AtomicBool>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl AccessLog {
+    /// Opens the target (an error names the file) and starts the writer thread.
+    pub fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let out = Output::open(&settings.target)?;
+        let (queue, lines) = mpsc::sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            reopen: reopen.clone(),
+            out,
+            target: settings.target.clone(),
+            format: settings.format,
+            dropped: dropped.clone(),
+            line: String::with_capacity(512),
+            failed: false,
+        };
+        let handle = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer.run(lines))
+            .context("starting the access-log writer")?;
+        Ok(Self {
+            queue,
+            dropped,
+            reopen,
+            writer: std::sync::Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Offers a line to the writer, without waiting: dropped and counted if the queue is full.
+    pub fn log(&self, record: Record) {
+        match self.queue.try_send(Message::Line(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Asks the writer to open its file again (after a rotation).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// Lines dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The metrics of the access log, in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        format!(
+            "# HELP reprise_access_log_dropped_total Access-log lines dropped because the writer could not keep up or the file could not be written.\n\
+             # TYPE reprise_access_log_dropped_total counter\n\
+             reprise_access_log_dropped_total {}\n",
+            self.dropped()
+        )
+    }
+
+    /// Writes out every queued line, flushes, and stops the writer (blocking: call it off the
+    /// runtime's threads).
+    pub fn close(&self) {
+        let (done, wait) = mpsc::channel();
+        if self.queue.send(Message::Close(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(10));
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The open target.
+enum Output {
+    Stdout(BufWriter<io::Stdout>),
+    File(BufWriter<File>),
+}
+
+impl Output {
+    fn open(target: &Target) -> anyhow::Result<Self> {
+        Ok(match target {
+            Target::Stdout => Output::Stdout(BufWriter::with_capacity(64 * 1024, io::stdout())),
+            Target::File(path) => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(path)
+                    .with_context(|| format!("access-log {}: cannot open", path.display()))?;
+                Output::File(BufWriter::with_capacity(64 * 1024, file))
+            }
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Output::Stdout(w) => w,
+            Output::File(w) => w,
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    reopen: Arc<AtomicBool>,
+    out: Output,
+    target: Target,
+    format: Format,
+    dropped: Arc<AtomicU64>,
+    /// One line, reused.
+    line: String,
+    /// Whether a write failed since the last success (logged once).
+    failed: bool,
+}
+
+impl Writer {
+    fn run(mut self, lines: mpsc::Receiver<Message>) {
+        let mut last_flush = Instant::now();
+        let mut pending = false;
+        let mut dropped_logged = 0;
+        loop {
+            // Never waiting on the queue: a sender that found the writer waiting would have to
+            // wake it, a system call and a context switch per connection. The lines are
+            // drained in batches instead.
+            std::thread::sleep(DRAIN_EVERY);
+            if self.reopen.swap(false, Ordering::AcqRel) {
+                self.flush();
+                pending = false;
+                match Output::open(&self.target) {
+                    Ok(out) => self.out = out,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "access log not reopened; writing to the file already open")
+                    }
+                }
+            }
+            loop {
+                match lines.try_recv() {
+                    Ok(Message::Line(record)) => {
+                        self.line.clear();
+                        match self.format {
+                            Format::Text => text(&record, &mut self.line),
+                            Format::Json => json(&record, &mut self.line),
+                        }
+                        self.line.push('\n');
+                        let written = self.out.writer().write_all(self.line.as_bytes());
+                        self.written(written);
+                        pending = true;
+                    }
+                    Ok(Message::Close(done)) => {
+                        self.flush();
+                        let _ = done.send(());
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.flush();
+                        return;
+                    }
+                }
+            }
+            if pending && last_flush.elapsed() >= FLUSH_EVERY {
+                self.flush();
+                pending = false;
+                last_flush = Instant::now();
+                let dropped = self.dropped.load(Ordering::Relaxed);
+                if dropped > dropped_logged {
+                    tracing::warn!(
+                        dropped = dropped - dropped_logged,
+                        "access-log lines dropped: the writer could not keep up"
+                    );
+                    dropped_logged = dropped;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let flushed = self.out.writer().flush();
+        self.written(flushed);
+    }
+
+    /// Notes the result of a write: a failure is logged once (until a write succeeds again),
+    /// and the line counted as dropped.
+    fn written(&mut self, result: io::Result<()>) {
+        match result {
+            Ok(()) => self.failed = false,
+            Err(e) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.failed {
+                    tracing::warn!(error = %e, "cannot write the access log");
+                    self.failed = true;
+                }
+            }
+        }
+    }
+}
+
+/// `2026-12-03T14:39:15.123Z`.
+pub fn rfc3339(time: SystemTime, out: &mut String) {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since.subsec_millis()
+    );
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // Counted in 400-year eras from 0000-03-01, so that the leap day ends each year.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+fn version_name(version: Option<rustls::ProtocolVersion>) -> Option<&'static str> {
+    match version? {
+        rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
+        rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
+        _ => None,
+    }
+}
+
+fn suite_name(suite: Option<rustls::CipherSuite>) -> Option<&'static str> {
+    suite?.as_str()
+}
+
+/// Writes a client-controlled value for the text format: printable ASCII but `\`, `"` and `=`
+/// as is, every other byte as `\xHH`; `-` for nothing.
+fn escaped(value: Option<&str>, out: &mut String) {
+    match value {
+        None | Some("") => out.push('-'),
+        Some(v) => {
+            for b in v.bytes() {
+                if b.is_ascii_graphic() && !matches!(b, b'\\' | b'"' | b'=') {
+                    out.push(char::from(b));
+                } else {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            }
+        }
+    }
+}
+
+/// The text line (without its newline).
+pub fn text(r: &Record, out: &mut String) {
+    rfc3339(r.time, out);
+    let _ = write!(out, " client={} sni=", r.client);
+    escaped(r.sni.as_deref(), out);
+    let _ = write!(
+        out,
+        " version={} cipher={} resumed={} from={} handshake_ms={:.3} bytes_in={} bytes_out={} end={} error={}",
+        version_name(r.version).unwrap_or("-"),
+        suite_name(r.suite).unwrap_or("-"),
+        r.resumption.as_str(),
+        r.source.map_or("-", Source::as_str),
+        r.handshake.as_secs_f64() * 1000.0,
+        r.bytes_in,
+        r.bytes_out,
+        r.end.as_str(),
+        r.error.unwrap_or("-"),
+    );
+}
+
+/// The JSON line (without its newline): every string escaped by serde_json.
+pub fn json(r: &Record, out: &mut String) {
+    let mut time = String::with_capacity(24);
+    rfc3339(r.time, &mut time);
+    let line = JsonLine {
+        time: &time,
+        client: r.client.to_string(),
+        sni: r.sni.as_deref(),
+        version: version_name(r.version),
+        cipher: suite_name(r.suite),
+        resumed: r.resumption.as_str(),
+        from: r.source.map(Source::as_str),
+        handshake_ms: (r.handshake.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+        end: r.end.as_str(),
+        error: r.error,
+    };
+    match serde_json::to_string(&line) {
+        Ok(text) => out.push_str(&text),
+        // Strings and numbers always serialize; kept valid JSON all the same.
+        Err(_) => out.push_str("{}"),
+    }
+}
+
+/// The fields of a JSON line, in order.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    time: &'a str,
+    client: String,
+    sni: Option<&'a str>,
+    version: Option<&'static str>,
+    cipher: Option<&'static str>,
+    resumed: &'static str,
+    from: Option<&'static str>,
+    handshake_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    end: &'static str,
+    error: Option<&'static str>,
+}
+
+/// A stream that counts the application bytes read from it and written to it.
+pub struct Counted<'a, S> {
+    inner: &'a mut S,
+    /// Bytes read.
+    pub read: u64,
+    /// Bytes written.
+    pub written: u64,
+}
+
+impl<'a, S> Counted<'a, S> {
+    /// Counts what goes through `inner`.
+    pub fn new(inner: &'a mut S) -> Self {
+        Self {
+            inner,
+            read: 0,
+            written: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        self.read += n as u64;
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.written += *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            time: UNIX_EPOCH + Duration::from_millis(1_764_772_755_123),
+            client: "192.0.2.7:40000".parse().unwrap_or_else(|_| unreachable!()),
+            sni: Some("a\"b\\c=d e\u{1}é".to_owned()),
+            version: Some(rustls::ProtocolVersion::TLSv1_3),
+            suite: Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+            resumption: Resumption::StatefulTicket,
+            source: Some(Source::Tier),
+            handshake: Duration::from_micros(1234),
+            bytes_in: 78,
+            bytes_out: 120,
+            end: End::CloseNotify,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn dates_are_rfc3339_utc() {
+        let mut s = String::new();
+        rfc3339(UNIX_EPOCH, &mut s);
+        assert_eq!(s, "1970-01-01T00:00:00.000Z");
+        s.clear();
+        rfc3339(
+            UNIX_EPOCH + Duration::from_millis(1_764_772_755_123),
+            &mut s,
+        );
+        assert_eq!(s, "2025-12-03T14:39:15.123Z");
+        s.clear();
+        // A leap day, and the day after.
+        rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut s);
+        assert_eq!(s, "2000-02-29T00:00:00.000Z");
+        s.clear();
+        rfc3339(UNIX_EPOCH + Duration::from_secs(951_868_800), &mut s);
+        assert_eq!(s, "2000-03-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn text_escapes_client_strings() {
+        let mut s = String::new();
+        text(&record(), &mut s);
+        assert_eq!(
+            s,
+            "2025-12-03T14:39:15.123Z client=192.0.2.7:40000 sni=a\\x22b\\x5cc\\x3dd\\x20e\\x01\\xc3\\xa9 \
+             version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256 resumed=stateful_ticket from=tier \
+             handshake_ms=1.234 bytes_in=78 bytes_out=120 end=close_notify error=-"
+        );
+        assert_eq!(s.split(" ").count(), 12);
+    }
+
+    #[test]
+    fn json_is_valid_and_round_trips_the_sni() -> anyhow::Result<()> {
+        let mut s = String::new();
+        json(&record(), &mut s);
+        assert!(!s.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&s)?;
+        assert_eq!(v["sni"], "a\"b\\c=d e\u{1}é");
+        assert_eq!(v["resumed"], "stateful_ticket");
+        assert_eq!(v["from"], "tier");
+        assert_eq!(v["handshake_ms"], 1.234);
+        assert_eq!(v["error"], serde_json::Value::Null);
+        Ok(())
+    }
+
+    #[test]
+    fn resumption_kinds() {
+        use rustls::{HandshakeKind as K, ProtocolVersion as V};
+        use Resumption as R;
+        assert_eq!(R::of(Some(K::Full), Some(V::TLSv1_3), true), R::Full);
+        assert_eq!(
+            R::of(Some(K::Resumed), Some(V::TLSv1_2), true),
+            R::SessionId
+        );
+        assert_eq!(
+            R::of(Some(K::Resumed), Some(V::TLSv1_3), true),
+            R::StatefulTicket
+        );
+        assert_eq!(
+            R::of(Some(K::Resumed), Some(V::TLSv1_2), false),
+            R::StatelessTicket
+        );
+        use reprise_rustls::Prefetch as P;
+        assert_eq!(Source::of(R::SessionId, P::Session), Some(Source::Tier));
+        assert_eq!(
+            Source::of(R::StatefulTicket, P::Nothing),
+            Some(Source::Memory)
+        );
+        assert_eq!(Source::of(R::StatelessTicket, P::Ticket), None);
+    }
+
+    #[test]
+    fn settings_from_the_file_and_the_flags() -> anyhow::Result<()> {
+        use crate::cli::ServeArgs;
+        use crate::config::Settings as ServeSettings;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("reprise.toml");
+        std::fs::write(
+            &config,
+            "access-log = \"/var/log/a.log\"\naccess-log-format = \"json\"\n",
+        )?;
+        let resolve = |args: ServeArgs| {
+            ServeSettings::resolve(ServeArgs {
+                config: Some(config.clone()),
+                ..args
+            })
+        };
+        let s = resolve(ServeArgs::default())?;
+        assert_eq!(
+            s.access_log,
+            Some(Settings {
+                target: Target::File("/var/log/a.log".into()),
+                format: Format::Json,
+            })
+        );
+        let s = resolve(ServeArgs {
+            access_log: Some("-".into()),
+            access_log_format: Some(Format::Text),
+            ..ServeArgs::default()
+        })?;
+        assert_eq!(
+            s.access_log,
+            Some(Settings {
+                target: Target::Stdout,
+                format: Format::Text,
+            })
+        );
+        let off = ServeSettings::resolve(ServeArgs::default())?;
+        assert_eq!(off.access_log, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_closed_log_has_written_every_line() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(&Settings {
+            target: Target::File(path.clone()),
+            format: Format::Json,
+        })?;
+        for _ in 0..3 {
+            log.log(record());
+        }
+        log.close();
+        let text = std::fs::read_to_string(&path)?;
+        assert_eq!(text.lines().count(), 3);
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line)?;
+        }
+        assert_eq!(log.dropped(), 0);
+        Ok(())
+    }
+}
