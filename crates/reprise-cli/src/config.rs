@@ -977,6 +977,32 @@ mod tests {
     }
 
     #[test]
+    fn certificates_come_from_the_flags_else_the_entries_else_cert_and_key() -> anyhow::Result<()> {
+        let merge = |args: ServeArgs, file: &str| Settings::merge(args, parse(file)?);
+        let pairs = ServeArgs {
+            cert: vec!["a.pem".into(), "b.pem".into()],
+            key: vec!["a.key".into(), "b.key".into()],
+            client_ca: Some("ca.pem".into()),
+            ..ServeArgs::default()
+        };
+        let entries =
+            "[[certificate]]\ncert = \"e.pem\"\nkey = \"e.key\"\nnames = [\"*.Example.com\"]\n";
+        let s = merge(pairs, entries)?;
+        assert_eq!(s.certificates.len(), 2);
+        assert_eq!(s.certificates[1].cert, PathBuf::from("b.pem"));
+        // The flags' pairs take the server-wide client CA.
+        assert!(s.certificates.iter().all(|c| c.client_auth.is_some()));
+        let s = merge(ServeArgs::default(), entries)?;
+        assert_eq!(
+            s.certificates[0].names,
+            Some(vec!["*.example.com".to_owned()])
+        );
+        assert!(merge(ServeArgs::default(), "")?.certificates.is_empty());
+        assert!(merge(ServeArgs::default(), "strict-sni = true")?.strict_sni);
+        Ok(())
+    }
+
+    #[test]
     fn proxy_protocol_settings() -> anyhow::Result<()> {
         let merge = |args: ServeArgs, file: &str| Settings::merge(args, parse(file)?);
         let s = merge(
@@ -1011,6 +1037,30 @@ mod tests {
             err("upstream-proxy-protocol = \"v1\"").is_some_and(|e| e.contains("needs --upstream"))
         );
         Ok(())
+    }
+
+    #[test]
+    fn server_names_are_dns_names_or_one_wildcard_label() {
+        assert_eq!(
+            server_name("WWW.Example.com").ok(),
+            Some("www.example.com".to_owned())
+        );
+        assert_eq!(
+            server_name("*.example.com").ok(),
+            Some("*.example.com".to_owned())
+        );
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a..b",
+            "a b",
+            "*.*.example.com",
+            "w*.example.com",
+            "a.b.",
+        ] {
+            assert!(server_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

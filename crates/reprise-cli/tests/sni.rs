@@ -136,7 +136,11 @@ fn each_certificate_answers_its_names_and_the_first_is_the_default() {
         assert_eq!(served_cn(&out).as_deref(), Some(cn), "{name}: {out}");
         assert!(out.contains("HTTP/1.1 200 OK"), "{out}");
     }
-    // The start's readiness probe (a connection without a hello) counts as missing too.
+    // The start's readiness probe (a connection without a hello) counts as missing too: wait
+    // until it is counted (bounded), so that it does not land with the request below.
+    assert!(wait_until(Duration::from_secs(10), || {
+        metric(&server, "reprise_sni_missing_total") >= 1
+    }));
     let missing = metric(&server, "reprise_sni_missing_total");
     let out = get(&server, &["-noservername"]);
     assert_eq!(served_cn(&out).as_deref(), Some("web"), "{out}");
