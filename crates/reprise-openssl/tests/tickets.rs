@@ -313,8 +313,14 @@ fn a_ticket_older_than_its_lifetime_does_not_resume() {
     std::thread::sleep(Duration::from_millis(2100));
     for (v, a, client, ticket) in tickets {
         assert!(!a.connect(&client, Some(&ticket)).resumed, "{v:?}");
-        // The client did offer it and its key opened it: OpenSSL refused the session's age.
-        assert_eq!(a.stats().opened, 1, "{v:?}");
+        if v == Version::Tls12 {
+            // The client did offer it and its key opened it: OpenSSL refused the session's age.
+            assert_eq!(a.stats().opened, 1, "{v:?}");
+        } else {
+            // OpenSSL's TLS 1.3 client may itself stop offering a ticket past its lifetime
+            // hint (then the server never sees it); offered, the server refuses it as above.
+            assert!(a.stats().opened <= 1, "{v:?}");
+        }
     }
 }
 
