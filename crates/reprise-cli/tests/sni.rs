@@ -85,6 +85,11 @@ fn get(server: &Server, extra: &[&str]) -> String {
     s_client(&args, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
 }
 
+/// One request to `server` asking for the server name `name`.
+fn named(server: &Server, name: &str, extra: &[&str]) -> String {
+    get(server, &[&["-servername", name][..], extra].concat())
+}
+
 /// The common name of the certificate the server presented.
 fn served_cn(out: &str) -> Option<String> {
     out.lines()
@@ -221,29 +226,17 @@ fn an_mtls_entry_and_a_plain_entry_never_share_a_session() {
     let sess = two.path("sess");
 
     // TLS 1.2, sessions by id.
-    let out = get(
+    let out = named(
         &server,
-        &[
-            "-servername",
-            "web.test",
-            "-tls1_2",
-            "-no_ticket",
-            "-sess_out",
-            &sess,
-        ],
+        "web.test",
+        &["-tls1_2", "-no_ticket", "-sess_out", &sess],
     );
     assert_eq!(word(&out), "New");
     let before = hits();
-    let out = get(
+    let out = named(
         &server,
-        &[
-            "-servername",
-            "api.test",
-            "-tls1_2",
-            "-no_ticket",
-            "-sess_in",
-            &sess,
-        ],
+        "api.test",
+        &["-tls1_2", "-no_ticket", "-sess_in", &sess],
     );
     assert_eq!(word(&out), "New");
     assert_eq!(served_cn(&out).as_deref(), Some("api"));
@@ -252,87 +245,48 @@ fn an_mtls_entry_and_a_plain_entry_never_share_a_session() {
         before,
         "the mTLS entry's store found a plain session"
     );
-    let out = get(
+    let out = named(
         &server,
-        &[
-            "-servername",
-            "www.web.test",
-            "-tls1_2",
-            "-no_ticket",
-            "-sess_in",
-            &sess,
-        ],
+        "www.web.test",
+        &["-tls1_2", "-no_ticket", "-sess_in", &sess],
     );
     assert_eq!(word(&out), "New");
     assert_eq!(hits(), before + 1, "one entry's names share one context");
-    let out = get(
+    let out = named(
         &server,
-        &[
-            "-servername",
-            "web.test",
-            "-tls1_2",
-            "-no_ticket",
-            "-sess_in",
-            &sess,
-        ],
+        "web.test",
+        &["-tls1_2", "-no_ticket", "-sess_in", &sess],
     );
     assert_eq!(word(&out), "Reused");
 
     // TLS 1.2, tickets: the mTLS entry's ticketer rejects the plain entry's ticket for its
     // context.
     let wrong = "reprise_tickets_rejected_total{reason=\"wrong_context\"}";
-    let out = get(
-        &server,
-        &["-servername", "web.test", "-tls1_2", "-sess_out", &sess],
-    );
+    let out = named(&server, "web.test", &["-tls1_2", "-sess_out", &sess]);
     assert_eq!(word(&out), "New");
     let rejected = metric(&server, wrong);
-    let out = get(
-        &server,
-        &["-servername", "api.test", "-tls1_2", "-sess_in", &sess],
-    );
+    let out = named(&server, "api.test", &["-tls1_2", "-sess_in", &sess]);
     assert_eq!(word(&out), "New");
     assert_eq!(metric(&server, wrong), rejected + 1);
-    let out = get(
-        &server,
-        &["-servername", "web.test", "-tls1_2", "-sess_in", &sess],
-    );
+    let out = named(&server, "web.test", &["-tls1_2", "-sess_in", &sess]);
     assert_eq!(word(&out), "Reused");
 
     // TLS 1.3, stateful tickets: offered under the mTLS entry, the plain entry's ticket is not
     // taken, and still resumes under its own name.
-    let out = get(
-        &server,
-        &["-servername", "web.test", "-tls1_3", "-sess_out", &sess],
-    );
+    let out = named(&server, "web.test", &["-tls1_3", "-sess_out", &sess]);
     assert_eq!(word(&out), "New");
-    let out = get(
-        &server,
-        &["-servername", "api.test", "-tls1_3", "-sess_in", &sess],
-    );
+    let out = named(&server, "api.test", &["-tls1_3", "-sess_in", &sess]);
     assert_eq!(word(&out), "New");
     assert_eq!(served_cn(&out).as_deref(), Some("api"));
-    let out = get(
-        &server,
-        &["-servername", "web.test", "-tls1_3", "-sess_in", &sess],
-    );
+    let out = named(&server, "web.test", &["-tls1_3", "-sess_in", &sess]);
     assert_eq!(word(&out), "Reused");
     // Under the plain entry's other name, a ticket is taken (one context), and rustls then
     // refuses it for the name: it is spent.
-    let out = get(
-        &server,
-        &["-servername", "web.test", "-tls1_3", "-sess_out", &sess],
-    );
+    let out = named(&server, "web.test", &["-tls1_3", "-sess_out", &sess]);
     assert_eq!(word(&out), "New");
-    let out = get(
-        &server,
-        &["-servername", "www.web.test", "-tls1_3", "-sess_in", &sess],
-    );
+    let out = named(&server, "www.web.test", &["-tls1_3", "-sess_in", &sess]);
     assert_eq!(word(&out), "New");
-    let out = get(
-        &server,
-        &["-servername", "web.test", "-tls1_3", "-sess_in", &sess],
-    );
+    let out = named(&server, "web.test", &["-tls1_3", "-sess_in", &sess]);
     assert_eq!(word(&out), "New");
     for version in ["TLSv1.2", "TLSv1.3"] {
         let resumed = format!("reprise_handshakes_total{{kind=\"resumed\",version=\"{version}\"}}");
@@ -404,11 +358,11 @@ fn ocsp_responses_are_stapled_and_an_expired_one_is_not() {
     let config = two.config(&entries_with_ocsp(&two, &good, &expired));
     let server = Server::start(&["--config", &config]);
     for version in ["-tls1_2", "-tls1_3"] {
-        let out = get(&server, &["-servername", "web.test", "-status", version]);
+        let out = named(&server, "web.test", &["-status", version]);
         assert!(out.contains("OCSP Response Status: successful"), "{out}");
         assert!(out.contains("Cert Status: good"), "{out}");
         assert!(out.contains("HTTP/1.1 200 OK"), "{out}");
-        let out = get(&server, &["-servername", "api.test", "-status", version]);
+        let out = named(&server, "api.test", &["-status", version]);
         assert!(out.contains("OCSP response: no response sent"), "{out}");
         assert!(out.contains("HTTP/1.1 200 OK"), "{out}");
     }
