@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::bail;
-use reprise_rustls::{EarlyData, EarlyRejection, ServerContext};
+use reprise_rustls::{EarlyCounters, EarlyRejection, ServerContext};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::cli::TicketMode;
@@ -131,35 +131,15 @@ impl EarlySettings {
     }
 }
 
-/// What the server counted of early data.
+/// What the server counted of early data, beside what its acceptor counted
+/// ([`EarlyCounters`]).
 #[derive(Debug, Default)]
 pub struct EarlyMetrics {
-    offered: AtomicU64,
-    accepted: AtomicU64,
-    rejected: [AtomicU64; EarlyRejection::ALL.len()],
     too_early: AtomicU64,
     too_much: AtomicU64,
 }
 
 impl EarlyMetrics {
-    /// Counts what became of a connection's early data.
-    pub fn record(&self, early: EarlyData) {
-        match early {
-            EarlyData::NotOffered => return,
-            EarlyData::Accepted => bump(&self.accepted),
-            EarlyData::Rejected(why) => {
-                let i = EarlyRejection::ALL
-                    .iter()
-                    .position(|r| *r == why)
-                    .unwrap_or(0);
-                if let Some(c) = self.rejected.get(i) {
-                    bump(c);
-                }
-            }
-        }
-        bump(&self.offered);
-    }
-
     /// Counts a `425 Too Early` answer.
     pub fn too_early(&self) {
         bump(&self.too_early);
@@ -170,8 +150,8 @@ impl EarlyMetrics {
         bump(&self.too_much);
     }
 
-    /// The metrics, in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    /// The metrics, with the acceptor's `counters`, in the Prometheus text format.
+    pub fn render(&self, counters: &EarlyCounters, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut family = |name: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -183,21 +163,23 @@ impl EarlyMetrics {
         family(
             "reprise_early_data_offered_total",
             "ClientHellos that offered TLS 1.3 early data.",
-            &[(String::new(), get(&self.offered))],
+            &[(String::new(), counters.offered())],
         );
         family(
             "reprise_early_data_accepted_total",
             "Connections whose early data was accepted (its ticket's single use confirmed).",
-            &[(String::new(), get(&self.accepted))],
+            &[(String::new(), counters.accepted())],
         );
         let rejected: Vec<(String, u64)> = EarlyRejection::ALL
             .iter()
-            .zip(&self.rejected)
-            .map(|(r, c)| (format!("{{reason=\"{}\"}}", r.as_str()), get(c)))
+            .map(|r| {
+                let labels = format!("{{reason=\"{}\"}}", r.as_str());
+                (labels, counters.rejected(*r))
+            })
             .collect();
         family(
             "reprise_early_data_rejected_total",
-            "Connections whose early data was refused (the handshake went on), by reason.",
+            "ClientHellos whose early data was refused (the handshake goes on), by reason.",
             &rejected,
         );
         family(

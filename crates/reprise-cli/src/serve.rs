@@ -573,7 +573,6 @@ async fn established(
     started: Instant,
 ) {
     let handshake_time = started.elapsed();
-    shared.early_metrics.record(accepted.early_data);
     let mut stream = accepted.stream;
     let (kind, version, suite, proxy_header) = {
         let (_, conn) = stream.get_ref().get_ref();
@@ -908,7 +907,8 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
                     let mut body = shared.metrics.render(&cache, &tiers, &tickets);
                     body.push_str(&shared.acceptor.chooser().render_metrics());
                     if shared.settings.early.enabled() {
-                        shared.early_metrics.render(&mut body);
+                        let counters = shared.acceptor.early_data_counters();
+                        shared.early_metrics.render(counters, &mut body);
                     }
                     if !shared.settings.proxy_protocol_from.is_empty() {
                         shared.proxy_metrics.render(&mut body);

@@ -63,7 +63,7 @@ use tokio::net::TcpStream;
 
 use crate::client_hello::{ClientHelloInfo, ClientHelloParser, Parsed, MAX_FIRST_FLIGHT};
 use crate::connection::ConnectionSessions;
-use crate::early::{Driven, EarlyData, EarlyRejection, ServerIo};
+use crate::early::{Driven, EarlyCounters, EarlyData, EarlyRejection, ServerIo};
 use crate::rewind::Rewind;
 use crate::server::ServerStore;
 use crate::stream::SessionStream;
@@ -335,12 +335,22 @@ impl AcceptError {
 pub struct Acceptor<C = ServerContext> {
     chooser: C,
     policy: AcceptPolicy,
+    early: EarlyCounters,
 }
 
 impl<C: ChoosesConfig> Acceptor<C> {
     /// An acceptor that chooses each connection's context with `chooser`.
     pub fn new(chooser: C, policy: AcceptPolicy) -> Self {
-        Self { chooser, policy }
+        Self {
+            chooser,
+            policy,
+            early: EarlyCounters::default(),
+        }
+    }
+
+    /// What the acceptor counted of early data: offered, accepted, refused by reason.
+    pub fn early_data_counters(&self) -> &EarlyCounters {
+        &self.early
     }
 
     /// The policy.
@@ -424,10 +434,7 @@ impl<C: ChoosesConfig> Acceptor<C> {
             let conn = rustls::ServerConnection::new(config).map_err(AcceptError::Tls)?;
             let hold = self.policy.hold_early_data;
             let mut driven = Driven::new(stream, conn, sessions.share(), hold);
-            sessions
-                .instrument(driven.drive(!hold))
-                .await
-                .map_err(AcceptError::from_io)?;
+            let driven_result = sessions.instrument(driven.drive(!hold)).await;
             let early_data = if driven.early_accepted() {
                 EarlyData::Accepted
             } else if driven.conn().handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
@@ -436,6 +443,8 @@ impl<C: ChoosesConfig> Acceptor<C> {
                 // No resumption: the ticket was not found where it was taken.
                 EarlyData::Rejected(EarlyRejection::NotConfirmed)
             };
+            self.early.count(early_data);
+            driven_result.map_err(AcceptError::from_io)?;
             return Ok(Accepted {
                 // The handle notes the end of the handshake as reads complete it.
                 stream: SessionStream::new(ServerIo::Driven(driven), sessions),
@@ -449,6 +458,7 @@ impl<C: ChoosesConfig> Acceptor<C> {
             // Offered, and allowed, but not to a hello that reached here: none.
             _ => EarlyData::NotOffered,
         };
+        self.early.count(early_data);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tls = sessions
             .instrument(acceptor.accept(stream))

@@ -82,6 +82,57 @@ impl EarlyRejection {
     }
 }
 
+/// What an [`Acceptor`](crate::Acceptor) counted of early data, as it decided: a replay whose
+/// handshake never completes is counted too.
+#[derive(Debug, Default)]
+pub struct EarlyCounters {
+    accepted: AtomicU64,
+    rejected: [AtomicU64; EarlyRejection::ALL.len()],
+}
+
+impl EarlyCounters {
+    pub(crate) fn count(&self, early: EarlyData) {
+        let counter = match early {
+            EarlyData::NotOffered => return,
+            EarlyData::Accepted => &self.accepted,
+            EarlyData::Rejected(why) => {
+                let i = EarlyRejection::ALL
+                    .iter()
+                    .position(|r| *r == why)
+                    .unwrap_or(0);
+                match self.rejected.get(i) {
+                    Some(c) => c,
+                    None => return,
+                }
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// ClientHellos that offered early data.
+    pub fn offered(&self) -> u64 {
+        self.accepted()
+            + EarlyRejection::ALL
+                .iter()
+                .map(|r| self.rejected(*r))
+                .sum::<u64>()
+    }
+
+    /// Connections whose early data was accepted.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections whose early data was refused for `why`.
+    pub fn rejected(&self, why: EarlyRejection) -> u64 {
+        EarlyRejection::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.rejected.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
 /// The server's side of an accepted TLS connection, under its
 /// [`SessionStream`](crate::SessionStream): tokio-rustls's stream, or, for a client that sent
 /// early data, a rustls connection driven by hand. Both give the socket and the rustls

@@ -58,7 +58,7 @@ pub use client::{ClientSession, ClientStore, DEFAULT_MAX_SERVERS, MAX_TLS13_TICK
 pub use client_hello::{ClientHelloInfo, ClientHelloParser};
 pub use connection::{is_tls_failure, ConnectionSessions, Instrumented};
 #[cfg(feature = "tokio")]
-pub use early::{Driven, EarlyData, EarlyRejection, ServerIo};
+pub use early::{Driven, EarlyCounters, EarlyData, EarlyRejection, ServerIo};
 pub use error::Error;
 #[cfg(feature = "tokio")]
 pub use rewind::Rewind;
