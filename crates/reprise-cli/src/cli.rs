@@ -311,6 +311,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "VERSION")]
     pub upstream_proxy_protocol: Option<ProxyVersion>,
 
+    /// Accept up to this many bytes of TLS 1.3 early data (0-RTT) per resumed connection, 0 to
+    /// 16384 [default: 0, off]. Only with stateful tickets, and only when the ticket's single
+    /// use is confirmed (by Redis's atomic take in a fleet): early data cannot be replayed.
+    #[arg(long, value_name = "BYTES")]
+    pub early_data: Option<u32>,
+
+    /// With --upstream and --early-data: forward early data to the upstream at once, before
+    /// the handshake completes (by default it is held until then). The upstream then sees
+    /// requests before the client proved it completed the handshake; see the README.
+    #[arg(long)]
+    pub upstream_early_data: bool,
+
+    /// The methods the built-in responder answers when they arrive in early data; others get
+    /// 425 Too Early, and the client sends them again after the handshake
+    /// [default: GET,HEAD,OPTIONS].
+    #[arg(long, value_name = "METHODS", value_delimiter = ',')]
+    pub early_data_methods: Option<Vec<String>>,
+
     /// Write one line per connection, when it ends, to this file (appended; reopened on
     /// SIGHUP), or to the standard output with `-` [default: no access log].
     #[arg(long, value_name = "FILE|-")]

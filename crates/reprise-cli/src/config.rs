@@ -67,6 +67,9 @@ pub struct FileConfig {
     accept_proxy_protocol: Option<bool>,
     proxy_protocol_from: Option<Vec<String>>,
     upstream_proxy_protocol: Option<ProxyVersion>,
+    early_data: Option<u32>,
+    upstream_early_data: Option<bool>,
+    early_data_methods: Option<Vec<String>>,
     certificate: Option<Vec<CertificateFile>>,
     strict_sni: Option<bool>,
 }
@@ -162,6 +165,8 @@ pub struct Settings {
     pub proxy_protocol_from: Vec<Cidr>,
     /// The PROXY protocol version sent to the upstream, if any.
     pub upstream_proxy_protocol: Option<ProxyVersion>,
+    /// TLS 1.3 early data.
+    pub early: crate::early::EarlySettings,
 }
 
 /// One certificate and the security context it serves.
@@ -514,6 +519,15 @@ impl Settings {
             args.access_log.or(file.access_log),
             args.access_log_format.or(file.access_log_format),
         )?;
+        let early = crate::early::EarlySettings::resolve(crate::early::EarlyInputs {
+            bytes: args.early_data.or(file.early_data),
+            upstream_at_once: args.upstream_early_data || file.upstream_early_data.unwrap_or(false),
+            methods: args.early_data_methods.or(file.early_data_methods),
+            upstream: upstream.is_some(),
+            tickets,
+            tls13: tls_versions.contains(&TlsVersion::Tls13),
+            tls13_tickets,
+        })?;
         Ok(Self {
             listen,
             upstream,
@@ -551,6 +565,7 @@ impl Settings {
             proxy_protocol_from,
             upstream_proxy_protocol,
             access_log,
+            early,
         })
     }
 }

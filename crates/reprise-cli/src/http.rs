@@ -184,14 +184,24 @@ impl Ending {
 
 /// The built-in responder: answers every request with 200 and `body`, keeping the connection
 /// open as HTTP/1.1 allows, until the client closes, it idles past `idle`, or `shutdown`.
+///
+/// With `early` (early data enabled), the body ends with `early-data: yes` or `no`: whether
+/// the request arrived (at least in part) in TLS 1.3 early data. Such a request is answered
+/// only if its method is safe; any other gets `425 Too Early` (RFC 8470), and the client
+/// sends it again after the handshake.
 pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     body: &str,
     idle: Duration,
     shutdown: &CancellationToken,
+    early: Option<&crate::early::Rule<'_>>,
 ) -> Ending {
     let mut buf = Vec::new();
+    let mut tally = crate::early::Tally::new(stream);
+    let stream = &mut tally;
     loop {
+        // Where the next request starts in the stream: what was read, less what is buffered.
+        let start = stream.read - buf.len() as u64;
         let read = tokio::select! {
             r = tokio::time::timeout(idle, read_request(stream, &mut buf)) => r,
             _ = shutdown.cancelled() => return Ending::Shutdown,
@@ -226,15 +236,45 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok(Ok(request)) => {
                 let head_only = request.method == "HEAD";
-                let sent = write_response(
-                    stream,
-                    "200 OK",
-                    "text/plain; charset=utf-8",
-                    body.as_bytes(),
-                    request.keep_alive,
-                    head_only,
-                )
-                .await;
+                let in_early = early.is_some_and(|e| e.arrived_early(start));
+                let sent = match early {
+                    Some(rule) if in_early && !rule.is_safe(&request.method) => {
+                        rule.metrics.too_early();
+                        write_response(
+                            stream,
+                            "425 Too Early",
+                            "text/plain; charset=utf-8",
+                            b"too early: send the request again after the handshake\n",
+                            request.keep_alive,
+                            head_only,
+                        )
+                        .await
+                    }
+                    Some(_) => {
+                        let yes = if in_early { "yes" } else { "no" };
+                        let body = format!("{body}early-data: {yes}\n");
+                        write_response(
+                            stream,
+                            "200 OK",
+                            "text/plain; charset=utf-8",
+                            body.as_bytes(),
+                            request.keep_alive,
+                            head_only,
+                        )
+                        .await
+                    }
+                    None => {
+                        write_response(
+                            stream,
+                            "200 OK",
+                            "text/plain; charset=utf-8",
+                            body.as_bytes(),
+                            request.keep_alive,
+                            head_only,
+                        )
+                        .await
+                    }
+                };
                 if sent.is_err() {
                     return Ending::Unclean;
                 }

@@ -8,6 +8,7 @@ mod check_config;
 mod cli;
 mod client_conn;
 mod config;
+mod early;
 mod http;
 mod metrics;
 mod notify;

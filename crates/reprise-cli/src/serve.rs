@@ -20,6 +20,7 @@ use crate::access_log::{self, AccessLog, End, Record, Resumption, Source};
 use crate::admission::{AddressPermit, PerAddress};
 use crate::cli::ServeArgs;
 use crate::config::Settings;
+use crate::early::EarlyMetrics;
 use crate::http::{self, Ending};
 use crate::metrics::{Failure, Metrics};
 use crate::proxy::{self, ProxyMetrics};
@@ -52,6 +53,8 @@ struct Shared {
     access_log: Option<AccessLog>,
     /// Whether the listeners serve: `/healthz` answers 503 until then.
     ready: AtomicBool,
+    /// What became of early data.
+    early_metrics: EarlyMetrics,
 }
 
 /// How long the start waits for the fleet's ticket-key ring before serving with what it has.
@@ -97,6 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tasks: TaskTracker::new(),
         access_log,
         ready: AtomicBool::new(false),
+        early_metrics: EarlyMetrics::default(),
         settings,
         args,
     });
@@ -406,6 +410,8 @@ fn acceptor(settings: &Settings, tls: &ServerTls) -> Acceptor<Chooser> {
     policy.max_psk_identities = MAX_PREFETCHED_IDENTITIES;
     policy.hello_timeout = Some(settings.hello_timeout);
     policy.handshake_timeout = Some(settings.handshake_timeout);
+    // An upstream gets early data only once the handshake completed, unless told otherwise.
+    policy.hold_early_data = settings.upstream.is_some() && !settings.early.upstream_at_once;
     if let Some(redis) = &settings.redis {
         // The tier gives up at its read deadline by itself; this is the backstop.
         policy.prefetch_deadline = redis.timeout.saturating_mul(2);
@@ -446,6 +452,9 @@ async fn connection(
         match accepted {
             Ok(accepted) => Box::pin(established(&shared, accepted, peer, local, started)),
             Err(e) => {
+                if crate::early::is_too_much(&e) {
+                    shared.early_metrics.too_much();
+                }
                 let error = access_log::accept_error(&e);
                 log_unfinished(&shared, peer, started, End::HandshakeFailed, Some(error));
                 return handshake_failed(&shared, &e, peer);
@@ -634,8 +643,15 @@ async fn established(
                 if resumed { "yes" } else { "no" },
             );
             let idle = shared.settings.idle_timeout;
+            let early = &shared.settings.early;
+            let rule = early.enabled().then(|| crate::early::Rule {
+                read: stream.get_ref().early_data_counter().unwrap_or_default(),
+                safe_methods: &early.safe_methods,
+                metrics: &shared.early_metrics,
+            });
             let mut counted = access_log::Counted::new(&mut stream);
-            let responded = http::respond(&mut counted, &body, idle, &shared.shutdown).await;
+            let responded =
+                http::respond(&mut counted, &body, idle, &shared.shutdown, rule.as_ref()).await;
             traffic.add(counted.read, counted.written);
             let ending = match responded {
                 Ending::Close | Ending::Idle | Ending::Shutdown => {
@@ -651,6 +667,9 @@ async fn established(
             None,
         ),
     };
+    if stream.get_ref().early_data_overflowed() {
+        shared.early_metrics.too_much();
+    }
     let failed = stream.sessions().has_failed();
     if failed {
         shared.metrics.unclean_shutdown();
@@ -928,6 +947,10 @@ async fn metrics_loop(shared: Arc<Shared>, listener: TcpListener) {
                     let tickets = shared.tls.ticket_metrics(shared.settings.tickets);
                     let mut body = shared.metrics.render(&cache, &tiers, &tickets);
                     body.push_str(&shared.acceptor.chooser().render_metrics());
+                    if shared.settings.early.enabled() {
+                        let counters = shared.acceptor.early_data_counters();
+                        shared.early_metrics.render(counters, &mut body);
+                    }
                     if !shared.settings.proxy_protocol_from.is_empty() {
                         shared.proxy_metrics.render(&mut body);
                     }

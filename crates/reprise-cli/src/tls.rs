@@ -972,7 +972,9 @@ fn assemble(
             names: l.names,
             fingerprint: l.fingerprint,
             client_auth: l.client_auth,
-            main: ServerContext::new(Arc::new(config), store).with_versions(&versions),
+            main: settings
+                .early
+                .apply(ServerContext::new(Arc::new(config), store).with_versions(&versions)),
             tls12_tickets: tickets_config,
             ticketer: held_ticketer,
             resolver,

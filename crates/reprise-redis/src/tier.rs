@@ -415,6 +415,10 @@ impl Tier for RedisTier {
         }))
     }
 
+    fn circuit_open(&self) -> bool {
+        self.inner.shared.breaker.state() == BreakerState::Open
+    }
+
     fn metrics(&self) -> Vec<Metric> {
         self.stats().metrics()
     }

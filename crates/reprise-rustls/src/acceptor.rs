@@ -56,13 +56,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reprise::Offer;
+use reprise::{Offer, TicketTake};
 use rustls::ServerConfig;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::client_hello::{ClientHelloInfo, ClientHelloParser, Parsed, MAX_FIRST_FLIGHT};
 use crate::connection::ConnectionSessions;
+use crate::early::{Driven, EarlyCounters, EarlyData, EarlyRejection, ServerIo};
 use crate::rewind::Rewind;
 use crate::server::ServerStore;
 use crate::stream::SessionStream;
@@ -76,7 +77,9 @@ const MAX_GROWTH: usize = 16 * 1024;
 
 /// The server's side of an accepted connection: tokio-rustls's stream over the socket (with the
 /// ClientHello replayed), wrapped with its connection's handle.
-pub type ServerTlsStream = SessionStream<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>;
+/// A connection whose client sent early data is driven by hand ([`ServerIo::Driven`]): the
+/// application reads that data first.
+pub type ServerTlsStream = SessionStream<ServerIo>;
 
 /// What serves one connection: a rustls configuration and the [`ServerStore`] it keeps its
 /// sessions in (the store in `config.session_storage`), with the protocol versions the
@@ -92,6 +95,8 @@ pub struct ServerContext {
     store: ServerStore,
     tls12: bool,
     tls13: bool,
+    /// The same configuration, with early data allowed.
+    early: Option<Arc<ServerConfig>>,
 }
 
 impl ServerContext {
@@ -103,7 +108,33 @@ impl ServerContext {
             store,
             tls12: true,
             tls13: true,
+            early: None,
         }
+    }
+
+    /// The same context, taking TLS 1.3 early data (0-RTT) with `early`: the context's
+    /// configuration with a non-zero `max_early_data_size` (and `send_half_rtt_data` to answer
+    /// it before the client's Finished), stateful tickets, the same store.
+    ///
+    /// The acceptor gives a connection `early` only when early data cannot be replayed: the
+    /// ClientHello offers no ticket (a full handshake, whose tickets then allow early data),
+    /// or the ticket it offers was taken for this connection by the authoritative tier (the
+    /// local tiers, without a shared one). Every other connection gets the context's
+    /// configuration, which must have `max_early_data_size = 0`: the handshake goes on, early
+    /// data is refused. A configuration with a ticketer (stateless tickets) never takes early
+    /// data: `early` is ignored then.
+    pub fn with_early_data(mut self, early: Arc<ServerConfig>) -> Self {
+        let stateful = early.max_early_data_size > 0
+            && early.send_tls13_tickets > 0
+            && !early.ticketer.enabled()
+            && !self.config.ticketer.enabled();
+        self.early = stateful.then_some(early);
+        self
+    }
+
+    /// Whether the context takes early data ([`with_early_data`](Self::with_early_data)).
+    pub fn takes_early_data(&self) -> bool {
+        self.early.is_some()
     }
 
     /// The same context, with the versions `config` was built with
@@ -185,6 +216,11 @@ pub struct AcceptPolicy {
     /// How long the whole accept may take, from the call to the end of the handshake, the
     /// ClientHello included; None for no limit. Default 10 s.
     pub handshake_timeout: Option<Duration>,
+    /// Whether early data is held until the handshake completes (the client's Finished): it
+    /// is read then, first, and nothing is answered before. By default (false), the accepted
+    /// stream is returned as soon as the server's flight went out, the early data readable at
+    /// once, and what the application writes goes out as 0.5-RTT data: one round trip saved.
+    pub hold_early_data: bool,
 }
 
 impl Default for AcceptPolicy {
@@ -195,6 +231,7 @@ impl Default for AcceptPolicy {
             max_first_flight: MAX_FIRST_FLIGHT,
             hello_timeout: Some(Duration::from_secs(10)),
             handshake_timeout: Some(Duration::from_secs(10)),
+            hold_early_data: false,
         }
     }
 }
@@ -225,6 +262,10 @@ pub struct Accepted {
     pub hello: Option<ClientHelloInfo>,
     /// What the prefetch did.
     pub prefetch: Prefetch,
+    /// What became of the client's early data. When accepted, it is the first thing read from
+    /// the stream ([`ServerIo::early_data_read`] counts it), and the handshake may still be
+    /// waiting for the client's Finished (unless the policy holds early data).
+    pub early_data: EarlyData,
 }
 
 /// Why a connection was not accepted.
@@ -294,12 +335,22 @@ impl AcceptError {
 pub struct Acceptor<C = ServerContext> {
     chooser: C,
     policy: AcceptPolicy,
+    early: EarlyCounters,
 }
 
 impl<C: ChoosesConfig> Acceptor<C> {
     /// An acceptor that chooses each connection's context with `chooser`.
     pub fn new(chooser: C, policy: AcceptPolicy) -> Self {
-        Self { chooser, policy }
+        Self {
+            chooser,
+            policy,
+            early: EarlyCounters::default(),
+        }
+    }
+
+    /// What the acceptor counted of early data: offered, accepted, refused by reason.
+    pub fn early_data_counters(&self) -> &EarlyCounters {
+        &self.early
     }
 
     /// The policy.
@@ -372,12 +423,43 @@ impl<C: ChoosesConfig> Acceptor<C> {
     ) -> Result<Accepted, AcceptError> {
         let context = self.chooser.choose(first.hello.as_ref());
         let sessions = context.store.connection();
-        let prefetch = match &first.hello {
+        let (prefetch, take) = match &first.hello {
             Some(hello) => self.prefetch(&context, &sessions, hello, peer).await,
-            None => Prefetch::NotAsked,
+            None => (Prefetch::NotAsked, TicketTake::NotAsked),
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&context.config));
+        let (config, early) = early_decision(&context, first.hello.as_ref(), prefetch, take);
         let stream = Rewind::new(first.bytes, tcp);
+        if early.is_ok() && first.hello.as_ref().is_some_and(|h| h.early_data) {
+            // rustls may accept early data: drive it by hand, to read it.
+            let conn = rustls::ServerConnection::new(config).map_err(AcceptError::Tls)?;
+            let hold = self.policy.hold_early_data;
+            let mut driven = Driven::new(stream, conn, sessions.share(), hold);
+            let driven_result = sessions.instrument(driven.drive(!hold)).await;
+            let early_data = if driven.early_accepted() {
+                EarlyData::Accepted
+            } else if driven.conn().handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                EarlyData::Rejected(EarlyRejection::Refused)
+            } else {
+                // No resumption: the ticket was not found where it was taken.
+                EarlyData::Rejected(EarlyRejection::NotConfirmed)
+            };
+            self.early.count(early_data);
+            driven_result.map_err(AcceptError::from_io)?;
+            return Ok(Accepted {
+                // The handle notes the end of the handshake as reads complete it.
+                stream: SessionStream::new(ServerIo::Driven(driven), sessions),
+                hello: first.hello,
+                prefetch,
+                early_data,
+            });
+        }
+        let early_data = match (&first.hello, early) {
+            (Some(h), Err(why)) if h.early_data => EarlyData::Rejected(why),
+            // Offered, and allowed, but not to a hello that reached here: none.
+            _ => EarlyData::NotOffered,
+        };
+        self.early.count(early_data);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tls = sessions
             .instrument(acceptor.accept(stream))
             .await
@@ -385,9 +467,10 @@ impl<C: ChoosesConfig> Acceptor<C> {
         Ok(Accepted {
             // Notes the handshake's end; a TLS failure from here on removes the connection's
             // sessions.
-            stream: SessionStream::server(tls, sessions),
+            stream: SessionStream::server_io(ServerIo::Tokio(tls), sessions),
             hello: first.hello,
             prefetch,
+            early_data,
         })
     }
 
@@ -402,10 +485,10 @@ impl<C: ChoosesConfig> Acceptor<C> {
         sessions: &ConnectionSessions,
         hello: &ClientHelloInfo,
         peer: SocketAddr,
-    ) -> Prefetch {
+    ) -> (Prefetch, TicketTake) {
         let cache = context.store.cache();
         if !cache.has_tiers() {
-            return Prefetch::NotAsked;
+            return (Prefetch::NotAsked, TicketTake::NotAsked);
         }
         let tls13 = context.tls13 && hello.supports_tls13;
         // A TLS 1.3 client's legacy session id is random: only a TLS 1.2 handshake looks it up.
@@ -426,7 +509,7 @@ impl<C: ChoosesConfig> Acceptor<C> {
             Vec::new()
         };
         if session_id.is_none() && identities.is_empty() {
-            return Prefetch::NotAsked;
+            return (Prefetch::NotAsked, TicketTake::NotAsked);
         }
         let offer = Offer {
             sid_ctx: context.store.sid_ctx().as_bytes(),
@@ -436,19 +519,64 @@ impl<C: ChoosesConfig> Acceptor<C> {
         };
         let deadline = self.policy.prefetch_deadline;
         let Ok(prefetched) = tokio::time::timeout(deadline, cache.prefetch(offer)).await else {
-            return Prefetch::TimedOut;
+            return (Prefetch::TimedOut, TicketTake::Unavailable);
         };
+        let take = prefetched.ticket_take();
         if prefetched.found_session() {
-            return Prefetch::Session;
+            return (Prefetch::Session, take);
         }
         match prefetched.into_ticket() {
             Some(ticket) => {
                 sessions.confirm_take(ticket);
-                Prefetch::Ticket
+                (Prefetch::Ticket, take)
             }
-            None => Prefetch::Nothing,
+            None => (Prefetch::Nothing, take),
         }
     }
+}
+
+/// The configuration a connection gets, and whether it may take early data (or why not).
+///
+/// The early-data configuration goes to a hello that offers no ticket (a full handshake: its
+/// new tickets allow early data) and to one whose ticket's single use is confirmed: taken for
+/// this connection by the authoritative tier, or, with no shared tier, about to be taken by
+/// memory or a local tier during the handshake. Every other hello gets the context's own
+/// configuration (no early data) and the reason.
+fn early_decision(
+    context: &ServerContext,
+    hello: Option<&ClientHelloInfo>,
+    prefetch: Prefetch,
+    take: TicketTake,
+) -> (Arc<ServerConfig>, Result<(), EarlyRejection>) {
+    let plain = Arc::clone(&context.config);
+    let Some(early) = &context.early else {
+        return (plain, Err(EarlyRejection::Disabled));
+    };
+    let Some(hello) = hello else {
+        return (plain, Err(EarlyRejection::NotConfirmed));
+    };
+    if !context.tls13 || !hello.supports_tls13 {
+        return (plain, Err(EarlyRejection::Disabled));
+    }
+    if hello.psk_identities.is_empty() {
+        if hello.early_data {
+            return (plain, Err(EarlyRejection::NotOfferedWithTicket));
+        }
+        return (Arc::clone(early), Ok(()));
+    }
+    let confirmed = match context.store.cache().has_tiers() {
+        // Memory takes the ticket during the handshake, atomically: the only copy there is.
+        false => true,
+        true => prefetch == Prefetch::Ticket || take == TicketTake::Synchronous,
+    };
+    if confirmed {
+        return (Arc::clone(early), Ok(()));
+    }
+    let why = match take {
+        TicketTake::CircuitOpen => EarlyRejection::BreakerOpen,
+        _ => EarlyRejection::NotConfirmed,
+    };
+    (plain, Err(why))
 }
 
 /// A client's first bytes, as read, and the ClientHello they hold.

@@ -170,6 +170,17 @@ impl<P: Send + Sync + 'static> ConnectionSessions<P> {
         }
     }
 
+    /// Another handle on the same connection (nothing is counted): for a stream that drives
+    /// the handshake by hand while the application holds the first handle.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn share(&self) -> Self {
+        Self {
+            cache: Arc::clone(&self.cache),
+            role: self.role,
+            tracked: Arc::clone(&self.tracked),
+        }
+    }
+
     /// Runs `f` (which processes this connection's packets) so that the stores know the
     /// connection they work for.
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {

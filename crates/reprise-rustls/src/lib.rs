@@ -38,6 +38,8 @@ mod acceptor;
 mod client;
 pub mod client_hello;
 mod connection;
+#[cfg(feature = "tokio")]
+mod early;
 mod error;
 #[cfg(feature = "tokio")]
 mod rewind;
@@ -55,6 +57,8 @@ pub use acceptor::{
 pub use client::{ClientSession, ClientStore, DEFAULT_MAX_SERVERS, MAX_TLS13_TICKETS_PER_SERVER};
 pub use client_hello::{ClientHelloInfo, ClientHelloParser};
 pub use connection::{is_tls_failure, ConnectionSessions, Instrumented};
+#[cfg(feature = "tokio")]
+pub use early::{Driven, EarlyCounters, EarlyData, EarlyRejection, ServerIo};
 pub use error::Error;
 #[cfg(feature = "tokio")]
 pub use rewind::Rewind;

@@ -99,6 +99,15 @@ impl<IO> SessionStream<tokio_rustls::server::TlsStream<IO>> {
     }
 }
 
+impl SessionStream<crate::early::ServerIo> {
+    /// Wraps an accepted server stream whose handshake is complete, and reports the end of its
+    /// handshake (full or resumed) to `sessions`.
+    pub fn server_io(stream: crate::early::ServerIo, sessions: ConnectionSessions) -> Self {
+        sessions.handshake_completed(stream.get_ref().1.handshake_kind());
+        Self::new(stream, sessions)
+    }
+}
+
 impl<IO> SessionStream<tokio_rustls::client::TlsStream<IO>, crate::ClientSession> {
     /// Wraps a connected `tokio-rustls` client stream, and reports the end of its handshake
     /// (full or resumed) to `sessions`.

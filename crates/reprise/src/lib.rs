@@ -68,5 +68,6 @@ pub use session::{
 };
 pub use stats::Stats;
 pub use tier::{
-    Fetched, Metric, MetricKind, Offer, Prefetched, Request, Tier, TierContext, TierFuture,
+    Fetched, Metric, MetricKind, Offer, Prefetched, Request, TicketTake, Tier, TierContext,
+    TierFuture,
 };

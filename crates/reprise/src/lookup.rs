@@ -8,7 +8,7 @@ use crate::callbacks::TakeSessionCallback;
 use crate::mode::{CacheMode, Role};
 use crate::session::{ProtocolVersion, Session, SessionKey, Validity};
 use crate::stats::Counters;
-use crate::tier::{Fetched, Offer, Prefetched, Request};
+use crate::tier::{Fetched, Offer, Prefetched, Request, TicketTake};
 use crate::Removal;
 
 /// What the internal cache said about a key.
@@ -166,6 +166,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         let Some(tiers) = self.callbacks.tiers.load_full() else {
             return Prefetched::default();
         };
+        let mut take = TicketTake::NotAsked;
         if let Some(authority) = tiers.last() {
             for id in offer.psk_identities {
                 let key = SessionKey::new(id, offer.sid_ctx);
@@ -178,17 +179,25 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                     client: offer.client,
                 };
                 let Some(read) = authority.prefetch(request) else {
+                    take = TicketTake::Synchronous;
                     break;
                 };
                 match read.await {
-                    Fetched::Skipped => continue,
+                    Fetched::Skipped => take = TicketTake::Missed,
                     Fetched::Hit(ticket) => return Prefetched::ticket(ticket),
-                    Fetched::Miss | Fetched::Unavailable => return Prefetched::default(),
+                    Fetched::Miss => return Prefetched::default().with_take(TicketTake::Missed),
+                    Fetched::Unavailable => {
+                        let take = match authority.circuit_open() {
+                            true => TicketTake::CircuitOpen,
+                            false => TicketTake::Unavailable,
+                        };
+                        return Prefetched::default().with_take(take);
+                    }
                 }
             }
         }
         let Some(id) = offer.session_id else {
-            return Prefetched::default();
+            return Prefetched::default().with_take(take);
         };
         let key = SessionKey::new(id, offer.sid_ctx);
         let now = self.now();

@@ -250,6 +250,13 @@ pub trait Tier<P = SecretBytes>: Send + Sync {
         None
     }
 
+    /// Whether the tier's circuit breaker is open now: it refuses to ask its store, and its
+    /// reads answer [`Fetched::Unavailable`] at once. By default, never. Lets a server tell
+    /// why a take could not be confirmed ([`TicketTake::CircuitOpen`]).
+    fn circuit_open(&self) -> bool {
+        false
+    }
+
     /// The tier's counters and gauges, for a metrics endpoint. By default, none.
     fn metrics(&self) -> Vec<Metric> {
         Vec::new()
@@ -277,6 +284,7 @@ pub struct Offer<'a> {
 pub struct Prefetched<P = SecretBytes> {
     ticket: Option<Arc<Session<P>>>,
     session: bool,
+    take: TicketTake,
 }
 
 impl<P> Default for Prefetched<P> {
@@ -284,6 +292,7 @@ impl<P> Default for Prefetched<P> {
         Self {
             ticket: None,
             session: false,
+            take: TicketTake::NotAsked,
         }
     }
 }
@@ -293,6 +302,7 @@ impl<P> Prefetched<P> {
         Self {
             ticket: Some(ticket),
             session: false,
+            take: TicketTake::Confirmed,
         }
     }
 
@@ -300,7 +310,13 @@ impl<P> Prefetched<P> {
         Self {
             ticket: None,
             session: true,
+            take: TicketTake::NotAsked,
         }
+    }
+
+    pub(crate) fn with_take(mut self, take: TicketTake) -> Self {
+        self.take = take;
+        self
     }
 
     /// The single-use ticket the authoritative tier handed over for this connection, if any.
@@ -314,6 +330,49 @@ impl<P> Prefetched<P> {
     /// Whether the prefetch brought a reusable session into memory.
     pub fn found_session(&self) -> bool {
         self.session
+    }
+
+    /// What the authority said about the TLS 1.3 tickets offered: whether the single use of
+    /// the one this connection resumes with is confirmed. A server accepts 0-RTT data only on
+    /// a confirmed take ([`TicketTake::confirms`]).
+    pub fn ticket_take(&self) -> TicketTake {
+        self.take
+    }
+}
+
+/// What the authoritative tier said, in a [`SessionCache::prefetch`], about the TLS 1.3
+/// tickets a ClientHello offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TicketTake {
+    /// No ticket to ask about (none offered, or no tier attached: memory takes it, atomically,
+    /// during the handshake).
+    #[default]
+    NotAsked,
+    /// The authority answers synchronously (a disk on one server): the handshake's own take
+    /// asks it, atomically.
+    Synchronous,
+    /// The authority took the ticket for this connection, and only for it.
+    Confirmed,
+    /// The authority has no such ticket: never stored here, expired, or taken already (a
+    /// replay).
+    Missed,
+    /// The authority could not answer: down, too slow, or the client's read budget is spent.
+    Unavailable,
+    /// The authority's circuit breaker is open: it was not asked.
+    CircuitOpen,
+}
+
+impl TicketTake {
+    /// Whether a take that succeeds for this connection is known to be its single use: taken
+    /// by the shared authority for it ([`Confirmed`](Self::Confirmed)), or by a tier or memory
+    /// that is the only copy there is ([`NotAsked`](Self::NotAsked),
+    /// [`Synchronous`](Self::Synchronous)).
+    pub fn confirms(self) -> bool {
+        matches!(
+            self,
+            TicketTake::Confirmed | TicketTake::NotAsked | TicketTake::Synchronous
+        )
     }
 }
 
