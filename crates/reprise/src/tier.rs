@@ -25,7 +25,7 @@
 //! use std::sync::Arc;
 //! use std::collections::HashMap;
 //! use parking_lot::Mutex;
-//! use reprise::{Fetched, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, Tier};
+//! use reprise::{Fetched, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, SharedSession, Tier};
 //!
 //! /// A tier that keeps copies of sessions in a map, standing in for a real store (which would
 //! /// seal and encode them).
@@ -34,18 +34,18 @@
 //!
 //! impl Tier for MapTier {
 //!     fn name(&self) -> &str { "map" }
-//!     fn store(&self, session: &Arc<Session>) {
+//!     fn store(&self, session: &SharedSession) {
 //!         self.0.lock().insert(session.id().as_bytes().to_vec(), session.duplicate());
 //!     }
 //!     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
 //!         let found = self.0.lock().get(key.id).map(Session::duplicate);
-//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
+//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
 //!     }
 //!     fn take(&self, key: SessionKey<'_>) -> Fetched {
 //!         let found = self.0.lock().remove(key.id);
-//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
+//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
 //!     }
-//!     fn remove(&self, session: &Arc<Session>, why: Removal) {
+//!     fn remove(&self, session: &SharedSession, why: Removal) {
 //!         // Memory's evictions and flushes are memory's business.
 //!         if matches!(why, Removal::Explicit | Removal::Taken | Removal::Expired) {
 //!             self.0.lock().remove(session.id().as_bytes());
@@ -62,6 +62,7 @@
 //! assert_eq!(cache.stats().cb_hits, 1);
 //! ```
 
+use crate::SharedSession;
 use core::future::Future;
 use core::pin::Pin;
 use std::net::IpAddr;
@@ -70,7 +71,7 @@ use std::sync::{Arc, Weak};
 use crate::cache::SessionCache;
 use crate::callbacks::Removal;
 use crate::clock::Clock;
-use crate::session::{SecretBytes, Session, SessionKey};
+use crate::session::{SecretBytes, SessionKey};
 
 /// A future a tier returns from [`Tier::prefetch`].
 pub type TierFuture<'a, P = SecretBytes> = Pin<Box<dyn Future<Output = Fetched<P>> + Send + 'a>>;
@@ -79,7 +80,7 @@ pub type TierFuture<'a, P = SecretBytes> = Pin<Box<dyn Future<Output = Fetched<P
 #[derive(Debug)]
 pub enum Fetched<P = SecretBytes> {
     /// A session. The cache validates it ([`Session::validate`]) before it resumes.
-    Hit(Arc<Session<P>>),
+    Hit(SharedSession<P>),
     /// The tier was asked and has nothing usable: no entry, or a value that did not decode.
     Miss,
     /// The tier could not answer: it is down, too slow, or refuses to block here. For a take,
@@ -92,7 +93,7 @@ pub enum Fetched<P = SecretBytes> {
 
 impl<P> Fetched<P> {
     /// The session, if this is a hit.
-    pub fn hit(self) -> Option<Arc<Session<P>>> {
+    pub fn hit(self) -> Option<SharedSession<P>> {
         match self {
             Fetched::Hit(s) => Some(s),
             _ => None,
@@ -220,7 +221,7 @@ pub trait Tier<P = SecretBytes>: Send + Sync {
     /// Keep a copy (an encoding), not the `Arc`: memory marks its own object not resumable when
     /// it lets the session go (evicted, flushed, taken), and a tier that handed that very object
     /// back from [`fetch`](Tier::fetch) or [`take`](Tier::take) would see it refused.
-    fn store(&self, session: &Arc<Session<P>>);
+    fn store(&self, session: &SharedSession<P>);
 
     /// Reads a reusable session (TLS 1.2), synchronously.
     fn fetch(&self, key: SessionKey<'_>) -> Fetched<P>;
@@ -231,7 +232,7 @@ pub trait Tier<P = SecretBytes>: Send + Sync {
     fn take(&self, key: SessionKey<'_>) -> Fetched<P>;
 
     /// The cache removed `session`, for the reason `why`.
-    fn remove(&self, session: &Arc<Session<P>>, why: Removal);
+    fn remove(&self, session: &SharedSession<P>, why: Removal);
 
     /// Forgets the session under `key` without telling anyone: a tier below this one learned
     /// that it was removed elsewhere ([`TierContext::forget`]). By default, nothing.
@@ -275,7 +276,7 @@ pub struct Offer<'a> {
 #[must_use = "a ticket taken by a prefetch resumes only when handed to the connection"]
 #[derive(Debug)]
 pub struct Prefetched<P = SecretBytes> {
-    ticket: Option<Arc<Session<P>>>,
+    ticket: Option<SharedSession<P>>,
     session: bool,
 }
 
@@ -289,7 +290,7 @@ impl<P> Default for Prefetched<P> {
 }
 
 impl<P> Prefetched<P> {
-    pub(crate) fn ticket(ticket: Arc<Session<P>>) -> Self {
+    pub(crate) fn ticket(ticket: SharedSession<P>) -> Self {
         Self {
             ticket: Some(ticket),
             session: false,
@@ -307,7 +308,7 @@ impl<P> Prefetched<P> {
     /// It resumes only when handed to the connection
     /// ([`SessionCache::take_confirmed`], or `ConnectionSessions::confirm_take` in
     /// `reprise-rustls`); dropped, it is gone.
-    pub fn into_ticket(self) -> Option<Arc<Session<P>>> {
+    pub fn into_ticket(self) -> Option<SharedSession<P>> {
         self.ticket
     }
 
