@@ -936,8 +936,17 @@ fn run(limit: usize, ops: &[Op], shards: Option<usize>) -> Result<Trace, TestCas
     Ok(trace)
 }
 
+/// Cases per property: 256, or `MODEL_CASES` (`scripts/test.sh` runs fewer under valgrind,
+/// which is some thirty times slower).
+fn cases() -> u32 {
+    std::env::var("MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// The engine, with one shard and with the default number, behaves as the model does.
     #[test]
