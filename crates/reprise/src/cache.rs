@@ -12,7 +12,6 @@
 //! an add that must evict from another shard only tries that shard's lock, and otherwise
 //! releases its own first.
 
-use crate::SharedSession;
 use core::fmt;
 use core::hash::BuildHasher;
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use crate::shim::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Orderin
 use crate::shim::{thread, Mutex};
 use crate::stats::{Counters, Stats};
 use crate::tier::{Tier, TierContext};
+use crate::SharedSession;
 
 /// The default size limit, in sessions (OpenSSL's `SSL_SESSION_CACHE_MAX_SIZE_DEFAULT`).
 pub const DEFAULT_SIZE_LIMIT: usize = 20480;

@@ -4,7 +4,6 @@
 //! `SSL_CTX` or the `SSL`), so it can call back into it: the cache never holds a lock while a
 //! callback runs. A callback must not own an `Arc` of its cache, or the cache is never dropped.
 
-use crate::SharedSession;
 use core::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -13,11 +12,12 @@ use parking_lot::Mutex;
 
 use crate::cache::SessionCache;
 use crate::session::{SecretBytes, SessionKey};
+use crate::SharedSession;
 
 /// Called for every new session while caching is enabled for its role.
 ///
-/// Return `true` to keep the session (the callback may clone the `Arc` into an external
-/// cache). Return `false` and the session is removed from the internal cache at once.
+/// Return `true` to keep the session (the callback may clone the `SharedSession` into an
+/// external cache). Return `false` and the session is removed from the internal cache at once.
 pub type NewSessionCallback<P = SecretBytes> =
     Arc<dyn Fn(&SessionCache<P>, &SharedSession<P>) -> bool + Send + Sync>;
 

@@ -1,8 +1,6 @@
 //! Lookups: how a proposed session id becomes a session to resume or to consume, through the
 //! internal cache and the external one, with every candidate validated.
 
-use crate::SharedSession;
-
 use crate::cache::{SessionCache, TierStack, Use};
 use crate::callbacks::TakeSessionCallback;
 use crate::mode::{CacheMode, Role};
@@ -10,6 +8,7 @@ use crate::session::{ProtocolVersion, SessionKey, Validity};
 use crate::stats::Counters;
 use crate::tier::{Fetched, Offer, Prefetched, Request};
 use crate::Removal;
+use crate::SharedSession;
 
 /// What the internal cache said about a key.
 enum Internal<P> {

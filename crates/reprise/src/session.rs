@@ -288,8 +288,9 @@ pub enum Validity {
 ///
 /// Sessions are immutable once built, except for the fields the cache itself maintains: the
 /// time (updated under [`CacheMode::UPDATE_TIME`](crate::CacheMode::UPDATE_TIME)) and the
-/// resumable flag (cleared when the session is removed). They are shared as `SharedSession`,
-/// and "the identical session" means the same allocation ([`Shared::ptr_eq`](crate::Shared::ptr_eq)).
+/// resumable flag (cleared when the session is removed). They are shared as
+/// [`SharedSession`](crate::SharedSession), and "the identical session" means the same
+/// allocation ([`Shared::ptr_eq`](crate::Shared::ptr_eq)).
 pub struct Session<P = SecretBytes> {
     // Laid out to keep the per-session overhead small: the context is shared between the
     // sessions of a context, and the small fields pack together.

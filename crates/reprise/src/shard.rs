@@ -3,17 +3,17 @@
 //! A shard holds no lock and calls no callback: [`crate::cache`] locks it, and fires callbacks
 //! for the sessions it hands back once the lock is released.
 //!
-//! The table holds slot indices (4 bytes each). A slot's session (its `Arc`) and its place in
-//! the expiry order live in two arrays at the same index: a lookup reads only the first, a
+//! The table holds slot indices (4 bytes each). A slot's session (its `Shared` pointer) and its
+//! place in the expiry order live in two arrays at the same index: a lookup reads only the first, a
 //! dense array of pointers (8 bytes a slot, where slots of 32 bytes put four times fewer in a
 //! cache line), and never the second, which [`crate::expiry`] keeps sorted by `(expiry, seq)`.
 
-use crate::SharedSession;
 use core::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
 use crate::expiry::{ExpiryOrder, Key};
+use crate::SharedSession;
 
 /// The order key of a shard's head: `(expiry, seq)`.
 pub(crate) type HeadKey = Key;

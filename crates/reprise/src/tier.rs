@@ -7,7 +7,7 @@
 //!
 //! - **writes go to every tier**: each new session is handed to [`Tier::store`];
 //! - **reads go through the stack in order**: a lookup that memory cannot answer asks each
-//!   tier's [`Tier::fetch`] in turn, validates what it finds with [`Session::validate`], and
+//!   tier's [`Tier::fetch`] in turn, validates what it finds with [`Session::validate`](crate::Session::validate), and
 //!   copies a hit into memory and into the tiers before the one that had it;
 //! - **a take is decided by the last tier**, the authority on single use (Redis in a fleet):
 //!   only its [`Tier::take`] can hand a single-use session over, and every other copy, in memory
@@ -62,7 +62,6 @@
 //! assert_eq!(cache.stats().cb_hits, 1);
 //! ```
 
-use crate::SharedSession;
 use core::future::Future;
 use core::pin::Pin;
 use std::net::IpAddr;
@@ -72,6 +71,7 @@ use crate::cache::SessionCache;
 use crate::callbacks::Removal;
 use crate::clock::Clock;
 use crate::session::{SecretBytes, SessionKey};
+use crate::SharedSession;
 
 /// A future a tier returns from [`Tier::prefetch`].
 pub type TierFuture<'a, P = SecretBytes> = Pin<Box<dyn Future<Output = Fetched<P>> + Send + 'a>>;
@@ -79,7 +79,7 @@ pub type TierFuture<'a, P = SecretBytes> = Pin<Box<dyn Future<Output = Fetched<P
 /// What a tier found for a key.
 #[derive(Debug)]
 pub enum Fetched<P = SecretBytes> {
-    /// A session. The cache validates it ([`Session::validate`]) before it resumes.
+    /// A session. The cache validates it ([`Session::validate`](crate::Session::validate)) before it resumes.
     Hit(SharedSession<P>),
     /// The tier was asked and has nothing usable: no entry, or a value that did not decode.
     Miss,
@@ -218,9 +218,10 @@ pub trait Tier<P = SecretBytes>: Send + Sync {
 
     /// Stores a new session. Every tier gets every new session.
     ///
-    /// Keep a copy (an encoding), not the `Arc`: memory marks its own object not resumable when
-    /// it lets the session go (evicted, flushed, taken), and a tier that handed that very object
-    /// back from [`fetch`](Tier::fetch) or [`take`](Tier::take) would see it refused.
+    /// Keep a copy (an encoding), not the `SharedSession`: memory marks its own object not
+    /// resumable when it lets the session go (evicted, flushed, taken), and a tier that handed
+    /// that very object back from [`fetch`](Tier::fetch) or [`take`](Tier::take) would see it
+    /// refused.
     fn store(&self, session: &SharedSession<P>);
 
     /// Reads a reusable session (TLS 1.2), synchronously.
