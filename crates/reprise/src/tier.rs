@@ -7,8 +7,9 @@
 //!
 //! - **writes go to every tier**: each new session is handed to [`Tier::store`];
 //! - **reads go through the stack in order**: a lookup that memory cannot answer asks each
-//!   tier's [`Tier::fetch`] in turn, validates what it finds with [`Session::validate`](crate::Session::validate), and
-//!   copies a hit into memory and into the tiers before the one that had it;
+//!   tier's [`Tier::fetch`] in turn, validates what it finds with
+//!   [`Session::validate`](crate::Session::validate), and copies a hit into memory and into the
+//!   tiers before the one that had it;
 //! - **a take is decided by the last tier**, the authority on single use (Redis in a fleet):
 //!   only its [`Tier::take`] can hand a single-use session over, and every other copy, in memory
 //!   or in another tier, is removed, with [`Removal::Taken`];
@@ -25,7 +26,9 @@
 //! use std::sync::Arc;
 //! use std::collections::HashMap;
 //! use parking_lot::Mutex;
-//! use reprise::{Fetched, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, SharedSession, Tier};
+//! use reprise::{
+//!     Fetched, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, SharedSession, Tier,
+//! };
 //!
 //! /// A tier that keeps copies of sessions in a map, standing in for a real store (which would
 //! /// seal and encode them).
@@ -79,7 +82,8 @@ pub type TierFuture<'a, P = SecretBytes> = Pin<Box<dyn Future<Output = Fetched<P
 /// What a tier found for a key.
 #[derive(Debug)]
 pub enum Fetched<P = SecretBytes> {
-    /// A session. The cache validates it ([`Session::validate`](crate::Session::validate)) before it resumes.
+    /// A session. The cache validates it ([`Session::validate`](crate::Session::validate))
+    /// before it resumes.
     Hit(SharedSession<P>),
     /// The tier was asked and has nothing usable: no entry, or a value that did not decode.
     Miss,
