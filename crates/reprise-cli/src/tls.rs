@@ -23,7 +23,12 @@ use reprise_rustls::{
 use reprise_seal::tickets::{LocalTicketKeys, TicketCounters, TicketKeyFile, TicketKeySource};
 use reprise_seal::KeyRing;
 use ring::digest;
-use rustls::crypto::ring::default_provider;
+/// The crypto provider the binary was built with: aws-lc-rs (the default feature), or ring.
+#[cfg(feature = "aws-lc-rs")]
+pub use rustls::crypto::aws_lc_rs::default_provider;
+/// The crypto provider the binary was built with: aws-lc-rs (the default feature), or ring.
+#[cfg(not(feature = "aws-lc-rs"))]
+pub use rustls::crypto::ring::default_provider;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

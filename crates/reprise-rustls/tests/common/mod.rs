@@ -51,7 +51,10 @@ impl Configs for Pki {
         let builder = match client_auth {
             ClientAuth::None => builder.with_no_client_auth(),
             ClientAuth::Optional | ClientAuth::Required => {
-                let verifier = WebPkiClientVerifier::builder(self.roots());
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    self.roots(),
+                    Arc::new(rustls::crypto::ring::default_provider()),
+                );
                 let verifier = if client_auth == ClientAuth::Optional {
                     verifier.allow_unauthenticated()
                 } else {
