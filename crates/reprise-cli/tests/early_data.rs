@@ -20,6 +20,9 @@ use reprise_testkit::{wait_until, PemFiles, Pki, RedisServer};
 const GET_EARLY: &[u8] = b"GET /early HTTP/1.1\r\nHost: localhost\r\n\r\n";
 const GET_AFTER: &[u8] = b"GET /after HTTP/1.0\r\nHost: localhost\r\n\r\n";
 const POST: &[u8] = b"POST /form HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi";
+/// The same POST, closing the connection after its answer.
+const POST_CLOSE: &[u8] =
+    b"POST /form HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
 
 /// A directory with the request files s_client sends as early data.
 struct Files {
@@ -125,7 +128,7 @@ fn an_unsafe_method_in_early_data_gets_425_then_succeeds_after_the_handshake() {
     let (_pki, server) = one_instance(&["--early-data", "4096"]);
     let files = Files::new();
     let session = files.session(&server, "s1");
-    let out = with_early_data(&server, &session, &files.path("post"), POST);
+    let out = with_early_data(&server, &session, &files.path("post"), POST_CLOSE);
     assert!(accepted(&out), "{out}");
     let too_early = out.find("HTTP/1.1 425 Too Early").expect(&out);
     let ok = out.find("HTTP/1.1 200 OK").expect(&out);
@@ -135,7 +138,7 @@ fn an_unsafe_method_in_early_data_gets_425_then_succeeds_after_the_handshake() {
 
     let (_pki, server) = one_instance(&["--early-data", "4096", "--early-data-methods", "HEAD"]);
     let session = files.session(&server, "s2");
-    let out = with_early_data(&server, &session, &files.path("get"), b"");
+    let out = with_early_data(&server, &session, &files.path("get"), GET_AFTER);
     assert!(accepted(&out), "{out}");
     assert!(out.contains("HTTP/1.1 425 Too Early"), "{out}");
 }
