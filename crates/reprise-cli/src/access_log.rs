@@ -481,7 +481,7 @@ pub fn rfc3339(time: SystemTime, out: &mut String) {
         }
     };
     // Always ASCII: written above from digits, dashes, colons and a `T`.
-    out.extend(second.iter().map(|&b| char::from(b)));
+    out.push_str(std::str::from_utf8(&second).unwrap_or_default());
     push_millis(since.subsec_millis(), out);
 }
 
@@ -525,11 +525,14 @@ fn suite_name(suite: Option<rustls::CipherSuite>) -> Option<&'static str> {
 /// Writes a client-controlled value for the text format: printable ASCII but `\`, `"` and `=`
 /// as is, every other byte as `\xHH`; `-` for nothing.
 fn escaped(value: Option<&str>, out: &mut String) {
+    let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'\\' | b'"' | b'=');
     match value {
         None | Some("") => out.push('-'),
+        // The usual name needs no escape: one copy.
+        Some(v) if v.bytes().all(plain) => out.push_str(v),
         Some(v) => {
             for b in v.bytes() {
-                if b.is_ascii_graphic() && !matches!(b, b'\\' | b'"' | b'=') {
+                if plain(b) {
                     out.push(char::from(b));
                 } else {
                     let _ = write!(out, "\\x{b:02x}");
@@ -539,69 +542,135 @@ fn escaped(value: Option<&str>, out: &mut String) {
     }
 }
 
-/// The text line (without its newline).
-pub fn text(r: &Record, out: &mut String) {
-    rfc3339(r.time, out);
-    // Integer arithmetic: cheaper than formatting a float.
-    let micros = r.handshake.as_micros();
-    let _ = write!(out, " client={} sni=", r.client);
-    escaped(r.sni.as_deref(), out);
-    let _ = write!(
-        out,
-        " version={} cipher={} resumed={} from={} handshake_ms={}.{:03} bytes_in={} bytes_out={} end={} error={}",
-        version_name(r.version).unwrap_or("-"),
-        suite_name(r.suite).unwrap_or("-"),
-        r.resumption.as_str(),
-        r.source.map_or("-", Source::as_str),
-        micros / 1000,
-        micros % 1000,
-        r.bytes_in,
-        r.bytes_out,
-        r.end.as_str(),
-        r.error.unwrap_or("-"),
-    );
+/// A number in decimal, without the formatting machinery (the writer's lines are mostly
+/// numbers).
+fn push_u64(n: u64, out: &mut String) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        // A digit: always ASCII.
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Digits only: always UTF-8.
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
 }
 
-/// The JSON line (without its newline): every string escaped by serde_json.
-pub fn json(r: &Record, out: &mut String) {
-    let mut time = String::with_capacity(24);
-    rfc3339(r.time, &mut time);
-    let line = JsonLine {
-        time: &time,
-        client: r.client.to_string(),
-        sni: r.sni.as_deref(),
-        version: version_name(r.version),
-        cipher: suite_name(r.suite),
-        resumed: r.resumption.as_str(),
-        from: r.source.map(Source::as_str),
-        handshake_ms: (r.handshake.as_secs_f64() * 1_000_000.0).round() / 1000.0,
-        bytes_in: r.bytes_in,
-        bytes_out: r.bytes_out,
-        end: r.end.as_str(),
-        error: r.error,
-    };
-    match serde_json::to_string(&line) {
-        Ok(text) => out.push_str(&text),
-        // Strings and numbers always serialize; kept valid JSON all the same.
-        Err(_) => out.push_str("{}"),
+/// `ip:port`, as `SocketAddr`'s `Display` writes it (`[ip]:port` for IPv6), an IPv4 address
+/// without the formatting machinery.
+fn push_addr(addr: SocketAddr, out: &mut String) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(u64::from(octet), out);
+            }
+        }
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "[{}]", v6.ip());
+        }
+    }
+    out.push(':');
+    push_u64(u64::from(addr.port()), out);
+}
+
+/// A duration in milliseconds with three decimals: `1.234`.
+fn push_ms(d: Duration, out: &mut String) {
+    // Integer arithmetic: cheaper than formatting a float.
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_u64(micros / 1000, out);
+    out.push('.');
+    let frac = micros % 1000;
+    for digit in [frac / 100, frac / 10 % 10, frac % 10] {
+        push_u64(digit, out);
     }
 }
 
-/// The fields of a JSON line, in order.
-#[derive(serde::Serialize)]
-struct JsonLine<'a> {
-    time: &'a str,
-    client: String,
-    sni: Option<&'a str>,
-    version: Option<&'static str>,
-    cipher: Option<&'static str>,
-    resumed: &'static str,
-    from: Option<&'static str>,
-    handshake_ms: f64,
-    bytes_in: u64,
-    bytes_out: u64,
-    end: &'static str,
-    error: Option<&'static str>,
+/// The text line (without its newline).
+pub fn text(r: &Record, out: &mut String) {
+    rfc3339(r.time, out);
+    out.push_str(" client=");
+    push_addr(r.client, out);
+    out.push_str(" sni=");
+    escaped(r.sni.as_deref(), out);
+    for (key, value) in [
+        (" version=", version_name(r.version).unwrap_or("-")),
+        (" cipher=", suite_name(r.suite).unwrap_or("-")),
+        (" resumed=", r.resumption.as_str()),
+        (" from=", r.source.map_or("-", Source::as_str)),
+    ] {
+        out.push_str(key);
+        out.push_str(value);
+    }
+    out.push_str(" handshake_ms=");
+    push_ms(r.handshake, out);
+    out.push_str(" bytes_in=");
+    push_u64(r.bytes_in, out);
+    out.push_str(" bytes_out=");
+    push_u64(r.bytes_out, out);
+    out.push_str(" end=");
+    out.push_str(r.end.as_str());
+    out.push_str(" error=");
+    out.push_str(r.error.unwrap_or("-"));
+}
+
+/// A JSON string (with its quotes), or `null`: `"` and `\` escaped, control characters as
+/// `\u00XX`, everything else as it is (a `&str` is valid UTF-8).
+fn push_json_str(value: Option<&str>, out: &mut String) {
+    let Some(value) = value else {
+        out.push_str("null");
+        return;
+    };
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The JSON line (without its newline), written by hand: the fields in a fixed order, every
+/// string escaped ([`push_json_str`]).
+pub fn json(r: &Record, out: &mut String) {
+    out.push_str("{\"time\":\"");
+    rfc3339(r.time, out);
+    out.push_str("\",\"client\":\"");
+    push_addr(r.client, out);
+    out.push_str("\",\"sni\":");
+    push_json_str(r.sni.as_deref(), out);
+    for (key, value) in [
+        (",\"version\":", version_name(r.version)),
+        (",\"cipher\":", suite_name(r.suite)),
+        (",\"resumed\":", Some(r.resumption.as_str())),
+        (",\"from\":", r.source.map(Source::as_str)),
+    ] {
+        out.push_str(key);
+        push_json_str(value, out);
+    }
+    out.push_str(",\"handshake_ms\":");
+    push_ms(r.handshake, out);
+    out.push_str(",\"bytes_in\":");
+    push_u64(r.bytes_in, out);
+    out.push_str(",\"bytes_out\":");
+    push_u64(r.bytes_out, out);
+    out.push_str(",\"end\":");
+    push_json_str(Some(r.end.as_str()), out);
+    out.push_str(",\"error\":");
+    push_json_str(r.error, out);
+    out.push('}');
 }
 
 /// A stream that counts the application bytes read from it and written to it.
@@ -716,6 +785,67 @@ mod tests {
              handshake_ms=1.234 bytes_in=78 bytes_out=120 end=close_notify error=-"
         );
         assert_eq!(s.split(" ").count(), 12);
+    }
+
+    #[test]
+    fn addresses_and_numbers_are_written_as_display_writes_them() {
+        for addr in [
+            "192.0.2.7:40000",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:443",
+            "[2001:db8::1]:8443",
+            "[::ffff:192.0.2.1]:1",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap_or_else(|_| unreachable!());
+            let mut s = String::new();
+            push_addr(addr, &mut s);
+            assert_eq!(s, addr.to_string());
+        }
+        for n in [0, 7, 10, 999, 1000, 65_535, u64::MAX] {
+            let mut s = String::new();
+            push_u64(n, &mut s);
+            assert_eq!(s, n.to_string());
+        }
+        for (micros, text) in [
+            (0, "0.000"),
+            (1, "0.001"),
+            (1234, "1.234"),
+            (60_000_010, "60000.010"),
+        ] {
+            let mut s = String::new();
+            push_ms(Duration::from_micros(micros), &mut s);
+            assert_eq!(s, text);
+        }
+    }
+
+    #[test]
+    fn json_strings_escape_what_json_requires() -> anyhow::Result<()> {
+        for text in [
+            "",
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "\u{0}\u{1f}\u{7f}",
+            "tab\tnl\n",
+            "é☃𝄞",
+        ] {
+            let mut s = String::new();
+            push_json_str(Some(text), &mut s);
+            let back: String = serde_json::from_str(&s)?;
+            assert_eq!(back, text, "{s}");
+        }
+        let mut record = record();
+        record.client = "[2001:db8::1]:8443".parse()?;
+        record.error = Some("timeout");
+        let mut s = String::new();
+        json(&record, &mut s);
+        let v: serde_json::Value = serde_json::from_str(&s)?;
+        assert_eq!(v["client"], "[2001:db8::1]:8443");
+        assert_eq!(v["error"], "timeout");
+        assert_eq!(v["version"], "TLSv1.3");
+        assert_eq!(v["bytes_out"], 120);
+        Ok(())
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub enum ProxyVersion {
 }
 
 /// `reprise serve` flags. Each may also be set in the `--config` file; a flag wins.
-#[derive(Debug, Default, Args)]
+#[derive(Clone, Debug, Default, Args)]
 pub struct ServeArgs {
     /// A TOML file with the same settings as these flags (flags override it).
     #[arg(long, value_name = "FILE")]

@@ -276,6 +276,32 @@ impl FileConfig {
 }
 
 impl Settings {
+    /// Checks that `new` (the settings read again on a reload) differs from these only in what
+    /// a reload applies: the certificates and what their contexts are built from (`certificate`
+    /// entries, `cert`/`key`, `client-ca`/`client-auth`, `sid-ctx`, `strict-sni`, `alpn`,
+    /// `tls13-tickets`). Any other change (listen addresses, Redis, the tiers, timeouts,
+    /// limits...) needs a restart: the error names each such setting.
+    pub fn check_reloadable(&self, new: &Settings) -> anyhow::Result<()> {
+        let mut probe = new.clone();
+        probe.certificates.clone_from(&self.certificates);
+        probe.strict_sni = self.strict_sni;
+        probe.alpn.clone_from(&self.alpn);
+        probe.client_auth.clone_from(&self.client_auth);
+        probe.sid_ctx.clone_from(&self.sid_ctx);
+        probe.tls13_tickets = self.tls13_tickets;
+        probe.deprecated_key_file = self.deprecated_key_file;
+        // Every field, by its debug form: a setting added later needs a restart unless it is
+        // copied above.
+        let (old, new) = (format!("{self:#?}"), format!("{probe:#?}"));
+        if old == new {
+            return Ok(());
+        }
+        bail!(
+            "{} changed, which needs a restart",
+            changed_settings(&old, &new)
+        )
+    }
+
     /// Merges the flags over the file (if `--config` names one) over the defaults, and checks
     /// the result.
     pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
@@ -815,6 +841,41 @@ pub fn workers_from_file(args: &ServeArgs) -> Option<usize> {
     FileConfig::load(path).ok()?.workers
 }
 
+/// The names (as in the config file) of the top-level fields whose lines differ between two
+/// pretty debug forms of [`Settings`], comma-separated.
+fn changed_settings(old: &str, new: &str) -> String {
+    // Each top-level field's lines, in order.
+    fn fields(text: &str) -> Vec<(&str, Vec<&str>)> {
+        let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+        for line in text.lines() {
+            let name = line
+                .strip_prefix("    ")
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(name, _)| name)
+                .filter(|n| {
+                    !n.is_empty() && n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+                });
+            match (name, out.last_mut()) {
+                (Some(name), _) => out.push((name, vec![line])),
+                (None, Some((_, lines))) => lines.push(line),
+                (None, None) => {}
+            }
+        }
+        out
+    }
+    let old = fields(old);
+    let changed: Vec<String> = fields(new)
+        .iter()
+        .filter(|field| !old.contains(field))
+        .map(|(name, _)| name.replace('_', "-"))
+        .collect();
+    if changed.is_empty() {
+        "a setting".to_owned()
+    } else {
+        changed.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1112,5 +1173,41 @@ mod tests {
         assert!(no_key
             .err()
             .is_some_and(|e| e.to_string().contains("--cert needs --key")));
+    }
+
+    #[test]
+    fn a_reload_applies_certificates_and_refuses_what_needs_a_restart() -> anyhow::Result<()> {
+        let merge = |file: &str| Settings::merge(ServeArgs::default(), parse(file)?);
+        let base = "listen = [\"127.0.0.1:1\"]\ncache-size = 100\n";
+        let old = merge(base)?;
+        let reloadable = format!(
+            "{base}strict-sni = true\nalpn = [\"h2\"]\nsid-ctx = \"new\"\n[[certificate]]\ncert = \"a.pem\"\nkey = \"a.key\"\n"
+        );
+        old.check_reloadable(&merge(&reloadable)?)?;
+        old.check_reloadable(&old.clone())?;
+        for (change, setting) in [
+            ("listen = [\"127.0.0.1:2\"]\ncache-size = 100\n", "listen"),
+            (
+                "listen = [\"127.0.0.1:1\"]\ncache-size = 100\nmetrics-listen = \"127.0.0.1:3\"\n",
+                "metrics-listen",
+            ),
+            ("listen = [\"127.0.0.1:1\"]\ncache-size = 200\n", "cache-size"),
+            (
+                "listen = [\"127.0.0.1:1\"]\ncache-size = 100\nredis = \"redis://127.0.0.1:1\"\nkey-file = \"k\"\n",
+                "redis",
+            ),
+        ] {
+            let err = old
+                .check_reloadable(&merge(change)?)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let (named, rest) = err.split_once(" changed, ").unwrap_or_default();
+            assert!(
+                named.split(", ").any(|n| n == setting) && rest.starts_with("which needs a restart"),
+                "{change}: {err}"
+            );
+        }
+        Ok(())
     }
 }

@@ -41,6 +41,9 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_tracing();
+    // The process's default provider, for what builds its own rustls configuration (redis-rs
+    // for `rediss://`): with both providers compiled in, rustls would not pick one by itself.
+    let _ = tls::provider().install_default();
     let workers = match &cli.command {
         Command::Serve(args) => args.workers.or_else(|| config::workers_from_file(args)),
         Command::Bench(args) => args.workers,

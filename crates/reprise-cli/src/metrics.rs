@@ -137,6 +137,8 @@ pub struct Metrics {
     connections_open: AtomicI64,
     sessions_removed_unclean: AtomicU64,
     closes_without_close_notify: AtomicU64,
+    /// `[failed, succeeded]` reloads (SIGHUP).
+    reloads: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -187,6 +189,12 @@ impl Metrics {
     pub fn close_without_close_notify(&self) {
         self.closes_without_close_notify
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reload (SIGHUP, `reprise reload`) that took effect, or one that failed and
+    /// changed nothing.
+    pub fn reload(&self, ok: bool) {
+        self.reloads[usize::from(ok)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of these metrics, the cache's statistics, and the
@@ -320,6 +328,21 @@ impl Metrics {
             "counter",
             "Connections that ended after their handshake without close_notify on either side (a FIN or a reset); their sessions were kept.",
             &plain(self.closes_without_close_notify.load(Ordering::Relaxed)),
+        );
+        family(
+            "reprise_reloads_total",
+            "counter",
+            "Reloads (SIGHUP, reprise reload): ok took effect; error changed nothing.",
+            &[
+                (
+                    "{result=\"ok\"}".to_owned(),
+                    self.reloads[1].load(Ordering::Relaxed),
+                ),
+                (
+                    "{result=\"error\"}".to_owned(),
+                    self.reloads[0].load(Ordering::Relaxed),
+                ),
+            ],
         );
         family(
             "reprise_tickets_mode",

@@ -42,6 +42,8 @@ const HANDSHAKE_END_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every connection task shares.
 struct Shared {
+    /// The flags, read again with the config file on a reload.
+    args: ServeArgs,
     settings: Settings,
     tls: ServerTls,
     acceptor: Acceptor<Chooser>,
@@ -66,7 +68,7 @@ const TICKET_KEYS_READY: Duration = Duration::from_secs(3);
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // First of all, so that a SIGHUP during the start reloads nothing instead of killing.
     let mut signals = Signals::install().map_err(startup)?;
-    let settings = Settings::resolve(args).map_err(startup)?;
+    let settings = Settings::resolve(args.clone()).map_err(startup)?;
     let tls = tls::build(&settings).map_err(startup)?;
     if let Some(upstream) = &settings.upstream {
         check_host_port(upstream).map_err(startup)?;
@@ -104,6 +106,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         early_metrics: EarlyMetrics::default(),
         settings,
+        args,
     });
     let (settings, tls) = (&shared.settings, &shared.tls);
     let mut loops = Vec::new();
@@ -115,17 +118,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     if tls.self_signed {
-        info!(sha256 = %tls.fingerprint, "generated a self-signed certificate for localhost");
-    } else {
-        info!(sha256 = %tls.fingerprint, "loaded the certificate");
+        let certs = tls.certificates.load();
+        let sha256 = certs.entries().first().map(|e| e.fingerprint.as_str());
+        info!(
+            sha256 = sha256.unwrap_or_default(),
+            "generated a self-signed certificate for localhost"
+        );
     }
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
             info!(%addr, "listening");
         }
     }
+    let default_ctx = tls
+        .certificates
+        .load()
+        .entries()
+        .first()
+        .map(|e| short_hex(e.sid_ctx().as_bytes()))
+        .unwrap_or_default();
     info!(
-        sid_ctx = %short_hex(tls.store.sid_ctx().as_bytes()),
+        sid_ctx = %default_ctx,
         mode = %settings.cache_mode,
         size = settings.cache_size,
         timeout = settings.cache_timeout,
@@ -154,17 +167,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let ticketers = tls.ticketers();
-    if !ticketers.is_empty() {
+    if tls.tickets.is_some() {
         // Rotations and erasures take effect on an idle server too: no derived copy of an
-        // erased key outlives it by more than a second.
+        // erased key outlives it by more than a second. The entries are read each time: a
+        // reload replaces them.
+        let certificates = tls.certificates.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                for ticketer in &ticketers {
-                    ticketer.sealer().refresh();
+                for entry in certificates.load().entries() {
+                    if let Some(ticketer) = &entry.ticketer {
+                        ticketer.sealer().refresh();
+                    }
                 }
             }
         });
@@ -191,7 +207,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(log) = &shared.access_log {
             log.reopen();
         }
-        reload(&shared).await;
+        reload(shared.clone()).await;
     }
     info!("shutting down: no new connections");
     crate::notify::notify("STOPPING=1");
@@ -236,7 +252,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 enum Signal {
     /// SIGINT or SIGTERM: stop gracefully.
     Stop,
-    /// SIGHUP: reload (the ticket-key file).
+    /// SIGHUP: reload the certificates and the ticket-key file.
     Reload,
 }
 
@@ -267,26 +283,51 @@ impl Signals {
     }
 }
 
-/// SIGHUP: reads the ticket keys again (a key file; the other sources have nothing to read). A
-/// reload that fails keeps the keys as they were, with one line in the log.
-async fn reload(shared: &Shared) {
-    let Some(tickets) = shared.tls.tickets.as_ref().filter(|t| t.reloadable) else {
-        info!("SIGHUP: nothing to reload");
-        return;
-    };
-    let source = tickets.source.clone();
-    let name = source.name().to_owned();
-    // A file read: off the runtime's threads.
-    match tokio::task::spawn_blocking(move || source.reload().map_err(|e| e.to_string())).await {
-        Ok(Ok(())) => info!(keys = %name, "SIGHUP: ticket keys reloaded"),
-        Ok(Err(e)) => {
-            let e = e.replace('\n', " ");
-            warn!(keys = %name, error = %e, "SIGHUP: ticket keys not reloaded; keeping the ones held");
-        }
+/// SIGHUP (or `reprise reload`): reads the config file again with the flags given at start,
+/// then the certificates, keys, client CAs and OCSP responses, and the ticket-key file. New
+/// handshakes use what was read; open connections keep what they were given. A reload that
+/// fails, or that changes a setting which needs a restart, changes nothing: one line in the
+/// log, counted in `reprise_reloads_total{result="error"}`.
+async fn reload(shared: Arc<Shared>) {
+    let held = shared.clone();
+    // Files are read and keys parsed: off the runtime's threads.
+    let result = tokio::task::spawn_blocking(move || reload_now(&held))
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the reload task failed: {e}")));
+    shared.metrics.reload(result.is_ok());
+    match result {
+        Ok((s, keys)) => info!(
+            certificates = s.entries,
+            sessions_kept = s.kept,
+            sessions_afresh = s.changed,
+            added = s.added,
+            removed = s.removed,
+            "reloaded{}",
+            if keys { "; ticket keys reloaded" } else { "" }
+        ),
         Err(e) => {
-            warn!(keys = %name, error = %e, "SIGHUP: ticket-key reload failed; keeping the ones held")
+            let e = format!("{e:#}").replace('\n', " ");
+            warn!("reload failed, nothing changed: {e}");
         }
     }
+}
+
+/// Reads everything a reload applies, then applies it; an error before the swap changes
+/// nothing. True if the ticket-key file was read again.
+fn reload_now(shared: &Shared) -> anyhow::Result<(tls::Swapped, bool)> {
+    let settings = Settings::resolve(shared.args.clone())?;
+    shared.settings.check_reloadable(&settings)?;
+    let certificates = shared.tls.prepare_reload(&settings)?;
+    let mut keys = false;
+    if let Some(tickets) = shared.tls.tickets.as_ref().filter(|t| t.reloadable) {
+        // The last step that can fail: its error keeps the keys held, and the certificates.
+        tickets
+            .source
+            .reload()
+            .map_err(|e| anyhow::anyhow!("ticket keys not reloaded: {e}"))?;
+        keys = true;
+    }
+    Ok((shared.tls.swap(certificates), keys))
 }
 
 /// Checks that an upstream is `HOST:PORT`.

@@ -23,7 +23,12 @@ use reprise_rustls::{
 use reprise_seal::tickets::{LocalTicketKeys, TicketCounters, TicketKeyFile, TicketKeySource};
 use reprise_seal::KeyRing;
 use ring::digest;
-use rustls::crypto::ring::default_provider;
+/// The crypto provider the binary was built with: aws-lc-rs (the default feature), or ring.
+#[cfg(feature = "aws-lc-rs")]
+pub use rustls::crypto::aws_lc_rs::default_provider;
+/// The crypto provider the binary was built with: aws-lc-rs (the default feature), or ring.
+#[cfg(not(feature = "aws-lc-rs"))]
+pub use rustls::crypto::ring::default_provider;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -43,13 +48,9 @@ pub use ocsp::Staple;
 pub struct ServerTls {
     /// The ticket keys and the ticketer's counters, in the modes that use them.
     pub tickets: Option<Tickets>,
-    /// The default certificate's session store.
-    pub store: ServerStore,
     /// The cache behind every certificate's store.
     pub cache: Arc<SessionCache>,
-    /// The SHA-256 fingerprint of the default certificate's leaf, as colon-separated hex.
-    pub fingerprint: String,
-    /// Whether the certificate was generated at start.
+    /// Whether the default certificate was generated at start.
     pub self_signed: bool,
     /// The disk tier behind the cache, if any.
     pub disk: Option<DiskTier>,
@@ -92,11 +93,6 @@ impl Entry {
     /// The session-id context of its sessions and tickets.
     pub fn sid_ctx(&self) -> &SidCtx {
         self.main.store().sid_ctx()
-    }
-
-    /// Its store.
-    pub fn store(&self) -> &ServerStore {
-        self.main.store()
     }
 
     /// Whether its OCSP response is stapled now.
@@ -422,17 +418,6 @@ impl ServerTls {
         }
     }
 
-    /// Every entry's ticketer, which [`serve`](crate::serve) refreshes every second, so that
-    /// an erased key's derived copies go at once.
-    pub fn ticketers(&self) -> Vec<Arc<Ticketer>> {
-        self.certificates
-            .load()
-            .entries
-            .iter()
-            .filter_map(|e| e.ticketer.clone())
-            .collect()
-    }
-
     /// The ticket mode, source and counters, for `/metrics`.
     pub fn ticket_metrics(&self, mode: TicketMode) -> TicketMetrics {
         TicketMetrics {
@@ -458,7 +443,7 @@ pub fn load_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
         .with_context(|| format!("cannot read certificate file {}", path.display()))?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("certificate file {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("certificate file {}: {}", path.display(), pem_problem(&e)))?;
     if chain.is_empty() {
         bail!(
             "certificate file {}: no PEM certificate in it",
@@ -468,14 +453,36 @@ pub fn load_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(chain)
 }
 
+/// A PEM parser's error in words (its own names the markers by their bytes).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "a section has no end line ({})",
+            String::from_utf8_lossy(end_marker)
+        ),
+        E::IllegalSectionStart { line } => format!(
+            "a malformed BEGIN line ({})",
+            String::from_utf8_lossy(line)
+                .chars()
+                .take(64)
+                .collect::<String>()
+        ),
+        E::Base64Decode(e) => format!("bad base64 in a section ({e})"),
+        E::NoItemsFound => "nothing of the expected kind in it".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// Reads a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
 pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         anyhow::anyhow!(
-            "key file {}: no usable PEM private key ({e})",
-            path.display()
+            "key file {}: no usable PEM private key ({})",
+            path.display(),
+            pem_problem(&e)
         )
     })
 }
@@ -522,6 +529,9 @@ pub fn provider() -> rustls::crypto::CryptoProvider {
     });
     provider
 }
+
+/// The source of a generated certificate.
+const SELF_SIGNED: &str = "self-signed";
 
 /// A certificate entry read and checked, before it has a store and configurations.
 struct Loaded {
@@ -570,13 +580,27 @@ fn loaded(
     (client_auth, name): AuthAndName<'_>,
     provider: &Arc<CryptoProvider>,
 ) -> anyhow::Result<Loaded> {
-    let fingerprint = fingerprint(&chain[0]);
-    let names = certificate_names(&chain[0]);
     let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         anyhow::anyhow!(
             "certificate and key of {source}: {e} (does the key belong to the certificate?)"
         )
     })?;
+    loaded_certified(source, certified, (client_auth, name), provider)
+}
+
+/// An entry from a certificate and its signing key, with the names of its certificate.
+fn loaded_certified(
+    source: String,
+    certified: CertifiedKey,
+    (client_auth, name): AuthAndName<'_>,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<Loaded> {
+    let leaf = certified
+        .cert
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("{source}: no certificate"))?;
+    let fingerprint = fingerprint(leaf);
+    let names = certificate_names(leaf);
     let (verifier, client_auth, cas) = verifier(client_auth, provider)?;
     // An operator's name still binds the client-auth policy and CAs (not the chain, so that
     // sessions survive a certificate renewal).
@@ -659,7 +683,7 @@ fn load_entries(
     if settings.certificates.is_empty() {
         let (chain, key) = self_signed()?;
         let auth = (settings.client_auth.as_ref(), settings.sid_ctx.as_deref());
-        let entry = loaded("self-signed".to_owned(), chain, key, auth, provider)?;
+        let entry = loaded(SELF_SIGNED.to_owned(), chain, key, auth, provider)?;
         return Ok((vec![entry], true));
     }
     let entries = settings
@@ -746,10 +770,7 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
             "{old} is deprecated: use key-file (--key-file), which seals the sessions of every tier"
         );
     }
-    let default = &certificates.entries[0];
     Ok(ServerTls {
-        store: default.store().clone(),
-        fingerprint: default.fingerprint.clone(),
         tickets,
         cache,
         self_signed,
@@ -757,6 +778,97 @@ pub fn build(settings: &Settings) -> anyhow::Result<ServerTls> {
         certificates: Arc::new(ArcSwap::from_pointee(certificates)),
         sni: Arc::new(SniCounters::default()),
     })
+}
+
+/// What a reload did to the certificate entries, for its log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swapped {
+    /// Entries served now.
+    pub entries: usize,
+    /// Entries whose session-id context is unchanged: their sessions resume on.
+    pub kept: usize,
+    /// Entries of the same file whose context changed (the certificate, its client CAs or
+    /// client-auth policy): their sessions start afresh.
+    pub changed: usize,
+    /// Entries with a new file.
+    pub added: usize,
+    /// Entries no longer served.
+    pub removed: usize,
+}
+
+impl ServerTls {
+    /// Reads the certificate entries of `settings` again (chains, keys, client CAs, OCSP
+    /// responses) and builds their contexts over this server's cache and ticket keys, without
+    /// serving them: an error changes nothing. A self-signed certificate is kept, not
+    /// generated again, so that its sessions resume on.
+    pub fn prepare_reload(&self, settings: &Settings) -> anyhow::Result<Certificates> {
+        let provider = Arc::new(provider());
+        let current = self.certificates.load();
+        let loaded = match current.entries.first() {
+            Some(old) if settings.certificates.is_empty() && old.source == SELF_SIGNED => {
+                let certified = CertifiedKey::clone(&old.resolver.key.load());
+                let auth = (settings.client_auth.as_ref(), settings.sid_ctx.as_deref());
+                vec![loaded_certified(
+                    SELF_SIGNED.to_owned(),
+                    certified,
+                    auth,
+                    &provider,
+                )?]
+            }
+            _ => load_entries(settings, &provider)?.0,
+        };
+        assemble(
+            settings,
+            loaded,
+            &provider,
+            &self.cache,
+            self.tickets.as_ref(),
+        )
+    }
+
+    /// Serves `new` to the handshakes that start from now on; a connection already accepted
+    /// keeps the configuration it was given. An entry keeps its sessions when its session-id
+    /// context did not change; each entry whose context changed is logged.
+    pub fn swap(&self, new: Certificates) -> Swapped {
+        let old = self.certificates.load_full();
+        let mut swapped = Swapped {
+            entries: new.entries.len(),
+            ..Swapped::default()
+        };
+        for entry in &new.entries {
+            let Some(before) = old.entries.iter().find(|o| o.source == entry.source) else {
+                swapped.added += 1;
+                tracing::info!(certificate = %entry.source, sid_ctx = %short_hex(entry.sid_ctx().as_bytes()), "reload: certificate added");
+                continue;
+            };
+            entry
+                .hellos
+                .store(before.hellos.load(Ordering::Relaxed), Ordering::Relaxed);
+            if before.sid_ctx() == entry.sid_ctx() {
+                swapped.kept += 1;
+                if before.fingerprint != entry.fingerprint {
+                    tracing::info!(certificate = %entry.source, sha256 = %entry.fingerprint, "reload: certificate renewed under its named sid-ctx: its sessions resume on");
+                }
+            } else {
+                swapped.changed += 1;
+                tracing::warn!(
+                    certificate = %entry.source,
+                    sha256 = %entry.fingerprint,
+                    old_sid_ctx = %short_hex(before.sid_ctx().as_bytes()),
+                    sid_ctx = %short_hex(entry.sid_ctx().as_bytes()),
+                    "reload: the certificate, its client CAs or its client-auth policy changed: a new session-id context, its sessions start afresh"
+                );
+            }
+        }
+        for before in &old.entries {
+            if !new.entries.iter().any(|e| e.source == before.source) {
+                swapped.removed += 1;
+                tracing::info!(certificate = %before.source, "reload: certificate removed");
+            }
+        }
+        self.certificates.store(Arc::new(new));
+        swapped
+    }
 }
 
 /// Makes each loaded entry its store over `cache`, its ticketer and its configurations, and

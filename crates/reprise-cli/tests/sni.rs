@@ -376,6 +376,29 @@ fn ocsp_responses_are_stapled_and_an_expired_one_is_not() {
     );
     let log = server.stderr();
     assert_eq!(log.matches("OCSP response expired").count(), 1, "{log}");
+
+    // The responses are read again on SIGHUP: now api's is fresh and web's has expired.
+    ocsp(&two, &two.api, false, "api.ocsp");
+    ocsp(&two, &two.web, true, "web.ocsp");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reloaded = wait_until(Duration::from_secs(15), || {
+        metric(&server, "reprise_reloads_total{result=\"ok\"}") == 1
+    });
+    assert!(reloaded, "{}", server.stderr());
+    for version in ["-tls1_2", "-tls1_3"] {
+        let out = named(&server, "api.test", &["-status", version]);
+        assert!(out.contains("Cert Status: good"), "{out}");
+        let out = named(&server, "web.test", &["-status", version]);
+        assert!(out.contains("OCSP response: no response sent"), "{out}");
+    }
+    assert_eq!(
+        metric(&server, "reprise_certificate_ocsp_stapled{entry=\"0\"}"),
+        0
+    );
 }
 
 #[test]

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use reprise::{
-    Clock, Fetched, Metric, Removal, Session, SessionCache, SessionKey, SystemClock, Tier,
-    TierContext,
+    Clock, Fetched, Metric, Removal, Session, SessionCache, SessionKey, SharedSession, SystemClock,
+    Tier, TierContext,
 };
 use reprise_seal::{open_session, seal_session, KeyRing, OpenError};
 use tracing::{info, warn};
@@ -314,7 +314,7 @@ impl DiskTier {
                 &stored.sealed,
             ) {
                 Ok(session) => {
-                    cache.add(&Arc::new(session));
+                    cache.add(&SharedSession::new(session));
                     warmed += 1;
                 }
                 Err(e) => {
@@ -398,7 +398,7 @@ impl DiskTier {
         let seq = pending.insert(tk.clone(), InFlight::Delete, session.expires_at());
         self.queue_locked(&mut pending, Op::Delete { key: tk, seq });
         self.count_read(true);
-        Fetched::Hit(Arc::new(session))
+        Fetched::Hit(SharedSession::new(session))
     }
 
     /// The sealed value stored under a table key, from the file. Never waits: while the file
@@ -427,7 +427,7 @@ impl DiskTier {
 
     fn open_value(&self, key: SessionKey<'_>, sealed: &[u8]) -> Fetched {
         match open_session(&self.inner.keys, NAME, key, sealed) {
-            Ok(s) => Fetched::Hit(Arc::new(s)),
+            Ok(s) => Fetched::Hit(SharedSession::new(s)),
             Err(e) => {
                 if self.rejected(e) {
                     self.queue(Op::Delete {
@@ -570,7 +570,7 @@ impl Tier for DiskTier {
         let _ = self.inner.shared.clock.set(clock);
     }
 
-    fn store(&self, session: &Arc<Session>) {
+    fn store(&self, session: &SharedSession) {
         self.store_session(session);
     }
 
@@ -585,7 +585,7 @@ impl Tier for DiskTier {
     /// Deletes a session removed explicitly, taken, or found expired; keeps one that memory
     /// evicted, flushed or dropped (still good after a restart: memory's business, not the
     /// disk's), or that was never stored (declined).
-    fn remove(&self, session: &Arc<Session>, why: Removal) {
+    fn remove(&self, session: &SharedSession, why: Removal) {
         let tk = table_key(SessionKey::new(
             session.id().as_bytes(),
             session.sid_ctx().as_bytes(),

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use reprise::{ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey, Tier};
+use reprise::{
+    ProtocolVersion, Role, SecretBytes, Session, SessionCache, SessionKey, SharedSession, Tier,
+};
 use reprise_disk::{DiskConfig, DiskTier, Recovery};
 use reprise_seal::KeyRing;
 
@@ -177,7 +179,7 @@ fn the_corpus_opens_without_a_panic() {
             .sid_ctx(CTX)
             .build()
             .unwrap();
-        tier.store(&Arc::new(s));
+        tier.store(&SharedSession::new(s));
         assert!(
             tier.fetch(SessionKey::new(&id(999), CTX)).hit().is_some(),
             "{name}"

@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use reprise::{
-    Fetched, ProtocolVersion, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, Tier,
-    TierContext,
+    Fetched, ProtocolVersion, Removal, Role, SecretBytes, Session, SessionCache, SessionKey,
+    SharedSession, Tier, TierContext,
 };
 use reprise_disk::{DiskConfig, DiskTier};
 
@@ -34,7 +34,7 @@ impl Tier for Shared {
         let _ = self.cx.set(cx);
     }
 
-    fn store(&self, session: &Arc<Session>) {
+    fn store(&self, session: &SharedSession) {
         self.map
             .lock()
             .insert(session.id().as_bytes().to_vec(), session.duplicate());
@@ -45,8 +45,9 @@ impl Tier for Shared {
             return Fetched::Unavailable;
         }
         let map = self.map.lock();
-        map.get(key.id)
-            .map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s.duplicate())))
+        map.get(key.id).map_or(Fetched::Miss, |s| {
+            Fetched::Hit(SharedSession::new(s.duplicate()))
+        })
     }
 
     fn take(&self, key: SessionKey<'_>) -> Fetched {
@@ -55,10 +56,10 @@ impl Tier for Shared {
             return Fetched::Unavailable;
         }
         let taken = self.map.lock().remove(key.id);
-        taken.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
+        taken.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
     }
 
-    fn remove(&self, session: &Arc<Session>, why: Removal) {
+    fn remove(&self, session: &SharedSession, why: Removal) {
         if matches!(why, Removal::Explicit | Removal::Taken | Removal::Expired) {
             self.map.lock().remove(session.id().as_bytes());
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::{client_side, serve, Close, Pki, SslVersionOf};
 use openssl::ssl::{Ssl, SslConnector, SslContext, SslMethod, SslVerifyMode};
-use reprise::{CacheMode, ManualClock, SessionCache};
+use reprise::{CacheMode, ManualClock, SessionCache, SharedSession};
 use reprise_openssl::{client_session_key, ClientCache, ServerCache};
 use reprise_testkit::{Version, VERSIONS};
 
@@ -150,7 +150,7 @@ fn an_undecodable_value_is_not_offered() {
         .session(&id, reprise::SecretBytes::from(vec![1, 2, 3]))
         .build()
         .unwrap();
-    assert!(cache.add(&Arc::new(s)));
+    assert!(cache.add(&SharedSession::new(s)));
     assert!(!rig.connect("localhost"));
     assert_eq!(rig.client.stats().undecodable, 1);
     assert!(rig.connect("localhost"));

@@ -36,7 +36,10 @@ use openssl::ssl::{
     Ssl, SslContext, SslContextBuilder, SslOptions, SslSession, SslSessionCacheMode,
 };
 use parking_lot::Mutex;
-use reprise::{CacheMode, Clock, ProtocolVersion, SecretBytes, Session, SessionCache, SessionKey};
+use reprise::{
+    CacheMode, Clock, ProtocolVersion, SecretBytes, Session, SessionCache, SessionKey,
+    SharedSession,
+};
 use reprise_openssl::{set_get_session_callback, tag_context, DecodedSession, ServerCache};
 use reprise_testkit::Version;
 
@@ -341,16 +344,16 @@ struct Rec {
     /// OpenSSL's side: id → DER, as an application keeps sessions (`i2d_SSL_SESSION`).
     external: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     /// Reprise's side: id → its own copy of the session.
-    external_reprise: Mutex<HashMap<Vec<u8>, Arc<Session>>>,
+    external_reprise: Mutex<HashMap<Vec<u8>, SharedSession>>,
     made: Mutex<Vec<SslSession>>,
-    made_reprise: Mutex<Vec<Arc<Session>>>,
+    made_reprise: Mutex<Vec<SharedSession>>,
     removed_ids: Mutex<Vec<Vec<u8>>>,
 }
 
 /// A session a scenario holds, on either side.
 enum Handle {
     OpenSsl(SslSession),
-    Reprise(Arc<Session>),
+    Reprise(SharedSession),
 }
 
 impl Handle {
@@ -698,7 +701,7 @@ impl<'p> Rig<'p> {
             Handle::OpenSsl(s) => {
                 Handle::OpenSsl(SslSession::from_der(&s.to_der().unwrap()).unwrap())
             }
-            Handle::Reprise(s) => Handle::Reprise(Arc::new(copy_session(s))),
+            Handle::Reprise(s) => Handle::Reprise(SharedSession::new(copy_session(s))),
         }
     }
 
@@ -710,7 +713,7 @@ impl<'p> Rig<'p> {
                 libssl::set_time(&s, t);
                 Handle::OpenSsl(s)
             }
-            Side::Reprise => Handle::Reprise(Arc::new(
+            Side::Reprise => Handle::Reprise(SharedSession::new(
                 Session::builder(s.id(), SecretBytes::from(der))
                     .sid_ctx(SID_CTX)
                     .version(version_of(self.v))
@@ -794,9 +797,10 @@ fn install_reprise_callbacks(cache: &SessionCache, rec: &Arc<Rec>) {
         r.made_reprise.lock().push(s.clone());
         let keep = r.keep.load(Ordering::SeqCst);
         if keep {
-            r.external_reprise
-                .lock()
-                .insert(s.id().as_bytes().to_vec(), Arc::new(copy_session(s)));
+            r.external_reprise.lock().insert(
+                s.id().as_bytes().to_vec(),
+                SharedSession::new(copy_session(s)),
+            );
         }
         keep
     })));

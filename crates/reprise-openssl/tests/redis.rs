@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{connect, serve, Close, Conn, Pki};
 use openssl::ssl::{Ssl, SslContext};
-use reprise::{ProtocolVersion, SecretBytes, Session, SessionCache, Tier};
+use reprise::{ProtocolVersion, SecretBytes, Session, SessionCache, SharedSession, Tier};
 use reprise_openssl::ServerCache;
 use reprise_redis::{KeyRing, RedisConfig, RedisTier, Wiring};
 use reprise_testkit::{wait_until, RedisServer, Version};
@@ -145,7 +145,7 @@ fn a_value_from_redis_that_does_not_decode_is_a_miss() {
         .version(ProtocolVersion::TLS1_2)
         .build()
         .unwrap();
-    writer.store(&Arc::new(garbage));
+    writer.store(&SharedSession::new(garbage));
     assert!(wait_until(Duration::from_secs(10), || writer
         .stats()
         .stores_written

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::{connect, serve, Close, Pki};
 use openssl::ssl::{Ssl, SslContext, SslVerifyMode};
 use parking_lot::Mutex;
-use reprise::{ProtocolVersion, Removal, SecretBytes, Session, SessionCache};
+use reprise::{ProtocolVersion, Removal, SecretBytes, Session, SessionCache, SharedSession};
 use reprise_openssl::{tag_context, Error, ServerCache};
 use reprise_testkit::{Version, VERSIONS};
 
@@ -133,7 +133,7 @@ fn an_undecodable_value_is_a_miss() {
                 .version(s.version())
                 .build()
                 .unwrap();
-            assert!(srv.cache.add(&Arc::new(garbage)));
+            assert!(srv.cache.add(&SharedSession::new(garbage)));
         }
         let second = srv.connect(first.session.as_deref(), Close::Clean);
         assert!(!second.resumed, "{v:?}");

@@ -35,7 +35,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use reprise::{
     Clock, Fetched, Metric, Removal, Request, SecretBytes, Session, SessionCache, SessionKey,
-    SystemClock, Tier, TierContext, TierFuture, WriteQueue,
+    SharedSession, SystemClock, Tier, TierContext, TierFuture, WriteQueue,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio_util::sync::CancellationToken;
@@ -348,7 +348,7 @@ impl Tier for RedisTier {
     }
 
     /// Seals the session and queues a `SET … EXAT`.
-    fn store(&self, session: &Arc<Session>) {
+    fn store(&self, session: &SharedSession) {
         let shared = &self.inner.shared;
         let Some(exat) = expiry(session, shared.now()) else {
             return;
@@ -389,7 +389,7 @@ impl Tier for RedisTier {
     /// Only an explicit removal (the application's, or an unclean shutdown) concerns the
     /// fleet: it is deleted in Redis and published. A take already removed the session in
     /// Redis; evictions, expiry, flushes and shutdown are this instance's business.
-    fn remove(&self, session: &Arc<Session>, why: Removal) {
+    fn remove(&self, session: &SharedSession, why: Removal) {
         if why == Removal::Explicit {
             self.delete(Kind::of(session), session.key(), true);
         }
@@ -615,7 +615,7 @@ impl Shared {
             // A ticket resumes only if this take removed it; a session only if it is reusable.
             Ok(session) if Kind::of(&session) == kind && (kind == Kind::Session || taken) => {
                 stats::bump(&c.read_hits);
-                Fetched::Hit(Arc::new(session))
+                Fetched::Hit(SharedSession::new(session))
             }
             Ok(_) => {
                 // Only a writer with the fleet's key puts a value there; not one to resume.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reprise::{
-    Fetched, Offer, ProtocolVersion, Removal, Role, SecretBytes, Session, SessionCache, SessionKey,
-    Tier,
+    Fetched, Offer, ProtocolVersion, Removal, Role, SecretBytes, SessionCache, SessionKey,
+    SharedSession, Tier,
 };
 use reprise_redis::{KeyRing, Kind, RedisConfig, RedisTier, Wiring};
 use reprise_testkit::{wait_until, RedisCluster, RedisServer};
@@ -41,7 +41,7 @@ fn refs(ids: &[Vec<u8>]) -> Vec<&[u8]> {
     ids.iter().map(Vec::as_slice).collect()
 }
 
-fn new_session(cache: &SessionCache, id: u8, version: ProtocolVersion) -> Arc<Session> {
+fn new_session(cache: &SessionCache, id: u8, version: ProtocolVersion) -> SharedSession {
     let payload = SecretBytes::from(format!("MASTER-SECRET-{id}-").repeat(4).into_bytes());
     let s = cache
         .session(&[id; 32], payload)
@@ -100,7 +100,7 @@ async fn prefetch_and_take(
     cache: &SessionCache,
     offer: Offer<'_>,
     k: SessionKey<'_>,
-) -> Option<Arc<Session>> {
+) -> Option<SharedSession> {
     let prefetched = cache.prefetch(offer).await;
     match prefetched.into_ticket() {
         Some(ticket) if ticket.id().as_bytes() == k.id => cache.take_confirmed(k, ticket),
@@ -700,7 +700,7 @@ async fn a_local_copy_alone_never_resumes_a_ticket() {
         .version(ProtocolVersion::TLS1_3)
         .build()
         .unwrap();
-    assert!(a.add(&Arc::new(copy)));
+    assert!(a.add(&SharedSession::new(copy)));
     assert!(prefetch_and_take(&a, offer, k).await.is_none());
     // Nothing burnt the ticket in Redis: the fleet can still resume it, exactly once.
     assert_eq!(
@@ -1022,7 +1022,7 @@ async fn a_deadline_missed_because_this_machine_is_busy_is_no_redis_failure() {
 /// cache asked of it.
 #[derive(Default)]
 struct MapTier {
-    sessions: parking_lot::Mutex<std::collections::HashMap<Vec<u8>, Arc<Session>>>,
+    sessions: parking_lot::Mutex<std::collections::HashMap<Vec<u8>, SharedSession>>,
     removed: std::sync::atomic::AtomicUsize,
     forgotten: std::sync::atomic::AtomicUsize,
 }
@@ -1037,10 +1037,11 @@ impl Tier for MapTier {
     fn name(&self) -> &str {
         "map"
     }
-    fn store(&self, session: &Arc<Session>) {
-        self.sessions
-            .lock()
-            .insert(session.id().as_bytes().to_vec(), Arc::clone(session));
+    fn store(&self, session: &SharedSession) {
+        self.sessions.lock().insert(
+            session.id().as_bytes().to_vec(),
+            SharedSession::clone(session),
+        );
     }
     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
         self.sessions
@@ -1055,7 +1056,7 @@ impl Tier for MapTier {
             .remove(key.id)
             .map_or(Fetched::Miss, Fetched::Hit)
     }
-    fn remove(&self, session: &Arc<Session>, _why: Removal) {
+    fn remove(&self, session: &SharedSession, _why: Removal) {
         self.removed
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.sessions.lock().remove(session.id().as_bytes());

@@ -27,7 +27,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use reprise::{Role, SecretBytes, Session, SessionCache, SessionKey};
+use reprise::{Role, SecretBytes, SessionCache, SessionKey, SharedSession};
 use rustls::{ConnectionCommon, HandshakeKind, IoState};
 
 thread_local! {
@@ -47,13 +47,13 @@ pub(crate) struct Tracked<P> {
 
 struct TrackedState<P> {
     /// The sessions the connection created, and the one it resumed.
-    sessions: Vec<Arc<Session<P>>>,
+    sessions: Vec<SharedSession<P>>,
     /// Sessions looked up for a resumption: the connection's only if the handshake resumes.
-    candidates: Vec<Arc<Session<P>>>,
+    candidates: Vec<SharedSession<P>>,
     pending: Option<PendingCommit>,
     /// A ticket the shared tier handed over for this connection; see
     /// [`ConnectionSessions::confirm_take`].
-    confirmed: Option<Arc<Session<P>>>,
+    confirmed: Option<SharedSession<P>>,
     completed: bool,
     clean: bool,
     failed: bool,
@@ -71,24 +71,24 @@ impl<P: Send + Sync + 'static> Tracked<P> {
     }
 
     /// Records a session the connection created.
-    pub(crate) fn record(&self, session: &Arc<Session<P>>) {
-        self.state.lock().sessions.push(Arc::clone(session));
+    pub(crate) fn record(&self, session: &SharedSession<P>) {
+        self.state.lock().sessions.push(session.clone());
     }
 
     /// Records a session the connection looked up to resume. It becomes one of the
     /// connection's sessions only if the handshake completes as a resumption.
-    pub(crate) fn candidate(&self, session: &Arc<Session<P>>) {
+    pub(crate) fn candidate(&self, session: &SharedSession<P>) {
         let mut state = self.state.lock();
         if state.completed {
             // Looked up after the handshake: no resumption can use it any more.
             return;
         }
-        state.candidates.push(Arc::clone(session));
+        state.candidates.push(SharedSession::clone(session));
     }
 
     /// The ticket confirmed for this connection, if it is the one under `key`: handed out
     /// once.
-    pub(crate) fn take_confirmed(&self, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+    pub(crate) fn take_confirmed(&self, key: SessionKey<'_>) -> Option<SharedSession<P>> {
         let mut state = self.state.lock();
         let matches = state
             .confirmed
@@ -255,7 +255,7 @@ impl<P: Send + Sync + 'static> ConnectionSessions<P> {
     /// ticket's id on this connection, the store resumes this session
     /// ([`SessionCache::take_confirmed`]) rather than any local copy, and records it as one of
     /// the connection's sessions. A later confirmation replaces an earlier one.
-    pub fn confirm_take(&self, ticket: Arc<Session<P>>) {
+    pub fn confirm_take(&self, ticket: SharedSession<P>) {
         self.tracked.state.lock().confirmed = Some(ticket);
     }
 
@@ -301,7 +301,7 @@ impl<P: Send + Sync + 'static> ConnectionSessions<P> {
 
     /// The sessions this connection created or resumed so far (not the ones it only looked
     /// up, until its handshake completes as a resumption).
-    pub fn sessions(&self) -> Vec<Arc<Session<P>>> {
+    pub fn sessions(&self) -> Vec<SharedSession<P>> {
         self.tracked.state.lock().sessions.clone()
     }
 }

@@ -26,7 +26,9 @@
 //! let cache = Arc::new(SessionCache::new());
 //! let sid_ctx = derive_sid_ctx(&chain, ClientAuth::None, b"");
 //! let store = ServerStore::new(cache, sid_ctx, ClientAuth::None)?;
-//! let mut config = rustls::ServerConfig::builder()
+//! let provider = Arc::new(rustls::crypto::ring::default_provider());
+//! let mut config = rustls::ServerConfig::builder_with_provider(provider)
+//!     .with_safe_default_protocol_versions()?
 //!     .with_no_client_auth()
 //!     .with_single_cert(chain, key)?;
 //! config.session_storage = Arc::new(store);

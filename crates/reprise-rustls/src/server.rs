@@ -93,13 +93,13 @@ impl ServerStore {
     }
 
     /// Notes a session the current connection created.
-    fn record(&self, session: &Arc<reprise::Session>) {
+    fn record(&self, session: &reprise::SharedSession) {
         Tracked::with_current(&self.cache, |conn| conn.record(session));
     }
 
     /// Notes a session the current connection offers to resume: it becomes the connection's
     /// only if the handshake completes as a resumption.
-    fn candidate(&self, session: &Arc<reprise::Session>) {
+    fn candidate(&self, session: &reprise::SharedSession) {
         Tracked::with_current(&self.cache, |conn| conn.candidate(session));
     }
 }

@@ -39,7 +39,9 @@ use rustls::server::ProducesTickets;
 /// let counters = Arc::new(TicketCounters::default());
 /// // ...and one ticketer per config, with the config's own context.
 /// let sid_ctx = derive_sid_ctx(&chain, ClientAuth::None, b"");
-/// let mut config = rustls::ServerConfig::builder()
+/// let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// let mut config = rustls::ServerConfig::builder_with_provider(provider)
+///     .with_safe_default_protocol_versions()?
 ///     .with_no_client_auth()
 ///     .with_single_cert(chain, key)?;
 /// config.ticketer = Ticketer::new(keys, sid_ctx.as_bytes(), counters.clone());

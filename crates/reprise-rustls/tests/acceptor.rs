@@ -16,7 +16,8 @@ use std::time::Duration;
 use common::{Configs, Pki, Version, VERSIONS};
 use parking_lot::Mutex;
 use reprise::{
-    Fetched, Removal, Request, SecretBytes, Session, SessionCache, SessionKey, Tier, TierFuture,
+    Fetched, Removal, Request, SecretBytes, Session, SessionCache, SessionKey, SharedSession, Tier,
+    TierFuture,
 };
 use reprise_rustls::client_hello::Parsed;
 use reprise_rustls::{
@@ -33,7 +34,7 @@ use tokio_rustls::TlsConnector;
 /// its async prefetch, never synchronously, and keeps copies, not the cache's own objects.
 #[derive(Default)]
 struct SharedTier {
-    map: Arc<Mutex<HashMap<Vec<u8>, Arc<Session>>>>,
+    map: Arc<Mutex<HashMap<Vec<u8>, SharedSession>>>,
     prefetches: AtomicUsize,
     /// A prefetch that never answers.
     hang: bool,
@@ -55,9 +56,9 @@ impl SharedTier {
 }
 
 /// A copy of a session, as a store that serializes would return it.
-fn copy(s: &Session) -> Arc<Session> {
+fn copy(s: &Session) -> SharedSession {
     let payload = SecretBytes::from(s.payload().as_bytes().to_vec());
-    Arc::new(
+    SharedSession::new(
         Session::builder(s.id().as_bytes(), payload)
             .sid_ctx(s.sid_ctx().as_bytes())
             .version(s.version())
@@ -73,7 +74,7 @@ impl Tier for SharedTier {
         "shared"
     }
 
-    fn store(&self, session: &Arc<Session>) {
+    fn store(&self, session: &SharedSession) {
         self.map
             .lock()
             .insert(session.id().as_bytes().to_vec(), copy(session));
@@ -87,7 +88,7 @@ impl Tier for SharedTier {
         Fetched::Unavailable
     }
 
-    fn remove(&self, session: &Arc<Session>, why: Removal) {
+    fn remove(&self, session: &SharedSession, why: Removal) {
         if matches!(why, Removal::Explicit | Removal::Taken) {
             self.map.lock().remove(session.id().as_bytes());
         }

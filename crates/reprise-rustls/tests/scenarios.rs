@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use common::{replay_client_hello, transfer, Configs, Counts, Pair, Pki, Server, Version, T0};
 use reprise::{
-    CacheMode, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey, Stats,
+    CacheMode, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey, SharedSession,
+    Stats,
 };
 use reprise_rustls::{derive_sid_ctx, ClientAuth, ClientStore, ServerStore};
 use rustls::HandshakeKind::{Full, Resumed};
@@ -379,7 +380,7 @@ fn s07_flush(v: Version) {
     assert_eq!(srv.since(&m).remove, 3 * per);
 
     // Re-add the three (their objects, from the remove callback) and flush everything.
-    let removed: Vec<Arc<Session>> = srv.rec.removed.lock().clone();
+    let removed: Vec<SharedSession> = srv.rec.removed.lock().clone();
     for s in &removed {
         assert!(srv.cache.add(s));
     }
@@ -400,7 +401,7 @@ fn auto_flush_run(v: Version, mode: CacheMode) -> (usize, usize) {
             .timeout_secs(10)
             .build()
             .unwrap();
-        assert!(srv.cache.add(&Arc::new(s)));
+        assert!(srv.cache.add(&SharedSession::new(s)));
     }
     let m = srv.mark();
     let client = srv.client();
@@ -455,7 +456,7 @@ fn s09_add_remove(v: Version) {
     assert!(srv.cache.add(s));
     assert!(!srv.cache.add(s));
     // t: another object with the same id replaces s, with no remove callback.
-    let t = Arc::new(
+    let t = SharedSession::new(
         Session::builder(s.id().as_bytes(), s.payload().clone())
             .sid_ctx(s.sid_ctx().as_bytes())
             .version(s.version())
@@ -465,11 +466,14 @@ fn s09_add_remove(v: Version) {
     );
     assert!(srv.cache.add(&t));
     assert_eq!(srv.cache.len(), 1);
-    assert!(Arc::ptr_eq(&srv.cache.peek(s.id().as_bytes()).unwrap(), &t));
+    assert!(SharedSession::ptr_eq(
+        &srv.cache.peek(s.id().as_bytes()).unwrap(),
+        &t
+    ));
     assert_eq!(srv.since(&m).remove, 0);
 
     // u was never cached: false, but the remove callback fires once and u is not resumable.
-    let u = Arc::new(
+    let u = SharedSession::new(
         Session::builder(&[0xee; 32], SecretBytes::from(vec![1]))
             .build()
             .unwrap(),
@@ -514,7 +518,7 @@ fn s11_context_isolation(v: Version) {
     let config_b = srv.pki.server_config(v, store_b.clone(), ClientAuth::None);
     let client = srv.client();
     assert_eq!(srv.connect(&client), Full);
-    let made_on_a: Vec<Arc<Session>> = srv.rec.made.lock().clone();
+    let made_on_a: Vec<SharedSession> = srv.rec.made.lock().clone();
 
     let m = srv.mark();
     let mut pair = Pair::new(&client, "localhost", &config_b, &store_b, None);
@@ -530,7 +534,7 @@ fn s11_context_isolation(v: Version) {
         assert!(srv
             .cache
             .peek(s.id().as_bytes())
-            .is_some_and(|c| Arc::ptr_eq(&c, s)));
+            .is_some_and(|c| SharedSession::ptr_eq(&c, s)));
         assert!(s.is_resumable());
     }
 }
@@ -891,7 +895,7 @@ fn s14_update_time_on_add() {
         .clock(clock.clone())
         .mode(CacheMode::SERVER | CacheMode::UPDATE_TIME)
         .build();
-    let s = Arc::new(
+    let s = SharedSession::new(
         Session::builder(&[5; 32], SecretBytes::from(vec![0; 4]))
             .time(T0 - 100)
             .build()
@@ -1060,7 +1064,7 @@ fn with_a_shared_tier_only_a_ticket_confirmed_for_the_connection_resumes() {
     };
     let id = info.psk_identities[0].clone();
     let local = srv.cache.peek(&id).unwrap();
-    let confirmed = Arc::new(
+    let confirmed = SharedSession::new(
         srv.cache
             .session(&id, local.payload().clone())
             .sid_ctx(local.sid_ctx().as_bytes())
@@ -1081,6 +1085,6 @@ fn with_a_shared_tier_only_a_ticket_confirmed_for_the_connection_resumes() {
         .server_sessions
         .sessions()
         .iter()
-        .any(|s| Arc::ptr_eq(s, &confirmed)));
+        .any(|s| SharedSession::ptr_eq(s, &confirmed)));
     pair.close_cleanly();
 }

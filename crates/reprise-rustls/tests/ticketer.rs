@@ -51,10 +51,13 @@ impl Instance {
         let builder = match client_auth {
             ClientAuth::None => builder.with_no_client_auth(),
             _ => builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder(pki.roots())
-                    .allow_unauthenticated()
-                    .build()
-                    .unwrap(),
+                WebPkiClientVerifier::builder_with_provider(
+                    pki.roots(),
+                    Arc::new(rustls::crypto::ring::default_provider()),
+                )
+                .allow_unauthenticated()
+                .build()
+                .unwrap(),
             ),
         };
         let mut config = builder

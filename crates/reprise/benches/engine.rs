@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{build, id, payload, Rng, Store, NAMES};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use reprise::{ManualClock, SecretBytes, Session, SessionCache};
+use reprise::{ManualClock, SecretBytes, Session, SessionCache, SharedSession};
 
 const LIVE: usize = 100_000;
 const TLS13_CAPACITY: usize = 20_480;
@@ -209,7 +209,7 @@ fn flush(c: &mut Criterion) {
     let now = 1_700_000_000;
     let session = |n: u64, expired: bool| {
         let time = if expired { now - 1000 } else { now };
-        Arc::new(
+        SharedSession::new(
             Session::builder(&id(n), SecretBytes::from(payload()))
                 .time(time)
                 .timeout_secs(300)
@@ -225,7 +225,7 @@ fn flush(c: &mut Criterion) {
         for n in 0..TOTAL - EXPIRED {
             cache.add(&session(n, false));
         }
-        let scan: std::collections::HashMap<[u8; 32], Arc<Session>> = cache
+        let scan: std::collections::HashMap<[u8; 32], SharedSession> = cache
             .sessions()
             .into_iter()
             .map(|s| (*id_of(&s), s))

@@ -28,6 +28,7 @@ use crate::shim::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Orderin
 use crate::shim::{thread, Mutex};
 use crate::stats::{Counters, Stats};
 use crate::tier::{Tier, TierContext};
+use crate::SharedSession;
 
 /// The default size limit, in sessions (OpenSSL's `SSL_SESSION_CACHE_MAX_SIZE_DEFAULT`).
 pub const DEFAULT_SIZE_LIMIT: usize = 20480;
@@ -138,7 +139,7 @@ pub(crate) enum Use {
 #[derive(Debug)]
 pub struct NewSession<P = SecretBytes> {
     /// The session, now shared.
-    pub session: Arc<Session<P>>,
+    pub session: SharedSession<P>,
     /// Whether it is in the internal cache.
     pub stored_internally: bool,
     /// Whether the new-session callback kept it.
@@ -507,7 +508,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// same id. Returns `false` if this identical object is already cached: nothing changes
     /// then, except its time under [`CacheMode::UPDATE_TIME`]. When the cache is full, the
     /// session that expires soonest is evicted first (remove callback, `cache_full`).
-    pub fn add(&self, session: &Arc<Session<P>>) -> bool {
+    pub fn add(&self, session: &SharedSession<P>) -> bool {
         let mut removed = Evicted::default();
         let outcome = self.insert(session, &mut removed);
         self.fire_removed(removed, Removal::Evicted);
@@ -519,7 +520,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     ///
     /// The remove callback is called for `session` whether or not an entry was removed.
     /// Returns whether one was.
-    pub fn remove(&self, session: &Arc<Session<P>>) -> bool {
+    pub fn remove(&self, session: &SharedSession<P>) -> bool {
         let id = session.id().as_bytes();
         let hash = self.hash(id);
         let removed = self.with_shard(hash, |shard| {
@@ -554,7 +555,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Takes the session cached under this key out of the cache, if its context matches.
-    pub(crate) fn unlink_key(&self, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+    pub(crate) fn unlink_key(&self, key: SessionKey<'_>) -> Option<SharedSession<P>> {
         if !key.is_well_formed() {
             return None;
         }
@@ -580,7 +581,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// the session is removed from the internal cache at once. With caching off for the role,
     /// nothing is stored and no callback runs.
     pub fn new_session(&self, role: Role, session: Session<P>) -> NewSession<P> {
-        let session = Arc::new(session);
+        let session = SharedSession::new(session);
         let mode = self.mode();
         if !mode.contains(role.mode_bit()) {
             return NewSession {
@@ -639,7 +640,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// internal cache. For a client: the internal cache only.
     ///
     /// An ill-formed key is a miss, and no store is asked.
-    pub fn lookup(&self, role: Role, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+    pub fn lookup(&self, role: Role, key: SessionKey<'_>) -> Option<SharedSession<P>> {
         self.find(role, key, Use::Resume)
     }
 
@@ -648,7 +649,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// resumes at most once. This is how TLS 1.3 tickets are used. A TLS 1.2 session
     /// ([`ProtocolVersion::is_reusable`](crate::ProtocolVersion::is_reusable)) is never
     /// consumed: a take of its id is `None` and leaves it cached.
-    pub fn take(&self, role: Role, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+    pub fn take(&self, role: Role, key: SessionKey<'_>) -> Option<SharedSession<P>> {
         self.find(role, key, Use::Take)
     }
 
@@ -663,8 +664,8 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     pub fn take_confirmed(
         &self,
         key: SessionKey<'_>,
-        confirmed: Arc<Session<P>>,
-    ) -> Option<Arc<Session<P>>> {
+        confirmed: SharedSession<P>,
+    ) -> Option<SharedSession<P>> {
         if !key.is_well_formed() {
             Counters::bump(&self.counters.rejected_keys);
             return None;
@@ -673,11 +674,11 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// The session cached under this id, with no validation, statistics or side effect.
-    pub fn peek(&self, id: &[u8]) -> Option<Arc<Session<P>>> {
+    pub fn peek(&self, id: &[u8]) -> Option<SharedSession<P>> {
         if SessionKey::new(id, &[]).is_well_formed() {
             let hash = self.hash(id);
             let shard = self.shards[self.shard_index(hash)].shard.lock();
-            shard.find(hash, id).map(|(_, s)| Arc::clone(s))
+            shard.find(hash, id).map(|(_, s)| SharedSession::clone(s))
         } else {
             None
         }
@@ -761,7 +762,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
 
     /// Every cached session, in no particular order. Takes each shard's lock in
     /// turn: for inspection and tests, not for the handshake path.
-    pub fn sessions(&self) -> Vec<Arc<Session<P>>> {
+    pub fn sessions(&self) -> Vec<SharedSession<P>> {
         let mut all = Vec::with_capacity(self.len());
         for cell in self.shards.iter() {
             all.extend(cell.shard.lock().iter().cloned());
@@ -853,7 +854,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Inserts into the internal cache, evicting as needed; evicted sessions go to `removed`.
-    fn insert(&self, session: &Arc<Session<P>>, removed: &mut Evicted<P>) -> Inserted {
+    fn insert(&self, session: &SharedSession<P>, removed: &mut Evicted<P>) -> Inserted {
         if self.closing.load(Ordering::Acquire) {
             return Inserted::Refused;
         }
@@ -868,7 +869,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 let mut shard = self.shards[index].shard.lock();
                 let expiry = session.expires_at();
                 if let Some((idx, found)) = shard.find(hash, id) {
-                    let identical = Arc::ptr_eq(found, session);
+                    let identical = SharedSession::ptr_eq(found, session);
                     if identical && shard.expiry(idx) == expiry {
                         return Inserted::Identical;
                     }
@@ -876,7 +877,12 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                     // another object with this id replaces the old one silently, once the
                     // cache is back within a limit that shrank.
                     if identical || !self.over_limit() {
-                        drop(shard.replace(idx, Arc::clone(session), expiry, self.next_seq()));
+                        drop(shard.replace(
+                            idx,
+                            SharedSession::clone(session),
+                            expiry,
+                            self.next_seq(),
+                        ));
                         self.publish_if_moved(index, &mut shard);
                         return if identical {
                             Inserted::Identical
@@ -885,7 +891,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                         };
                     }
                 } else if self.try_reserve() {
-                    shard.insert(hash, Arc::clone(session), expiry, self.next_seq());
+                    shard.insert(hash, SharedSession::clone(session), expiry, self.next_seq());
                     self.publish_if_moved(index, &mut shard);
                     return Inserted::Added;
                 } else if let Some(victim) = self.evict_holding(&mut shard, index) {
@@ -900,7 +906,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                         true
                     };
                     if room {
-                        shard.insert(hash, Arc::clone(session), expiry, self.next_seq());
+                        shard.insert(hash, SharedSession::clone(session), expiry, self.next_seq());
                         self.publish_if_moved(index, &mut shard);
                         return Inserted::Added;
                     }
@@ -919,7 +925,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// comes from it, or from another shard whose lock is free right now (never waited for, so
     /// no two locks are ever waited on together). `None` if the victim's shard is busy. The
     /// victim's room stays reserved, for the caller to use or release.
-    fn evict_holding(&self, own: &mut Shard<P>, own_index: usize) -> Option<Arc<Session<P>>> {
+    fn evict_holding(&self, own: &mut Shard<P>, own_index: usize) -> Option<SharedSession<P>> {
         // The own shard's head as it is under this lock, then one scan of the published heads
         // (which spares a cache miss on the head's slot when the victim is elsewhere, most of
         // the time with many shards).
@@ -945,7 +951,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Evicts the session that expires soonest over all shards (ties: the oldest inserted).
-    fn evict_one(&self) -> Option<Arc<Session<P>>> {
+    fn evict_one(&self) -> Option<SharedSession<P>> {
         for _ in 0..self.shards.len() + 1 {
             let (index, key) = self.soonest_shard()?;
             let victim = {
@@ -971,12 +977,12 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Removes exactly this object, if it is still cached, with the remove callback.
-    fn remove_exact(&self, session: &Arc<Session<P>>) {
+    fn remove_exact(&self, session: &SharedSession<P>) {
         let id = session.id().as_bytes();
         let hash = self.hash(id);
         let removed = self.with_shard(hash, |shard| {
             let (idx, found) = shard.find(hash, id)?;
-            if Arc::ptr_eq(found, session) {
+            if SharedSession::ptr_eq(found, session) {
                 shard.remove_at(hash, idx)
             } else {
                 None
@@ -992,7 +998,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     fn drain_shards(
         &self,
         cause: Removal,
-        pick: impl Fn(&mut Shard<P>, &mut Vec<Arc<Session<P>>>),
+        pick: impl Fn(&mut Shard<P>, &mut Vec<SharedSession<P>>),
     ) -> usize {
         let mut total = 0;
         let mut out = Vec::new();
@@ -1009,7 +1015,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         total
     }
 
-    pub(crate) fn fire_remove(&self, session: &Arc<Session<P>>, cause: Removal) {
+    pub(crate) fn fire_remove(&self, session: &SharedSession<P>, cause: Removal) {
         if let Some(cb) = self.callbacks.remove.load().as_ref() {
             cb(self, session, cause);
         }
@@ -1021,12 +1027,12 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Whether the internal cache holds this very session.
-    fn holds(&self, session: &Arc<Session<P>>) -> bool {
+    fn holds(&self, session: &SharedSession<P>) -> bool {
         self.peek(session.id().as_bytes())
-            .is_some_and(|s| Arc::ptr_eq(&s, session))
+            .is_some_and(|s| SharedSession::ptr_eq(&s, session))
     }
 
-    fn fire_removed(&self, removed: impl IntoIterator<Item = Arc<Session<P>>>, cause: Removal) {
+    fn fire_removed(&self, removed: impl IntoIterator<Item = SharedSession<P>>, cause: Removal) {
         let mut removed = removed.into_iter().peekable();
         if removed.peek().is_none() {
             return;
@@ -1071,8 +1077,8 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
 /// The sessions one add evicted: none or one but for races with other adds, so the first is
 /// kept inline and only a second one allocates.
 struct Evicted<P> {
-    first: Option<Arc<Session<P>>>,
-    rest: Vec<Arc<Session<P>>>,
+    first: Option<SharedSession<P>>,
+    rest: Vec<SharedSession<P>>,
 }
 
 impl<P> Default for Evicted<P> {
@@ -1085,7 +1091,7 @@ impl<P> Default for Evicted<P> {
 }
 
 impl<P> Evicted<P> {
-    fn push(&mut self, session: Arc<Session<P>>) {
+    fn push(&mut self, session: SharedSession<P>) {
         if self.first.is_none() {
             self.first = Some(session);
         } else {
@@ -1095,10 +1101,10 @@ impl<P> Evicted<P> {
 }
 
 impl<P> IntoIterator for Evicted<P> {
-    type Item = Arc<Session<P>>;
+    type Item = SharedSession<P>;
     type IntoIter = core::iter::Chain<
-        core::option::IntoIter<Arc<Session<P>>>,
-        std::vec::IntoIter<Arc<Session<P>>>,
+        core::option::IntoIter<SharedSession<P>>,
+        std::vec::IntoIter<SharedSession<P>>,
     >;
 
     fn into_iter(self) -> Self::IntoIter {

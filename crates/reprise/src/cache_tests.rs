@@ -4,14 +4,17 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::{CacheMode, Clock, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey};
+use crate::{
+    CacheMode, Clock, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey,
+    SharedSession,
+};
 
-fn session(id: u8, time: u64, timeout: u64) -> Arc<Session> {
+fn session(id: u8, time: u64, timeout: u64) -> SharedSession {
     let session = Session::builder(&[id; 32], SecretBytes::from(vec![id]))
         .time(time)
         .timeout_secs(timeout)
         .build();
-    Arc::new(session.unwrap())
+    SharedSession::new(session.unwrap())
 }
 
 fn cache(shards: usize, limit: usize) -> (SessionCache, Arc<ManualClock>, Arc<AtomicUsize>) {
@@ -181,7 +184,7 @@ fn untrusted_external_results_are_validated() {
         .sid_ctx(b"other")
         .time(now)
         .build();
-    let other_ctx = Arc::new(other_ctx.unwrap());
+    let other_ctx = SharedSession::new(other_ctx.unwrap());
     let dead = session(2, now, 100);
     dead.mark_not_resumable();
     let expired = session(3, now - 200, 100);
@@ -364,18 +367,18 @@ fn a_take_callback_is_authoritative_over_an_internal_copy() {
     let served = session(8, clock.now(), 100);
     cache.set_take_session_callback(Some(Arc::new(move |_, _| Some(served.clone()))));
     let got = cache.take(Role::Server, SessionKey::new(&[8; 32], b""));
-    assert!(got.is_some_and(|g| !Arc::ptr_eq(&g, &t)));
+    assert!(got.is_some_and(|g| !SharedSession::ptr_eq(&g, &t)));
     assert!(cache.is_empty());
     assert_eq!(cache.stats().cb_hits, 1);
 }
 
-fn versioned(id: u8, time: u64, version: crate::ProtocolVersion) -> Arc<Session> {
+fn versioned(id: u8, time: u64, version: crate::ProtocolVersion) -> SharedSession {
     let session = Session::builder(&[id; 32], SecretBytes::from(vec![id]))
         .time(time)
         .timeout_secs(100)
         .version(version)
         .build();
-    Arc::new(session.unwrap())
+    SharedSession::new(session.unwrap())
 }
 
 #[test]
@@ -448,7 +451,7 @@ fn a_confirmed_take_resumes_once_and_a_local_copy_never_stands_in() {
     assert!(cache.add(&local));
     let confirmed = versioned(6, clock.now(), ProtocolVersion::TLS1_3);
     let got = cache.take_confirmed(key, confirmed.clone());
-    assert!(got.is_some_and(|g| Arc::ptr_eq(&g, &confirmed)));
+    assert!(got.is_some_and(|g| SharedSession::ptr_eq(&g, &confirmed)));
     assert!(cache.is_empty(), "the local copy leaves with the take");
     assert_eq!(removed.load(Ordering::SeqCst), 1);
     assert_eq!(cache.stats().cb_hits, 1);

@@ -11,14 +11,15 @@ use arc_swap::{ArcSwapOption, Guard};
 use parking_lot::Mutex;
 
 use crate::cache::SessionCache;
-use crate::session::{SecretBytes, Session, SessionKey};
+use crate::session::{SecretBytes, SessionKey};
+use crate::SharedSession;
 
 /// Called for every new session while caching is enabled for its role.
 ///
-/// Return `true` to keep the session (the callback may clone the `Arc` into an external
-/// cache). Return `false` and the session is removed from the internal cache at once.
+/// Return `true` to keep the session (the callback may clone the `SharedSession` into an
+/// external cache). Return `false` and the session is removed from the internal cache at once.
 pub type NewSessionCallback<P = SecretBytes> =
-    Arc<dyn Fn(&SessionCache<P>, &Arc<Session<P>>) -> bool + Send + Sync>;
+    Arc<dyn Fn(&SessionCache<P>, &SharedSession<P>) -> bool + Send + Sync>;
 
 /// Called whenever the cache removes a session: explicit removal, expiry, eviction, a new-session
 /// callback that said no, an unclean shutdown, a single-use take, and when the cache is dropped.
@@ -27,7 +28,7 @@ pub type NewSessionCallback<P = SecretBytes> =
 /// everywhere only when it must (an explicit removal or a take), and not when one instance
 /// merely ran out of room or shut down.
 pub type RemoveSessionCallback<P = SecretBytes> =
-    Arc<dyn Fn(&SessionCache<P>, &Arc<Session<P>>, Removal) + Send + Sync>;
+    Arc<dyn Fn(&SessionCache<P>, &SharedSession<P>, Removal) + Send + Sync>;
 
 /// Why the cache removed a session, as the remove callback is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,7 +54,7 @@ pub enum Removal {
 /// Called on a server when a client proposes a session that the internal cache did not supply,
 /// even when caching is off. Its result is validated like any other candidate.
 pub type GetSessionCallback<P = SecretBytes> =
-    Arc<dyn Fn(&SessionCache<P>, &SessionKey<'_>) -> Option<Arc<Session<P>>> + Send + Sync>;
+    Arc<dyn Fn(&SessionCache<P>, &SessionKey<'_>) -> Option<SharedSession<P>> + Send + Sync>;
 
 /// Reprise's addition to the trio: an atomic get-and-delete, for single-use (TLS 1.3) sessions
 /// across a fleet. Without it, a take falls back to the get callback followed by the remove

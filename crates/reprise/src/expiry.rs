@@ -9,23 +9,102 @@
 //! The order knows nothing of sessions: [`crate::shard`] keeps each slot's session in an array
 //! of its own at the same index, so a lookup never reads this one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The end of a list.
 const NIL: u32 = u32::MAX;
 
+/// A packed value that says: the exact value is in [`Packed::far`].
+const FAR: u32 = u32::MAX;
+
+/// Half the window of a packed value: a new base sits this far below the value that sets it.
+const HALF_WINDOW: u64 = 1 << 31;
+
 /// A slot's order key: `(expiry, seq)`.
 pub(crate) type Key = (u64, u64);
 
-/// A slot's place in the expiry order.
+/// A slot's place in the expiry order: 16 bytes.
+///
+/// The expiry and the insertion order are 64-bit values stored in 32 bits each, as offsets
+/// from a base ([`Packed`]); one out of its window is stored exactly beside the slab. The
+/// order is always that of the exact 64-bit values.
 struct Slot {
-    /// The last second at which the slot's session is valid, as it was when filed.
-    expiry: u64,
-    /// Global insertion order, for ties between equal expiries.
-    seq: u64,
+    /// The last second at which the slot's session is valid, as it was when filed; packed.
+    expiry: u32,
+    /// Global insertion order, for ties between equal expiries; packed.
+    seq: u32,
     prev: u32,
     /// For a free slot: the next free slot.
     next: u32,
+}
+
+// What the packing is for: a slot in 16 bytes.
+const _: () = assert!(core::mem::size_of::<Slot>() == 16);
+
+/// 64-bit values stored as 32-bit offsets from `base`, exactly.
+///
+/// A value `v` with `0 <= v - base < FAR` is stored as `v - base`, and read back as
+/// `base + (v - base) = v`: no overflow, since that sum is `v` itself. Any other value is
+/// stored as [`FAR`] and its exact value kept in `far`, under its slot's index. So a read
+/// always returns the exact value that was stored, whatever the base; the base only decides
+/// how many values take the slower, larger road (none, in a cache whose expiries lie within
+/// 68 years of each other and whose insertion counter has not moved by 2^31 since a rebase).
+struct Packed {
+    base: u64,
+    /// Slot index → exact value, for the live slots whose packed value is [`FAR`].
+    far: HashMap<u32, u64>,
+}
+
+impl Packed {
+    fn new(base: u64) -> Self {
+        Self {
+            base,
+            far: HashMap::new(),
+        }
+    }
+
+    /// The packed form of `value` for slot `idx`.
+    #[inline]
+    fn pack(&mut self, idx: u32, value: u64) -> u32 {
+        match value.checked_sub(self.base) {
+            // `off < FAR` fits in 32 bits and is not the marker.
+            Some(off) if off < u64::from(FAR) => off as u32,
+            _ => {
+                self.far.insert(idx, value);
+                FAR
+            }
+        }
+    }
+
+    /// The exact value slot `idx` stored as `packed`.
+    #[inline]
+    fn unpack(&self, idx: u32, packed: u32) -> u64 {
+        if packed != FAR {
+            // `pack` stored `value - base`: this is `value`, and cannot overflow.
+            self.base + u64::from(packed)
+        } else {
+            match self.far.get(&idx) {
+                Some(&value) => value,
+                None => unreachable!("a slot packed as far has its exact value aside"),
+            }
+        }
+    }
+
+    /// Forgets slot `idx`'s value, stored as `packed` (its slot is being freed or refiled).
+    #[inline]
+    fn forget(&mut self, idx: u32, packed: u32) {
+        if packed == FAR {
+            self.far.remove(&idx);
+        }
+    }
+
+    /// Whether `value` would be stored in 32 bits.
+    #[inline]
+    fn fits(&self, value: u64) -> bool {
+        value
+            .checked_sub(self.base)
+            .is_some_and(|off| off < u64::from(FAR))
+    }
 }
 
 /// The slab of slots and the list that orders the live ones by `(expiry, seq)`.
@@ -39,6 +118,13 @@ pub(crate) struct ExpiryOrder {
     tail: u32,
     /// Expiry second → the last slot of its run, for every run but the tail's.
     buckets: BTreeMap<u64, u32>,
+    /// The slots' expiries. The base is set when a slot is filed into an empty list, 2^31
+    /// seconds (68 years) below its expiry, and never moves while the list holds a slot.
+    expiries: Packed,
+    /// The slots' insertion orders. The base is set when a slot is filed into an empty list,
+    /// at its seq; when a seq reaches `base + 2^32 - 1`, every live slot is packed again
+    /// under a base 2^31 below it ([`ExpiryOrder::rebase_seqs`]).
+    seqs: Packed,
 }
 
 impl ExpiryOrder {
@@ -50,6 +136,8 @@ impl ExpiryOrder {
             head: NIL,
             tail: NIL,
             buckets: BTreeMap::new(),
+            expiries: Packed::new(0),
+            seqs: Packed::new(0),
         }
     }
 
@@ -72,16 +160,74 @@ impl ExpiryOrder {
     /// The order key of the head: the slot to evict next.
     #[inline]
     pub(crate) fn head_key(&self) -> Option<Key> {
-        (self.head != NIL).then(|| {
-            let s = self.slot(self.head);
-            (s.expiry, s.seq)
-        })
+        (self.head != NIL).then(|| self.key(self.head))
+    }
+
+    /// The exact order key of a live slot.
+    #[inline]
+    fn key(&self, idx: u32) -> Key {
+        let s = self.slot(idx);
+        (
+            self.expiries.unpack(idx, s.expiry),
+            self.seqs.unpack(idx, s.seq),
+        )
     }
 
     /// The expiry a live slot was filed under.
     #[inline]
     pub(crate) fn expiry(&self, idx: u32) -> u64 {
-        self.slot(idx).expiry
+        self.expiries.unpack(idx, self.slot(idx).expiry)
+    }
+
+    /// Stores a slot's key, packed; the slot is not in the list, and holds no packed value.
+    #[inline]
+    fn set_key(&mut self, idx: u32, expiry: u64, seq: u64) {
+        if self.head == NIL {
+            // Nothing is packed under the old bases (an empty list holds no value aside).
+            self.expiries = Packed::new(expiry.saturating_sub(HALF_WINDOW));
+            self.seqs = Packed::new(seq);
+        } else if !self.seqs.fits(seq) && seq > self.seqs.base {
+            // `seq >= base + 2^32 - 1 > 2^31`: no underflow.
+            self.rebase_seqs(seq - HALF_WINDOW);
+        }
+        let expiry = self.expiries.pack(idx, expiry);
+        let seq = self.seqs.pack(idx, seq);
+        let slot = self.slot_mut(idx);
+        slot.expiry = expiry;
+        slot.seq = seq;
+    }
+
+    /// Forgets a slot's key (the slot is being freed or refiled).
+    #[inline]
+    fn forget_key(&mut self, idx: u32) {
+        let (expiry, seq) = {
+            let s = self.slot(idx);
+            (s.expiry, s.seq)
+        };
+        self.expiries.forget(idx, expiry);
+        self.seqs.forget(idx, seq);
+        let slot = self.slot_mut(idx);
+        slot.expiry = 0;
+        slot.seq = 0;
+    }
+
+    /// Packs every live slot's seq again under `base`: what keeps seqs in 32 bits as the
+    /// global counter grows. It walks the list once, and runs at most once per 2^31 values of
+    /// the counter, so its cost spread over the inserts is well under one slot per insert.
+    #[cold]
+    fn rebase_seqs(&mut self, base: u64) {
+        let old = std::mem::replace(&mut self.seqs, Packed::new(base));
+        let mut idx = self.head;
+        while idx != NIL {
+            let (packed, next) = {
+                let s = self.slot(idx);
+                (s.seq, s.next)
+            };
+            let seq = old.unpack(idx, packed);
+            let packed = self.seqs.pack(idx, seq);
+            self.slot_mut(idx).seq = packed;
+            idx = next;
+        }
     }
 
     /// Takes a free slot (a reused one first) and files it under `(expiry, seq)`. Returns its
@@ -89,8 +235,8 @@ impl ExpiryOrder {
     #[inline]
     pub(crate) fn insert(&mut self, expiry: u64, seq: u64) -> (u32, bool) {
         let slot = Slot {
-            expiry,
-            seq,
+            expiry: 0,
+            seq: 0,
             prev: NIL,
             next: NIL,
         };
@@ -107,6 +253,7 @@ impl ExpiryOrder {
             self.slots.push(slot);
             idx
         };
+        self.set_key(idx, expiry, seq);
         (idx, self.link(idx))
     }
 
@@ -114,9 +261,8 @@ impl ExpiryOrder {
     #[inline]
     pub(crate) fn refile(&mut self, idx: u32, expiry: u64, seq: u64) -> bool {
         let unlinked = self.unlink(idx);
-        let slot = self.slot_mut(idx);
-        slot.expiry = expiry;
-        slot.seq = seq;
+        self.forget_key(idx);
+        self.set_key(idx, expiry, seq);
         let linked = self.link(idx);
         unlinked | linked
     }
@@ -125,6 +271,7 @@ impl ExpiryOrder {
     #[inline]
     pub(crate) fn remove(&mut self, idx: u32) -> bool {
         let moved = self.unlink(idx);
+        self.forget_key(idx);
         let free = self.free;
         let slot = self.slot_mut(idx);
         slot.next = free;
@@ -137,6 +284,8 @@ impl ExpiryOrder {
     pub(crate) fn clear(&mut self) {
         self.slots.clear();
         self.buckets.clear();
+        self.expiries = Packed::new(0);
+        self.seqs = Packed::new(0);
         self.free = NIL;
         self.head = NIL;
         self.tail = NIL;
@@ -150,9 +299,9 @@ impl ExpiryOrder {
     /// second as the previous one) touches no map at all.
     #[inline]
     fn link(&mut self, idx: u32) -> bool {
-        let expiry = self.slot(idx).expiry;
-        let after = if self.tail != NIL && self.slot(self.tail).expiry <= expiry {
-            let tail_expiry = self.slot(self.tail).expiry;
+        let expiry = self.expiry(idx);
+        let tail_expiry = (self.tail != NIL).then(|| self.expiry(self.tail));
+        let after = if let Some(tail_expiry) = tail_expiry.filter(|&t| t <= expiry) {
             if tail_expiry < expiry {
                 // The old tail's run is no longer the tail's: it goes into the map.
                 self.buckets.insert(tail_expiry, self.tail);
@@ -196,18 +345,19 @@ impl ExpiryOrder {
     /// Takes a slot out of the list, keeping `buckets` true. Returns whether it was the head.
     #[inline]
     fn unlink(&mut self, idx: u32) -> bool {
-        let (prev, next, expiry) = {
+        let (prev, next) = {
             let s = self.slot(idx);
-            (s.prev, s.next, s.expiry)
+            (s.prev, s.next)
         };
-        let is_last_of_run = next == NIL || self.slot(next).expiry != expiry;
+        let expiry = self.expiry(idx);
+        let is_last_of_run = next == NIL || self.expiry(next) != expiry;
         if is_last_of_run {
-            let is_first_of_run = prev == NIL || self.slot(prev).expiry != expiry;
+            let is_first_of_run = prev == NIL || self.expiry(prev) != expiry;
             if next == NIL {
                 // The tail's run, which the map does not hold. If it empties, the run before
                 // it becomes the tail's and leaves the map.
                 if is_first_of_run && prev != NIL {
-                    let prev_expiry = self.slot(prev).expiry;
+                    let prev_expiry = self.expiry(prev);
                     self.buckets.remove(&prev_expiry);
                 }
             } else if is_first_of_run {
@@ -242,7 +392,8 @@ impl ExpiryOrder {
     /// live slots; for tests.
     ///
     /// - the list runs from `head` to `tail`, each slot's `prev` naming the slot before it;
-    /// - it is sorted by `(expiry, seq)`, with no two equal keys;
+    /// - it is sorted by `(expiry, seq)` (the exact values), with no two equal keys;
+    /// - a value is kept aside exactly when its slot is live and packs it as [`FAR`];
     /// - `buckets` holds, for each run of equal expiries but the tail's, the run's last slot,
     ///   and nothing else;
     /// - every slot is either in the list or in the free list, never both, and the free list
@@ -255,6 +406,7 @@ impl ExpiryOrder {
         let mut idx = self.head;
         let mut last_key: Option<Key> = None;
         let mut runs = 0;
+        let (mut far_expiries, mut far_seqs) = (0, 0);
         while idx != NIL {
             assert!(
                 (idx as usize) < self.slots.len(),
@@ -264,26 +416,38 @@ impl ExpiryOrder {
             live[idx as usize] = true;
             let s = self.slot(idx);
             assert_eq!(s.prev, prev, "slot {idx}: prev link");
-            let key = (s.expiry, s.seq);
+            let key = self.key(idx);
+            let expiry = key.0;
+            assert_eq!(
+                s.expiry == FAR,
+                self.expiries.far.contains_key(&idx),
+                "slot {idx}: an expiry is aside exactly when packed as far"
+            );
+            assert_eq!(
+                s.seq == FAR,
+                self.seqs.far.contains_key(&idx),
+                "slot {idx}: a seq is aside exactly when packed as far"
+            );
+            far_expiries += usize::from(s.expiry == FAR);
+            far_seqs += usize::from(s.seq == FAR);
             assert!(
                 last_key.is_none_or(|k| k < key),
                 "list out of order at slot {idx}"
             );
-            let is_last_of_run = s.next == NIL || self.slot(s.next).expiry != s.expiry;
+            let is_last_of_run = s.next == NIL || self.expiry(s.next) != expiry;
             if is_last_of_run {
                 runs += 1;
                 if s.next == NIL {
                     assert_eq!(
-                        self.buckets.get(&s.expiry),
+                        self.buckets.get(&expiry),
                         None,
                         "the tail's run is not in the map"
                     );
                 } else {
                     assert_eq!(
-                        self.buckets.get(&s.expiry),
+                        self.buckets.get(&expiry),
                         Some(&idx),
-                        "the bucket of second {} names its run's last slot",
-                        s.expiry
+                        "the bucket of second {expiry} names its run's last slot"
                     );
                 }
             }
@@ -293,6 +457,16 @@ impl ExpiryOrder {
             n += 1;
         }
         assert_eq!(self.tail, prev, "tail is the last slot of the list");
+        assert_eq!(
+            self.expiries.far.len(),
+            far_expiries,
+            "no expiry aside for a free slot"
+        );
+        assert_eq!(
+            self.seqs.far.len(),
+            far_seqs,
+            "no seq aside for a free slot"
+        );
         assert_eq!(
             self.buckets.len(),
             runs.max(1) - 1,
@@ -324,10 +498,7 @@ mod tests {
 
     /// The list's keys, head to tail.
     fn keys(order: &ExpiryOrder) -> Vec<Key> {
-        order
-            .iter()
-            .map(|i| (order.slot(i).expiry, order.slot(i).seq))
-            .collect()
+        order.iter().map(|i| order.key(i)).collect()
     }
 
     #[test]
@@ -398,9 +569,9 @@ mod tests {
     }
 
     /// Random operations against a model (a sorted set of keys): the list always holds the
-    /// model's keys in order, and every invariant holds after every step.
-    #[test]
-    fn matches_a_sorted_model_under_random_operations() {
+    /// model's keys in order, and every invariant holds after every step. `expiry` draws an
+    /// expiry from a random number; `step` draws how far the insertion counter moves.
+    fn run_against_model(expiry: impl Fn(u64) -> u64, step: impl Fn(u64) -> u64) {
         let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             rng ^= rng << 13;
@@ -410,9 +581,11 @@ mod tests {
         };
         let mut order = ExpiryOrder::new();
         let mut model: std::collections::BTreeMap<Key, u32> = BTreeMap::new();
-        for seq in 0..3_000u64 {
+        let mut seq = 0u64;
+        for _ in 0..3_000 {
             let r = next();
-            let expiry = next() % 12;
+            let expiry = expiry(next());
+            seq = seq.saturating_add(step(next()));
             match r % 4 {
                 0 | 1 => {
                     let before = order.head_key();
@@ -446,5 +619,40 @@ mod tests {
             assert_eq!(order.check(), model.len());
         }
         assert_eq!(keys(&order), model.keys().copied().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn matches_a_sorted_model_under_random_operations() {
+        run_against_model(|r| r % 12, |_| 1);
+    }
+
+    /// Expiries that do not fit in 32 bits beside each other (0, `u64::MAX`, and seconds more
+    /// than 2^32 apart) and an insertion counter that jumps by up to 2^33 (so its base moves
+    /// many times, and old seqs go aside): the order is still exactly that of the 64-bit keys.
+    #[test]
+    fn keys_out_of_the_32_bit_window_keep_the_exact_order() {
+        let wide = |r: u64| match r % 8 {
+            0 => 0,
+            1 => u64::MAX,
+            2 => u64::MAX - r % 3,
+            3 => 10_000_000_000 + (1 << 32) + r % 3,
+            4 => 10_000_000_000 - (1 << 31) - r % 3,
+            _ => 10_000_000_000 + r % 5,
+        };
+        run_against_model(wide, |r| if r % 16 == 0 { r % (1 << 33) } else { 1 });
+        // The tie rule across a counter that has run far past 2^32.
+        let mut order = ExpiryOrder::new();
+        let old = order.insert(500, 7).0;
+        for k in 1..6u64 {
+            order.insert(500, k << 32);
+            order.check();
+        }
+        let newest = order.insert(499, 6 << 32).0;
+        assert_eq!(order.head(), Some(newest));
+        order.remove(newest);
+        assert_eq!(order.head(), Some(old));
+        assert_eq!(order.head_key(), Some((500, 7)));
+        assert!(order.seqs.far.contains_key(&old));
+        assert_eq!(order.check(), 6);
     }
 }

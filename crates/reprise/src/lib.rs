@@ -52,6 +52,7 @@ mod shim;
 #[cfg(all(test, feature = "shuttle"))]
 mod shuttle_tests;
 mod stats;
+mod thin;
 pub mod tier;
 
 pub use cache::{CacheBuilder, NewSession, SessionCache, AUTO_FLUSH_INTERVAL, DEFAULT_SIZE_LIMIT};
@@ -67,6 +68,11 @@ pub use session::{
     DEFAULT_TIMEOUT_SECS, MAX_SESSION_ID_LEN, MAX_SID_CTX_LEN, MAX_TIMEOUT_SECS,
 };
 pub use stats::Stats;
+pub use thin::Shared;
+
+/// A cached session, as the cache, its callbacks and its tiers share it: [`Shared::ptr_eq`]
+/// says whether two are the identical session object.
+pub type SharedSession<P = SecretBytes> = Shared<Session<P>>;
 pub use tier::{
     Fetched, Metric, MetricKind, Offer, Prefetched, Request, TicketTake, Tier, TierContext,
     TierFuture,

@@ -1,19 +1,18 @@
 //! Lookups: how a proposed session id becomes a session to resume or to consume, through the
 //! internal cache and the external one, with every candidate validated.
 
-use std::sync::Arc;
-
 use crate::cache::{SessionCache, TierStack, Use};
 use crate::callbacks::TakeSessionCallback;
 use crate::mode::{CacheMode, Role};
-use crate::session::{ProtocolVersion, Session, SessionKey, Validity};
+use crate::session::{ProtocolVersion, SessionKey, Validity};
 use crate::stats::Counters;
 use crate::tier::{Fetched, Offer, Prefetched, Request, TicketTake};
 use crate::Removal;
+use crate::SharedSession;
 
 /// What the internal cache said about a key.
 enum Internal<P> {
-    Hit(Arc<Session<P>>),
+    Hit(SharedSession<P>),
     /// Found, but not usable: another context, not resumable, or expired. No fallback.
     Unusable,
     Miss,
@@ -25,7 +24,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         role: Role,
         key: SessionKey<'_>,
         use_: Use,
-    ) -> Option<Arc<Session<P>>> {
+    ) -> Option<SharedSession<P>> {
         let mode = self.mode();
         let internal = role == Role::Client || !mode.contains(CacheMode::NO_INTERNAL_LOOKUP);
         if !key.is_well_formed() {
@@ -71,7 +70,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         key: SessionKey<'_>,
         now: u64,
         mode: CacheMode,
-    ) -> Option<Arc<Session<P>>> {
+    ) -> Option<SharedSession<P>> {
         for (i, tier) in tiers.iter().enumerate() {
             if let Fetched::Hit(found) = tier.fetch(key) {
                 if let Some(found) = self.adopt(tiers, i, key, now, found, mode) {
@@ -92,9 +91,9 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         i: usize,
         key: SessionKey<'_>,
         now: u64,
-        found: Arc<Session<P>>,
+        found: SharedSession<P>,
         mode: CacheMode,
-    ) -> Option<Arc<Session<P>>> {
+    ) -> Option<SharedSession<P>> {
         match found.validate(key, now) {
             Validity::Valid => {}
             Validity::Expired => {
@@ -127,7 +126,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         tiers: &TierStack<P>,
         key: SessionKey<'_>,
         now: u64,
-    ) -> Option<Arc<Session<P>>> {
+    ) -> Option<SharedSession<P>> {
         match tiers.last().map(|authority| authority.take(key)) {
             Some(Fetched::Hit(claimed)) => self.claim_confirmed(key, now, claimed),
             _ => {
@@ -138,7 +137,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Tells every tier, and only the tiers, that `session` was removed.
-    pub(crate) fn notify_tiers(&self, session: &Arc<Session<P>>, why: Removal) {
+    pub(crate) fn notify_tiers(&self, session: &SharedSession<P>, why: Removal) {
         if let Some(tiers) = self.callbacks.tiers.load().as_ref() {
             for tier in tiers.iter() {
                 tier.remove(session, why);
@@ -241,9 +240,9 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
 
     fn find_internal(&self, key: SessionKey<'_>, now: u64, use_: Use) -> Internal<P> {
         enum Found<P> {
-            Hit(Arc<Session<P>>),
-            Taken(Arc<Session<P>>),
-            Expired(Arc<Session<P>>),
+            Hit(SharedSession<P>),
+            Taken(SharedSession<P>),
+            Expired(SharedSession<P>),
             Unusable,
             Miss,
         }
@@ -266,7 +265,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                     .remove_at(hash, idx)
                     .map_or(Found::Unusable, Found::Expired);
             }
-            let s = Arc::clone(s);
+            let s = SharedSession::clone(s);
             shard.counters.hits += 1;
             match use_ {
                 Use::Resume => Found::Hit(s),
@@ -301,8 +300,8 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         &self,
         key: SessionKey<'_>,
         now: u64,
-        found: Arc<Session<P>>,
-    ) -> Option<Arc<Session<P>>> {
+        found: SharedSession<P>,
+    ) -> Option<SharedSession<P>> {
         if found.id().as_bytes() != key.id
             || found.sid_ctx().as_bytes() != key.sid_ctx
             || !found.is_resumable()
@@ -329,7 +328,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         now: u64,
         use_: Use,
         mode: CacheMode,
-    ) -> Option<Arc<Session<P>>> {
+    ) -> Option<SharedSession<P>> {
         let get = self.callbacks.get.load_full()?;
         let found = self.validate_external(key, now, get(self, &key)?)?;
         match use_ {
@@ -353,7 +352,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
                 if let Some(copy) = &copy {
                     self.fire_remove(copy, Removal::Taken);
                 }
-                if !copy.is_some_and(|c| Arc::ptr_eq(&c, &found)) {
+                if !copy.is_some_and(|c| SharedSession::ptr_eq(&c, &found)) {
                     self.fire_remove(&found, Removal::Taken);
                 }
             }
@@ -363,7 +362,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
 
     /// Takes the copy cached under this key out of the internal cache, unless it is a session
     /// that a take must leave alone (another context, or a reusable TLS 1.2 session).
-    fn unlink_takeable(&self, key: SessionKey<'_>) -> Option<Arc<Session<P>>> {
+    fn unlink_takeable(&self, key: SessionKey<'_>) -> Option<SharedSession<P>> {
         let hash = self.hash(key.id);
         let old = self.with_shard(hash, |shard| {
             let (idx, found) = shard.find(hash, key.id)?;
@@ -385,7 +384,7 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         take: &TakeSessionCallback<P>,
         key: SessionKey<'_>,
         now: u64,
-    ) -> Option<Arc<Session<P>>> {
+    ) -> Option<SharedSession<P>> {
         let claimed = take(self, &key);
         match claimed {
             Some(claimed) => self.claim_confirmed(key, now, claimed),
@@ -402,8 +401,8 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
         &self,
         key: SessionKey<'_>,
         now: u64,
-        claimed: Arc<Session<P>>,
-    ) -> Option<Arc<Session<P>>> {
+        claimed: SharedSession<P>,
+    ) -> Option<SharedSession<P>> {
         // Claimed before the internal copy goes: a tier may hand over the very object memory
         // holds, and dropping that copy marks it not resumable.
         let won = self

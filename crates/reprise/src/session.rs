@@ -5,10 +5,9 @@ use std::sync::Arc;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use zeroize::Zeroize;
-
 use crate::error::SessionError;
 use crate::shim::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::thin::ThinBytes;
 
 /// The longest session id TLS allows, in bytes.
 pub const MAX_SESSION_ID_LEN: usize = 32;
@@ -173,14 +172,16 @@ impl fmt::Display for ProtocolVersion {
 }
 
 /// Secret bytes, such as an encoded TLS session: redacted in `Debug`, zeroed on drop.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretBytes(Box<[u8]>);
+///
+/// One pointer (8 bytes), with the length in front of the bytes in their allocation.
+#[derive(Clone)]
+pub struct SecretBytes(ThinBytes);
 
 impl SecretBytes {
     /// The bytes.
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
 
     /// The number of bytes.
@@ -192,26 +193,34 @@ impl SecretBytes {
     /// Whether there are no bytes.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
+impl PartialEq for SecretBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for SecretBytes {}
+
 impl From<Vec<u8>> for SecretBytes {
     fn from(mut v: Vec<u8>) -> Self {
-        if v.len() == v.capacity() {
-            return Self(v.into_boxed_slice());
-        }
-        // Shrinking would reallocate and free the old buffer unzeroed: copy, then wipe.
-        let boxed: Box<[u8]> = v.as_slice().into();
-        // All of its capacity: bytes past the length may have held secrets too.
-        v.zeroize();
-        Self(boxed)
+        let secret = Self(ThinBytes::copy_from(&v));
+        // The vector is freed now: wipe all of its capacity, since bytes past the length may
+        // have held secrets too (one `memset`, kept by the barrier, as in `wipe`).
+        let capacity = v.capacity();
+        v.clear();
+        v.resize(capacity, 0);
+        zeroize::optimization_barrier(&v);
+        secret
     }
 }
 
 impl From<&[u8]> for SecretBytes {
     fn from(v: &[u8]) -> Self {
-        Self(v.into())
+        Self(ThinBytes::copy_from(v))
     }
 }
 
@@ -221,7 +230,7 @@ impl Drop for SecretBytes {
     /// them. `Zeroize for [u8]` writes one volatile byte at a time, about ten times slower
     /// for a 100-byte session, in a path every evicted or taken session goes through.
     fn drop(&mut self) {
-        wipe(&mut self.0);
+        self.0.with_bytes_mut(wipe);
     }
 }
 
@@ -279,8 +288,9 @@ pub enum Validity {
 ///
 /// Sessions are immutable once built, except for the fields the cache itself maintains: the
 /// time (updated under [`CacheMode::UPDATE_TIME`](crate::CacheMode::UPDATE_TIME)) and the
-/// resumable flag (cleared when the session is removed). They are shared as `Arc<Session>`,
-/// and "the identical session" means the same `Arc` ([`Arc::ptr_eq`](std::sync::Arc::ptr_eq)).
+/// resumable flag (cleared when the session is removed). They are shared as
+/// [`SharedSession`](crate::SharedSession), and "the identical session" means the same
+/// allocation ([`Shared::ptr_eq`](crate::Shared::ptr_eq)).
 pub struct Session<P = SecretBytes> {
     // Laid out to keep the per-session overhead small: the context is shared between the
     // sessions of a context, and the small fields pack together.

@@ -3,18 +3,17 @@
 //! A shard holds no lock and calls no callback: [`crate::cache`] locks it, and fires callbacks
 //! for the sessions it hands back once the lock is released.
 //!
-//! The table holds slot indices (4 bytes each). A slot's session (its `Arc`) and its place in
-//! the expiry order live in two arrays at the same index: a lookup reads only the first, a
+//! The table holds slot indices (4 bytes each). A slot's session (its `Shared` pointer) and its
+//! place in the expiry order live in two arrays at the same index: a lookup reads only the first, a
 //! dense array of pointers (8 bytes a slot, where slots of 32 bytes put four times fewer in a
 //! cache line), and never the second, which [`crate::expiry`] keeps sorted by `(expiry, seq)`.
 
 use core::hash::BuildHasher;
-use std::sync::Arc;
 
 use hashbrown::HashTable;
 
 use crate::expiry::{ExpiryOrder, Key};
-use crate::session::Session;
+use crate::SharedSession;
 
 /// The order key of a shard's head: `(expiry, seq)`.
 pub(crate) type HeadKey = Key;
@@ -31,7 +30,7 @@ pub(crate) struct ShardCounters {
 pub(crate) struct Shard<P> {
     table: HashTable<u32>,
     /// Each slot's session; `None` for a free slot.
-    sessions: Vec<Option<Arc<Session<P>>>>,
+    sessions: Vec<Option<SharedSession<P>>>,
     /// Each slot's place in the expiry order, at the same index.
     order: ExpiryOrder,
     /// The cache's hasher, to find a slot's session in the table again.
@@ -60,7 +59,7 @@ impl<P> Shard<P> {
         self.table.len()
     }
 
-    fn session_at(&self, idx: u32) -> &Arc<Session<P>> {
+    fn session_at(&self, idx: u32) -> &SharedSession<P> {
         match &self.sessions[idx as usize] {
             Some(s) => s,
             None => unreachable!("the table and the list only hold live slots"),
@@ -72,7 +71,7 @@ impl<P> Shard<P> {
     }
 
     /// Finds the session with this id: its slot and the session.
-    pub(crate) fn find(&self, hash: u64, id: &[u8]) -> Option<(u32, &Arc<Session<P>>)> {
+    pub(crate) fn find(&self, hash: u64, id: &[u8]) -> Option<(u32, &SharedSession<P>)> {
         let sessions = &self.sessions;
         let idx = *self.table.find(hash, |&i| match &sessions[i as usize] {
             Some(s) => s.id().as_bytes() == id,
@@ -92,7 +91,7 @@ impl<P> Shard<P> {
     }
 
     /// Inserts a session whose id is not in the shard.
-    pub(crate) fn insert(&mut self, hash: u64, session: Arc<Session<P>>, expiry: u64, seq: u64) {
+    pub(crate) fn insert(&mut self, hash: u64, session: SharedSession<P>, expiry: u64, seq: u64) {
         let (idx, moved) = self.order.insert(expiry, seq);
         self.head_moved |= moved;
         match self.sessions.get_mut(idx as usize) {
@@ -111,10 +110,10 @@ impl<P> Shard<P> {
     pub(crate) fn replace(
         &mut self,
         idx: u32,
-        session: Arc<Session<P>>,
+        session: SharedSession<P>,
         expiry: u64,
         seq: u64,
-    ) -> Option<Arc<Session<P>>> {
+    ) -> Option<SharedSession<P>> {
         self.head_moved |= self.order.refile(idx, expiry, seq);
         self.sessions[idx as usize].replace(session)
     }
@@ -124,7 +123,7 @@ impl<P> Shard<P> {
     ///
     /// Callers that found the slot by its id pass the hash they found it with: the id is not
     /// hashed (nor the session read) a second time.
-    pub(crate) fn remove_at(&mut self, hash: u64, idx: u32) -> Option<Arc<Session<P>>> {
+    pub(crate) fn remove_at(&mut self, hash: u64, idx: u32) -> Option<SharedSession<P>> {
         if let Ok(entry) = self.table.find_entry(hash, |&i| i == idx) {
             entry.remove();
         }
@@ -135,7 +134,7 @@ impl<P> Shard<P> {
     }
 
     /// Removes the head (the session that expires soonest), if any.
-    pub(crate) fn pop_head(&mut self) -> Option<Arc<Session<P>>> {
+    pub(crate) fn pop_head(&mut self) -> Option<SharedSession<P>> {
         let head = self.order.head()?;
         self.remove_at(self.hash_of(head), head)
     }
@@ -143,7 +142,7 @@ impl<P> Shard<P> {
     /// Removes every session that is expired at `t` (`t > expiry`), soonest first.
     ///
     /// The cost is proportional to the number removed: the list is sorted by expiry.
-    pub(crate) fn pop_expired(&mut self, t: u64, out: &mut Vec<Arc<Session<P>>>) {
+    pub(crate) fn pop_expired(&mut self, t: u64, out: &mut Vec<SharedSession<P>>) {
         while self.order.head_key().is_some_and(|(expiry, _)| expiry < t) {
             match self.pop_head() {
                 Some(s) => out.push(s),
@@ -153,7 +152,7 @@ impl<P> Shard<P> {
     }
 
     /// Removes every session, marking each not resumable.
-    pub(crate) fn drain(&mut self, out: &mut Vec<Arc<Session<P>>>) {
+    pub(crate) fn drain(&mut self, out: &mut Vec<SharedSession<P>>) {
         out.reserve(self.table.len());
         for s in self.sessions.drain(..).flatten() {
             s.mark_not_resumable();
@@ -165,7 +164,7 @@ impl<P> Shard<P> {
     }
 
     /// Every session, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Session<P>>> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &SharedSession<P>> + '_ {
         self.sessions.iter().filter_map(Option::as_ref)
     }
 
@@ -191,14 +190,15 @@ impl<P> Shard<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Session;
 
-    fn session(id: u8, time: u64) -> Arc<Session<()>> {
+    fn session(id: u8, time: u64) -> SharedSession<()> {
         match Session::builder(&[id], ())
             .time(time)
             .timeout_secs(0)
             .build()
         {
-            Ok(s) => Arc::new(s),
+            Ok(s) => SharedSession::new(s),
             Err(e) => panic!("{e}"),
         }
     }

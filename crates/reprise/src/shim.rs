@@ -8,8 +8,9 @@
 //! beside it) stay uninstrumented: a load never blocks, and a slot's writer lock is held across
 //! no shuttle operation.
 //!
-//! `Arc` is the standard library's either way (shuttle's is the same type), so the public API
-//! does not change with the feature.
+//! `Arc` is the standard library's either way (shuttle's is the same type), and a session's
+//! `Shared` counts with the standard library's atomics, so the public API does not change with
+//! the feature.
 
 #[cfg(not(feature = "shuttle"))]
 pub(crate) use core::sync::atomic;

@@ -16,7 +16,7 @@ use shuttle::{Config, MaxSteps, Runner};
 use crate::shim::thread;
 use crate::{
     CacheBuilder, CacheMode, Fetched, ManualClock, Removal, Role, Session, SessionCache,
-    SessionKey, Tier,
+    SessionKey, SharedSession, Tier,
 };
 
 /// Schedules explored per scheduler and test; the whole run stays within seconds.
@@ -76,13 +76,13 @@ fn cache(shards: usize, limit: usize, mode: CacheMode) -> (Arc<SessionCache<()>>
 }
 
 /// A session with the 32-byte id `[id; 32]`, made at 1,000 and expiring at `expiry`.
-fn session(id: u8, expiry: u64) -> Arc<Session<()>> {
+fn session(id: u8, expiry: u64) -> SharedSession<()> {
     match Session::builder(&[id; 32], ())
         .time(1_000)
         .timeout_secs(expiry - 1_000)
         .build()
     {
-        Ok(s) => Arc::new(s),
+        Ok(s) => SharedSession::new(s),
         Err(e) => panic!("{e}"),
     }
 }
@@ -259,7 +259,7 @@ fn an_internal_ticket_is_taken_exactly_once() {
             })
             .collect();
         threads.push({
-            let (cache, ticket) = (Arc::clone(&cache), Arc::clone(&ticket));
+            let (cache, ticket) = (Arc::clone(&cache), SharedSession::clone(&ticket));
             thread::spawn(move || {
                 cache.add(&ticket);
             })
@@ -285,15 +285,18 @@ fn an_external_ticket_is_claimed_exactly_once() {
     explore(6, || {
         let (cache, _log) = cache(2, 0, CacheMode::SERVER | CacheMode::NO_INTERNAL_LOOKUP);
         let ticket = session(9, 1_100);
-        let external = Arc::clone(&ticket);
+        let external = SharedSession::clone(&ticket);
         cache.set_get_session_callback(Some(Arc::new(
-            move |_: &SessionCache<()>, _: &SessionKey<'_>| Some(Arc::clone(&external)),
+            move |_: &SessionCache<()>, _: &SessionKey<'_>| Some(SharedSession::clone(&external)),
         )));
         let wins = Arc::new(Mutex::new(0usize));
         let threads = (0..4)
             .map(|t| {
-                let (cache, wins, ticket) =
-                    (Arc::clone(&cache), Arc::clone(&wins), Arc::clone(&ticket));
+                let (cache, wins, ticket) = (
+                    Arc::clone(&cache),
+                    Arc::clone(&wins),
+                    SharedSession::clone(&ticket),
+                );
                 thread::spawn(move || {
                     let got = if t == 0 {
                         cache.take_confirmed(key(&[9; 32]), ticket)
@@ -317,7 +320,7 @@ fn an_external_ticket_is_claimed_exactly_once() {
 /// for a disk or a Redis: its take is atomic. A tier that `copies` hands out a session of its
 /// own, as a tier that decodes what it stored does; otherwise the very object it was given.
 struct MapTier {
-    map: crate::shim::Mutex<HashMap<Vec<u8>, Arc<Session<()>>>>,
+    map: crate::shim::Mutex<HashMap<Vec<u8>, SharedSession<()>>>,
     copies: bool,
 }
 
@@ -333,7 +336,7 @@ impl MapTier {
         self.map.lock().contains_key(id)
     }
 
-    fn hand_out(&self, s: Option<Arc<Session<()>>>) -> Fetched<()> {
+    fn hand_out(&self, s: Option<SharedSession<()>>) -> Fetched<()> {
         let Some(s) = s else {
             return Fetched::Miss;
         };
@@ -347,7 +350,7 @@ impl MapTier {
             .timeout_secs(s.timeout_secs())
             .build()
         {
-            Ok(copy) => Fetched::Hit(Arc::new(copy)),
+            Ok(copy) => Fetched::Hit(SharedSession::new(copy)),
             Err(e) => panic!("{e}"),
         }
     }
@@ -357,10 +360,11 @@ impl Tier<()> for MapTier {
     fn name(&self) -> &str {
         "map"
     }
-    fn store(&self, session: &Arc<Session<()>>) {
-        self.map
-            .lock()
-            .insert(session.id().as_bytes().to_vec(), Arc::clone(session));
+    fn store(&self, session: &SharedSession<()>) {
+        self.map.lock().insert(
+            session.id().as_bytes().to_vec(),
+            SharedSession::clone(session),
+        );
     }
     fn fetch(&self, key: SessionKey<'_>) -> Fetched<()> {
         let found = self.map.lock().get(key.id).cloned();
@@ -370,7 +374,7 @@ impl Tier<()> for MapTier {
         let found = self.map.lock().remove(key.id);
         self.hand_out(found)
     }
-    fn remove(&self, session: &Arc<Session<()>>, _why: Removal) {
+    fn remove(&self, session: &SharedSession<()>, _why: Removal) {
         self.map.lock().remove(session.id().as_bytes());
     }
 }

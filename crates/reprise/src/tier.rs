@@ -7,8 +7,9 @@
 //!
 //! - **writes go to every tier**: each new session is handed to [`Tier::store`];
 //! - **reads go through the stack in order**: a lookup that memory cannot answer asks each
-//!   tier's [`Tier::fetch`] in turn, validates what it finds with [`Session::validate`], and
-//!   copies a hit into memory and into the tiers before the one that had it;
+//!   tier's [`Tier::fetch`] in turn, validates what it finds with
+//!   [`Session::validate`](crate::Session::validate), and copies a hit into memory and into the
+//!   tiers before the one that had it;
 //! - **a take is decided by the last tier**, the authority on single use (Redis in a fleet):
 //!   only its [`Tier::take`] can hand a single-use session over, and every other copy, in memory
 //!   or in another tier, is removed, with [`Removal::Taken`];
@@ -25,7 +26,9 @@
 //! use std::sync::Arc;
 //! use std::collections::HashMap;
 //! use parking_lot::Mutex;
-//! use reprise::{Fetched, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, Tier};
+//! use reprise::{
+//!     Fetched, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, SharedSession, Tier,
+//! };
 //!
 //! /// A tier that keeps copies of sessions in a map, standing in for a real store (which would
 //! /// seal and encode them).
@@ -34,18 +37,18 @@
 //!
 //! impl Tier for MapTier {
 //!     fn name(&self) -> &str { "map" }
-//!     fn store(&self, session: &Arc<Session>) {
+//!     fn store(&self, session: &SharedSession) {
 //!         self.0.lock().insert(session.id().as_bytes().to_vec(), session.duplicate());
 //!     }
 //!     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
 //!         let found = self.0.lock().get(key.id).map(Session::duplicate);
-//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
+//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
 //!     }
 //!     fn take(&self, key: SessionKey<'_>) -> Fetched {
 //!         let found = self.0.lock().remove(key.id);
-//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
+//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
 //!     }
-//!     fn remove(&self, session: &Arc<Session>, why: Removal) {
+//!     fn remove(&self, session: &SharedSession, why: Removal) {
 //!         // Memory's evictions and flushes are memory's business.
 //!         if matches!(why, Removal::Explicit | Removal::Taken | Removal::Expired) {
 //!             self.0.lock().remove(session.id().as_bytes());
@@ -70,7 +73,8 @@ use std::sync::{Arc, Weak};
 use crate::cache::SessionCache;
 use crate::callbacks::Removal;
 use crate::clock::Clock;
-use crate::session::{SecretBytes, Session, SessionKey};
+use crate::session::{SecretBytes, SessionKey};
+use crate::SharedSession;
 
 /// A future a tier returns from [`Tier::prefetch`].
 pub type TierFuture<'a, P = SecretBytes> = Pin<Box<dyn Future<Output = Fetched<P>> + Send + 'a>>;
@@ -78,8 +82,9 @@ pub type TierFuture<'a, P = SecretBytes> = Pin<Box<dyn Future<Output = Fetched<P
 /// What a tier found for a key.
 #[derive(Debug)]
 pub enum Fetched<P = SecretBytes> {
-    /// A session. The cache validates it ([`Session::validate`]) before it resumes.
-    Hit(Arc<Session<P>>),
+    /// A session. The cache validates it ([`Session::validate`](crate::Session::validate))
+    /// before it resumes.
+    Hit(SharedSession<P>),
     /// The tier was asked and has nothing usable: no entry, or a value that did not decode.
     Miss,
     /// The tier could not answer: it is down, too slow, or refuses to block here. For a take,
@@ -92,7 +97,7 @@ pub enum Fetched<P = SecretBytes> {
 
 impl<P> Fetched<P> {
     /// The session, if this is a hit.
-    pub fn hit(self) -> Option<Arc<Session<P>>> {
+    pub fn hit(self) -> Option<SharedSession<P>> {
         match self {
             Fetched::Hit(s) => Some(s),
             _ => None,
@@ -217,10 +222,11 @@ pub trait Tier<P = SecretBytes>: Send + Sync {
 
     /// Stores a new session. Every tier gets every new session.
     ///
-    /// Keep a copy (an encoding), not the `Arc`: memory marks its own object not resumable when
-    /// it lets the session go (evicted, flushed, taken), and a tier that handed that very object
-    /// back from [`fetch`](Tier::fetch) or [`take`](Tier::take) would see it refused.
-    fn store(&self, session: &Arc<Session<P>>);
+    /// Keep a copy (an encoding), not the `SharedSession`: memory marks its own object not
+    /// resumable when it lets the session go (evicted, flushed, taken), and a tier that handed
+    /// that very object back from [`fetch`](Tier::fetch) or [`take`](Tier::take) would see it
+    /// refused.
+    fn store(&self, session: &SharedSession<P>);
 
     /// Reads a reusable session (TLS 1.2), synchronously.
     fn fetch(&self, key: SessionKey<'_>) -> Fetched<P>;
@@ -231,7 +237,7 @@ pub trait Tier<P = SecretBytes>: Send + Sync {
     fn take(&self, key: SessionKey<'_>) -> Fetched<P>;
 
     /// The cache removed `session`, for the reason `why`.
-    fn remove(&self, session: &Arc<Session<P>>, why: Removal);
+    fn remove(&self, session: &SharedSession<P>, why: Removal);
 
     /// Forgets the session under `key` without telling anyone: a tier below this one learned
     /// that it was removed elsewhere ([`TierContext::forget`]). By default, nothing.
@@ -282,7 +288,7 @@ pub struct Offer<'a> {
 #[must_use = "a ticket taken by a prefetch resumes only when handed to the connection"]
 #[derive(Debug)]
 pub struct Prefetched<P = SecretBytes> {
-    ticket: Option<Arc<Session<P>>>,
+    ticket: Option<SharedSession<P>>,
     session: bool,
     take: TicketTake,
 }
@@ -298,7 +304,7 @@ impl<P> Default for Prefetched<P> {
 }
 
 impl<P> Prefetched<P> {
-    pub(crate) fn ticket(ticket: Arc<Session<P>>) -> Self {
+    pub(crate) fn ticket(ticket: SharedSession<P>) -> Self {
         Self {
             ticket: Some(ticket),
             session: false,
@@ -323,7 +329,7 @@ impl<P> Prefetched<P> {
     /// It resumes only when handed to the connection
     /// ([`SessionCache::take_confirmed`], or `ConnectionSessions::confirm_take` in
     /// `reprise-rustls`); dropped, it is gone.
-    pub fn into_ticket(self) -> Option<Arc<Session<P>>> {
+    pub fn into_ticket(self) -> Option<SharedSession<P>> {
         self.ticket
     }
 

@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use reprise::{CacheMode, Clock, ManualClock, Role, Session, SessionCache, SessionKey, Stats};
+use reprise::{
+    CacheMode, Clock, ManualClock, Role, Session, SessionCache, SessionKey, SharedSession, Stats,
+};
 
 /// A session whose payload is its token: its index in the pool of objects a case made.
-type Obj = Arc<Session<u64>>;
+type Obj = SharedSession<u64>;
 
 const START: u64 = 1_000;
 
@@ -243,7 +245,7 @@ impl Engine {
                 e.log.remove.push(*s.payload());
                 if e.delete_on_remove {
                     let id = s.id().as_bytes();
-                    if e.map.get(id).is_some_and(|m| Arc::ptr_eq(m, s)) {
+                    if e.map.get(id).is_some_and(|m| SharedSession::ptr_eq(m, s)) {
                         e.map.remove(id);
                     }
                 }
@@ -289,12 +291,12 @@ impl Engine {
         let cache = &self.cache;
         match op {
             Op::Make(spec) => {
-                let s = Arc::new(self.build(spec));
+                let s = SharedSession::new(self.build(spec));
                 self.pool.push(s);
                 Ret::None
             }
             Op::AddNew(spec) => {
-                let s = Arc::new(self.build(spec));
+                let s = SharedSession::new(self.build(spec));
                 self.pool.push(s.clone());
                 Ret::Bool(self.cache.add(&s))
             }
@@ -934,8 +936,17 @@ fn run(limit: usize, ops: &[Op], shards: Option<usize>) -> Result<Trace, TestCas
     Ok(trace)
 }
 
+/// Cases per property: 256, or `MODEL_CASES` (`scripts/test.sh` runs fewer under valgrind,
+/// which is some thirty times slower).
+fn cases() -> u32 {
+    std::env::var("MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// The engine, with one shard and with the default number, behaves as the model does.
     #[test]

@@ -6,10 +6,12 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use reprise::{CacheMode, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey};
+use reprise::{
+    CacheMode, ManualClock, Role, SecretBytes, Session, SessionCache, SessionKey, SharedSession,
+};
 
-fn session(id: u8, time: u64, timeout: u64) -> Arc<Session> {
-    Arc::new(
+fn session(id: u8, time: u64, timeout: u64) -> SharedSession {
+    SharedSession::new(
         Session::builder(&[id; 32], SecretBytes::from(vec![id; 16]))
             .time(time)
             .timeout_secs(timeout)
@@ -34,7 +36,7 @@ fn reentrant_cache(
             .clock(clock.clone())
             .size_limit(limit)
             .remove_session_callback(Arc::new(
-                move |cache: &SessionCache, s: &Arc<Session>, _why| {
+                move |cache: &SessionCache, s: &SharedSession, _why| {
                     seen.fetch_add(1, Ordering::SeqCst);
                     if DEPTH.with(|d| d.get()) > 0 {
                         return;
@@ -113,7 +115,7 @@ fn during_take() {
     let s = session(1, 1_000, 10);
     cache.add(&s);
     let taken = cache.take(Role::Server, SessionKey::new(s.id().as_bytes(), b""));
-    assert!(taken.is_some_and(|t| Arc::ptr_eq(&t, &s)));
+    assert!(taken.is_some_and(|t| SharedSession::ptr_eq(&t, &s)));
     assert!(!s.is_resumable());
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -138,7 +140,7 @@ fn new_and_get_callbacks_may_reenter() {
     let cache: SessionCache = SessionCache::builder()
         .clock(clock)
         .mode(CacheMode::SERVER)
-        .new_session_callback(Arc::new(|cache: &SessionCache, s: &Arc<Session>| {
+        .new_session_callback(Arc::new(|cache: &SessionCache, s: &SharedSession| {
             // Looks itself up, then keeps the session.
             cache
                 .lookup(Role::Server, SessionKey::new(s.id().as_bytes(), b""))

@@ -9,7 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard, PoisonError};
 
-use reprise::{CacheMode, Clock, ManualClock, Role, Session, SessionCache, SessionKey};
+use reprise::{
+    CacheMode, Clock, ManualClock, Role, Session, SessionCache, SessionKey, SharedSession,
+};
 
 const THREADS: usize = 4;
 const OPS_PER_THREAD: usize = 20_000;
@@ -50,7 +52,7 @@ struct Payload {
     taken: AtomicU64,
 }
 
-type Obj = Arc<Session<Payload>>;
+type Obj = SharedSession<Payload>;
 type Cache = SessionCache<Payload>;
 
 /// A unique id per serial, so that no add ever replaces another object silently.
@@ -148,7 +150,7 @@ fn build_cache(clock: Arc<ManualClock>, shared: &Arc<Shared>, shards: Option<usi
             match rng.below(6) {
                 0 => {
                     // Add a fresh session from inside the callback (may evict: nested callbacks).
-                    let fresh = Arc::new(on_remove.make(cache, &mut rng));
+                    let fresh = SharedSession::new(on_remove.make(cache, &mut rng));
                     if cache.add(&fresh) {
                         fresh.payload().entered.fetch_add(1, Relaxed);
                     }
@@ -173,7 +175,7 @@ fn build_cache(clock: Arc<ManualClock>, shared: &Arc<Shared>, shards: Option<usi
                     let id = s.id().as_bytes().to_vec();
                     if cache
                         .lookup(Role::Server, key(&id))
-                        .is_some_and(|f| Arc::ptr_eq(&f, s))
+                        .is_some_and(|f| SharedSession::ptr_eq(&f, s))
                     {
                         on_remove.removed_but_resumable.fetch_add(1, Relaxed);
                     }
@@ -207,7 +209,7 @@ fn worker(cache: &Cache, clock: &ManualClock, shared: &Shared, seed: u64) -> Vec
         };
         match rng.below(100) {
             0..=29 => {
-                let s = Arc::new(shared.make(cache, &mut rng));
+                let s = SharedSession::new(shared.make(cache, &mut rng));
                 // A fresh object with a fresh id always becomes a new entry.
                 assert!(cache.add(&s), "add of a fresh session returned false");
                 s.payload().entered.fetch_add(1, Relaxed);
@@ -434,7 +436,7 @@ fn take_session(serial: u64) -> Obj {
     .timeout_secs(300)
     .build()
     {
-        Ok(s) => Arc::new(s),
+        Ok(s) => SharedSession::new(s),
         Err(e) => panic!("a 16-byte id is valid: {e}"),
     }
 }
@@ -522,7 +524,7 @@ fn concurrent_takes_and_readds_of_one_session_have_one_winner() {
                     for _ in 0..TRIES {
                         let _ = cache.add(s);
                         if let Some(f) = cache.take(Role::Server, key(s.id().as_bytes())) {
-                            assert!(Arc::ptr_eq(&f, s));
+                            assert!(SharedSession::ptr_eq(&f, s));
                             f.payload().taken.fetch_add(1, Relaxed);
                         }
                     }
@@ -566,12 +568,12 @@ fn internal_take_race(rounds: usize) {
             match if last_walk { 3 } else { rng.below(4) } {
                 0 | 1 => {
                     if let Some(f) = cache.lookup(Role::Server, key(id)) {
-                        assert!(Arc::ptr_eq(&f, s));
+                        assert!(SharedSession::ptr_eq(&f, s));
                     }
                 }
                 _ => {
                     if let Some(f) = cache.take(Role::Server, key(id)) {
-                        assert!(Arc::ptr_eq(&f, s));
+                        assert!(SharedSession::ptr_eq(&f, s));
                         f.payload().taken.fetch_add(1, Relaxed);
                     }
                 }
@@ -611,7 +613,7 @@ fn concurrent_external_takes_with_a_take_callback_have_one_winner() {
         },
         |cache, s, _rng, _last_walk| {
             if let Some(f) = cache.take(Role::Server, key(s.id().as_bytes())) {
-                assert!(Arc::ptr_eq(&f, s));
+                assert!(SharedSession::ptr_eq(&f, s));
                 f.payload().taken.fetch_add(1, Relaxed);
             }
         },
@@ -645,7 +647,7 @@ fn concurrent_external_takes_without_a_take_callback_have_one_winner() {
             let mut map = lock(&remover);
             if map
                 .get(s.id().as_bytes())
-                .is_some_and(|m| Arc::ptr_eq(m, s))
+                .is_some_and(|m| SharedSession::ptr_eq(m, s))
             {
                 map.remove(s.id().as_bytes());
             }
@@ -665,7 +667,7 @@ fn concurrent_external_takes_without_a_take_callback_have_one_winner() {
         },
         |cache, s, _rng, _last_walk| {
             if let Some(f) = cache.take(Role::Server, key(s.id().as_bytes())) {
-                assert!(Arc::ptr_eq(&f, s));
+                assert!(SharedSession::ptr_eq(&f, s));
                 f.payload().taken.fetch_add(1, Relaxed);
             }
         },

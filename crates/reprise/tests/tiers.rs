@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use reprise::{
     CacheMode, Fetched, ManualClock, Offer, ProtocolVersion, Removal, Request, Role, SecretBytes,
-    Session, SessionCache, SessionKey, Stats, Tier, TierContext, TierFuture,
+    Session, SessionCache, SessionKey, SharedSession, Stats, Tier, TierContext, TierFuture,
 };
 
 /// A tier over a map, which records what it was told. `down` makes every read unavailable;
@@ -17,7 +17,7 @@ use reprise::{
 #[derive(Default)]
 struct MapTier {
     name: &'static str,
-    map: Mutex<HashMap<Vec<u8>, Arc<Session>>>,
+    map: Mutex<HashMap<Vec<u8>, SharedSession>>,
     removals: Mutex<Vec<(Vec<u8>, Removal)>>,
     reads: AtomicUsize,
     takes: AtomicUsize,
@@ -48,9 +48,10 @@ impl MapTier {
     }
 
     fn put(&self, session: Session) {
-        self.map
-            .lock()
-            .insert(session.id().as_bytes().to_vec(), Arc::new(session));
+        self.map.lock().insert(
+            session.id().as_bytes().to_vec(),
+            SharedSession::new(session),
+        );
     }
 
     fn removals(&self, id: u8) -> Vec<Removal> {
@@ -70,7 +71,7 @@ impl MapTier {
         let found = if take {
             map.remove(key.id)
         } else {
-            map.get(key.id).map(|s| Arc::new(s.duplicate()))
+            map.get(key.id).map(|s| SharedSession::new(s.duplicate()))
         };
         found.map_or(Fetched::Miss, Fetched::Hit)
     }
@@ -85,7 +86,7 @@ impl Tier for MapTier {
         let _ = self.cx.set(cx);
     }
 
-    fn store(&self, session: &Arc<Session>) {
+    fn store(&self, session: &SharedSession) {
         // A copy, as a real tier decodes one: memory marks its own object not resumable when it
         // lets it go, and that must not reach the tier's.
         self.put(session.duplicate());
@@ -108,7 +109,7 @@ impl Tier for MapTier {
         self.read(key, true)
     }
 
-    fn remove(&self, session: &Arc<Session>, why: Removal) {
+    fn remove(&self, session: &SharedSession, why: Removal) {
         self.removals
             .lock()
             .push((session.id().as_bytes().to_vec(), why));

@@ -58,8 +58,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use reprise::{
-    Fetched, Metric, Removal, Request, SecretBytes, Session, SessionKey, SystemClock, Tier,
-    TierContext, TierFuture, WriteQueue,
+    Fetched, Metric, Removal, Request, SecretBytes, Session, SessionKey, SharedSession,
+    SystemClock, Tier, TierContext, TierFuture, WriteQueue,
 };
 use reprise_seal::{open_session, seal_session, KeyRing};
 use thiserror::Error;
@@ -271,7 +271,7 @@ impl Tier for MemcachedTier {
     }
 
     /// Seals the session and queues a `set` that expires with it.
-    fn store(&self, session: &Arc<Session>) {
+    fn store(&self, session: &SharedSession) {
         let shared = &self.shared;
         let now = shared.now();
         let Some(exptime) = exptime(session, now) else {
@@ -303,7 +303,7 @@ impl Tier for MemcachedTier {
     /// Deletes on an explicit removal, and on a take that another tier (the authority, below
     /// this one) decided: a take this tier decided already deleted the ticket. Evictions,
     /// expiry and flushes are each instance's own business.
-    fn remove(&self, session: &Arc<Session>, why: Removal) {
+    fn remove(&self, session: &SharedSession, why: Removal) {
         if why == Removal::Explicit || (why == Removal::Taken && !self.is_authority()) {
             let shared = &self.shared;
             shared.queue.push(Write::Delete {
@@ -414,7 +414,7 @@ impl Shared {
             None => return Fetched::Miss,
         };
         if kind == Kind::Session {
-            return Fetched::Hit(Arc::new(session));
+            return Fetched::Hit(SharedSession::new(session));
         }
         // A take: the delete decides who won.
         let deleted = timeout(self.config.read_timeout, async {
@@ -426,7 +426,7 @@ impl Shared {
         match deleted {
             Ok(Ok((conn, true))) => {
                 self.give_back(conn);
-                Fetched::Hit(Arc::new(session))
+                Fetched::Hit(SharedSession::new(session))
             }
             Ok(Ok((conn, false))) => {
                 self.give_back(conn);

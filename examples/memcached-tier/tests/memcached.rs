@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reprise::{
     Fetched, Offer, ProtocolVersion, Removal, Role, SecretBytes, Session, SessionCache, SessionKey,
-    Tier,
+    SharedSession, Tier,
 };
 use reprise_memcached_example::{Kind, MemcachedConfig, MemcachedTier};
 use reprise_seal::{seal_session, KeyRing};
@@ -329,19 +329,19 @@ impl Tier for MapTier {
     fn name(&self) -> &str {
         "map"
     }
-    fn store(&self, session: &Arc<Session>) {
+    fn store(&self, session: &SharedSession) {
         let id = session.id().as_bytes().to_vec();
         self.0.lock().insert(id, session.duplicate());
     }
     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
         let found = self.0.lock().get(key.id).map(Session::duplicate);
-        found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
+        found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
     }
     fn take(&self, key: SessionKey<'_>) -> Fetched {
         let found = self.0.lock().remove(key.id);
-        found.map_or(Fetched::Miss, |s| Fetched::Hit(Arc::new(s)))
+        found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
     }
-    fn remove(&self, session: &Arc<Session>, why: Removal) {
+    fn remove(&self, session: &SharedSession, why: Removal) {
         if matches!(why, Removal::Explicit | Removal::Taken | Removal::Expired) {
             self.0.lock().remove(session.id().as_bytes());
         }

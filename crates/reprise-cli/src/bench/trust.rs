@@ -41,10 +41,11 @@ pub(super) fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
     Ok(roots)
 }
 
-/// The client configuration: exactly one TLS version, the ring provider, resumption disabled
+/// The client configuration: exactly one TLS version, the binary's crypto provider
+/// ([`crate::tls::default_provider`]), resumption disabled
 /// (the workers of `--mode resume` replace it with their own store).
 pub(super) fn client_config(tls: TlsVersion, trust: Trust) -> anyhow::Result<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::tls::default_provider());
     let version = match tls {
         TlsVersion::Tls12 => &rustls::version::TLS12,
         TlsVersion::Tls13 => &rustls::version::TLS13,

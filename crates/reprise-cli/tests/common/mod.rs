@@ -37,13 +37,36 @@ impl Server {
     /// takes a chosen port before the server binds it, it starts again on others (3 times).
     pub fn start_with(args: &[&str], with_metrics: bool) -> Server {
         for _ in 0..3 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let listen = ["--listen", &addr.to_string()].map(str::to_owned);
+            if let Some(server) = Self::spawn(addr, &listen, args, with_metrics) {
+                return server;
+            }
+        }
+        panic!("reprise serve could not bind free ports three times");
+    }
+
+    /// Starts `reprise serve <args>` (with metrics on a free port) whose `args` make it listen
+    /// on `addr` (a config file's `listen`), and waits (at most 20 s) until it serves.
+    pub fn start_on(addr: SocketAddr, args: &[&str]) -> Server {
+        Self::spawn(addr, &[], args, true)
+            .unwrap_or_else(|| panic!("reprise serve could not listen on {addr}"))
+    }
+
+    /// Spawns the server and waits until it serves; `None` if it could not bind its ports.
+    fn spawn(
+        addr: SocketAddr,
+        listen: &[String],
+        args: &[&str],
+        with_metrics: bool,
+    ) -> Option<Server> {
+        {
             let dir = tempfile::tempdir().unwrap();
             let stderr_path = dir.path().join("stderr.log");
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let metrics: Option<SocketAddr> =
                 with_metrics.then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
             let mut cmd = reprise();
-            cmd.arg("serve").arg("--listen").arg(addr.to_string());
+            cmd.arg("serve").args(listen);
             if let Some(m) = metrics {
                 cmd.arg("--metrics-listen").arg(m.to_string());
             }
@@ -60,12 +83,12 @@ impl Server {
                 _dir: dir,
             };
             if server.wait_ready() {
-                return server;
+                return Some(server);
             }
             let log = server.stderr();
             assert!(log.contains("cannot listen"), "reprise serve exited: {log}");
+            None
         }
-        panic!("reprise serve could not bind free ports three times");
     }
 
     /// Waits (at most 20 s) until the server accepts connections; false if it exited.

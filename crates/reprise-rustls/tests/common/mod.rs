@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use reprise::{ManualClock, Session, SessionCache, SessionKey};
+use reprise::{ManualClock, Session, SessionCache, SessionKey, SharedSession};
 use reprise_rustls::{ClientAuth, ClientSession, ClientStore, ConnectionSessions, ServerStore};
 use rustls::client::Resumption;
 use rustls::crypto::ring as provider;
@@ -51,7 +51,10 @@ impl Configs for Pki {
         let builder = match client_auth {
             ClientAuth::None => builder.with_no_client_auth(),
             ClientAuth::Optional | ClientAuth::Required => {
-                let verifier = WebPkiClientVerifier::builder(self.roots());
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    self.roots(),
+                    Arc::new(rustls::crypto::ring::default_provider()),
+                );
                 let verifier = if client_auth == ClientAuth::Optional {
                     verifier.allow_unauthenticated()
                 } else {
@@ -190,11 +193,11 @@ pub struct Recorder {
     pub keep: AtomicBool,
     /// Whether the remove callback deletes from the external map.
     pub remove_deletes: AtomicBool,
-    pub external: Mutex<HashMap<Vec<u8>, Arc<Session>>>,
+    pub external: Mutex<HashMap<Vec<u8>, SharedSession>>,
     /// Every session the new callback saw, in order.
-    pub made: Mutex<Vec<Arc<Session>>>,
+    pub made: Mutex<Vec<SharedSession>>,
     /// Every session the remove callback saw, in order.
-    pub removed: Mutex<Vec<Arc<Session>>>,
+    pub removed: Mutex<Vec<SharedSession>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -239,7 +242,7 @@ impl Recorder {
                     .unwrap();
                 r.external
                     .lock()
-                    .insert(s.id().as_bytes().to_vec(), Arc::new(copy));
+                    .insert(s.id().as_bytes().to_vec(), SharedSession::new(copy));
             }
             keep
         })));
