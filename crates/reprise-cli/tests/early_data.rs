@@ -456,10 +456,12 @@ fn redis_stopped_accepts_no_early_data_and_handshakes_complete() {
 #[test]
 fn a_replayed_first_flight_is_rejected_on_another_instance() {
     let fleet = Fleet::start(2);
-    let mut config =
-        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-            .with_root_certificates(fleet.pki.roots())
-            .with_no_client_auth();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(fleet.pki.roots())
+        .with_no_client_auth();
     config.enable_early_data = true;
     let config = Arc::new(config);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
