@@ -425,4 +425,11 @@ pub struct BenchArgs {
     /// Worker threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+
+    /// Send an HTTP GET of N bytes on each connection and time its first response byte:
+    /// as TLS 1.3 early data (0-RTT) when the ticket allows it, otherwise after the handshake
+    /// (always after it with 0). Reports how much early data was accepted, and the time to
+    /// first byte beside the handshake time.
+    #[arg(long, value_name = "N")]
+    pub early_data: Option<usize>,
 }

@@ -25,12 +25,30 @@ impl ClientConn {
     /// flight (its Finished, when the handshake was resumed or is TLS 1.3) is held until
     /// [`ClientConn::close`]. Errors: a rustls error wrapped in `InvalidData`, as `tokio-rustls`
     /// reports it, or the I/O error; an end of stream mid-handshake is `UnexpectedEof`.
+    #[cfg(test)]
     pub async fn handshake(
         tcp: TcpStream,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
     ) -> io::Result<Self> {
-        let tls = ClientConnection::new(config, name).map_err(invalid)?;
+        Ok(Self::handshake_with(tcp, config, name, &[]).await?.0)
+    }
+
+    /// [`handshake`](Self::handshake), sending as much of `early` as the session allows as
+    /// TLS 1.3 early data, with the ClientHello. Returns the connection and how many bytes of
+    /// `early` went (none without a session that allows early data; whether the server
+    /// accepted them: [`is_early_data_accepted`](Self::is_early_data_accepted)).
+    pub async fn handshake_with(
+        tcp: TcpStream,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+        early: &[u8],
+    ) -> io::Result<(Self, usize)> {
+        let mut tls = ClientConnection::new(config, name).map_err(invalid)?;
+        let sent = match tls.early_data() {
+            Some(mut writer) if !early.is_empty() => writer.write(early)?,
+            _ => 0,
+        };
         let mut conn = ClientConn { tcp, tls };
         while conn.tls.is_handshaking() {
             if conn.tls.wants_write() {
@@ -42,7 +60,36 @@ impl ClientConn {
                 ));
             }
         }
-        Ok(conn)
+        Ok((conn, sent))
+    }
+
+    /// Whether the server accepted the early data.
+    pub fn is_early_data_accepted(&self) -> bool {
+        self.tls.is_early_data_accepted()
+    }
+
+    /// Sends `data` (with the handshake's last flight, if it is still held).
+    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.tls.writer().write_all(data)?;
+        self.write_all().await
+    }
+
+    /// Waits for the first byte of the server's application data (sending what is held).
+    /// Not bounded by itself: the caller's timeout bounds it.
+    pub async fn first_byte(&mut self) -> io::Result<()> {
+        self.write_all().await?;
+        let mut one = [0u8; 1];
+        loop {
+            match self.tls.reader().read(&mut one) {
+                Ok(1..) => return Ok(()),
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if self.read_some().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
     }
 
     /// Whether the handshake was full or resumed.

@@ -36,6 +36,10 @@ const METRICS_CONNECTIONS: usize = 16;
 /// How long a connection to the upstream may take.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a client that sent early data may take to finish its handshake when the server
+/// closes the connection.
+const HANDSHAKE_END_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What every connection task shares.
 struct Shared {
     /// The flags, read again with the config file on a reload.
@@ -974,6 +978,13 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// then: had the client sent more data, unread at the close, the kernel would answer with a
 /// reset and drop the held alert.
 async fn close_notify(stream: &mut Tls, peer_closed: bool) -> Ending {
+    // A client that sent early data may not have finished its handshake yet: it gets its
+    // tickets, and its Finished is not answered with a reset.
+    let finishing = stream.get_mut().complete_handshake();
+    match tokio::time::timeout(HANDSHAKE_END_TIMEOUT, finishing).await {
+        Ok(Ok(())) => {}
+        _ => return Ending::Unclean,
+    }
     let (io, conn) = stream.get_mut().get_mut();
     conn.send_close_notify();
     if peer_closed {

@@ -20,6 +20,9 @@ use reprise_testkit::{wait_until, PemFiles, Pki, RedisServer};
 const GET_EARLY: &[u8] = b"GET /early HTTP/1.1\r\nHost: localhost\r\n\r\n";
 const GET_AFTER: &[u8] = b"GET /after HTTP/1.0\r\nHost: localhost\r\n\r\n";
 const POST: &[u8] = b"POST /form HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi";
+/// The same POST, closing the connection after its answer.
+const POST_CLOSE: &[u8] =
+    b"POST /form HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
 
 /// A directory with the request files s_client sends as early data.
 struct Files {
@@ -125,7 +128,7 @@ fn an_unsafe_method_in_early_data_gets_425_then_succeeds_after_the_handshake() {
     let (_pki, server) = one_instance(&["--early-data", "4096"]);
     let files = Files::new();
     let session = files.session(&server, "s1");
-    let out = with_early_data(&server, &session, &files.path("post"), POST);
+    let out = with_early_data(&server, &session, &files.path("post"), POST_CLOSE);
     assert!(accepted(&out), "{out}");
     let too_early = out.find("HTTP/1.1 425 Too Early").expect(&out);
     let ok = out.find("HTTP/1.1 200 OK").expect(&out);
@@ -135,7 +138,7 @@ fn an_unsafe_method_in_early_data_gets_425_then_succeeds_after_the_handshake() {
 
     let (_pki, server) = one_instance(&["--early-data", "4096", "--early-data-methods", "HEAD"]);
     let session = files.session(&server, "s2");
-    let out = with_early_data(&server, &session, &files.path("get"), b"");
+    let out = with_early_data(&server, &session, &files.path("get"), GET_AFTER);
     assert!(accepted(&out), "{out}");
     assert!(out.contains("HTTP/1.1 425 Too Early"), "{out}");
 }
@@ -188,6 +191,157 @@ fn bad_early_data_settings_are_refused() {
     std::fs::write(&file, "early-data = 99999\n").unwrap();
     let line = fails_to_start(&["serve", "--config", &file]);
     assert!(line.contains("early-data"), "{line}");
+    // The settings file takes them too.
+    std::fs::write(
+        &file,
+        "early-data = 1024\nearly-data-methods = [\"GET\"]\nupstream = \"127.0.0.1:9\"\nupstream-early-data = true\n",
+    )
+    .unwrap();
+    let out = common::reprise()
+        .args(["check-config", "--config", &file])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An upstream that answers each connection's first request with the request line it read,
+/// then closes.
+fn upstream() -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let (mut tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut chunk).unwrap();
+                assert!(n > 0, "the request was lost");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            let line = String::from_utf8_lossy(&got)
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned();
+            let body = format!("upstream got: {line}\n");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tcp.write_all(response.as_bytes()).unwrap();
+            lines.push(line);
+        }
+        lines
+    });
+    (addr, served)
+}
+
+/// With `--upstream`, early data reaches the upstream, held until the handshake completes by
+/// default and at once with `--upstream-early-data`: drained from rustls's early-data reader
+/// into the stream, nothing lost.
+#[test]
+fn early_data_reaches_the_upstream_held_or_at_once() {
+    for at_once in [false, true] {
+        let (addr, served) = upstream();
+        let addr = addr.to_string();
+        let mut flags = vec!["--early-data", "16384", "--upstream", addr.as_str()];
+        if at_once {
+            flags.push("--upstream-early-data");
+        }
+        let (_pki, server) = one_instance(&flags);
+        let files = Files::new();
+        let session = files.path("s");
+        let out = s_client(
+            &[
+                "-connect",
+                &server.connect_arg(),
+                "-servername",
+                "localhost",
+                "-tls1_3",
+                "-sess_out",
+                &session,
+                "-ign_eof",
+            ],
+            GET_AFTER,
+        );
+        assert!(out.contains("upstream got: GET /after"), "{out}");
+        let out = with_early_data(&server, &session, &files.path("get"), b"");
+        assert!(accepted(&out), "{out}");
+        assert!(out.contains("upstream got: GET /early"), "{out}");
+        assert_eq!(
+            served.join().unwrap(),
+            ["GET /after HTTP/1.0", "GET /early HTTP/1.1"]
+        );
+    }
+}
+
+/// A client that sends more early data than the instance allows (its ticket came from an
+/// instance that allows more) loses its connection: a fatal error in rustls, counted.
+#[test]
+fn early_data_beyond_the_limit_is_a_fatal_error_and_counted() {
+    let (a, b): (&[&str], &[&str]) = (&["--early-data", "16384"], &["--early-data", "64"]);
+    let fleet = Fleet::start_with(&[a, b]);
+    let files = Files::new();
+    let session = files.session(&fleet.a, "s1");
+    written(&fleet.a, 2);
+    let big = files.path("big");
+    let mut request = b"GET /big HTTP/1.1\r\nHost: localhost\r\nX-Pad: ".to_vec();
+    request.resize(1000, b'a');
+    request.extend_from_slice(b"\r\n\r\n");
+    std::fs::write(&big, &request).unwrap();
+    let out = with_early_data(fleet.b(), &session, &big, b"");
+    assert!(!out.contains("HTTP/1.1 200 OK"), "{out}");
+    assert!(wait_until(Duration::from_secs(5), || early_metric(
+        fleet.b(),
+        "too_much"
+    ) == 1));
+}
+
+/// `reprise bench --early-data N` sends its GET as early data on resumed connections, and
+/// reports how many were accepted and the time to first byte.
+#[test]
+fn bench_reports_early_data_and_time_to_first_byte() {
+    let (_pki, server) = one_instance(&["--early-data", "16384"]);
+    let out = server
+        .bench()
+        .args(["--connections", "20", "--early-data", "300", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["early_data"], 300);
+    assert_eq!(report["failures"], 0);
+    let resumed = report["resumed"].as_u64().unwrap();
+    assert_eq!(resumed, 19, "{report}");
+    assert_eq!(report["early_data_sent"], resumed);
+    assert_eq!(report["early_data_accepted"], resumed);
+    assert!(report["ttfb_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert_eq!(early_metric(&server, "accepted"), resumed);
+
+    for bad in [
+        &["--early-data", "5"][..],
+        &["--early-data", "300", "--tls", "1.2"],
+    ] {
+        let line = fails_to_start(
+            &[
+                &["bench", "--connect", "127.0.0.1:9", "--insecure"][..],
+                bad,
+            ]
+            .concat(),
+        );
+        assert!(line.contains("early-data"), "{line}");
+    }
 }
 
 /// Two instances on one Redis, with one certificate and key file, taking early data.
@@ -202,6 +356,12 @@ struct Fleet {
 
 impl Fleet {
     fn start(n: usize) -> Fleet {
+        let early: &[&str] = &["--early-data", "16384"];
+        Self::start_with(&[early, early][..n])
+    }
+
+    /// One instance per entry of `flags`, each with those flags.
+    fn start_with(flags: &[&[&str]]) -> Fleet {
         let redis = RedisServer::start();
         let pki = Pki::new();
         let files = pki.write_pem();
@@ -210,17 +370,16 @@ impl Fleet {
         std::fs::write(&keys, common::keygen("k1") + "\n").unwrap();
         let (cert, key) = (files.path("server.pem"), files.path("server.key"));
         let url = redis.url();
-        let instance = || {
+        let instance = |extra: &[&str]| {
             let tls = ["--cert", cert.as_str(), "--key", key.as_str()];
-            let early = ["--early-data", "16384"];
-            let s = Server::start(&[&tls[..], &fleet_flags(&url, &keys), &early].concat());
+            let s = Server::start(&[&tls[..], &fleet_flags(&url, &keys), extra].concat());
             assert!(wait_until(Duration::from_secs(10), || s
                 .metric("reprise_redis_connected")
                 == 1));
             s
         };
-        let a = instance();
-        let b = (n > 1).then(instance);
+        let a = instance(flags[0]);
+        let b = flags.get(1).map(|f| instance(f));
         Fleet {
             redis,
             pki,
@@ -297,13 +456,12 @@ fn redis_stopped_accepts_no_early_data_and_handshakes_complete() {
 #[test]
 fn a_replayed_first_flight_is_rejected_on_another_instance() {
     let fleet = Fleet::start(2);
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(fleet.pki.roots())
-    .with_no_client_auth();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(fleet.pki.roots())
+        .with_no_client_auth();
     config.enable_early_data = true;
     let config = Arc::new(config);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

@@ -183,6 +183,17 @@ impl ServerIo {
         }
     }
 
+    /// Completes the handshake, if a client that sent early data has not finished it yet:
+    /// reads its Finished (what it sends after is kept for later reads) and sends its tickets.
+    /// Call it before closing the connection by hand: [`poll_shutdown`](AsyncWrite::poll_shutdown)
+    /// does it itself. Not bounded by itself: the caller's timeout bounds it.
+    pub async fn complete_handshake(&mut self) -> io::Result<()> {
+        match self {
+            ServerIo::Tokio(_) => Ok(()),
+            ServerIo::Driven(d) => d.drive(false).await,
+        }
+    }
+
     /// Whether the connection failed because the client sent more early data than allowed
     /// (a fatal error of the connection in rustls).
     pub fn early_data_overflowed(&self) -> bool {
@@ -344,28 +355,29 @@ impl Driven {
     /// flight went out and rustls accepted the early data (the application may read it and
     /// answer at once).
     pub(crate) async fn drive(&mut self, until_early: bool) -> io::Result<()> {
-        core::future::poll_fn(|cx| {
-            // Bounded by what the client sends: each round reads from the socket or returns.
-            loop {
-                match self.poll_write_tls(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {}
-                }
-                if !self.conn.is_handshaking() || (until_early && self.early_accepted()) {
-                    return Poll::Ready(Ok(()));
-                }
-                if self.eof {
-                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-                }
-                match self.poll_read_tls(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(_)) => {}
-                }
+        core::future::poll_fn(|cx| self.poll_drive(cx, until_early)).await
+    }
+
+    fn poll_drive(&mut self, cx: &mut Context<'_>, until_early: bool) -> Poll<io::Result<()>> {
+        // Bounded by what the client sends: each round reads from the socket or returns.
+        loop {
+            match self.poll_write_tls(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
             }
-        })
-        .await
+            if !self.conn.is_handshaking() || (until_early && self.early_accepted()) {
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            match self.poll_read_tls(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
     }
 
     /// Copies early data into `buf`, if the application may have it now: true if it did.
@@ -479,6 +491,14 @@ impl AsyncWrite for Driven {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // The handshake first: the client's Finished read, its tickets sent. Closed before,
+        // the connection would reset what the client still sends, and leave it no ticket.
+        if !this.close_sent {
+            match this.poll_drive(cx, false) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
         if !this.close_sent {
             this.conn.send_close_notify();
             this.close_sent = true;

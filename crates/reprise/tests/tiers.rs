@@ -363,6 +363,44 @@ fn prefetch_takes_a_ticket_from_the_authority_for_one_connection() {
     assert!(cache.take(Role::Server, SessionKey::new(&k, CTX)).is_none());
 }
 
+/// What the authority did with the offered tickets, for a server deciding on 0-RTT: confirmed
+/// only when it took the ticket for this connection.
+#[test]
+fn prefetch_says_what_the_authority_did_with_the_tickets() {
+    use reprise::TicketTake;
+    let (disk, shared) = (MapTier::new("disk"), MapTier::asynchronous("shared"));
+    let (cache, _) = stack(&[&disk, &shared]);
+    cache.new_session(Role::Server, session(&cache, 15, ProtocolVersion::TLS1_3));
+    let k = key(15);
+    let offer = |ids: &[&[u8]]| {
+        now(cache.prefetch(Offer {
+            sid_ctx: CTX,
+            psk_identities: ids,
+            ..Offer::default()
+        }))
+        .ticket_take()
+    };
+    assert_eq!(offer(&[]), TicketTake::NotAsked);
+    shared.down.store(true, Ordering::SeqCst);
+    assert_eq!(offer(&[&k]), TicketTake::Unavailable);
+    shared.down.store(false, Ordering::SeqCst);
+    let first = offer(&[&k]);
+    assert_eq!(first, TicketTake::Confirmed);
+    assert!(first.confirms());
+    // The replay: the ticket is gone.
+    let again = offer(&[&k]);
+    assert_eq!(again, TicketTake::Missed);
+    assert!(!again.confirms());
+    // A synchronous authority takes during the handshake: its take is the only one.
+    let (local, _) = stack(&[&MapTier::new("disk")]);
+    let taken = now(local.prefetch(Offer {
+        sid_ctx: CTX,
+        psk_identities: &[&k],
+        ..Offer::default()
+    }));
+    assert_eq!(taken.ticket_take(), TicketTake::Synchronous);
+}
+
 #[test]
 fn prefetch_reads_a_tls12_session_in_order_into_memory() {
     let (disk, shared) = (MapTier::new("disk"), MapTier::asynchronous("shared"));

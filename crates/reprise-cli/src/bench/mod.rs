@@ -24,6 +24,7 @@
 
 mod plan;
 mod report;
+mod request;
 mod run;
 mod trust;
 

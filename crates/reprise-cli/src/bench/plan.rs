@@ -41,6 +41,9 @@ pub(super) struct Plan {
     pub(super) concurrency: usize,
     pub(super) stop: Stop,
     pub(super) json: bool,
+    /// With `--early-data`: the request each connection sends, and whether it goes as early
+    /// data.
+    pub(super) request: Option<super::request::Request>,
     /// The client configuration; in `--mode resume` each worker gets a copy with its own store.
     pub(super) config: ClientConfig,
 }
@@ -64,7 +67,12 @@ impl Plan {
         };
         let server_name = ServerName::try_from(name.clone())
             .map_err(|e| anyhow::anyhow!("server name {name:?}: {e}"))?;
-        let config = client_config(args.tls, trust)?;
+        let mut config = client_config(args.tls, trust)?;
+        let request = match args.early_data {
+            None => None,
+            Some(n) => Some(super::request::Request::new(&name, n, args.tls)?),
+        };
+        config.enable_early_data = request.as_ref().is_some_and(|r| r.early);
         let mut addrs = Vec::with_capacity(args.connect.len());
         for target in &args.connect {
             addrs.push(resolve(target).await?);
@@ -78,6 +86,7 @@ impl Plan {
             concurrency: args.concurrency,
             stop,
             json: args.json,
+            request,
             config,
         })
     }

@@ -116,6 +116,15 @@ pub struct Report {
     /// Handshake latency from the start of the TCP connect, in milliseconds; null without
     /// handshakes.
     pub latency_ms: Option<Latency>,
+    /// With `--early-data N`: N (the request's size); null without.
+    pub early_data: Option<usize>,
+    /// With `--early-data`: connections that sent their request as early data.
+    pub early_data_sent: u64,
+    /// Of those, the ones whose early data the server accepted.
+    pub early_data_accepted: u64,
+    /// With `--early-data`: time from the start of the TCP connect to the response's first
+    /// byte, in milliseconds; null otherwise.
+    pub ttfb_ms: Option<Latency>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -133,14 +142,17 @@ pub struct Latency {
 
 impl Report {
     pub(super) fn new(plan: &Plan, outcome: &Outcome) -> Self {
-        let h = &outcome.latency;
         let ms = |micros: u64| micros as f64 / 1000.0;
-        let latency = (!h.is_empty()).then(|| Latency {
-            p50: ms(h.value_at_quantile(0.50)),
-            p90: ms(h.value_at_quantile(0.90)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-        });
+        let percentiles = |h: &hdrhistogram::Histogram<u64>| {
+            (!h.is_empty()).then(|| Latency {
+                p50: ms(h.value_at_quantile(0.50)),
+                p90: ms(h.value_at_quantile(0.90)),
+                p99: ms(h.value_at_quantile(0.99)),
+                max: ms(h.max()),
+            })
+        };
+        let latency = percentiles(&outcome.latency);
+        let ttfb = outcome.ttfb.as_ref().and_then(percentiles);
         let secs = outcome.elapsed.as_secs_f64();
         Report {
             connect: plan.targets.join(","),
@@ -173,6 +185,13 @@ impl Report {
                 0.0
             },
             latency_ms: latency,
+            early_data: plan.request.as_ref().map(|r| match r.early {
+                true => r.bytes.len(),
+                false => 0,
+            }),
+            early_data_sent: outcome.early_sent,
+            early_data_accepted: outcome.early_accepted,
+            ttfb_ms: ttfb,
         }
     }
 
@@ -208,6 +227,23 @@ impl Report {
             }
             None => {
                 let _ = writeln!(out, "  latency        {:>12}", "-");
+            }
+        }
+        if let Some(n) = self.early_data {
+            let _ = writeln!(
+                out,
+                "  early data     {:>12} sent, {} accepted ({n} bytes)",
+                self.early_data_sent, self.early_data_accepted
+            );
+            match &self.ttfb_ms {
+                Some(l) => {
+                    for (name, value) in [("p50", l.p50), ("p90", l.p90), ("p99", l.p99)] {
+                        let _ = writeln!(out, "  ttfb {name}       {value:>12.3} ms");
+                    }
+                }
+                None => {
+                    let _ = writeln!(out, "  ttfb           {:>12}", "-");
+                }
             }
         }
         if self.unclean_closes > 0 {

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use super::plan::{Plan, Stop};
 use super::report::show_progress;
+use super::request::Request;
 use crate::client_conn::ClientConn;
 
 /// How long the TCP connect and the TLS handshake of one connection may take together.
@@ -52,6 +53,11 @@ pub(super) struct Shared {
     pub(super) failures: AtomicU64,
     unclean_closes: AtomicU64,
     reasons: Mutex<BTreeMap<String, u64>>,
+    /// With `--early-data`: the request every connection sends.
+    request: Option<Request>,
+    /// Connections that sent early data, and those whose early data the server accepted.
+    early_sent: AtomicU64,
+    early_accepted: AtomicU64,
 }
 
 impl Shared {
@@ -71,6 +77,12 @@ impl Shared {
         }
         if !done.clean {
             self.unclean_closes.fetch_add(1, Ordering::Relaxed);
+        }
+        if done.early_sent {
+            self.early_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if done.early_accepted {
+            self.early_accepted.fetch_add(1, Ordering::Relaxed);
         }
         self.handshakes.fetch_add(1, Ordering::Relaxed);
     }
@@ -95,6 +107,10 @@ struct Done {
     resumed: bool,
     /// Whether close_notify alerts were exchanged.
     clean: bool,
+    /// With `--early-data`: from the start of the TCP connect to the response's first byte.
+    ttfb: Option<Duration>,
+    early_sent: bool,
+    early_accepted: bool,
 }
 
 /// What the run produced.
@@ -106,6 +122,10 @@ pub(super) struct Outcome {
     pub(super) unclean_closes: u64,
     pub(super) latency: Histogram<u64>,
     pub(super) reasons: BTreeMap<String, u64>,
+    /// With `--early-data`: times to first byte, and the early data sent and accepted.
+    pub(super) ttfb: Option<Histogram<u64>>,
+    pub(super) early_sent: u64,
+    pub(super) early_accepted: u64,
 }
 
 /// Runs the workers until the stopping rule says so.
@@ -126,6 +146,9 @@ pub(super) async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
         failures: AtomicU64::new(0),
         unclean_closes: AtomicU64::new(0),
         reasons: Mutex::new(BTreeMap::new()),
+        request: plan.request.clone(),
+        early_sent: AtomicU64::new(0),
+        early_accepted: AtomicU64::new(0),
     });
     let progress = (!plan.json && io::stderr().is_terminal())
         .then(|| tokio::spawn(show_progress(shared.clone(), start)));
@@ -138,10 +161,14 @@ pub(super) async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
     }
     let mut joined = Ok(());
     let mut latency = new_histogram();
+    let mut ttfb = new_histogram();
     for w in workers {
         match w.await {
-            // Both histograms have the same bounds, so adding cannot fail.
-            Ok(h) => drop(latency.add(&h)),
+            // The histograms have the same bounds, so adding cannot fail.
+            Ok((h, t)) => {
+                let _ = latency.add(&h);
+                let _ = ttfb.add(&t);
+            }
             Err(e) => joined = Err(anyhow::anyhow!("a worker failed: {e}")),
         }
     }
@@ -166,15 +193,23 @@ pub(super) async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
         unclean_closes: shared.unclean_closes.load(Ordering::Relaxed),
         latency,
         reasons,
+        ttfb: plan.request.is_some().then_some(ttfb),
+        early_sent: shared.early_sent.load(Ordering::Relaxed),
+        early_accepted: shared.early_accepted.load(Ordering::Relaxed),
     })
 }
 
 /// One worker: one connection at a time until the stopping rule says so. Each attempt is
 /// bounded by its timeouts, and a `--duration` run abandons the attempt in flight at the end.
 /// With several servers, worker `index` starts at server `index` and moves to the next one on
-/// each connection. Returns the worker's latencies, in microseconds.
-async fn worker(shared: Arc<Shared>, config: Arc<ClientConfig>, index: usize) -> Histogram<u64> {
+/// each connection. Returns the worker's latencies and times to first byte, in microseconds.
+async fn worker(
+    shared: Arc<Shared>,
+    config: Arc<ClientConfig>,
+    index: usize,
+) -> (Histogram<u64>, Histogram<u64>) {
     let mut latency = new_histogram();
+    let mut ttfb = new_histogram();
     let mut next = index;
     let deadline = shared.deadline;
     let stop = async move {
@@ -195,6 +230,10 @@ async fn worker(shared: Arc<Shared>, config: Arc<ClientConfig>, index: usize) ->
             Ok(done) => {
                 let micros = u64::try_from(done.latency.as_micros()).unwrap_or(u64::MAX);
                 latency.saturating_record(micros.max(1));
+                if let Some(t) = done.ttfb {
+                    let micros = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
+                    ttfb.saturating_record(micros.max(1));
+                }
                 shared.record(&done);
             }
             Err(reason) => {
@@ -208,7 +247,7 @@ async fn worker(shared: Arc<Shared>, config: Arc<ClientConfig>, index: usize) ->
             }
         }
     }
-    latency
+    (latency, ttfb)
 }
 
 /// One connection: connect, handshake, close. A failure is returned as a short reason.
@@ -225,14 +264,40 @@ async fn attempt(
         Err(_) => return Err("connect: timed out".to_owned()),
     };
     let _ = tcp.set_nodelay(true);
-    let handshake = ClientConn::handshake(tcp, config.clone(), shared.server_name.clone());
-    let mut tls = match tokio::time::timeout_at(deadline, handshake).await {
+    let request = shared.request.as_ref();
+    let early = request
+        .filter(|r| r.early)
+        .map_or(&[][..], |r| &r.bytes[..]);
+    let name = shared.server_name.clone();
+    let handshake = ClientConn::handshake_with(tcp, config.clone(), name, early);
+    let (mut tls, sent) = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Err(handshake_reason(&e)),
         Err(_) => return Err("handshake: timed out".to_owned()),
     };
     let latency = start.elapsed();
     let resumed = tls.handshake_kind() == Some(HandshakeKind::Resumed);
+    let early_accepted = sent > 0 && tls.is_early_data_accepted();
+    let ttfb = match request {
+        None => None,
+        Some(r) => {
+            // What the server did not take as early data goes now.
+            let rest = if early_accepted {
+                r.bytes.get(sent..).unwrap_or_default()
+            } else {
+                &r.bytes[..]
+            };
+            let answered = async {
+                tls.send(rest).await?;
+                tls.first_byte().await
+            };
+            match tokio::time::timeout_at(deadline, answered).await {
+                Ok(Ok(())) => Some(start.elapsed()),
+                Ok(Err(e)) => return Err(format!("request: {}", e.kind())),
+                Err(_) => return Err("request: timed out".to_owned()),
+            }
+        }
+    };
     let clean = matches!(
         tokio::time::timeout(CLOSE_TIMEOUT, tls.close()).await,
         Ok(Ok(()))
@@ -245,6 +310,9 @@ async fn attempt(
         latency,
         resumed,
         clean,
+        ttfb,
+        early_sent: sent > 0,
+        early_accepted,
     })
 }
 
@@ -279,6 +347,9 @@ mod tests {
             failures: AtomicU64::new(0),
             unclean_closes: AtomicU64::new(0),
             reasons: Mutex::new(BTreeMap::new()),
+            request: None,
+            early_sent: AtomicU64::new(0),
+            early_accepted: AtomicU64::new(0),
         };
         assert!(shared.claim());
         assert!(!shared.claim());
