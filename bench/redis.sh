@@ -5,8 +5,11 @@
 # a session made on one instance is offered next on another: in TLS 1.3 every resumption then
 # takes, from Redis, a ticket the previous instance issued (a cross-instance hit each time); in
 # TLS 1.2 an instance that already holds the session (it made it) resumes it locally, so only
-# part of the resumptions cross. The "via Redis" column says which share did: Redis's
-# keyspace hits over the run, per resumption. The "added" columns are the fleet's latency
+# part of the resumptions cross (with the default `--tickets auto`, a TLS 1.2 client that asks
+# for a ticket resumes through a stateless ticket, opened with the fleet's key file, and Redis
+# is not needed). The "via Redis" column says which share did: Redis's keyspace hits over the
+# run, per resumption; "misses/hs", Redis's keyspace misses per handshake (reads that found
+# nothing: an id the client offered that Redis never held, or a write not landed yet). The "added" columns are the fleet's latency
 # percentiles minus the one instance's, in microseconds: what a cross-instance hit costs over a
 # local one (at concurrency 1 the latency of one handshake alone; at 8 it includes queueing on
 # the machine's cores, which the load generator shares). Every server and the load generator
@@ -58,7 +61,9 @@ run() { # tls, concurrency, then --connect flags
     --concurrency "$conc" --duration "$secs" --json --workers 1
 }
 field() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
-redis_hits() { redis-cli -p "$rport" info stats | awk -F: '/^keyspace_hits:/ { print $2 + 0 }'; }
+redis_reads() { # hits misses
+  redis-cli -p "$rport" info stats | tr -d '\r' | awk -F: '/^keyspace_hits:/ { h = $2 } /^keyspace_misses:/ { m = $2 } END { print h + 0, m + 0 }'
+}
 
 : > "$work/runs"
 for conc in $concurrencies; do
@@ -71,12 +76,12 @@ for conc in $concurrencies; do
           fleet2) targets=(--connect 127.0.0.1:"$a_port" --connect 127.0.0.1:"$b_port") ;;
           fleet3) targets=(--connect 127.0.0.1:"$a_port" --connect 127.0.0.1:"$b_port" --connect 127.0.0.1:"$c_port") ;;
         esac
-        h0=$(redis_hits)
+        read -r h0 m0 < <(redis_reads)
         out=$(run "$tls" "$conc" "${targets[@]}")
-        h1=$(redis_hits)
+        read -r h1 m1 < <(redis_reads)
         echo "$conc $tls $setup $r $(echo "$out" | field 'r["handshakes_per_sec"]') $(echo "$out" | field 'r["resumed"]') \
 $(echo "$out" | field 'r["handshakes"]') $(echo "$out" | field 'r["latency_ms"]["p50"]') \
-$(echo "$out" | field 'r["latency_ms"]["p99"]') $((h1 - h0))" >> "$work/runs"
+$(echo "$out" | field 'r["latency_ms"]["p99"]') $((h1 - h0)) $((m1 - m0))" >> "$work/runs"
       done
     done
   done
@@ -87,7 +92,7 @@ import statistics as st, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 names = {"local": "one instance, local cache", "fleet2": "two instances, via Redis",
          "fleet3": "three instances, via Redis"}
-print(f"{'c':>2} {'TLS':4} {'setup':28} {'hs/s':>8} {'resumed':>8} {'via Redis':>9} "
+print(f"{'c':>2} {'TLS':4} {'setup':28} {'hs/s':>8} {'resumed':>8} {'via Redis':>9} {'misses/hs':>9} "
       f"{'p50 us':>8} {'p99 us':>8} {'added p50':>10} {'added p99':>10}")
 verdicts = []
 for conc in dict.fromkeys(r[0] for r in rows):
@@ -101,6 +106,7 @@ for conc in dict.fromkeys(r[0] for r in rows):
             resumed = sum(int(r[5]) for r in g)
             share = 100 * resumed / max(1, sum(int(r[6]) for r in g))
             via = 100 * sum(int(r[9]) for r in g) / max(1, resumed)
+            misses = sum(int(r[10]) for r in g) / max(1, sum(int(r[6]) for r in g))
             p50, p99 = 1000 * med(7), 1000 * med(8)
             if setup == "local":
                 base = (p50, p99)
@@ -109,7 +115,7 @@ for conc in dict.fromkeys(r[0] for r in rows):
                 added = f"{p50 - base[0]:>10.0f} {p99 - base[1]:>10.0f}"
                 if tls == "1.3":
                     verdicts.append((conc, setup, p99 - base[1]))
-            print(f"{conc:>2} {tls:4} {names[setup]:28} {med(4):>8.0f} {share:>7.1f}% {min(via, 999):>8.0f}% "
+            print(f"{conc:>2} {tls:4} {names[setup]:28} {med(4):>8.0f} {share:>7.1f}% {min(via, 999):>8.0f}% {misses:>9.2f} "
                   f"{p50:>8.0f} {p99:>8.0f} {added}")
 print("\nmedians over the rounds; resumed: of all handshakes (each worker's first is full);"
       "\nvia Redis: Redis keyspace hits per resumption (TLS 1.3: every resumption crosses instances)")
