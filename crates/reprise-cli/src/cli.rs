@@ -410,6 +410,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub connections: Option<u64>,
 
+    /// Close this share of the connections (0 to 1) abruptly, as many real clients do: a plain
+    /// TCP close (FIN) right after the handshake, without close_notify.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    pub abrupt: f64,
+
     /// Do not verify the server's certificate.
     #[arg(long, conflicts_with = "ca")]
     pub insecure: bool,
