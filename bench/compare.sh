@@ -454,6 +454,7 @@ for r in disturbed:
 if disturbed:
     print("warning: rerun on a quiet machine before trusting the rows above")
 
+# Issue 18's targets for the bench rows; the s_time rows keep the earlier ones, for reference.
 print("\ntargets (bench rows load the server, which is saturated only where its busy column is near 100 %;\n"
       "s_time rows are latency-bound, shown for reference):")
 def check(label, test, key, op, bound):
@@ -467,18 +468,18 @@ def check(label, test, key, op, bound):
         if min(stats[test, "reprise"]["resumed"], stats[test, "nginx"]["resumed"]) < 95:
             note = " (resumed shares differ: compare with care)"
     print(f"  {'holds ' if ok else 'MISSES'} {label:<54} {v:5.2f} (target {op} {bound:.2f}){note}")
-check("resumed TLS 1.2 throughput, bench", "bench-1.2-resume", "rate", ">=", 1.5)
-check("resumed TLS 1.2 server CPU/handshake, bench", "bench-1.2-resume", "cpu", "<=", 2 / 3)
+check("resumed TLS 1.2 throughput, bench", "bench-1.2-resume", "rate", ">=", 1.3)
+check("resumed TLS 1.2 server CPU/handshake, bench", "bench-1.2-resume", "cpu", "<=", 0.70)
 check("resumed TLS 1.2 throughput, s_time", "s_time-reuse", "rate", ">=", 1.5)
 check("resumed TLS 1.2 server CPU/handshake, s_time", "s_time-reuse", "cpu", "<=", 2 / 3)
 check("resumed TLS 1.2 throughput, s_time, no close_notify", "s_time-reuse-nonotify", "rate", ">=", 1.0)
 check("resumed TLS 1.2 server CPU/hs, s_time, no close_notify", "s_time-reuse-nonotify", "cpu", "<=", 1.0)
 check("resumed TLS 1.2 throughput, bench, half abrupt", "bench-1.2-resume-abrupt", "rate", ">=", 1.3)
 check(f"resumed TLS 1.2 throughput, bench, {int(idle):,} idle conns", "bench-1.2-resume-idle", "rate", ">=", 1.0)
-check("full TLS 1.2 throughput, bench", "bench-1.2-full", "rate", ">=", 1.0)
-check("full TLS 1.3 throughput, bench", "bench-1.3-full", "rate", ">=", 1.0)
+check("full TLS 1.2 throughput, bench", "bench-1.2-full", "rate", ">=", 1.2)
+check("full TLS 1.3 throughput, bench", "bench-1.3-full", "rate", ">=", 1.2)
 check("full TLS 1.2 throughput, s_time", "s_time-new", "rate", ">=", 1.0)
-check("resumed TLS 1.3 throughput, bench", "bench-1.3-resume", "rate", ">=", 1.2)
+check("resumed TLS 1.3 throughput, bench", "bench-1.3-resume", "rate", ">=", 1.4)
 check("resumed TLS 1.2 throughput, stateless tickets", "tickets-1.2-resume", "rate", ">=", 1.0)
 check("resumed TLS 1.2 server CPU/hs, stateless tickets", "tickets-1.2-resume", "cpu", "<=", 0.8)
 check("resumed TLS 1.3 throughput, stateless tickets", "tickets-1.3-resume", "rate", ">=", 1.0)
