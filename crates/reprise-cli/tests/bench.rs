@@ -161,10 +161,13 @@ fn abrupt_closes_skip_close_notify_and_sessions_still_resume() {
             "TLS {tls}: {report}"
         );
         assert_eq!(count(&report, "failures"), 0, "TLS {tls}: {report}");
-        assert_eq!(
-            count(&report, "abrupt_closes"),
-            abrupt,
-            "TLS {tls}: {report}"
+        // Each worker closes every second of its own connections abruptly; the workers take
+        // connections from one counter, so a worker with an odd count moves the total by one.
+        let closed = count(&report, "abrupt_closes");
+        let slack = workers - 1;
+        assert!(
+            (abrupt - slack..=abrupt + slack).contains(&closed),
+            "TLS {tls}: {closed} abrupt closes, expected {abrupt} ± {slack}: {report}"
         );
         assert_eq!(count(&report, "unclean_closes"), 0, "TLS {tls}: {report}");
         assert_eq!(
@@ -172,7 +175,7 @@ fn abrupt_closes_skip_close_notify_and_sessions_still_resume() {
             connections - workers,
             "TLS {tls}: every connection but each worker's first resumes: {report}"
         );
-        expected += abrupt;
+        expected += closed;
         assert_eq!(
             closes_without_close_notify(&server, expected),
             expected,

@@ -19,12 +19,21 @@ pub struct Memcached {
 
 impl Memcached {
     pub fn start() -> Memcached {
-        let mut m = Memcached {
-            port: free_port(),
-            child: None,
-        };
-        m.spawn();
-        m
+        // Another process may take the port between `free_port` and memcached's bind (the
+        // readiness connect then reaches that process, and memcached exits): start again on
+        // another port, three times at most.
+        for _ in 0..3 {
+            let mut m = Memcached {
+                port: free_port(),
+                child: None,
+            };
+            m.spawn();
+            std::thread::sleep(Duration::from_millis(50));
+            if !m.exited() {
+                return m;
+            }
+        }
+        panic!("memcached could not keep a free port three times");
     }
 
     pub fn spawn(&mut self) {
@@ -54,6 +63,13 @@ impl Memcached {
             wait_until(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
             "memcached did not start on port {port}"
         );
+    }
+
+    /// Whether the process has exited.
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
     }
 
     pub fn addr(&self) -> SocketAddr {
