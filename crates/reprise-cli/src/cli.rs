@@ -75,6 +75,30 @@ impl TlsVersion {
     }
 }
 
+/// How the workers of `reprise serve` take connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcceptModel {
+    /// Each worker thread has its own listening socket (SO_REUSEPORT: the kernel spreads the
+    /// connections) and runs its connections to the end, as nginx's workers do: no
+    /// cross-thread wake-ups.
+    #[default]
+    PerWorker,
+    /// One listening socket; the connections go to a shared pool of worker threads that steal
+    /// work from each other (a busy worker's connections move to an idle one).
+    Shared,
+}
+
+impl AcceptModel {
+    /// The name, as the flag takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcceptModel::PerWorker => "per-worker",
+            AcceptModel::Shared => "shared",
+        }
+    }
+}
+
 /// How resumption tickets are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -258,6 +282,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
+    /// How the workers take connections: per-worker (a listening socket each, SO_REUSEPORT) or
+    /// shared (one socket, a work-stealing pool) [default: per-worker].
+    #[arg(long, value_name = "MODEL")]
+    pub accept_model: Option<AcceptModel>,
+
     /// Share sessions with a fleet through Redis: redis://HOST:PORT, rediss://HOST:PORT, or
     /// redis+cluster://HOST:PORT,HOST:PORT,... for a cluster.
     #[arg(long, value_name = "URL")]
@@ -380,6 +409,11 @@ pub struct BenchArgs {
     /// Stop after this many connections.
     #[arg(long, value_name = "N")]
     pub connections: Option<u64>,
+
+    /// Close this share of the connections (0 to 1) abruptly, as many real clients do: a plain
+    /// TCP close (FIN) right after the handshake, without close_notify.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    pub abrupt: f64,
 
     /// Do not verify the server's certificate.
     #[arg(long, conflicts_with = "ca")]

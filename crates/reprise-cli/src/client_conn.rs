@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A client connection whose handshake is complete on the client's side.
@@ -118,6 +119,17 @@ impl ClientConn {
             }
             self.read_some().await?;
         }
+    }
+
+    /// Ends the connection without close_notify, as a client that just closes its socket does:
+    /// sends the flight still held, then a TCP FIN, and reads until the server's FIN, through
+    /// TLS so that TLS 1.3 tickets still reach the session store, and so that no unread data
+    /// turns the close into a reset. Not bounded by itself: the caller's timeout bounds it.
+    pub async fn close_abruptly(&mut self) -> io::Result<()> {
+        self.write_all().await?;
+        self.tcp.shutdown().await?;
+        while self.read_some().await? > 0 {}
+        Ok(())
     }
 
     /// Reads the TCP stream until its end, so that the server closes first. Not bounded by

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use reprise_redis::RedisTarget;
 
-use crate::cli::{ClientAuthMode, ProxyVersion, ServeArgs, TicketMode, TlsVersion};
+use crate::cli::{AcceptModel, ClientAuthMode, ProxyVersion, ServeArgs, TicketMode, TlsVersion};
 use crate::proxy::Cidr;
 
 /// The settings file: the flags' names and meanings, in TOML.
@@ -53,6 +53,7 @@ pub struct FileConfig {
     idle_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
     workers: Option<usize>,
+    accept_model: Option<AcceptModel>,
     redis: Option<String>,
     key_file: Option<PathBuf>,
     /// The former name of `key-file`.
@@ -161,6 +162,10 @@ pub struct Settings {
     pub deprecated_key_file: Option<&'static str>,
     /// The access log, if any.
     pub access_log: Option<crate::access_log::Settings>,
+    /// Worker threads that serve connections.
+    pub workers: usize,
+    /// How the workers take connections.
+    pub accept_model: AcceptModel,
     /// The networks whose PROXY protocol headers are read; empty: none is read.
     pub proxy_protocol_from: Vec<Cidr>,
     /// The PROXY protocol version sent to the upstream, if any.
@@ -241,6 +246,8 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: u64 = 60;
     /// Seconds to finish after a shutdown signal.
     pub const SHUTDOWN_TIMEOUT: u64 = 10;
+    /// The most worker threads.
+    pub const MAX_WORKERS: usize = 1024;
     /// TLS 1.3 tickets per handshake.
     pub const TLS13_TICKETS: usize = 2;
     /// Milliseconds a handshake may wait on Redis.
@@ -403,7 +410,17 @@ impl Settings {
         if idle_timeout == 0 {
             bail!("idle-timeout must be at least 1 second");
         }
-        let _ = file.workers;
+        let workers = args
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        if workers == 0 || workers > defaults::MAX_WORKERS {
+            bail!(
+                "workers is {workers}; it must be between 1 and {}",
+                defaults::MAX_WORKERS
+            );
+        }
+        let accept_model = args.accept_model.or(file.accept_model).unwrap_or_default();
         let (key_file, deprecated_key_file) = key_file(
             [args.key_file, args.redis_key_file],
             [file.key_file, file.redis_key_file],
@@ -566,6 +583,8 @@ impl Settings {
             upstream_proxy_protocol,
             access_log,
             early,
+            workers,
+            accept_model,
         })
     }
 }
@@ -832,13 +851,6 @@ fn key_file(
         None
     };
     Ok((flag.or(old_flag).or(setting).or(old_setting), old))
-}
-
-/// The worker threads the settings file asks for, when the flag does not: read before the
-/// runtime starts.
-pub fn workers_from_file(args: &ServeArgs) -> Option<usize> {
-    let path = args.config.as_ref()?;
-    FileConfig::load(path).ok()?.workers
 }
 
 /// The names (as in the config file) of the top-level fields whose lines differ between two

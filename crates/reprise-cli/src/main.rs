@@ -45,7 +45,9 @@ fn main() -> ExitCode {
     // for `rediss://`): with both providers compiled in, rustls would not pick one by itself.
     let _ = tls::provider().install_default();
     let workers = match &cli.command {
-        Command::Serve(args) => args.workers.or_else(|| config::workers_from_file(args)),
+        // `serve` starts its own workers (see `serve::start_workers`); this thread's runtime
+        // runs the signals, the metrics, the tiers' tasks, and with one worker everything.
+        Command::Serve(_) => Some(1),
         Command::Bench(args) => args.workers,
         Command::Keygen(_) | Command::CheckConfig(_) | Command::Reload(_) => Some(1),
     };

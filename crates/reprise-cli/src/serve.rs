@@ -18,7 +18,7 @@ use reprise_rustls::{AcceptError, AcceptPolicy, Accepted, Acceptor, ServerTlsStr
 
 use crate::access_log::{self, AccessLog, End, Record, Resumption, Source};
 use crate::admission::{AddressPermit, PerAddress};
-use crate::cli::ServeArgs;
+use crate::cli::{AcceptModel, ServeArgs};
 use crate::config::Settings;
 use crate::early::EarlyMetrics;
 use crate::http::{self, Ending};
@@ -77,12 +77,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(log) => Some(AccessLog::open(log).map_err(startup)?),
         None => None,
     };
+    // One socket per address, or one per worker and address (SO_REUSEPORT).
+    let sockets = match (settings.accept_model, settings.workers) {
+        (AcceptModel::PerWorker, n) if n > 1 => n,
+        _ => 1,
+    };
     let mut listeners = Vec::new();
     for addr in &settings.listen {
-        listeners.push(bind(addr).await.map_err(startup)?);
+        listeners.push(bind(addr, sockets).await.map_err(startup)?);
     }
     let metrics_listener = match &settings.metrics_listen {
-        Some(addr) => Some(bind(addr).await.map_err(startup)?),
+        Some(addr) => {
+            let socket = bind(addr, 1).await.map_err(startup)?.pop();
+            let socket = socket
+                .context("metrics-listen: no socket")
+                .map_err(startup)?;
+            Some(TcpListener::from_std(socket).map_err(startup)?)
+        }
         None => None,
     };
     // Written once the listeners are bound; removed when this function returns.
@@ -125,9 +136,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "generated a self-signed certificate for localhost"
         );
     }
-    for l in &listeners {
+    for l in listeners.iter().filter_map(|per_worker| per_worker.first()) {
         if let Ok(addr) = l.local_addr() {
-            info!(%addr, "listening");
+            info!(
+                %addr,
+                workers = settings.workers,
+                accept = settings.accept_model.as_str(),
+                "listening"
+            );
         }
     }
     let default_ctx = tls
@@ -197,9 +213,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         info!(sessions = warmed, "sessions loaded from disk");
     }
 
-    for listener in listeners {
-        loops.push(tokio::spawn(accept_loop(shared.clone(), listener)));
-    }
+    // Dropped without waiting at the end (a runtime may not be dropped inside another).
+    let pool = start_workers(&shared, listeners, &mut loops).map_err(startup)?;
     shared.ready.store(true, Ordering::Release);
     crate::notify::notify("READY=1");
 
@@ -243,8 +258,85 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await;
     }
+    if let Some(pool) = pool {
+        pool.shutdown_background();
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Starts the accept loops: with one worker, on this thread's runtime; per worker, a thread
+/// each with a single-threaded runtime and its own sockets (one per address, from `listeners`'
+/// SO_REUSEPORT groups), the first worker on this thread; shared, on a work-stealing runtime of
+/// `workers` threads, which is returned (it must outlive the connections).
+fn start_workers(
+    shared: &Arc<Shared>,
+    listeners: Vec<Vec<std::net::TcpListener>>,
+    loops: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Option<tokio::runtime::Runtime>> {
+    let workers = shared.settings.workers;
+    if workers > 1 && shared.settings.accept_model == AcceptModel::Shared {
+        let pool = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("reprise-worker")
+            .enable_all()
+            .build()
+            .context("starting the worker threads")?;
+        for std_listener in listeners.into_iter().flatten() {
+            let shared = shared.clone();
+            let handle = pool.spawn(async move {
+                match TcpListener::from_std(std_listener) {
+                    Ok(listener) => accept_loop(shared, listener).await,
+                    Err(e) => warn!(error = %e, "cannot register a listening socket"),
+                }
+            });
+            loops.push(handle);
+        }
+        return Ok(Some(pool));
+    }
+    // Per worker (or one worker): worker i takes socket i of every address.
+    let mut by_worker: Vec<Vec<std::net::TcpListener>> = Vec::new();
+    for group in listeners {
+        for (i, socket) in group.into_iter().enumerate() {
+            if by_worker.len() <= i {
+                by_worker.push(Vec::new());
+            }
+            by_worker[i].push(socket);
+        }
+    }
+    let mut by_worker = by_worker.into_iter();
+    for std_listener in by_worker.next().unwrap_or_default() {
+        let listener = TcpListener::from_std(std_listener).context("listening socket")?;
+        loops.push(tokio::spawn(accept_loop(shared.clone(), listener)));
+    }
+    for (i, sockets) in by_worker.enumerate() {
+        let shared = shared.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a worker thread")?;
+        std::thread::Builder::new()
+            .name(format!("reprise-worker-{}", i + 1))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut accepting = Vec::new();
+                    for std_listener in sockets {
+                        match TcpListener::from_std(std_listener) {
+                            Ok(l) => accepting.push(tokio::spawn(accept_loop(shared.clone(), l))),
+                            Err(e) => warn!(error = %e, "cannot register a listening socket"),
+                        }
+                    }
+                    for a in accepting {
+                        let _ = a.await;
+                    }
+                    // This runtime drives its connections until they end; the main thread
+                    // bounds the wait with --shutdown-timeout, then exits.
+                    shared.tasks.wait().await;
+                });
+            })
+            .context("starting a worker thread")?;
+    }
+    Ok(None)
 }
 
 /// What a signal asks for.
@@ -342,19 +434,43 @@ pub(crate) fn check_host_port(upstream: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+/// Listening sockets for `addr`: one, or `count` that share the address (SO_REUSEPORT; the
+/// kernel spreads the connections over them). Blocking-free: they are registered with a
+/// runtime later, by the worker that serves them.
+async fn bind(addr: &str, count: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
         .with_context(|| format!("cannot resolve listen address {addr:?}"))?
         .collect();
     let mut last = None;
     for a in addrs {
-        match TcpListener::bind(a).await {
-            Ok(l) => return Ok(l),
+        match bind_group(a, count) {
+            Ok(group) => return Ok(group),
             Err(e) => last = Some(anyhow::anyhow!("cannot listen on {a}: {e}")),
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("listen address {addr:?} resolves to nothing")))
+}
+
+/// `count` sockets listening on `addr` (the first one's port when `addr` asks for any).
+fn bind_group(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let mut group = Vec::with_capacity(count);
+    let mut at = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        if count > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        let listener: std::net::TcpListener = socket.into();
+        at = listener.local_addr()?;
+        group.push(listener);
+    }
+    Ok(group)
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {

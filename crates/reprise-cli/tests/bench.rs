@@ -114,6 +114,75 @@ fn resume_mode_resumes_with_stateless_tickets() {
     assert_eq!(count(&report, "resumed"), 20 - 4, "{report}");
 }
 
+/// The server's count of closes without close_notify, once it has reached `value` (or after
+/// 10 s): the server may see the last connection's end after the client has returned.
+fn closes_without_close_notify(server: &Server, value: u64) -> u64 {
+    let name = "reprise_closes_without_close_notify_total";
+    let mut last = server.metric(name);
+    for _ in 0..400 {
+        if last >= value {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        last = server.metric(name);
+    }
+    last
+}
+
+#[test]
+fn abrupt_closes_skip_close_notify_and_sessions_still_resume() {
+    let server = Server::start(&[]);
+    let addr = server.connect_arg();
+    let mut expected = 0;
+    // TLS 1.2: half the connections, every second one of each worker. TLS 1.3: all of them, so
+    // each resumption rests on a ticket read by a connection that ended abruptly.
+    for (tls, share, connections, workers, abrupt) in
+        [("1.2", "0.5", 20, 2, 10), ("1.3", "1", 10, 1, 10)]
+    {
+        let (out, report) = bench_json(&[
+            "--connect",
+            &addr,
+            "--server-name",
+            "localhost",
+            "--insecure",
+            "--tls",
+            tls,
+            "--connections",
+            &connections.to_string(),
+            "--concurrency",
+            &workers.to_string(),
+            "--abrupt",
+            share,
+        ]);
+        assert!(out.status.success(), "{report}\n{}", stderr(&out));
+        assert_eq!(
+            count(&report, "handshakes"),
+            connections,
+            "TLS {tls}: {report}"
+        );
+        assert_eq!(count(&report, "failures"), 0, "TLS {tls}: {report}");
+        assert_eq!(
+            count(&report, "abrupt_closes"),
+            abrupt,
+            "TLS {tls}: {report}"
+        );
+        assert_eq!(count(&report, "unclean_closes"), 0, "TLS {tls}: {report}");
+        assert_eq!(
+            count(&report, "resumed"),
+            connections - workers,
+            "TLS {tls}: every connection but each worker's first resumes: {report}"
+        );
+        expected += abrupt;
+        assert_eq!(
+            closes_without_close_notify(&server, expected),
+            expected,
+            "TLS {tls}"
+        );
+    }
+    // The abrupt closes are not failures: the sessions were kept, none was removed.
+    assert_eq!(server.metric("reprise_unclean_shutdowns_total"), 0);
+}
+
 #[test]
 fn full_mode_never_resumes() {
     let server = Server::start(&[]);
@@ -249,6 +318,12 @@ fn bad_flags_are_startup_errors() {
 
     let err = startup_error(&["--connect", &addr, "--insecure", "--duration=0"]);
     assert!(err.contains("--duration"), "{err}");
+
+    for bad in ["1.5", "-0.5", "NaN", "half"] {
+        let flag = format!("--abrupt={bad}");
+        let err = startup_error(&["--connect", &addr, "--insecure", &flag]);
+        assert!(err.contains("--abrupt"), "{err}");
+    }
 
     let err = startup_error(&["--connect", "no-port-here", "--insecure"]);
     assert!(err.contains("cannot resolve"), "{err}");

@@ -534,3 +534,38 @@ fn a_close_notify_before_any_request_is_answered_and_keeps_the_session() {
     assert_eq!(kinds, [full, Some(rustls::HandshakeKind::Resumed)]);
     assert_eq!(server.metric("reprise_unclean_shutdowns_total"), 0);
 }
+
+/// Both accept models with two workers: every connection is served, and sessions resume
+/// whichever worker took the connection (one cache). Bad values stop the start.
+#[test]
+fn two_workers_serve_and_share_one_cache_in_both_accept_models() {
+    for model in ["per-worker", "shared"] {
+        let server = Server::start(&["--workers", "2", "--accept-model", model]);
+        let dir = tempfile::tempdir().unwrap();
+        let sess = common::path_in(dir.path(), "sess");
+        let first = common::request(&server, &["-tls1_2", "-no_ticket", "-sess_out", &sess]);
+        assert_eq!(first, "New");
+        for _ in 0..12 {
+            let word = common::request(&server, &["-tls1_2", "-no_ticket", "-sess_in", &sess]);
+            assert_eq!(word, "Reused", "{model}");
+        }
+        assert!(
+            server.stderr().contains(&format!("accept=\"{model}\""))
+                || server.stderr().contains(&format!("accept={model}")),
+            "{}",
+            server.stderr()
+        );
+        assert_eq!(server.metric("reprise_cache_hits_total"), 12);
+    }
+    for bad in [
+        &["--workers", "0"][..],
+        &["--workers", "1025"][..],
+        &["--accept-model", "round-robin"][..],
+    ] {
+        let line = common::fails_to_start(&[&["serve"][..], bad].concat());
+        assert!(
+            line.contains("workers") || line.contains("accept-model"),
+            "{line}"
+        );
+    }
+}

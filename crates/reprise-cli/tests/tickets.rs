@@ -260,10 +260,17 @@ fn a_fleet_resumes_each_others_tls12_tickets() {
         panic!()
     };
     assert_eq!(request(a, &sess("-tls1_2", "-sess_out", &s12)), "New");
+    // A hello that offers a ticket resumes by it or not at all: the session id that comes with
+    // it is not looked up in Redis.
+    let reads = |s: &Server| {
+        s.metric("reprise_redis_read_hits_total") + s.metric("reprise_redis_read_misses_total")
+    };
     for other in [b, c] {
         let decrypted = tickets(other, "decrypted");
+        let read = reads(other);
         assert_eq!(request(other, &sess("-tls1_2", "-sess_in", &s12)), "Reused");
         assert_eq!(tickets(other, "decrypted"), decrypted + 1);
+        assert_eq!(reads(other), read, "{}", other.metrics_text());
     }
 }
 

@@ -491,10 +491,15 @@ impl<C: ChoosesConfig> Acceptor<C> {
             return (Prefetch::NotAsked, TicketTake::NotAsked);
         }
         let tls13 = context.tls13 && hello.supports_tls13;
-        // A TLS 1.3 client's legacy session id is random: only a TLS 1.2 handshake looks it up.
-        let session_id =
-            (!tls13 && context.tls12 && hello.offers_tls12() && !hello.session_id.is_empty())
-                .then_some(hello.session_id.as_slice());
+        // A TLS 1.3 client's legacy session id is random: only a TLS 1.2 handshake looks it up,
+        // and only without a ticket (rustls resumes a hello that offers one by it or not at
+        // all: fetching the id would cost a tier's round trip for nothing).
+        let session_id = (!tls13
+            && context.tls12
+            && hello.offers_tls12()
+            && !hello.offers_session_ticket
+            && !hello.session_id.is_empty())
+        .then_some(hello.session_id.as_slice());
         // Stateful tickets only: a stateless ticket is its own session, and no tier has it.
         let config = &context.config;
         let stateful = config.send_tls13_tickets > 0 && !config.ticketer.enabled();

@@ -147,6 +147,9 @@ pub struct ClientHelloInfo {
     /// Whether the hello carries the `session_ticket` extension (RFC 5077), empty (the client
     /// asks for a TLS 1.2 ticket) or not (it offers one).
     pub session_ticket: bool,
+    /// Whether that extension is not empty: the client offers a TLS 1.2 ticket. rustls then
+    /// resumes by the ticket or not at all, and never looks the session id up.
+    pub offers_session_ticket: bool,
 }
 
 impl ClientHelloInfo {
@@ -428,7 +431,10 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, &'static str> {
             }
             EXT_ALPN => info.alpn = parse_alpn(data),
             EXT_EARLY_DATA => info.early_data = true,
-            EXT_SESSION_TICKET => info.session_ticket = true,
+            EXT_SESSION_TICKET => {
+                info.session_ticket = true;
+                info.offers_session_ticket = !data.is_empty();
+            }
             EXT_PRE_SHARED_KEY => {
                 info.psk_identities = parse_pre_shared_key(data)?;
                 after_psk = true;

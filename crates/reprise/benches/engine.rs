@@ -201,6 +201,81 @@ fn tls13(c: &mut Criterion) {
     group.finish();
 }
 
+/// One thread's clients in [`tls13_threads`]: the tickets they hold, newest last, and the next
+/// of the thread's ids (thread `t` of `n` uses the ids `t`, `t + n`, `t + 2n`...).
+struct Lane {
+    tickets: Vec<u64>,
+    next: u64,
+}
+
+impl Lane {
+    fn new_ticket(&mut self, threads: u64) -> u64 {
+        let n = self.next;
+        self.next += threads;
+        self.tickets.push(n);
+        n
+    }
+}
+
+/// The TLS 1.3 pattern of [`tls13`] on more than one thread, over one cache of capacity
+/// 20480: each thread's handshakes take the newest of its own clients' tickets and put two.
+fn tls13_threads(c: &mut Criterion) {
+    for threads in thread_counts().into_iter().filter(|&t| t > 1) {
+        let mut group = c.benchmark_group(format!("tls13-handshake/{threads}-threads"));
+        group.throughput(Throughput::Elements(1));
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_secs(1));
+        let n = threads as u64;
+        for name in NAMES {
+            let mut setup: Option<(Arc<dyn Store>, Vec<Lane>)> = None;
+            let rate = Arc::new(HitRate::default());
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                let (store, lanes) = setup.get_or_insert_with(|| {
+                    let store = build(name, TLS13_CAPACITY);
+                    let mut lanes: Vec<Lane> = (0..n)
+                        .map(|t| Lane {
+                            tickets: Vec::new(),
+                            next: t,
+                        })
+                        .collect();
+                    for i in 0..TLS13_CAPACITY {
+                        store.put(&id(lanes[i % threads].new_ticket(n)));
+                    }
+                    (store, lanes)
+                });
+                b.iter_custom(|iters| {
+                    let per = iters.div_ceil(n);
+                    let start = Instant::now();
+                    std::thread::scope(|scope| {
+                        for lane in lanes.iter_mut() {
+                            let (store, rate) = (store.clone(), rate.clone());
+                            scope.spawn(move || {
+                                let mut hits = 0;
+                                for _ in 0..per {
+                                    let ticket = lane.tickets.pop().unwrap_or(0);
+                                    hits += u64::from(store.take(&id(ticket)));
+                                    for _ in 0..2 {
+                                        store.put(&id(lane.new_ticket(n)));
+                                    }
+                                    if lane.tickets.len() > 4 * TLS13_CAPACITY {
+                                        lane.tickets.drain(..2 * TLS13_CAPACITY);
+                                    }
+                                }
+                                rate.add(hits, per, 0);
+                            });
+                        }
+                    });
+                    start.elapsed()
+                });
+            });
+            rate.report(&format!("tls13-handshake/{threads}-threads/{name}"));
+        }
+        group.finish();
+    }
+}
+
 /// Flushing when 1 % of 1,000,000 sessions have expired: Reprise's expiry-ordered flush
 /// against a full scan of the same sessions.
 fn flush(c: &mut Criterion) {
@@ -283,5 +358,5 @@ fn id_of(s: &Session) -> &[u8; 32] {
     s.id().as_bytes().try_into().unwrap()
 }
 
-criterion_group!(benches, mixed, tls13, flush);
+criterion_group!(benches, mixed, tls13, tls13_threads, flush);
 criterion_main!(benches);

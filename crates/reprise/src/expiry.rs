@@ -64,42 +64,61 @@ impl Packed {
     }
 
     /// The packed form of `value` for slot `idx`.
-    #[inline]
+    #[inline(always)]
     fn pack(&mut self, idx: u32, value: u64) -> u32 {
         match value.checked_sub(self.base) {
             // `off < FAR` fits in 32 bits and is not the marker.
             Some(off) if off < u64::from(FAR) => off as u32,
-            _ => {
-                self.far.insert(idx, value);
-                FAR
-            }
+            _ => self.pack_far(idx, value),
         }
     }
 
+    /// Keeps `value` aside for slot `idx`: the rare road, out of the hot path.
+    #[cold]
+    #[inline(never)]
+    fn pack_far(&mut self, idx: u32, value: u64) -> u32 {
+        self.far.insert(idx, value);
+        FAR
+    }
+
     /// The exact value slot `idx` stored as `packed`.
-    #[inline]
+    #[inline(always)]
     fn unpack(&self, idx: u32, packed: u32) -> u64 {
         if packed != FAR {
             // `pack` stored `value - base`: this is `value`, and cannot overflow.
             self.base + u64::from(packed)
         } else {
-            match self.far.get(&idx) {
-                Some(&value) => value,
-                None => unreachable!("a slot packed as far has its exact value aside"),
-            }
+            self.unpack_far(idx)
+        }
+    }
+
+    /// The value kept aside for slot `idx`.
+    #[cold]
+    #[inline(never)]
+    fn unpack_far(&self, idx: u32) -> u64 {
+        match self.far.get(&idx) {
+            Some(&value) => value,
+            None => unreachable!("a slot packed as far has its exact value aside"),
         }
     }
 
     /// Forgets slot `idx`'s value, stored as `packed` (its slot is being freed or refiled).
-    #[inline]
+    #[inline(always)]
     fn forget(&mut self, idx: u32, packed: u32) {
         if packed == FAR {
-            self.far.remove(&idx);
+            self.forget_far(idx);
         }
     }
 
+    /// Drops the value kept aside for slot `idx`.
+    #[cold]
+    #[inline(never)]
+    fn forget_far(&mut self, idx: u32) {
+        self.far.remove(&idx);
+    }
+
     /// Whether `value` would be stored in 32 bits.
-    #[inline]
+    #[inline(always)]
     fn fits(&self, value: u64) -> bool {
         value
             .checked_sub(self.base)
@@ -164,7 +183,7 @@ impl ExpiryOrder {
     }
 
     /// The exact order key of a live slot.
-    #[inline]
+    #[inline(always)]
     fn key(&self, idx: u32) -> Key {
         let s = self.slot(idx);
         (
@@ -174,27 +193,37 @@ impl ExpiryOrder {
     }
 
     /// The expiry a live slot was filed under.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn expiry(&self, idx: u32) -> u64 {
         self.expiries.unpack(idx, self.slot(idx).expiry)
     }
 
     /// Stores a slot's key, packed; the slot is not in the list, and holds no packed value.
-    #[inline]
+    #[inline(always)]
     fn set_key(&mut self, idx: u32, expiry: u64, seq: u64) {
-        if self.head == NIL {
-            // Nothing is packed under the old bases (an empty list holds no value aside).
-            self.expiries = Packed::new(expiry.saturating_sub(HALF_WINDOW));
-            self.seqs = Packed::new(seq);
-        } else if !self.seqs.fits(seq) && seq > self.seqs.base {
-            // `seq >= base + 2^32 - 1 > 2^31`: no underflow.
-            self.rebase_seqs(seq - HALF_WINDOW);
+        if self.head == NIL || !self.seqs.fits(seq) {
+            self.rebase_for(expiry, seq);
         }
         let expiry = self.expiries.pack(idx, expiry);
         let seq = self.seqs.pack(idx, seq);
         let slot = self.slot_mut(idx);
         slot.expiry = expiry;
         slot.seq = seq;
+    }
+
+    /// Moves the bases before a slot is filed under `(expiry, seq)`: both, when the list is
+    /// empty; the seqs', when `seq` has passed the window.
+    #[cold]
+    #[inline(never)]
+    fn rebase_for(&mut self, expiry: u64, seq: u64) {
+        if self.head == NIL {
+            // Nothing is packed under the old bases (an empty list holds no value aside).
+            self.expiries = Packed::new(expiry.saturating_sub(HALF_WINDOW));
+            self.seqs = Packed::new(seq);
+        } else if seq > self.seqs.base {
+            // `seq >= base + 2^32 - 1 > 2^31`: no underflow.
+            self.rebase_seqs(seq - HALF_WINDOW);
+        }
     }
 
     /// Forgets a slot's key (the slot is being freed or refiled).

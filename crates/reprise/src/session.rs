@@ -213,7 +213,7 @@ impl From<Vec<u8>> for SecretBytes {
         let capacity = v.capacity();
         v.clear();
         v.resize(capacity, 0);
-        zeroize::optimization_barrier(&v);
+        zeroize::optimization_barrier(v.as_slice());
         secret
     }
 }
@@ -302,6 +302,12 @@ pub struct Session<P = SecretBytes> {
     resumable: AtomicBool,
     timeout_secs: u32,
 }
+
+// What the layout is for (`docs/PERFORMANCE.md`, "Memory per session"): a session with the
+// default payload in 64 bytes, 72 with its `Shared` count (shuttle's atomics, in the interleaving
+// tests only, are larger).
+#[cfg(all(target_pointer_width = "64", not(feature = "shuttle")))]
+const _: () = assert!(core::mem::size_of::<Session>() == 64);
 
 impl<P> Session<P> {
     /// Starts building a session with the given id and payload.

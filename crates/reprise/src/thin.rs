@@ -125,6 +125,9 @@ impl<T> Drop for Shared<T> {
     #[inline]
     fn drop(&mut self) {
         // Release: every use of the value through this pointer happens before the decrement.
+        // Once it is done another thread may free the allocation; the reference to the count is
+        // not used after the call (std's `Arc` decrements the same way: a reference to an
+        // atomic, an `UnsafeCell`, promises nothing about the memory once it is last used).
         if self.inner().refs.fetch_sub(1, Ordering::Release) != 1 {
             return;
         }

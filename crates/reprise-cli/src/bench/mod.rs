@@ -8,6 +8,10 @@
 //! client's session store, and then waits for the server's TCP FIN so that the server, not the
 //! load generator, is the side left in TIME_WAIT (a client-side TIME_WAIT per connection would
 //! run out of ephemeral ports at a few hundred connections per second against a remote server).
+//! With `--abrupt FRACTION`, that share of the connections (spread evenly over each worker's)
+//! ends instead with a bare TCP close right after the handshake, without close_notify, as many
+//! real clients end theirs; the client then closes first and keeps the TIME_WAIT state (on
+//! loopback, Linux reuses those ports: `net.ipv4.tcp_tw_reuse`).
 //!
 //! Latency is measured from the start of the TCP connect to the completion of the handshake as
 //! the client sees it: when it has verified the server's Finished. Each worker records it in an HdrHistogram (microseconds, three

@@ -40,6 +40,8 @@ pub(super) struct Plan {
     pub(super) mode: BenchMode,
     pub(super) concurrency: usize,
     pub(super) stop: Stop,
+    /// The share of connections closed with a bare TCP close, without close_notify.
+    pub(super) abrupt: f64,
     pub(super) json: bool,
     /// With `--early-data`: the request each connection sends, and whether it goes as early
     /// data.
@@ -55,6 +57,7 @@ impl Plan {
             bail!("--concurrency must be at least 1");
         }
         let stop = stop_of(args.duration, args.connections)?;
+        let abrupt = abrupt_of(args.abrupt)?;
         let trust = match (&args.ca, args.insecure) {
             (Some(path), false) => Trust::Roots(load_roots(path)?),
             (None, true) => Trust::Anything,
@@ -85,6 +88,7 @@ impl Plan {
             mode: args.mode,
             concurrency: args.concurrency,
             stop,
+            abrupt,
             json: args.json,
             request,
             config,
@@ -115,6 +119,15 @@ fn stop_of(duration: Option<f64>, connections: Option<u64>) -> anyhow::Result<St
             _ => bail!("--duration {secs}: expected a positive number of seconds"),
         },
         (None, None) => Ok(Stop::After(DEFAULT_DURATION)),
+    }
+}
+
+/// Checks `--abrupt`: a share, from 0 to 1.
+fn abrupt_of(share: f64) -> anyhow::Result<f64> {
+    if (0.0..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        bail!("--abrupt {share}: expected a share of the connections from 0 to 1")
     }
 }
 
@@ -159,6 +172,16 @@ mod tests {
         }
         assert!(stop_of(None, Some(0)).is_err());
         assert!(stop_of(Some(1.0), Some(1)).is_err());
+    }
+
+    #[test]
+    fn abrupt_shares() {
+        for good in [0.0, 0.5, 1.0] {
+            assert_eq!(abrupt_of(good).unwrap(), good);
+        }
+        for bad in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+            assert!(abrupt_of(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

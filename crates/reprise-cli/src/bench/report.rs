@@ -109,6 +109,8 @@ pub struct Report {
     pub failure_reasons: BTreeMap<String, u64>,
     /// Completed handshakes after which close_notify alerts were not exchanged cleanly.
     pub unclean_closes: u64,
+    /// Completed handshakes closed on purpose without close_notify (`--abrupt`).
+    pub abrupt_closes: u64,
     /// The length of the run in seconds.
     pub elapsed_secs: f64,
     /// Completed handshakes per second of the run.
@@ -178,6 +180,7 @@ impl Report {
             failures: outcome.failures,
             failure_reasons: outcome.reasons.clone(),
             unclean_closes: outcome.unclean_closes,
+            abrupt_closes: outcome.abrupt_closes,
             elapsed_secs: secs,
             handshakes_per_sec: if secs > 0.0 {
                 outcome.handshakes as f64 / secs
@@ -248,6 +251,9 @@ impl Report {
         }
         if self.unclean_closes > 0 {
             let _ = writeln!(out, "  unclean closes {:>12}", self.unclean_closes);
+        }
+        if self.abrupt_closes > 0 {
+            let _ = writeln!(out, "  abrupt closes  {:>12}", self.abrupt_closes);
         }
         if !self.failure_reasons.is_empty() {
             let _ = writeln!(out, "  failure reasons:");

@@ -52,6 +52,7 @@ pub(super) struct Shared {
     pub(super) resumed: AtomicU64,
     pub(super) failures: AtomicU64,
     unclean_closes: AtomicU64,
+    abrupt_closes: AtomicU64,
     reasons: Mutex<BTreeMap<String, u64>>,
     /// With `--early-data`: the request every connection sends.
     request: Option<Request>,
@@ -75,8 +76,10 @@ impl Shared {
         if done.resumed {
             self.resumed.fetch_add(1, Ordering::Relaxed);
         }
-        if !done.clean {
-            self.unclean_closes.fetch_add(1, Ordering::Relaxed);
+        match done.close {
+            Close::Clean => {}
+            Close::Unclean => drop(self.unclean_closes.fetch_add(1, Ordering::Relaxed)),
+            Close::Abrupt => drop(self.abrupt_closes.fetch_add(1, Ordering::Relaxed)),
         }
         if done.early_sent {
             self.early_sent.fetch_add(1, Ordering::Relaxed);
@@ -105,12 +108,54 @@ struct Done {
     /// From the start of the TCP connect to the completion of the handshake.
     latency: Duration,
     resumed: bool,
-    /// Whether close_notify alerts were exchanged.
-    clean: bool,
+    close: Close,
     /// With `--early-data`: from the start of the TCP connect to the response's first byte.
     ttfb: Option<Duration>,
     early_sent: bool,
     early_accepted: bool,
+}
+
+/// How a connection whose handshake completed ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    /// close_notify alerts were exchanged.
+    Clean,
+    /// They were meant to be, but were not (the server closed without one, or timed out).
+    Unclean,
+    /// On purpose (`--abrupt`): a bare TCP close, without close_notify.
+    Abrupt,
+}
+
+/// Which of a worker's connections close abruptly: as close to `share` of them as whole
+/// connections allow, spread evenly (with a share of one half, every second one). Counted in
+/// millionths, so that a share such as 0.3 comes out exact.
+struct AbruptPicker {
+    millionths: u64,
+    owed: u64,
+}
+
+impl AbruptPicker {
+    const WHOLE: u64 = 1_000_000;
+
+    /// `share` is from 0 to 1 (checked by the plan; anything else is clamped).
+    fn new(share: f64) -> Self {
+        let millionths = (share.clamp(0.0, 1.0) * Self::WHOLE as f64).round() as u64;
+        Self {
+            millionths,
+            owed: 0,
+        }
+    }
+
+    /// Whether the next connection closes abruptly.
+    fn next(&mut self) -> bool {
+        self.owed += self.millionths;
+        if self.owed >= Self::WHOLE {
+            self.owed -= Self::WHOLE;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// What the run produced.
@@ -120,6 +165,7 @@ pub(super) struct Outcome {
     pub(super) resumed: u64,
     pub(super) failures: u64,
     pub(super) unclean_closes: u64,
+    pub(super) abrupt_closes: u64,
     pub(super) latency: Histogram<u64>,
     pub(super) reasons: BTreeMap<String, u64>,
     /// With `--early-data`: times to first byte, and the early data sent and accepted.
@@ -145,6 +191,7 @@ pub(super) async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
         resumed: AtomicU64::new(0),
         failures: AtomicU64::new(0),
         unclean_closes: AtomicU64::new(0),
+        abrupt_closes: AtomicU64::new(0),
         reasons: Mutex::new(BTreeMap::new()),
         request: plan.request.clone(),
         early_sent: AtomicU64::new(0),
@@ -157,7 +204,8 @@ pub(super) async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
     let mut workers = Vec::with_capacity(plan.concurrency);
     for index in 0..plan.concurrency {
         let config = plan.worker_config(&full_config);
-        workers.push(tokio::spawn(worker(shared.clone(), config, index)));
+        let abrupt = AbruptPicker::new(plan.abrupt);
+        workers.push(tokio::spawn(worker(shared.clone(), config, index, abrupt)));
     }
     let mut joined = Ok(());
     let mut latency = new_histogram();
@@ -191,6 +239,7 @@ pub(super) async fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
         resumed: shared.resumed.load(Ordering::Relaxed),
         failures: shared.failures.load(Ordering::Relaxed),
         unclean_closes: shared.unclean_closes.load(Ordering::Relaxed),
+        abrupt_closes: shared.abrupt_closes.load(Ordering::Relaxed),
         latency,
         reasons,
         ttfb: plan.request.is_some().then_some(ttfb),
@@ -207,6 +256,7 @@ async fn worker(
     shared: Arc<Shared>,
     config: Arc<ClientConfig>,
     index: usize,
+    mut abrupt: AbruptPicker,
 ) -> (Histogram<u64>, Histogram<u64>) {
     let mut latency = new_histogram();
     let mut ttfb = new_histogram();
@@ -223,7 +273,7 @@ async fn worker(
         let outcome = tokio::select! {
             biased;
             _ = &mut stop => break,
-            o = attempt(&shared, &config, shared.addrs[next % shared.addrs.len()]) => o,
+            o = attempt(&shared, &config, shared.addrs[next % shared.addrs.len()], abrupt.next()) => o,
         };
         next = next.wrapping_add(1);
         match outcome {
@@ -250,11 +300,13 @@ async fn worker(
     (latency, ttfb)
 }
 
-/// One connection: connect, handshake, close. A failure is returned as a short reason.
+/// One connection: connect, handshake, close (with close_notify, or a bare TCP close when
+/// `abrupt`). A failure is returned as a short reason.
 async fn attempt(
     shared: &Shared,
     config: &Arc<ClientConfig>,
     addr: SocketAddr,
+    abrupt: bool,
 ) -> Result<Done, String> {
     let start = tokio::time::Instant::now();
     let deadline = start + HANDSHAKE_TIMEOUT;
@@ -298,6 +350,19 @@ async fn attempt(
             }
         }
     };
+    if abrupt {
+        // The client closes first, so it keeps the TIME_WAIT state; on loopback Linux reuses
+        // such ports for new connections (net.ipv4.tcp_tw_reuse).
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tls.close_abruptly()).await;
+        return Ok(Done {
+            latency,
+            resumed,
+            close: Close::Abrupt,
+            ttfb,
+            early_sent: sent > 0,
+            early_accepted,
+        });
+    }
     let clean = matches!(
         tokio::time::timeout(CLOSE_TIMEOUT, tls.close()).await,
         Ok(Ok(()))
@@ -309,7 +374,7 @@ async fn attempt(
     Ok(Done {
         latency,
         resumed,
-        clean,
+        close: if clean { Close::Clean } else { Close::Unclean },
         ttfb,
         early_sent: sent > 0,
         early_accepted,
@@ -346,6 +411,7 @@ mod tests {
             resumed: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             unclean_closes: AtomicU64::new(0),
+            abrupt_closes: AtomicU64::new(0),
             reasons: Mutex::new(BTreeMap::new()),
             request: None,
             early_sent: AtomicU64::new(0),
@@ -362,6 +428,18 @@ mod tests {
         assert_eq!(reasons.get("reason 0"), Some(&2));
         assert_eq!(reasons.get("other"), Some(&(100 - MAX_REASONS as u64)));
         assert_eq!(shared.failures.load(Ordering::Relaxed), 101);
+    }
+
+    #[test]
+    fn abrupt_picks_spread_the_share() {
+        for (share, of_ten) in [(0.0, 0), (0.5, 5), (0.3, 3), (1.0, 10)] {
+            let mut picker = AbruptPicker::new(share);
+            let picks: Vec<bool> = (0..10).map(|_| picker.next()).collect();
+            assert_eq!(picks.iter().filter(|&&p| p).count(), of_ten, "{share}");
+            if share == 0.5 {
+                assert_eq!(&picks[..4], [false, true, false, true]);
+            }
+        }
     }
 
     #[test]

@@ -412,6 +412,7 @@ fn rustls_tls12_hello_without_a_session() {
         info.session_ticket,
         "rustls asks for a TLS 1.2 ticket by default"
     );
+    assert!(!info.offers_session_ticket, "it has none to offer yet");
 }
 
 #[test]
@@ -439,6 +440,17 @@ fn rustls_tls12_resumption_offers_the_stored_session_id() {
     assert_eq!(info.session_id, keys[0]);
     assert!(info.psk_identities.is_empty());
     assert!(!info.supports_tls13);
+    assert!(!info.offers_session_ticket);
+}
+
+#[test]
+fn rustls_tls12_ticket_resumption_offers_the_ticket() {
+    let mut server = (*server_config(&[&TLS12], RecordingStore::new())).clone();
+    server.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+    let client = client_config(&[&TLS12]);
+    handshake_in_memory(&client, &Arc::new(server));
+    let info = complete(&rustls_hello(&client, "localhost"));
+    assert!(info.session_ticket && info.offers_session_ticket);
 }
 
 #[test]
@@ -1128,6 +1140,8 @@ prop_compose! {
                 if seen.insert(ext_type) && ext_type != EXT_PRE_SHARED_KEY
                     && ext_type != EXT_SUPPORTED_VERSIONS && ext_type != EXT_ALPN {
                     info.session_ticket |= ext_type == EXT_SESSION_TICKET;
+                    info.offers_session_ticket |=
+                        ext_type == EXT_SESSION_TICKET && !data.is_empty();
                     exts.push((ext_type, data));
                 }
             }
