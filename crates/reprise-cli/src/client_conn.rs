@@ -35,8 +35,10 @@ impl ClientConn {
         Ok(Self::handshake_with(tcp, config, name, &[]).await?.0)
     }
 
-    /// [`handshake`](Self::handshake), sending as much of `early` as the session allows as
-    /// TLS 1.3 early data, with the ClientHello. Returns the connection and how many bytes of
+    /// Runs the handshake until the client has verified the server's flight, the client's
+    /// last flight held until [`send`](Self::send), [`first_byte`](Self::first_byte) or
+    /// [`close`](Self::close), sending as much of `early` as the session allows as TLS 1.3
+    /// early data, with the ClientHello. Returns the connection and how many bytes of
     /// `early` went (none without a session that allows early data; whether the server
     /// accepted them: [`is_early_data_accepted`](Self::is_early_data_accepted)).
     pub async fn handshake_with(

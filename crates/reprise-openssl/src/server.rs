@@ -129,6 +129,10 @@ impl core::fmt::Debug for ServerCache {
     }
 }
 
+/// OpenSSL's `SSL_OP_NO_ANTI_REPLAY` (`ssl.h`, 1.1.1 and later: bit 24), which the `openssl`
+/// crate does not name.
+pub(crate) const NO_ANTI_REPLAY: SslOptions = SslOptions::from_bits_retain(1 << 24);
+
 impl ServerCache {
     /// Wires an OpenSSL server context to `cache`, in one call:
     ///
@@ -137,6 +141,11 @@ impl ServerCache {
     /// - sets OpenSSL's cache mode to `SERVER | NO_INTERNAL`, so that the Reprise cache is the
     ///   only one, and `NO_TICKET`, so that every session is stateful and goes through it
     ///   (TLS 1.2 session ids, TLS 1.3 tickets; stateless tickets would bypass any cache);
+    /// - sets `NO_ANTI_REPLAY`: with early data on (`set_max_early_data`), OpenSSL's own
+    ///   anti-replay removes a TLS 1.3 ticket from its internal cache on use and refuses the
+    ///   resumption when it is not there, and `NO_INTERNAL` keeps it empty, so no TLS 1.3
+    ///   ticket would ever resume. Reprise's get callback takes each ticket on use instead
+    ///   (single use, fleet-wide with an atomic take): that is the anti-replay;
     /// - installs the new, get and remove callbacks.
     ///
     /// A connection that verifies client certificates (`SslVerifyMode::PEER`) keys its sessions
@@ -166,7 +175,7 @@ impl ServerCache {
         tag_context(builder, sid_ctx.as_bytes())?;
         builder
             .set_session_cache_mode(SslSessionCacheMode::SERVER | SslSessionCacheMode::NO_INTERNAL);
-        builder.set_options(SslOptions::NO_TICKET);
+        builder.set_options(SslOptions::NO_TICKET | NO_ANTI_REPLAY);
         let this = Self {
             inner: Arc::new(Inner {
                 cache,

@@ -305,7 +305,10 @@ impl StatelessTickets {
     /// TLS 1.3 ticket can then be used more than once until it expires, which is the choice
     /// this call makes. (OpenSSL has no per-version switch for tickets; it keeps TLS 1.3
     /// tickets stateful only with `NO_TICKET`, or with early data and its anti-replay, which
-    /// needs OpenSSL's internal cache.)
+    /// needs OpenSSL's internal cache.) It clears `SSL_OP_NO_ANTI_REPLAY`, which
+    /// [`ServerCache::install`](crate::ServerCache::install) sets: with early data on, OpenSSL
+    /// then takes no TLS 1.3 ticket it cannot look up statefully, so a stateless ticket never
+    /// carries early data. Install this after the `ServerCache` on a context that has both.
     ///
     /// A connection switched to another context (by a server-name callback) uses the ticket
     /// keys installed on that context, derived for its session-id context: install on every
@@ -333,6 +336,10 @@ impl StatelessTickets {
         ffi::install(builder, lifetime)?;
         tag_context(builder, sid_ctx.as_bytes())?;
         builder.clear_options(SslOptions::NO_TICKET);
+        // Stateless tickets can be replayed: OpenSSL's anti-replay stays on, so that with
+        // early data on it looks tickets up statefully (and refuses what it cannot take)
+        // rather than accept early data on a ticket that can be used again.
+        builder.clear_options(crate::server::NO_ANTI_REPLAY);
         builder.set_ex_data(index, Arc::clone(&shared));
         Ok(Self { shared })
     }

@@ -372,7 +372,8 @@ struct Config {
     timeout: u64,
     serve_external: bool,
     keep: bool,
-    /// OpenSSL's side only: accept early data, which turns on OpenSSL's anti-replay.
+    /// Accept early data: on OpenSSL's side this turns on OpenSSL's anti-replay (which removes
+    /// a stateful ticket on use); on Reprise's, the cache's take does that.
     anti_replay: bool,
 }
 
@@ -463,6 +464,10 @@ impl<'p> Rig<'p> {
                 );
                 install_reprise_callbacks(&cache, &rec);
                 let adapter = ServerCache::install(&mut b, cache.clone(), SID_CTX).unwrap();
+                if cfg.anti_replay {
+                    // Early data on, as on OpenSSL's side: Reprise's take is the anti-replay.
+                    b.set_max_early_data(16384).unwrap();
+                }
                 (b.build(), Some(cache), Some(adapter))
             }
         };
