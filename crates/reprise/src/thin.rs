@@ -4,7 +4,8 @@
 //!
 //! Both exist for memory: a cached session is one `Shared<Session>`, and its payload one
 //! `ThinBytes`. Against `std::sync::Arc` (two counts) and `Box<[u8]>` (a pointer and a length)
-//! they save 16 bytes per session (`docs/PERFORMANCE.md`, "Memory per session").
+//! they save 12 bytes per session: 8 each, less the 4-byte length in front of the bytes
+//! (`docs/PERFORMANCE.md`, "Memory per session").
 //!
 //! Every `unsafe` block below says why it is sound. Aliasing, which valgrind does not check,
 //! rests on two facts proved where they are used: a `Shared`'s value is only ever reached
