@@ -79,14 +79,15 @@ impl TlsVersion {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AcceptModel {
-    /// Each worker thread has its own listening socket (SO_REUSEPORT: the kernel spreads the
-    /// connections) and runs its connections to the end, as nginx's workers do: no
-    /// cross-thread wake-ups.
-    #[default]
-    PerWorker,
     /// One listening socket; the connections go to a shared pool of worker threads that steal
-    /// work from each other (a busy worker's connections move to an idle one).
+    /// work from each other (a busy worker's connections move to an idle one). Measured ahead
+    /// of `per-worker` on two cores (docs/PERFORMANCE.md).
+    #[default]
     Shared,
+    /// Each worker thread has its own listening socket (SO_REUSEPORT: the kernel spreads the
+    /// connections by their addresses) and runs its connections to the end, as nginx's
+    /// workers do: no cross-thread wake-ups, and no stealing either.
+    PerWorker,
 }
 
 impl AcceptModel {
@@ -282,8 +283,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// How the workers take connections: per-worker (a listening socket each, SO_REUSEPORT) or
-    /// shared (one socket, a work-stealing pool) [default: per-worker].
+    /// How the workers take connections: shared (one socket, a work-stealing pool) or
+    /// per-worker (a listening socket each, SO_REUSEPORT) [default: shared].
     #[arg(long, value_name = "MODEL")]
     pub accept_model: Option<AcceptModel>,
 

@@ -686,7 +686,7 @@ fn log_unfinished(
         log.log(Record {
             time: std::time::SystemTime::now(),
             client: peer,
-            sni: None,
+            sni: access_log::Sni::None,
             version: None,
             suite: None,
             resumption: Resumption::None,
@@ -813,7 +813,7 @@ async fn established(
         log.log(Record {
             time: std::time::SystemTime::now(),
             client: peer,
-            sni: conn.server_name().map(str::to_owned),
+            sni: access_log::Sni::new(conn.server_name()),
             version,
             suite: suite.map(|s| s.suite()),
             resumption,
