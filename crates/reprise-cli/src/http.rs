@@ -250,20 +250,15 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                         )
                         .await
                     }
-                    Some(_) => {
-                        let yes = if in_early { "yes" } else { "no" };
-                        let body = format!("{body}early-data: {yes}\n");
-                        write_response(
-                            stream,
-                            "200 OK",
-                            "text/plain; charset=utf-8",
-                            body.as_bytes(),
-                            request.keep_alive,
-                            head_only,
-                        )
-                        .await
-                    }
-                    None => {
+                    _ => {
+                        // With early data on, the body says whether this request came in it.
+                        let body = match early {
+                            Some(_) => {
+                                let yes = if in_early { "yes" } else { "no" };
+                                std::borrow::Cow::Owned(format!("{body}early-data: {yes}\n"))
+                            }
+                            None => std::borrow::Cow::Borrowed(body),
+                        };
                         write_response(
                             stream,
                             "200 OK",
