@@ -1,11 +1,12 @@
 //! The access log of `reprise serve` (`--access-log FILE|-`): one line per connection when it
 //! ends, in text or JSON, written by a thread of its own.
 //!
-//! A connection's task only fills a [`Record`] (copies of what it already holds, and the SNI)
-//! and offers it to a bounded channel; it never formats, writes or waits. When the channel is
-//! full the line is dropped and counted (`reprise_access_log_dropped_total`). The writer thread
-//! never waits on the channel (a sender would then have to wake it, a system call per
-//! connection): it takes the queued lines every 50 ms, formats them, writes through a buffer,
+//! A connection's task only fills a [`Record`] (copies of what it already holds, the SNI in
+//! place) and pushes it onto a bounded queue under a lock held for that push; it never
+//! allocates, formats, writes or waits on the writer. When the queue is full the line is
+//! dropped and counted (`reprise_access_log_dropped_total`). The writer thread never waits on
+//! the queue (a sender would then have to wake it, a system call per connection): it takes the
+//! queued lines all at once every 50 ms, formats them, writes through a buffer,
 //! flushes at least every second and at shutdown, and opens the file again on SIGHUP (for log
 //! rotation).
 
@@ -16,8 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Lines waiting for the writer, at most; more are dropped and counted. Enough for
 /// [`DRAIN_EVERY`] at over 300 000 connections a second. The records wait by value (176 bytes
-/// each, no heap): under 3 MB when full.
+/// each, no heap of their own): under 3 MB when full, and as much again for the batch being
+/// written.
 const QUEUE: usize = 16_384;
 
 /// How often the writer takes the queued lines.
@@ -282,69 +283,81 @@ impl Sni {
     }
 }
 
-/// What the writer thread receives.
-enum Message {
-    Line(Record),
-    /// Write out everything and stop; answers when done.
-    Close(mpsc::Sender<()>),
+/// What the connection tasks and the writer thread share.
+struct Queue {
+    /// Records waiting for the writer, which takes them all at once every [`DRAIN_EVERY`]: a
+    /// connection's task holds the lock for one push, and the cache lines move between the
+    /// cores once per batch rather than once per record.
+    pending: Mutex<Vec<Record>>,
+    dropped: AtomicU64,
+    /// Set on SIGHUP: the writer opens its file again before its next line (a flag, so that a
+    /// full queue cannot lose the request).
+    reopen: AtomicBool,
+    /// Set by [`AccessLog::close`]: the writer writes out what is pending, flushes and stops.
+    closing: AtomicBool,
+}
+
+impl Queue {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Record>> {
+        // A panic while holding the lock leaves a vector of whole records: still usable.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The sending side, shared by the connection tasks.
 pub struct AccessLog {
-    queue: SyncSender<Message>,
-    dropped: Arc<AtomicU64>,
-    /// Set on SIGHUP: the writer opens its file again before its next line (a flag, so that a
-    /// full queue cannot lose the request).
-    reopen: Arc<AtomicBool>,
-    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    queue: Arc<Queue>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl AccessLog {
     /// Opens the target (an error names the file) and starts the writer thread.
     pub fn open(settings: &Settings) -> anyhow::Result<Self> {
         let out = Output::open(&settings.target)?;
-        let (queue, lines) = mpsc::sync_channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let reopen = Arc::new(AtomicBool::new(false));
+        let queue = Arc::new(Queue {
+            pending: Mutex::new(Vec::new()),
+            dropped: AtomicU64::new(0),
+            reopen: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        });
         let writer = Writer {
-            reopen: reopen.clone(),
+            queue: queue.clone(),
             out,
             target: settings.target.clone(),
             format: settings.format,
-            dropped: dropped.clone(),
             line: String::with_capacity(512),
             failed: false,
         };
         let handle = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer.run(lines))
+            .spawn(move || writer.run())
             .context("starting the access-log writer")?;
         Ok(Self {
             queue,
-            dropped,
-            reopen,
-            writer: std::sync::Mutex::new(Some(handle)),
+            writer: Mutex::new(Some(handle)),
         })
     }
 
-    /// Offers a line to the writer, without waiting: dropped and counted if the queue is full.
+    /// Offers a line to the writer, without waiting on it: dropped and counted if
+    /// [`QUEUE`] lines are waiting already.
     pub fn log(&self, record: Record) {
-        match self.queue.try_send(Message::Line(record)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut pending = self.queue.pending();
+        if pending.len() < QUEUE {
+            pending.push(record);
+        } else {
+            drop(pending);
+            self.queue.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Asks the writer to open its file again (after a rotation).
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Release);
+        self.queue.reopen.store(true, Ordering::Release);
     }
 
     /// Lines dropped so far.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.queue.dropped.load(Ordering::Relaxed)
     }
 
     /// The metrics of the access log, in the Prometheus text format.
@@ -360,10 +373,7 @@ impl AccessLog {
     /// Writes out every queued line, flushes, and stops the writer (blocking: call it off the
     /// runtime's threads).
     pub fn close(&self) {
-        let (done, wait) = mpsc::channel();
-        if self.queue.send(Message::Close(done)).is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(10));
-        }
+        self.queue.closing.store(true, Ordering::Release);
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(handle) = handle {
             let _ = handle.join();
@@ -402,11 +412,10 @@ impl Output {
 
 /// The writer thread's state.
 struct Writer {
-    reopen: Arc<AtomicBool>,
+    queue: Arc<Queue>,
     out: Output,
     target: Target,
     format: Format,
-    dropped: Arc<AtomicU64>,
     /// One line, reused.
     line: String,
     /// Whether a write failed since the last success (logged once).
@@ -414,16 +423,19 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, lines: mpsc::Receiver<Message>) {
+    fn run(mut self) {
         let mut last_flush = Instant::now();
         let mut pending = false;
         let mut dropped_logged = 0;
+        // The batch being written; swapped with the queue's vector, so that neither allocates
+        // once both have grown to the busiest batch.
+        let mut batch: Vec<Record> = Vec::new();
         loop {
             // Never waiting on the queue: a sender that found the writer waiting would have to
             // wake it, a system call and a context switch per connection. The lines are
             // drained in batches instead.
             std::thread::sleep(DRAIN_EVERY);
-            if self.reopen.swap(false, Ordering::AcqRel) {
+            if self.queue.reopen.swap(false, Ordering::AcqRel) {
                 self.flush();
                 pending = false;
                 match Output::open(&self.target) {
@@ -433,36 +445,30 @@ impl Writer {
                     }
                 }
             }
-            loop {
-                match lines.try_recv() {
-                    Ok(Message::Line(record)) => {
-                        self.line.clear();
-                        match self.format {
-                            Format::Text => text(&record, &mut self.line),
-                            Format::Json => json(&record, &mut self.line),
-                        }
-                        self.line.push('\n');
-                        let written = self.out.writer().write_all(self.line.as_bytes());
-                        self.written(written);
-                        pending = true;
-                    }
-                    Ok(Message::Close(done)) => {
-                        self.flush();
-                        let _ = done.send(());
-                        return;
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        self.flush();
-                        return;
-                    }
+            // Read before the batch is taken: every line logged before `close` is in it.
+            let closing =
+                self.queue.closing.load(Ordering::Acquire) || Arc::strong_count(&self.queue) == 1;
+            std::mem::swap(&mut *self.queue.pending(), &mut batch);
+            for record in batch.drain(..) {
+                self.line.clear();
+                match self.format {
+                    Format::Text => text(&record, &mut self.line),
+                    Format::Json => json(&record, &mut self.line),
                 }
+                self.line.push('\n');
+                let written = self.out.writer().write_all(self.line.as_bytes());
+                self.written(written);
+                pending = true;
+            }
+            if closing {
+                self.flush();
+                return;
             }
             if pending && last_flush.elapsed() >= FLUSH_EVERY {
                 self.flush();
                 pending = false;
                 last_flush = Instant::now();
-                let dropped = self.dropped.load(Ordering::Relaxed);
+                let dropped = self.queue.dropped.load(Ordering::Relaxed);
                 if dropped > dropped_logged {
                     tracing::warn!(
                         dropped = dropped - dropped_logged,
@@ -485,7 +491,7 @@ impl Writer {
         match result {
             Ok(()) => self.failed = false,
             Err(e) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.queue.dropped.fetch_add(1, Ordering::Relaxed);
                 if !self.failed {
                     tracing::warn!(error = %e, "cannot write the access log");
                     self.failed = true;
@@ -901,6 +907,31 @@ mod tests {
     }
 
     #[test]
+    fn close_writes_every_line_logged_before_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(&Settings {
+            target: Target::File(path.clone()),
+            format: Format::Json,
+        })?;
+        for i in 0..1000u64 {
+            let mut r = record();
+            r.bytes_in = i;
+            log.log(r);
+        }
+        log.close();
+        let text = std::fs::read_to_string(&path)?;
+        let seen: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["bytes_in"].as_u64()))
+            .collect::<Result<Option<Vec<u64>>, _>>()?
+            .unwrap_or_default();
+        assert_eq!(seen, (0..1000).collect::<Vec<u64>>());
+        assert_eq!(log.dropped(), 0);
+        Ok(())
+    }
+
+    #[test]
     fn server_names_short_and_long_come_back_whole() {
         let exact = "a".repeat(Sni::INLINE);
         let long = "b".repeat(Sni::INLINE + 1);
@@ -915,11 +946,11 @@ mod tests {
         }
         assert!(matches!(Sni::new(Some(&exact)), Sni::Short { .. }));
         assert!(matches!(Sni::new(Some(&long)), Sni::Long(_)));
-        // The queue holds records by value: its memory is QUEUE times this.
+        // The queue holds records by value: its memory is QUEUE times this, twice.
         assert!(
-            std::mem::size_of::<Message>() <= 256,
+            std::mem::size_of::<Record>() <= 256,
             "{}",
-            std::mem::size_of::<Message>()
+            std::mem::size_of::<Record>()
         );
     }
 
