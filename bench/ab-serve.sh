@@ -8,6 +8,8 @@
 # per run, then the medians and B/A for TLS 1.2 and 1.3.
 #
 # Usage: FLAGS_B="--access-log /tmp/a.log" bench/ab-serve.sh BIN_A BIN_B [seconds, default 5] [rounds, default 5]
+# MODE=full measures full handshakes instead; TLS="1.3" runs one version only; BENCH_FLAGS adds
+# load-generator flags, for example BENCH_FLAGS="--cipher-suite TLS13_AES_256_GCM_SHA384".
 # In FLAGS_A and FLAGS_B, CERT and KEY stand for the generated certificate and key files (for
 # localhost, the name the load generator asks for), CERT2 and KEY2 for a second pair (other.test).
 set -euo pipefail
@@ -39,11 +41,12 @@ ticks() { local s; s=$(<"/proc/$1/stat"); s=${s##*) }; set -- $s; echo $((${12} 
 field() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
 for r in $(seq "$rounds"); do
   if [ $((r % 2)) = 1 ]; then order="A B"; else order="B A"; fi
-  for tls in 1.2 1.3; do
+  for tls in ${TLS:-1.2 1.3}; do
     for side in $order; do
       c0=$(ticks "${pid[$side]}")
+      # shellcheck disable=SC2086
       out=$("$A" bench --connect 127.0.0.1:"${port[$side]}" --server-name localhost --insecure --tls "$tls" \
-        --mode resume --concurrency 8 --duration "$secs" --json --workers 1)
+        --mode "${MODE:-resume}" --concurrency 8 --duration "$secs" --json --workers 1 ${BENCH_FLAGS:-})
       c1=$(ticks "${pid[$side]}")
       hs=$(echo "$out" | field 'r["handshakes"]')
       echo "$r $tls $side $(echo "$out" | field 'r["handshakes_per_sec"]') $(echo "$out" | field 'round(100*r["resumed_share"],1)') $(python3 -c "print(round(1e6*($c1-$c0)/$hz/max(1,$hs),1))")" | tee -a "$work/runs"
@@ -55,7 +58,7 @@ python3 - "$work/runs" <<'PY'
 import statistics as st, sys
 rows = [l.split() for l in open(sys.argv[1])]
 print(f"{'TLS':4} {'A hs/s':>8} {'B hs/s':>8} {'B/A':>6} {'A CPU us/hs':>12} {'B CPU us/hs':>12} {'B/A':>6} {'resumed% A/B':>13}")
-for tls in ["1.2", "1.3"]:
+for tls in sorted({r[1] for r in rows}):
     g = {s: [r for r in rows if r[1] == tls and r[2] == s] for s in "AB"}
     m = lambda s, i: st.median(float(r[i]) for r in g[s])
     print(f"{tls:4} {m('A',3):8.0f} {m('B',3):8.0f} {m('B',3)/m('A',3):6.3f} {m('A',5):12.1f} {m('B',5):12.1f} "

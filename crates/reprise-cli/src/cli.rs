@@ -428,6 +428,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Offer only these cipher suites, by their rustls names (`TLS13_AES_256_GCM_SHA384`,
+    /// `TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384`, ...), comma-separated or repeated
+    /// [default: every suite of the provider].
+    #[arg(long, value_name = "SUITE", value_delimiter = ',')]
+    pub cipher_suite: Vec<String>,
+
     /// Worker threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,

@@ -294,6 +294,79 @@ fn nothing_listening_counts_failures_and_exits_1() {
     assert!(err.contains("connection refused"), "{err}");
 }
 
+#[test]
+fn cipher_suite_offers_only_the_suites_named() {
+    // The server prefers the SHA-256 suites: a SHA-384 suite is chosen only when nothing else is
+    // offered. Which one was negotiated, the access log says.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let server = Server::start(&["--access-log", log.to_str().unwrap()]);
+    let suites = [
+        ("1.3", "TLS13_AES_256_GCM_SHA384"),
+        ("1.2", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
+    ];
+    for (tls, suite) in suites {
+        let (out, report) = bench_json(&[
+            "--connect",
+            &server.connect_arg(),
+            "--server-name",
+            "localhost",
+            "--insecure",
+            "--tls",
+            tls,
+            "--connections",
+            "3",
+            "--cipher-suite",
+            suite,
+        ]);
+        assert!(out.status.success(), "{report}\n{}", stderr(&out));
+        assert_eq!(count(&report, "handshakes"), 3, "{report}");
+        assert_eq!(count(&report, "resumed"), 2, "{report}");
+    }
+    // The harness's readiness probe logs a failed handshake, with no cipher.
+    let negotiated = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("cipher=")))
+            .filter(|c| *c != "-")
+            .map(str::to_owned)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (text, ciphers) = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let ciphers = negotiated(&text);
+        if ciphers.len() >= 6 || std::time::Instant::now() > deadline {
+            break (text, ciphers);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let expected: Vec<&str> = suites.iter().flat_map(|(_, s)| [*s; 3]).collect();
+    assert_eq!(ciphers, expected, "{text}");
+
+    let addr = server.connect_arg();
+    let err = startup_error(&[
+        "--connect",
+        &addr,
+        "--insecure",
+        "--cipher-suite",
+        "TLS13_ROT13",
+    ]);
+    assert!(
+        err.contains("--cipher-suite TLS13_ROT13") && err.contains("TLS13_AES_128_GCM_SHA256"),
+        "{err}"
+    );
+    let err = startup_error(&[
+        "--connect",
+        &addr,
+        "--insecure",
+        "--tls",
+        "1.2",
+        "--cipher-suite",
+        suites[0].1,
+    ]);
+    assert!(err.contains("none of the suites named"), "{err}");
+}
+
 /// Runs `bench` with `args` and checks it fails at start: exit code 2, one line on stderr,
 /// nothing on stdout. Returns the line.
 fn startup_error(args: &[&str]) -> String {

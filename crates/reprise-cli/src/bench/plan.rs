@@ -70,7 +70,7 @@ impl Plan {
         };
         let server_name = ServerName::try_from(name.clone())
             .map_err(|e| anyhow::anyhow!("server name {name:?}: {e}"))?;
-        let mut config = client_config(args.tls, trust)?;
+        let mut config = client_config(args.tls, trust, &args.cipher_suite)?;
         let request = match args.early_data {
             None => None,
             Some(n) => Some(super::request::Request::new(&name, n, args.tls)?),

@@ -501,7 +501,7 @@ mod tests {
     async fn the_close_notify_leaves_with_the_last_flight() {
         // TLS 1.3: the client's Finished is its last flight, held until the close.
         let (addr, server) = one_read_server(server_config(TlsVersion::Tls13, true));
-        let config = Arc::new(client_config(TlsVersion::Tls13, Trust::Anything).unwrap());
+        let config = Arc::new(client_config(TlsVersion::Tls13, Trust::Anything, &[]).unwrap());
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let mut conn = ClientConn::handshake(tcp, config, name).await.unwrap();
@@ -529,7 +529,7 @@ mod tests {
                 tls.conn.complete_io(&mut tls.sock).unwrap();
             }
         });
-        let config = Arc::new(client_config(TlsVersion::Tls13, Trust::Anything).unwrap());
+        let config = Arc::new(client_config(TlsVersion::Tls13, Trust::Anything, &[]).unwrap());
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let mut conn = ClientConn::handshake(tcp, config, name).await.unwrap();

@@ -10,7 +10,10 @@ use rustls::client::Resumption;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore, SignatureScheme,
+    SupportedCipherSuite,
+};
 
 use crate::cli::TlsVersion;
 
@@ -42,14 +45,22 @@ pub(super) fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
 }
 
 /// The client configuration: exactly one TLS version, the binary's crypto provider
-/// ([`crate::tls::default_provider`]), resumption disabled
-/// (the workers of `--mode resume` replace it with their own store).
-pub(super) fn client_config(tls: TlsVersion, trust: Trust) -> anyhow::Result<ClientConfig> {
-    let provider = Arc::new(crate::tls::default_provider());
+/// ([`crate::tls::default_provider`]) with only the named cipher suites if any are named,
+/// resumption disabled (the workers of `--mode resume` replace it with their own store).
+pub(super) fn client_config(
+    tls: TlsVersion,
+    trust: Trust,
+    suites: &[String],
+) -> anyhow::Result<ClientConfig> {
+    let mut provider = crate::tls::default_provider();
     let version = match tls {
         TlsVersion::Tls12 => &rustls::version::TLS12,
         TlsVersion::Tls13 => &rustls::version::TLS13,
     };
+    if !suites.is_empty() {
+        provider.cipher_suites = only_suites(&provider.cipher_suites, suites, version.version)?;
+    }
+    let provider = Arc::new(provider);
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[version])
         .context("TLS version")?;
@@ -62,6 +73,33 @@ pub(super) fn client_config(tls: TlsVersion, trust: Trust) -> anyhow::Result<Cli
     };
     config.resumption = Resumption::disabled();
     Ok(config)
+}
+
+/// The suites of `all` named in `names`, in the order named. An unknown name, or names with no
+/// suite of the TLS version asked for, is an error that lists what there is.
+fn only_suites(
+    all: &[SupportedCipherSuite],
+    names: &[String],
+    version: ProtocolVersion,
+) -> anyhow::Result<Vec<SupportedCipherSuite>> {
+    let name_of = |s: &SupportedCipherSuite| format!("{:?}", s.suite());
+    let mut chosen = Vec::with_capacity(names.len());
+    for name in names {
+        match all
+            .iter()
+            .find(|s| name_of(s).eq_ignore_ascii_case(name.trim()))
+        {
+            Some(s) => chosen.push(*s),
+            None => bail!(
+                "--cipher-suite {name}: not a suite of this build's provider, which has {}",
+                all.iter().map(name_of).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    if !chosen.iter().any(|s| s.version().version == version) {
+        bail!("--cipher-suite: none of the suites named is a {version:?} suite");
+    }
+    Ok(chosen)
 }
 
 /// A verifier for `--insecure`: it accepts any certificate chain for any name, but still checks
@@ -199,7 +237,7 @@ pub(super) mod tests {
     #[test]
     fn the_insecure_verifier_accepts_any_certificate_but_checks_signatures() {
         for tls in [TlsVersion::Tls12, TlsVersion::Tls13] {
-            let insecure = || client_config(tls, Trust::Anything).unwrap();
+            let insecure = || client_config(tls, Trust::Anything, &[]).unwrap();
             assert_eq!(
                 handshake(insecure(), server_config(tls, true)),
                 Ok(()),
@@ -219,9 +257,42 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn named_cipher_suites_are_the_only_ones_offered() {
+        let names = |c: &ClientConfig| {
+            c.crypto_provider()
+                .cipher_suites
+                .iter()
+                .map(|s| format!("{:?}", s.suite()))
+                .collect::<Vec<_>>()
+        };
+        let all = client_config(TlsVersion::Tls13, Trust::Anything, &[]).unwrap();
+        assert!(names(&all).len() > 2, "{:?}", names(&all));
+        let only = |tls, suite: &str| client_config(tls, Trust::Anything, &[suite.to_owned()]);
+        for (tls, suite) in [
+            (TlsVersion::Tls13, "TLS13_AES_256_GCM_SHA384"),
+            (TlsVersion::Tls12, "tls_ecdhe_ecdsa_with_aes_256_gcm_sha384"),
+        ] {
+            let config = only(tls, suite).unwrap();
+            assert_eq!(names(&config), [suite.to_ascii_uppercase()]);
+            assert_eq!(
+                handshake(config, server_config(tls, true)),
+                Ok(()),
+                "{suite}"
+            );
+        }
+        let unknown = format!("{:#}", only(TlsVersion::Tls13, "TLS13_ROT13").unwrap_err());
+        assert!(
+            unknown.contains("TLS13_ROT13") && unknown.contains("TLS13_AES_128_GCM_SHA256"),
+            "{unknown}"
+        );
+        let wrong_version = only(TlsVersion::Tls13, "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384");
+        assert!(format!("{:#}", wrong_version.unwrap_err()).contains("TLSv1_3"));
+    }
+
+    #[test]
     fn ca_roots_verify_the_chain() {
         let config =
-            client_config(TlsVersion::Tls13, Trust::Roots(RootCertStore::empty())).unwrap();
+            client_config(TlsVersion::Tls13, Trust::Roots(RootCertStore::empty()), &[]).unwrap();
         let untrusted = handshake(config, server_config(TlsVersion::Tls13, true));
         assert!(
             matches!(
