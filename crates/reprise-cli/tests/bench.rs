@@ -43,6 +43,22 @@ fn count(report: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in {report}"))
 }
 
+/// `bench --json` against `addr` (server name localhost, `--insecure`) with TLS `tls`, and
+/// `extra` flags.
+fn bench_localhost(addr: &str, tls: &str, extra: &[&str]) -> (Output, Value) {
+    let mut args = vec![
+        "--connect",
+        addr,
+        "--server-name",
+        "localhost",
+        "--insecure",
+        "--tls",
+        tls,
+    ];
+    args.extend_from_slice(extra);
+    bench_json(&args)
+}
+
 /// `bench --json` against `addr` (server name localhost, `--insecure`): `connections` over
 /// `concurrency` workers.
 fn bench_against(
@@ -52,21 +68,18 @@ fn bench_against(
     connections: &str,
     concurrency: &str,
 ) -> (Output, Value) {
-    bench_json(&[
-        "--connect",
+    bench_localhost(
         addr,
-        "--server-name",
-        "localhost",
-        "--insecure",
-        "--tls",
         tls,
-        "--mode",
-        mode,
-        "--connections",
-        connections,
-        "--concurrency",
-        concurrency,
-    ])
+        &[
+            "--mode",
+            mode,
+            "--connections",
+            connections,
+            "--concurrency",
+            concurrency,
+        ],
+    )
 }
 
 /// 20 connections over 4 workers against `server`, with `--insecure`.
@@ -139,21 +152,18 @@ fn abrupt_closes_skip_close_notify_and_sessions_still_resume() {
     for (tls, share, connections, workers, abrupt) in
         [("1.2", "0.5", 20, 2, 10), ("1.3", "1", 10, 1, 10)]
     {
-        let (out, report) = bench_json(&[
-            "--connect",
+        let (out, report) = bench_localhost(
             &addr,
-            "--server-name",
-            "localhost",
-            "--insecure",
-            "--tls",
             tls,
-            "--connections",
-            &connections.to_string(),
-            "--concurrency",
-            &workers.to_string(),
-            "--abrupt",
-            share,
-        ]);
+            &[
+                "--connections",
+                &connections.to_string(),
+                "--concurrency",
+                &workers.to_string(),
+                "--abrupt",
+                share,
+            ],
+        );
         assert!(out.status.success(), "{report}\n{}", stderr(&out));
         assert_eq!(
             count(&report, "handshakes"),
@@ -306,19 +316,11 @@ fn cipher_suite_offers_only_the_suites_named() {
         ("1.2", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
     ];
     for (tls, suite) in suites {
-        let (out, report) = bench_json(&[
-            "--connect",
+        let (out, report) = bench_localhost(
             &server.connect_arg(),
-            "--server-name",
-            "localhost",
-            "--insecure",
-            "--tls",
             tls,
-            "--connections",
-            "3",
-            "--cipher-suite",
-            suite,
-        ]);
+            &["--connections", "3", "--cipher-suite", suite],
+        );
         assert!(out.status.success(), "{report}\n{}", stderr(&out));
         assert_eq!(count(&report, "handshakes"), 3, "{report}");
         assert_eq!(count(&report, "resumed"), 2, "{report}");
