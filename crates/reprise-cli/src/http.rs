@@ -182,8 +182,9 @@ impl Ending {
     }
 }
 
-/// The built-in responder: answers every request with 200 and `body`, keeping the connection
-/// open as HTTP/1.1 allows, until the client closes, it idles past `idle`, or `shutdown`.
+/// The built-in responder: answers every request with 200 and the text `body` makes (once, at
+/// the first request: a connection that sends none costs nothing), keeping the connection open
+/// as HTTP/1.1 allows, until the client closes, it idles past `idle`, or `shutdown`.
 ///
 /// With `early` (early data enabled), the body ends with `early-data: yes` or `no`: whether
 /// the request arrived (at least in part) in TLS 1.3 early data. Such a request is answered
@@ -191,12 +192,13 @@ impl Ending {
 /// sends it again after the handshake.
 pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    body: &str,
+    body: &(dyn Fn() -> String + Sync),
     idle: Duration,
     shutdown: &CancellationToken,
     early: Option<&crate::early::Rule<'_>>,
 ) -> Ending {
     let mut buf = Vec::new();
+    let mut text: Option<String> = None;
     let mut tally = crate::early::Tally::new(stream);
     let stream = &mut tally;
     loop {
@@ -251,6 +253,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                         .await
                     }
                     _ => {
+                        let body: &str = text.get_or_insert_with(body);
                         // With early data on, the body says whether this request came in it.
                         let body = match early {
                             Some(_) => {

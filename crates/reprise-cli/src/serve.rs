@@ -761,12 +761,14 @@ async fn established(
     let traffic = Traffic::default();
     let (ending, responded) = match &shared.settings.upstream {
         None => {
-            let body = format!(
-                "protocol: {}\ncipher: {}\nresumed: {}\n",
-                version_name(version),
-                suite.map_or_else(|| "unknown".to_owned(), |s| format!("{:?}", s.suite())),
-                if resumed { "yes" } else { "no" },
-            );
+            let body = || {
+                format!(
+                    "protocol: {}\ncipher: {}\nresumed: {}\n",
+                    version_name(version),
+                    suite.map_or_else(|| "unknown".to_owned(), |s| format!("{:?}", s.suite())),
+                    if resumed { "yes" } else { "no" },
+                )
+            };
             let idle = shared.settings.idle_timeout;
             let early = &shared.settings.early;
             let rule = early.enabled().then(|| crate::early::Rule {
