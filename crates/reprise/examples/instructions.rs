@@ -19,17 +19,10 @@ use std::sync::Arc;
 
 use reprise::{ManualClock, Role, SecretBytes, SessionCache, SessionKey};
 
-/// A 32-byte id from a number, well spread.
-fn id(n: u64) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d;
-    for chunk in out.chunks_mut(8) {
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
-    out
-}
+// The benchmarks' ids, so that these counts and the benchmarks' times share their keys.
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::id;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
