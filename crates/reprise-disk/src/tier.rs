@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use reprise::{
-    Clock, Fetched, Metric, Removal, Session, SessionCache, SessionKey, SharedSession, SystemClock,
-    Tier, TierContext,
+    Clock, Fetched, Metric, Removal, SessionCache, SessionKey, SharedSession, SystemClock, Tier,
+    TierContext,
 };
 use reprise_seal::{open_session, seal_session, KeyRing, OpenError};
 use tracing::{info, warn};
@@ -314,7 +314,7 @@ impl DiskTier {
                 &stored.sealed,
             ) {
                 Ok(session) => {
-                    cache.add(&SharedSession::new(session));
+                    cache.add(&session);
                     warmed += 1;
                 }
                 Err(e) => {
@@ -398,7 +398,7 @@ impl DiskTier {
         let seq = pending.insert(tk.clone(), InFlight::Delete, session.expires_at());
         self.queue_locked(&mut pending, Op::Delete { key: tk, seq });
         self.count_read(true);
-        Fetched::Hit(SharedSession::new(session))
+        Fetched::Hit(session)
     }
 
     /// The sealed value stored under a table key, from the file. Never waits: while the file
@@ -427,7 +427,7 @@ impl DiskTier {
 
     fn open_value(&self, key: SessionKey<'_>, sealed: &[u8]) -> Fetched {
         match open_session(&self.inner.keys, NAME, key, sealed) {
-            Ok(s) => Fetched::Hit(SharedSession::new(s)),
+            Ok(s) => Fetched::Hit(s),
             Err(e) => {
                 if self.rejected(e) {
                     self.queue(Op::Delete {
@@ -455,7 +455,7 @@ impl DiskTier {
     }
 
     /// Seals a session and queues it for writing. Until it is written, reads find it here.
-    fn store_session(&self, session: &Session) {
+    fn store_session(&self, session: &SharedSession) {
         let shared = &*self.inner.shared;
         let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
         let sealed: Arc<[u8]> = match seal_session(&self.inner.keys, NAME, session) {

@@ -2,9 +2,9 @@
 //! lost deletion, and expiry by the cache's clock.
 
 use super::*;
-use reprise::{ManualClock, ProtocolVersion, Role, SecretBytes};
+use reprise::{ManualClock, ProtocolVersion, Role, SecretBytes, Session};
 
-fn ticket(id: u8) -> Session {
+fn ticket(id: u8) -> SharedSession {
     match Session::builder(&[id; 32], SecretBytes::from(vec![id; 48]))
         .sid_ctx(b"ctx")
         .version(ProtocolVersion::TLS1_3)
@@ -12,7 +12,7 @@ fn ticket(id: u8) -> Session {
         .timeout_secs(300)
         .build()
     {
-        Ok(s) => s,
+        Ok(s) => SharedSession::from(s),
         Err(e) => panic!("{e}"),
     }
 }

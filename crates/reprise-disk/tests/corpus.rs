@@ -179,7 +179,7 @@ fn the_corpus_opens_without_a_panic() {
             .sid_ctx(CTX)
             .build()
             .unwrap();
-        tier.store(&SharedSession::new(s));
+        tier.store(&SharedSession::from(s));
         assert!(
             tier.fetch(SessionKey::new(&id(999), CTX)).hit().is_some(),
             "{name}"

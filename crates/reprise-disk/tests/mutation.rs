@@ -27,7 +27,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn session(id: u32, version: ProtocolVersion) -> Session {
+fn session(id: u32, version: ProtocolVersion) -> Session<SecretBytes> {
     let mut key = [0u8; 32];
     key[..4].copy_from_slice(&id.to_be_bytes());
     Session::builder(&key, SecretBytes::from(vec![id as u8; 64]))

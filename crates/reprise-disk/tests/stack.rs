@@ -19,7 +19,7 @@ const CTX: &[u8] = b"stack";
 /// A shared tier over a map: the last of the stack, so the one that decides takes.
 #[derive(Default)]
 struct Shared {
-    map: Mutex<HashMap<Vec<u8>, Session>>,
+    map: Mutex<HashMap<Vec<u8>, SharedSession>>,
     down: AtomicBool,
     takes: AtomicUsize,
     cx: OnceLock<TierContext>,
@@ -45,9 +45,8 @@ impl Tier for Shared {
             return Fetched::Unavailable;
         }
         let map = self.map.lock();
-        map.get(key.id).map_or(Fetched::Miss, |s| {
-            Fetched::Hit(SharedSession::new(s.duplicate()))
-        })
+        map.get(key.id)
+            .map_or(Fetched::Miss, |s| Fetched::Hit(s.duplicate()))
     }
 
     fn take(&self, key: SessionKey<'_>) -> Fetched {
@@ -56,7 +55,7 @@ impl Tier for Shared {
             return Fetched::Unavailable;
         }
         let taken = self.map.lock().remove(key.id);
-        taken.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
+        taken.map_or(Fetched::Miss, Fetched::Hit)
     }
 
     fn remove(&self, session: &SharedSession, why: Removal) {
@@ -70,7 +69,7 @@ fn id(n: u8) -> [u8; 32] {
     [n; 32]
 }
 
-fn session(cache: &SessionCache, n: u8, version: ProtocolVersion) -> Session {
+fn session(cache: &SessionCache, n: u8, version: ProtocolVersion) -> Session<SecretBytes> {
     cache
         .session(&id(n), SecretBytes::from(vec![n; 48]))
         .sid_ctx(CTX)

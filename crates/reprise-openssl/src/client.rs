@@ -10,7 +10,7 @@ use openssl::ssl::{
     ConnectConfiguration, HandshakeError, NameType, Ssl, SslContextBuilder, SslRef, SslSession,
     SslSessionCacheMode, SslStream,
 };
-use reprise::{ProtocolVersion, Role, SecretBytes, SessionCache, SessionKey};
+use reprise::{ProtocolVersion, Role, SessionCache, SessionKey};
 
 use crate::decoded::{self, DecodedSession};
 use crate::server::version_of;
@@ -145,7 +145,7 @@ impl ClientCache {
         } else {
             cache.lookup(Role::Client, key)?
         };
-        match DecodedSession::from_der(found.payload().as_bytes()) {
+        match DecodedSession::from_der(found.payload()) {
             Ok(session) => Some(session),
             Err(_) => {
                 bump(&self.inner.counters.undecodable);
@@ -208,7 +208,7 @@ impl Inner {
         let id = client_session_key(name);
         let built = self
             .cache
-            .session(&id, SecretBytes::from(der))
+            .session(&id, der)
             .version(version_of(session.protocol_version()))
             .build();
         match built {

@@ -9,7 +9,7 @@ use openssl::ssl::{
     HandshakeError, Ssl, SslContextBuilder, SslOptions, SslRef, SslSession, SslSessionCacheMode,
     SslSessionRef, SslStream, SslVersion,
 };
-use reprise::{ProtocolVersion, Role, SecretBytes, SessionCache, SessionKey, SidCtx};
+use reprise::{ProtocolVersion, Role, SessionCache, SessionKey, SidCtx};
 
 use crate::decoded::{self, DecodedSession};
 use crate::error::Error;
@@ -303,7 +303,7 @@ impl Inner {
         let sid_ctx = current_sid_ctx(ssl, &self.sid_ctx);
         let built = self
             .cache
-            .session(session.id(), SecretBytes::from(der))
+            .session(session.id(), der)
             .sid_ctx(sid_ctx.as_bytes())
             .version(version_of(session.protocol_version()))
             .build();
@@ -339,7 +339,7 @@ impl Inner {
         } else {
             self.cache.lookup(Role::Server, key)?
         };
-        match DecodedSession::from_der(found.payload().as_bytes()) {
+        match DecodedSession::from_der(found.payload()) {
             Ok(session) => {
                 bump(&self.counters.supplied);
                 Some(session)

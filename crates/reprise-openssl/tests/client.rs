@@ -150,7 +150,7 @@ fn an_undecodable_value_is_not_offered() {
         .session(&id, reprise::SecretBytes::from(vec![1, 2, 3]))
         .build()
         .unwrap();
-    assert!(cache.add(&SharedSession::new(s)));
+    assert!(cache.add(&SharedSession::from(s)));
     assert!(!rig.connect("localhost"));
     assert_eq!(rig.client.stats().undecodable, 1);
     assert!(rig.connect("localhost"));

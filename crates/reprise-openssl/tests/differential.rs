@@ -706,7 +706,7 @@ impl<'p> Rig<'p> {
             Handle::OpenSsl(s) => {
                 Handle::OpenSsl(SslSession::from_der(&s.to_der().unwrap()).unwrap())
             }
-            Handle::Reprise(s) => Handle::Reprise(SharedSession::new(copy_session(s))),
+            Handle::Reprise(s) => Handle::Reprise(SharedSession::from(copy_session(s))),
         }
     }
 
@@ -718,7 +718,7 @@ impl<'p> Rig<'p> {
                 libssl::set_time(&s, t);
                 Handle::OpenSsl(s)
             }
-            Side::Reprise => Handle::Reprise(SharedSession::new(
+            Side::Reprise => Handle::Reprise(SharedSession::from(
                 Session::builder(s.id(), SecretBytes::from(der))
                     .sid_ctx(SID_CTX)
                     .version(version_of(self.v))
@@ -804,7 +804,7 @@ fn install_reprise_callbacks(cache: &SessionCache, rec: &Arc<Rec>) {
         if keep {
             r.external_reprise.lock().insert(
                 s.id().as_bytes().to_vec(),
-                SharedSession::new(copy_session(s)),
+                SharedSession::from(copy_session(s)),
             );
         }
         keep

@@ -145,7 +145,7 @@ fn a_value_from_redis_that_does_not_decode_is_a_miss() {
         .version(ProtocolVersion::TLS1_2)
         .build()
         .unwrap();
-    writer.store(&SharedSession::new(garbage));
+    writer.store(&SharedSession::from(garbage));
     assert!(wait_until(Duration::from_secs(10), || writer
         .stats()
         .stores_written

@@ -68,7 +68,7 @@ fn sessions_resume_through_the_cache() {
         // OpenSSL's own timeout, which the `openssl` crate cannot set, is its default of
         // 7200 s (semantics.md); Reprise's, 300 s, is the one that applies.
         for s in srv.cache.sessions() {
-            let der = openssl::ssl::SslSession::from_der(s.payload().as_bytes()).unwrap();
+            let der = openssl::ssl::SslSession::from_der(s.payload()).unwrap();
             assert_eq!(der.timeout(), 7200);
         }
         let second = srv.connect(first.session.as_deref(), Close::Clean);
@@ -133,7 +133,7 @@ fn an_undecodable_value_is_a_miss() {
                 .version(s.version())
                 .build()
                 .unwrap();
-            assert!(srv.cache.add(&SharedSession::new(garbage)));
+            assert!(srv.cache.add(&SharedSession::from(garbage)));
         }
         let second = srv.connect(first.session.as_deref(), Close::Clean);
         assert!(!second.resumed, "{v:?}");

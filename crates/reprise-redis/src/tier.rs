@@ -34,8 +34,8 @@ use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use reprise::{
-    Clock, Fetched, Metric, Removal, Request, SecretBytes, Session, SessionCache, SessionKey,
-    SharedSession, SystemClock, Tier, TierContext, TierFuture, WriteQueue,
+    Clock, Fetched, Metric, Removal, Request, Session, SessionCache, SessionKey, SharedSession,
+    SystemClock, Tier, TierContext, TierFuture, WriteQueue,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio_util::sync::CancellationToken;
@@ -399,7 +399,7 @@ impl Tier for RedisTier {
     /// (or a take already went after it), [`Fetched::Unavailable`] if the client's address
     /// has spent its read budget; else a take of the ticket (`request.take`) or a read of the
     /// session, within the read budget.
-    fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a, SecretBytes>> {
+    fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a>> {
         let shared = &self.inner.shared;
         Some(Box::pin(async move {
             let kind = if request.take {
@@ -448,7 +448,7 @@ impl Shared {
         )
     }
 
-    fn open(&self, key: SessionKey<'_>, value: &[u8]) -> Result<Session, OpenError> {
+    fn open(&self, key: SessionKey<'_>, value: &[u8]) -> Result<SharedSession, OpenError> {
         open_session(&self.keys, NAME, key, value)
     }
 
@@ -615,7 +615,7 @@ impl Shared {
             // A ticket resumes only if this take removed it; a session only if it is reusable.
             Ok(session) if Kind::of(&session) == kind && (kind == Kind::Session || taken) => {
                 stats::bump(&c.read_hits);
-                Fetched::Hit(SharedSession::new(session))
+                Fetched::Hit(session)
             }
             Ok(_) => {
                 // Only a writer with the fleet's key puts a value there; not one to resume.

@@ -27,7 +27,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use reprise::{Role, SecretBytes, SessionCache, SessionKey, SharedSession};
+use reprise::{InlineSecret, Role, SessionCache, SessionKey, SharedSession};
 use rustls::{ConnectionCommon, HandshakeKind, IoState};
 
 thread_local! {
@@ -142,7 +142,7 @@ fn enter<P: Send + Sync + 'static, R>(tracked: &Arc<Tracked<P>>, f: impl FnOnce(
 /// application reports an abort with [`failed`](Self::failed). Dropping the handle keeps the
 /// sessions, whether or not a close_notify was exchanged: a peer closing without one (FIN or
 /// RST) is not a failure.
-pub struct ConnectionSessions<P: Send + Sync + 'static = SecretBytes> {
+pub struct ConnectionSessions<P: Send + Sync + 'static = InlineSecret> {
     cache: Arc<SessionCache<P>>,
     role: Role,
     tracked: Arc<Tracked<P>>,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use reprise::{ProtocolVersion, Role, SecretBytes, SessionCache, SessionKey, SidCtx};
+use reprise::{ProtocolVersion, Role, SessionCache, SessionKey, SidCtx};
 use rustls::server::StoresServerSessions;
 
 use crate::connection::{ConnectionSessions, Tracked};
@@ -109,7 +109,7 @@ impl StoresServerSessions for ServerStore {
         let version = peek_version(&value);
         let built = self
             .cache
-            .session(&key, SecretBytes::from(value))
+            .session(&key, value)
             .sid_ctx(self.sid_ctx.as_bytes())
             .version(version)
             .build();
@@ -127,7 +127,7 @@ impl StoresServerSessions for ServerStore {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let session = self.cache.lookup(Role::Server, self.key(key))?;
         self.candidate(&session);
-        Some(session.payload().as_bytes().to_vec())
+        Some(session.payload().to_vec())
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -141,7 +141,7 @@ impl StoresServerSessions for ServerStore {
         };
         // Taken, but the connection's own only once the handshake resumes with it.
         self.candidate(&session);
-        Some(session.payload().as_bytes().to_vec())
+        Some(session.payload().to_vec())
     }
 
     fn can_cache(&self) -> bool {

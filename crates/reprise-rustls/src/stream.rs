@@ -5,7 +5,7 @@ use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::io;
 
-use reprise::SecretBytes;
+use reprise::InlineSecret;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connection::{is_tls_failure, ConnectionSessions};
@@ -41,7 +41,7 @@ use crate::connection::{is_tls_failure, ConnectionSessions};
 /// }
 /// ```
 #[derive(Debug)]
-pub struct SessionStream<S, P: Send + Sync + 'static = SecretBytes> {
+pub struct SessionStream<S, P: Send + Sync + 'static = InlineSecret> {
     inner: S,
     sessions: ConnectionSessions<P>,
 }

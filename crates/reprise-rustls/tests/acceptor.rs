@@ -16,8 +16,7 @@ use std::time::Duration;
 use common::{Configs, Pki, Version, VERSIONS};
 use parking_lot::Mutex;
 use reprise::{
-    Fetched, Removal, Request, SecretBytes, Session, SessionCache, SessionKey, SharedSession, Tier,
-    TierFuture,
+    Fetched, Removal, Request, SessionCache, SessionKey, SharedSession, Tier, TierFuture,
 };
 use reprise_rustls::client_hello::Parsed;
 use reprise_rustls::{
@@ -56,17 +55,8 @@ impl SharedTier {
 }
 
 /// A copy of a session, as a store that serializes would return it.
-fn copy(s: &Session) -> SharedSession {
-    let payload = SecretBytes::from(s.payload().as_bytes().to_vec());
-    SharedSession::new(
-        Session::builder(s.id().as_bytes(), payload)
-            .sid_ctx(s.sid_ctx().as_bytes())
-            .version(s.version())
-            .time(s.time())
-            .timeout_secs(s.timeout_secs())
-            .build()
-            .unwrap(),
-    )
+fn copy(s: &SharedSession) -> SharedSession {
+    s.duplicate()
 }
 
 impl Tier for SharedTier {
@@ -94,7 +84,7 @@ impl Tier for SharedTier {
         }
     }
 
-    fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a, SecretBytes>> {
+    fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a>> {
         self.prefetches.fetch_add(1, Ordering::SeqCst);
         Some(Box::pin(async move {
             tokio::task::yield_now().await;

@@ -401,7 +401,7 @@ fn auto_flush_run(v: Version, mode: CacheMode) -> (usize, usize) {
             .timeout_secs(10)
             .build()
             .unwrap();
-        assert!(srv.cache.add(&SharedSession::new(s)));
+        assert!(srv.cache.add(&SharedSession::from(s)));
     }
     let m = srv.mark();
     let client = srv.client();
@@ -456,8 +456,8 @@ fn s09_add_remove(v: Version) {
     assert!(srv.cache.add(s));
     assert!(!srv.cache.add(s));
     // t: another object with the same id replaces s, with no remove callback.
-    let t = SharedSession::new(
-        Session::builder(s.id().as_bytes(), s.payload().clone())
+    let t = SharedSession::from(
+        Session::builder(s.id().as_bytes(), s.payload())
             .sid_ctx(s.sid_ctx().as_bytes())
             .version(s.version())
             .time(s.time())
@@ -473,7 +473,7 @@ fn s09_add_remove(v: Version) {
     assert_eq!(srv.since(&m).remove, 0);
 
     // u was never cached: false, but the remove callback fires once and u is not resumable.
-    let u = SharedSession::new(
+    let u = SharedSession::from(
         Session::builder(&[0xee; 32], SecretBytes::from(vec![1]))
             .build()
             .unwrap(),
@@ -895,7 +895,7 @@ fn s14_update_time_on_add() {
         .clock(clock.clone())
         .mode(CacheMode::SERVER | CacheMode::UPDATE_TIME)
         .build();
-    let s = SharedSession::new(
+    let s = SharedSession::from(
         Session::builder(&[5; 32], SecretBytes::from(vec![0; 4]))
             .time(T0 - 100)
             .build()
@@ -1064,9 +1064,9 @@ fn with_a_shared_tier_only_a_ticket_confirmed_for_the_connection_resumes() {
     };
     let id = info.psk_identities[0].clone();
     let local = srv.cache.peek(&id).unwrap();
-    let confirmed = SharedSession::new(
+    let confirmed = SharedSession::from(
         srv.cache
-            .session(&id, local.payload().clone())
+            .session(&id, local.payload())
             .sid_ctx(local.sid_ctx().as_bytes())
             .version(local.version())
             .build()

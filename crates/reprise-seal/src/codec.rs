@@ -1,7 +1,7 @@
 //! The plaintext form of a session inside a sealed value, and the associated data that binds
 //! a sealed value to its tier (by name) and its key (the session-id context and the id).
 
-use reprise::{ProtocolVersion, SecretBytes, Session, SessionKey};
+use reprise::{ProtocolVersion, Session, SessionKey, SharedSession};
 use zeroize::Zeroizing;
 
 use crate::error::OpenError;
@@ -38,8 +38,8 @@ pub fn associated_data(tier: &str, key: SessionKey<'_>) -> Vec<u8> {
 
 /// Everything of a session but its id and context (which are in the Redis key and the
 /// associated data): version, time, timeout and payload.
-pub fn encode(session: &Session) -> Zeroizing<Vec<u8>> {
-    let payload = session.payload().as_bytes();
+pub fn encode(session: &SharedSession) -> Zeroizing<Vec<u8>> {
+    let payload = session.payload();
     let mut out = Zeroizing::new(Vec::with_capacity(HEADER + payload.len()));
     out.push(CODEC_VERSION);
     out.extend_from_slice(&session.version().0.to_be_bytes());
@@ -49,8 +49,9 @@ pub fn encode(session: &Session) -> Zeroizing<Vec<u8>> {
     out
 }
 
-/// Rebuilds the session stored under `key` from its plaintext.
-pub fn decode(key: SessionKey<'_>, plain: &[u8]) -> Result<Session, OpenError> {
+/// Rebuilds the session stored under `key` from its plaintext, its payload copied into the
+/// session's own allocation.
+pub fn decode(key: SessionKey<'_>, plain: &[u8]) -> Result<SharedSession, OpenError> {
     match plain.first() {
         // Sealed by a later build, in a layout this one does not know: a value to keep.
         Some(&v) if v != CODEC_VERSION => return Err(OpenError::Version(v)),
@@ -62,12 +63,13 @@ pub fn decode(key: SessionKey<'_>, plain: &[u8]) -> Result<Session, OpenError> {
     time.copy_from_slice(&plain[3..11]);
     let mut timeout = [0u8; 8];
     timeout.copy_from_slice(&plain[11..19]);
-    Session::builder(key.id, SecretBytes::from(&plain[HEADER..]))
+    Session::builder(key.id, &plain[HEADER..])
         .sid_ctx(key.sid_ctx)
         .version(ProtocolVersion(version))
         .time(u64::from_be_bytes(time))
         .timeout_secs(u64::from_be_bytes(timeout))
         .build()
+        .map(SharedSession::from)
         .map_err(|_| OpenError::BadSession)
 }
 
@@ -77,19 +79,21 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_short_input() -> Result<(), Box<dyn std::error::Error>> {
-        let s = Session::builder(&[3; 32], SecretBytes::from(vec![9; 50]))
-            .sid_ctx(b"ctx")
-            .version(ProtocolVersion::TLS1_3)
-            .time(1234)
-            .timeout_secs(300)
-            .build()?;
+        let s = SharedSession::from(
+            Session::builder(&[3; 32], &[9; 50][..])
+                .sid_ctx(b"ctx")
+                .version(ProtocolVersion::TLS1_3)
+                .time(1234)
+                .timeout_secs(300)
+                .build()?,
+        );
         let key = SessionKey::new(&[3; 32], b"ctx");
         let back = decode(key, &encode(&s))?;
         assert_eq!(back.id(), s.id());
         assert_eq!(back.sid_ctx(), s.sid_ctx());
         assert_eq!(back.version(), s.version());
         assert_eq!((back.time(), back.timeout_secs()), (1234, 300));
-        assert_eq!(back.payload().as_bytes(), s.payload().as_bytes());
+        assert_eq!(back.payload(), s.payload());
         let plain = encode(&s);
         for n in 0..HEADER {
             assert_eq!(decode(key, &plain[..n]).err(), Some(OpenError::BadSession));

@@ -8,14 +8,15 @@
 //! and for the key it was sealed for.
 //!
 //! ```
-//! use reprise::{SecretBytes, Session, SessionKey};
+//! use reprise::{Session, SessionKey, SharedSession};
 //! use reprise_seal::{open_session, seal_session, KeyRing};
 //!
 //! let ring = KeyRing::parse(&format!("k1:{}", "ab".repeat(32))).unwrap();
-//! let s = Session::builder(&[7; 32], SecretBytes::from(vec![1, 2, 3])).sid_ctx(b"web").build().unwrap();
+//! let s = Session::builder(&[7; 32], &[1u8, 2, 3][..]).sid_ctx(b"web").build().unwrap();
+//! let s = SharedSession::from(s);
 //! let sealed = seal_session(&ring, "redis", &s).unwrap();
 //! let back = open_session(&ring, "redis", SessionKey::new(&[7; 32], b"web"), &sealed).unwrap();
-//! assert_eq!(back.payload().as_bytes(), &[1, 2, 3]);
+//! assert_eq!(back.payload(), &[1, 2, 3]);
 //! assert!(open_session(&ring, "redis", SessionKey::new(&[8; 32], b"web"), &sealed).is_err());
 //! assert!(open_session(&ring, "disk", SessionKey::new(&[7; 32], b"web"), &sealed).is_err());
 //! ```
@@ -29,10 +30,14 @@ pub use codec::{associated_data, decode, encode};
 pub use error::{KeyFileError, OpenError};
 pub use keyring::{KeyRing, KEY_LEN, MAX_NAME_LEN, SEAL_VERSION};
 
-use reprise::{Session, SessionKey};
+use reprise::{SessionKey, SharedSession};
 
 /// Seals a session under the ring's first key, for the tier named `tier`, bound to its context and id.
-pub fn seal_session(ring: &KeyRing, tier: &str, session: &Session) -> Result<Vec<u8>, OpenError> {
+pub fn seal_session(
+    ring: &KeyRing,
+    tier: &str,
+    session: &SharedSession,
+) -> Result<Vec<u8>, OpenError> {
     let key = SessionKey::new(session.id().as_bytes(), session.sid_ctx().as_bytes());
     ring.seal(&associated_data(tier, key), &encode(session))
 }
@@ -46,7 +51,7 @@ pub fn open_session(
     tier: &str,
     key: SessionKey<'_>,
     sealed: &[u8],
-) -> Result<Session, OpenError> {
+) -> Result<SharedSession, OpenError> {
     let plain = ring.open(&associated_data(tier, key), sealed)?;
     decode(key, &plain)
 }
@@ -54,15 +59,17 @@ pub fn open_session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reprise::SecretBytes;
+    use reprise::Session;
 
     #[test]
     fn a_value_sealed_for_one_tier_never_opens_in_the_other(
     ) -> Result<(), Box<dyn std::error::Error>> {
         let ring = KeyRing::parse(&format!("k:{}", "42".repeat(32)))?;
-        let s = Session::builder(&[9; 32], SecretBytes::from(vec![5; 48]))
-            .sid_ctx(b"ctx")
-            .build()?;
+        let s = SharedSession::from(
+            Session::builder(&[9; 32], &[5; 48][..])
+                .sid_ctx(b"ctx")
+                .build()?,
+        );
         let key = SessionKey::new(&[9; 32], b"ctx");
         for (sealed_for, other) in [("redis", "disk"), ("disk", "redis")] {
             let sealed = seal_session(&ring, sealed_for, &s)?;

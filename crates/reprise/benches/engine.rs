@@ -284,7 +284,7 @@ fn flush(c: &mut Criterion) {
     let now = 1_700_000_000;
     let session = |n: u64, expired: bool| {
         let time = if expired { now - 1000 } else { now };
-        SharedSession::new(
+        SharedSession::from(
             Session::builder(&id(n), SecretBytes::from(payload()))
                 .time(time)
                 .timeout_secs(300)

@@ -22,7 +22,7 @@ use crate::callbacks::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::mode::{CacheMode, Role};
-use crate::session::{SecretBytes, Session, SessionBuilder, SessionKey, DEFAULT_TIMEOUT_SECS};
+use crate::session::{InlineSecret, Session, SessionBuilder, SessionKey, DEFAULT_TIMEOUT_SECS};
 use crate::shard::{HeadKey, Shard};
 use crate::shim::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::shim::{thread, Mutex};
@@ -137,7 +137,7 @@ pub(crate) enum Use {
 
 /// The result of [`SessionCache::new_session`].
 #[derive(Debug)]
-pub struct NewSession<P = SecretBytes> {
+pub struct NewSession<P = InlineSecret> {
     /// The session, now shared.
     pub session: SharedSession<P>,
     /// Whether it is in the internal cache.
@@ -182,7 +182,7 @@ impl<P> NewSession<P> {
 /// assert!(cache.lookup(Role::Server, key).is_none());
 /// assert_eq!((cache.stats().hits, cache.stats().timeouts), (1, 1));
 /// ```
-pub struct SessionCache<P = SecretBytes> {
+pub struct SessionCache<P = InlineSecret> {
     shards: Box<[ShardCell<P>]>,
     /// Each shard's head, at the shard's index.
     heads: Box<[PublishedHead]>,
@@ -200,7 +200,7 @@ pub struct SessionCache<P = SecretBytes> {
 
 /// Builds a [`SessionCache`]; see [`SessionCache::builder`].
 #[must_use]
-pub struct CacheBuilder<P = SecretBytes> {
+pub struct CacheBuilder<P = InlineSecret> {
     mode: CacheMode,
     size_limit: usize,
     timeout_secs: u64,
@@ -451,7 +451,11 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     }
 
     /// Starts building a session with the cache's current time and timeout.
-    pub fn session<'a>(&self, id: &'a [u8], payload: P) -> SessionBuilder<'a, P> {
+    ///
+    /// The payload may be of another type than the cache's, as long as the session converts
+    /// into the cache's [`SharedSession`]: for the default cache, a `&[u8]` or a
+    /// [`SecretBytes`](crate::SecretBytes), whose bytes move into the session's allocation.
+    pub fn session<'a, Q>(&self, id: &'a [u8], payload: Q) -> SessionBuilder<'a, Q> {
         Session::builder(id, payload)
             .time(self.now())
             .timeout_secs(self.timeout_secs())
@@ -580,8 +584,8 @@ impl<P: Send + Sync + 'static> SessionCache<P> {
     /// `NO_INTERNAL_STORE`) and the new-session callback is called; if that returns `false`,
     /// the session is removed from the internal cache at once. With caching off for the role,
     /// nothing is stored and no callback runs.
-    pub fn new_session(&self, role: Role, session: Session<P>) -> NewSession<P> {
-        let session = SharedSession::new(session);
+    pub fn new_session(&self, role: Role, session: impl Into<SharedSession<P>>) -> NewSession<P> {
+        let session = session.into();
         let mode = self.mode();
         if !mode.contains(role.mode_bit()) {
             return NewSession {

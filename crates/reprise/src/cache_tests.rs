@@ -14,7 +14,7 @@ fn session(id: u8, time: u64, timeout: u64) -> SharedSession {
         .time(time)
         .timeout_secs(timeout)
         .build();
-    SharedSession::new(session.unwrap())
+    SharedSession::from(session.unwrap())
 }
 
 fn cache(shards: usize, limit: usize) -> (SessionCache, Arc<ManualClock>, Arc<AtomicUsize>) {
@@ -184,7 +184,7 @@ fn untrusted_external_results_are_validated() {
         .sid_ctx(b"other")
         .time(now)
         .build();
-    let other_ctx = SharedSession::new(other_ctx.unwrap());
+    let other_ctx = SharedSession::from(other_ctx.unwrap());
     let dead = session(2, now, 100);
     dead.mark_not_resumable();
     let expired = session(3, now - 200, 100);
@@ -378,7 +378,7 @@ fn versioned(id: u8, time: u64, version: crate::ProtocolVersion) -> SharedSessio
         .timeout_secs(100)
         .version(version)
         .build();
-    SharedSession::new(session.unwrap())
+    SharedSession::from(session.unwrap())
 }
 
 #[test]

@@ -11,14 +11,14 @@ use arc_swap::{ArcSwapOption, Guard};
 use parking_lot::Mutex;
 
 use crate::cache::SessionCache;
-use crate::session::{SecretBytes, SessionKey};
+use crate::session::{InlineSecret, SessionKey};
 use crate::SharedSession;
 
 /// Called for every new session while caching is enabled for its role.
 ///
 /// Return `true` to keep the session (the callback may clone the `SharedSession` into an
 /// external cache). Return `false` and the session is removed from the internal cache at once.
-pub type NewSessionCallback<P = SecretBytes> =
+pub type NewSessionCallback<P = InlineSecret> =
     Arc<dyn Fn(&SessionCache<P>, &SharedSession<P>) -> bool + Send + Sync>;
 
 /// Called whenever the cache removes a session: explicit removal, expiry, eviction, a new-session
@@ -27,7 +27,7 @@ pub type NewSessionCallback<P = SecretBytes> =
 /// The [`Removal`] says why, so that an external cache shared by a fleet deletes a session
 /// everywhere only when it must (an explicit removal or a take), and not when one instance
 /// merely ran out of room or shut down.
-pub type RemoveSessionCallback<P = SecretBytes> =
+pub type RemoveSessionCallback<P = InlineSecret> =
     Arc<dyn Fn(&SessionCache<P>, &SharedSession<P>, Removal) + Send + Sync>;
 
 /// Why the cache removed a session, as the remove callback is told.
@@ -53,7 +53,7 @@ pub enum Removal {
 
 /// Called on a server when a client proposes a session that the internal cache did not supply,
 /// even when caching is off. Its result is validated like any other candidate.
-pub type GetSessionCallback<P = SecretBytes> =
+pub type GetSessionCallback<P = InlineSecret> =
     Arc<dyn Fn(&SessionCache<P>, &SessionKey<'_>) -> Option<SharedSession<P>> + Send + Sync>;
 
 /// Reprise's addition to the trio: an atomic get-and-delete, for single-use (TLS 1.3) sessions
@@ -61,7 +61,7 @@ pub type GetSessionCallback<P = SecretBytes> =
 /// callback, which is not atomic. A take never consumes a TLS 1.2 session
 /// ([`ProtocolVersion::is_reusable`](crate::ProtocolVersion::is_reusable)): one the callback
 /// returns is refused, so the callback should leave such a session where it is.
-pub type TakeSessionCallback<P = SecretBytes> = GetSessionCallback<P>;
+pub type TakeSessionCallback<P = InlineSecret> = GetSessionCallback<P>;
 
 /// Where the cache keeps one callback: behind an `ArcSwapOption`, so that setting it never
 /// waits for an operation in flight, with a flag that spares the hot path the load when no

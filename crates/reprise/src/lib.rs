@@ -64,15 +64,15 @@ pub use error::{ParseModeError, SessionError};
 pub use mode::{CacheMode, Role};
 pub use queue::{Ready, WriteQueue};
 pub use session::{
-    ProtocolVersion, SecretBytes, Session, SessionBuilder, SessionId, SessionKey, SidCtx, Validity,
-    DEFAULT_TIMEOUT_SECS, MAX_SESSION_ID_LEN, MAX_SID_CTX_LEN, MAX_TIMEOUT_SECS,
+    InlineSecret, ProtocolVersion, SecretBytes, Session, SessionBuilder, SessionId, SessionKey,
+    SidCtx, Validity, DEFAULT_TIMEOUT_SECS, MAX_SESSION_ID_LEN, MAX_SID_CTX_LEN, MAX_TIMEOUT_SECS,
 };
 pub use stats::Stats;
 pub use thin::Shared;
 
 /// A cached session, as the cache, its callbacks and its tiers share it: [`Shared::ptr_eq`]
 /// says whether two are the identical session object.
-pub type SharedSession<P = SecretBytes> = Shared<Session<P>>;
+pub type SharedSession<P = InlineSecret> = Shared<Session<P>>;
 pub use tier::{
     Fetched, Metric, MetricKind, Offer, Prefetched, Request, TicketTake, Tier, TierContext,
     TierFuture,

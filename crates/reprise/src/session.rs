@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::SessionError;
 use crate::shim::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::thin::ThinBytes;
+use crate::thin::{Shared, ThinBytes};
 
 /// The longest session id TLS allows, in bytes.
 pub const MAX_SESSION_ID_LEN: usize = 32;
@@ -206,16 +206,20 @@ impl PartialEq for SecretBytes {
 impl Eq for SecretBytes {}
 
 impl From<Vec<u8>> for SecretBytes {
-    fn from(mut v: Vec<u8>) -> Self {
+    fn from(v: Vec<u8>) -> Self {
         let secret = Self(ThinBytes::copy_from(&v));
-        // The vector is freed now: wipe all of its capacity, since bytes past the length may
-        // have held secrets too (one `memset`, kept by the barrier, as in `wipe`).
-        let capacity = v.capacity();
-        v.clear();
-        v.resize(capacity, 0);
-        zeroize::optimization_barrier(v.as_slice());
+        wipe_vec(v);
         secret
     }
+}
+
+/// Zeroes all of a vector's capacity before it is freed, since bytes past the length may have
+/// held secrets too (one `memset`, kept by the barrier, as in `wipe`).
+fn wipe_vec(mut v: Vec<u8>) {
+    let capacity = v.capacity();
+    v.clear();
+    v.resize(capacity, 0);
+    zeroize::optimization_barrier(v.as_slice());
 }
 
 impl From<&[u8]> for SecretBytes {
@@ -291,7 +295,7 @@ pub enum Validity {
 /// resumable flag (cleared when the session is removed). They are shared as
 /// [`SharedSession`](crate::SharedSession), and "the identical session" means the same
 /// allocation ([`Shared::ptr_eq`](crate::Shared::ptr_eq)).
-pub struct Session<P = SecretBytes> {
+pub struct Session<P = InlineSecret> {
     // Laid out to keep the per-session overhead small: the context is shared between the
     // sessions of a context, and the small fields pack together.
     time: AtomicU64,
@@ -304,10 +308,13 @@ pub struct Session<P = SecretBytes> {
 }
 
 // What the layout is for (`docs/PERFORMANCE.md`, "Memory per session"): a session with the
-// default payload in 64 bytes, 72 with its `Shared` count (shuttle's atomics, in the interleaving
-// tests only, are larger).
+// default payload in 56 bytes, 64 with its `Shared` header, the payload's bytes after them in the
+// same allocation; with a `SecretBytes` payload (one pointer) in 64 (shuttle's atomics, in the
+// interleaving tests only, are larger).
 #[cfg(all(target_pointer_width = "64", not(feature = "shuttle")))]
-const _: () = assert!(core::mem::size_of::<Session>() == 64);
+const _: () = assert!(
+    core::mem::size_of::<Session>() == 56 && core::mem::size_of::<Session<SecretBytes>>() == 64
+);
 
 impl<P> Session<P> {
     /// Starts building a session with the given id and payload.
@@ -474,9 +481,105 @@ impl<P> Session<P> {
 
 impl Session<SecretBytes> {
     /// A copy of the session with a copy of its payload (zeroed on drop, as the original's):
-    /// [`copy_with`](Session::copy_with) for the default payload.
-    pub fn duplicate(&self) -> Session {
+    /// [`copy_with`](Session::copy_with) for a `SecretBytes` payload.
+    pub fn duplicate(&self) -> Session<SecretBytes> {
         self.copy_with(SecretBytes::from(self.payload.as_bytes()))
+    }
+}
+
+impl<P> Session<P> {
+    /// The session with `payload` in place of its own, and its own.
+    fn swap_payload<Q>(self, payload: Q) -> (Session<Q>, P) {
+        let Session {
+            time,
+            sid_ctx,
+            payload: old,
+            id,
+            version,
+            resumable,
+            timeout_secs,
+        } = self;
+        let session = Session {
+            time,
+            sid_ctx,
+            payload,
+            id,
+            version,
+            resumable,
+            timeout_secs,
+        };
+        (session, old)
+    }
+}
+
+/// The default payload of a cached session: secret bytes (a TLS stack's encoded session) kept
+/// in the session's own allocation, after its fields, and zeroed when the last pointer to it
+/// goes. It saves the pointer and the second allocation a [`SecretBytes`] payload needs
+/// (`docs/PERFORMANCE.md`, "Memory per session").
+///
+/// The bytes live in the shared allocation, so they are read from a
+/// [`SharedSession`](crate::SharedSession): [`SharedSession::payload`](crate::SharedSession::payload).
+/// A session is built with any payload and becomes a shared one with its bytes moved in:
+///
+/// ```
+/// use reprise::{SecretBytes, Session, SharedSession};
+/// let built = Session::builder(&[1; 32], SecretBytes::from(vec![7; 48])).build().unwrap();
+/// let shared = SharedSession::from(built);
+/// assert_eq!(shared.payload(), &[7; 48][..]);
+/// let borrowed = Session::builder(&[2; 32], &b"encoded"[..]).build().unwrap();
+/// assert_eq!(SharedSession::from(borrowed).payload(), b"encoded");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InlineSecret;
+
+impl Shared<Session<InlineSecret>> {
+    /// The payload: the TLS stack's state for this session, kept in the session's allocation.
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        Shared::tail(self)
+    }
+
+    /// A new session with this one's id, context, version, time, timeout and a copy of its
+    /// payload, resumable: what a tier keeps or hands back (never the cache's own object).
+    ///
+    /// ```
+    /// use reprise::{SecretBytes, Session, SharedSession};
+    /// let s = SharedSession::from(Session::builder(&[1; 32], &[7u8; 48][..]).build().unwrap());
+    /// let copy = s.duplicate();
+    /// assert!(!SharedSession::ptr_eq(&s, &copy));
+    /// assert_eq!((copy.key(), copy.payload()), (s.key(), s.payload()));
+    /// ```
+    pub fn duplicate(&self) -> Self {
+        Shared::with_tail(self.copy_with(InlineSecret), self.payload())
+    }
+}
+
+impl From<Session<SecretBytes>> for Shared<Session<InlineSecret>> {
+    /// Moves the payload's bytes into the shared session's allocation; the `SecretBytes` is
+    /// zeroed as it is dropped.
+    fn from(session: Session<SecretBytes>) -> Self {
+        let (session, payload) = session.swap_payload(InlineSecret);
+        Shared::with_tail(session, payload.as_bytes())
+    }
+}
+
+impl From<Session<Vec<u8>>> for Shared<Session<InlineSecret>> {
+    /// Copies the payload into the shared session's allocation, then zeroes all of the
+    /// vector's capacity (as [`SecretBytes::from`] does) before it is freed: what a TLS stack's
+    /// encoded session, handed over as a `Vec`, takes.
+    fn from(session: Session<Vec<u8>>) -> Self {
+        let (session, payload) = session.swap_payload(InlineSecret);
+        let shared = Shared::with_tail(session, &payload);
+        wipe_vec(payload);
+        shared
+    }
+}
+
+impl From<Session<&[u8]>> for Shared<Session<InlineSecret>> {
+    /// Copies the borrowed payload into the shared session's allocation.
+    fn from(session: Session<&[u8]>) -> Self {
+        let (session, payload) = session.swap_payload(InlineSecret);
+        Shared::with_tail(session, payload)
     }
 }
 

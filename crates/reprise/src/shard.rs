@@ -198,7 +198,7 @@ mod tests {
             .timeout_secs(0)
             .build()
         {
-            Ok(s) => SharedSession::new(s),
+            Ok(s) => SharedSession::from(s),
             Err(e) => panic!("{e}"),
         }
     }

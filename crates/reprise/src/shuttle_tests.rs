@@ -82,7 +82,7 @@ fn session(id: u8, expiry: u64) -> SharedSession<()> {
         .timeout_secs(expiry - 1_000)
         .build()
     {
-        Ok(s) => SharedSession::new(s),
+        Ok(s) => SharedSession::from(s),
         Err(e) => panic!("{e}"),
     }
 }
@@ -350,7 +350,7 @@ impl MapTier {
             .timeout_secs(s.timeout_secs())
             .build()
         {
-            Ok(copy) => Fetched::Hit(SharedSession::new(copy)),
+            Ok(copy) => Fetched::Hit(SharedSession::from(copy)),
             Err(e) => panic!("{e}"),
         }
     }

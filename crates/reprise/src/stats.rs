@@ -7,9 +7,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// It compares whole, and a test builds the value it expects from the default:
 ///
 /// ```
-/// use reprise::{Role, SecretBytes, SessionCache, SessionKey, Stats};
-/// let cache = SessionCache::new();
-/// let s = cache.session(&[1; 32], SecretBytes::from(vec![0; 48])).build().unwrap();
+/// use reprise::{Role, SessionCache, SessionKey, Stats};
+/// let cache: SessionCache = SessionCache::new();
+/// let s = cache.session(&[1; 32], &[0u8; 48][..]).build().unwrap();
 /// cache.new_session(Role::Server, s);
 /// cache.lookup(Role::Server, SessionKey::new(&[1; 32], b""));
 /// cache.lookup(Role::Server, SessionKey::new(&[2; 32], b""));

@@ -20,24 +20,34 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ops::Deref;
 use core::ptr::NonNull;
-use core::sync::atomic::{fence, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicU32, Ordering};
 
 /// Past this many references, a clone aborts the process rather than risk the count wrapping
-/// (which would free a value still in use): the limit `std::sync::Arc` uses too.
-const MAX_REFS: usize = isize::MAX as usize;
+/// (which would free a value still in use). The count is 32 bits, so this is 2^31 clones of one
+/// value: 16 GiB of pointers, which only leaked clones (`mem::forget`) reach in practice.
+const MAX_REFS: u32 = i32::MAX as u32;
 
-/// The allocation a [`Shared`] points to: the count, then the value.
+/// The allocation a [`Shared`] points to: the count, the tail's length, then the value; the tail's
+/// bytes, if any, follow the value in the same allocation.
 struct Inner<T> {
-    refs: AtomicUsize,
+    refs: AtomicU32,
+    /// The tail's length, or [`LONG_MARKER`] when it does not fit (the length is then the tail's
+    /// first 8 bytes). Written once, before the pointer is returned; only read after.
+    tail: u32,
     value: T,
 }
 
 /// A thread-safe reference-counted pointer, like `std::sync::Arc` without weak references:
-/// one word on the stack or in a table, one count in front of the value.
+/// one word on the stack or in a table, and an 8-byte header (a 32-bit count and the tail's
+/// length) in front of the value.
 ///
 /// Clones point to the same allocation; [`Shared::ptr_eq`] tells whether two do, which is what
 /// `semantics.md` calls "the identical session object". The value is dropped with the last
 /// clone.
+///
+/// The engine can put secret bytes (a session's payload) in the same allocation, after the
+/// value: the *tail*, zeroed before it is freed. See
+/// [`SharedSession::payload`](crate::SharedSession::payload).
 ///
 /// ```
 /// use reprise::Shared;
@@ -48,6 +58,8 @@ struct Inner<T> {
 /// assert_eq!((b.as_str(), Shared::strong_count(&a)), ("session", 2));
 /// ```
 pub struct Shared<T> {
+    /// The start of an `Inner<T>` allocated by `with_tail` with `layout(tail)`; the pointer
+    /// `alloc` returned, so it may reach the whole allocation, tail included.
     ptr: NonNull<Inner<T>>,
     /// A `Shared<T>` owns (a share of) an `Inner<T>`, and may drop it.
     _owns: PhantomData<Inner<T>>,
@@ -55,23 +67,103 @@ pub struct Shared<T> {
 
 // SAFETY: as for `Arc<T>`: a `Shared<T>` sent to another thread gives it shared access to the
 // value (hence `T: Sync`) and possibly the last drop of it (hence `T: Send`); the count is
-// atomic.
+// atomic. The tail is plain bytes, written only before the pointer exists and by the last drop.
 unsafe impl<T: Send + Sync> Send for Shared<T> {}
 // SAFETY: a `&Shared<T>` lets another thread clone it (an atomic increment) and read the value
-// through `&T`: the same conditions as `Send` above.
+// through `&T` and the tail through `&[u8]`: the same conditions as `Send` above.
 unsafe impl<T: Send + Sync> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
-    /// Moves `value` into a new allocation, with a count of one.
+    /// Moves `value` into a new allocation, with a count of one and no tail.
     pub fn new(value: T) -> Self {
-        let inner = Box::new(Inner {
-            refs: AtomicUsize::new(1),
-            value,
-        });
+        Self::with_tail(value, &[])
+    }
+
+    /// The allocation's layout for a tail of `len` bytes, and where the tail's bytes start.
+    fn layout(len: usize) -> (Layout, usize) {
+        let header: usize = if len < LONG_MARKER as usize { 0 } else { 8 };
+        let layout = header
+            .checked_add(len)
+            .and_then(|n| Layout::array::<u8>(n).ok())
+            .and_then(|tail| Layout::new::<Inner<T>>().extend(tail).ok());
+        match layout {
+            Some((layout, offset)) => (layout, offset + header),
+            // The tail's bytes exist in memory already (they are copied from a slice), and
+            // the value is a sized type, so both fit an `isize` together with 8 more bytes.
+            None => unreachable!("a value and {len} bytes that exist fit a layout"),
+        }
+    }
+
+    /// Moves `value` into a new allocation with a copy of `tail` after it (for the engine's
+    /// sessions, whose payload lives there).
+    pub(crate) fn with_tail(value: T, tail: &[u8]) -> Self {
+        let len = tail.len();
+        let (layout, start) = Self::layout(len);
+        // SAFETY: the layout holds an `Inner<T>`, whose 8-byte header makes its size nonzero,
+        // as `alloc` requires.
+        let raw = unsafe { std::alloc::alloc(layout) }.cast::<Inner<T>>();
+        let Some(ptr) = NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        let short = u32::try_from(len).ok().filter(|&n| n != LONG_MARKER);
+        // SAFETY: the allocation is `layout`: an `Inner<T>` at its start (aligned, since the
+        // layout's alignment is `Inner<T>`'s), then the tail from `size_of::<Inner<T>>()`, whose
+        // bytes start at `start` (after the 8-byte long length when there is one), inside the
+        // allocation by `layout`'s construction. Only `raw` points to it yet, so the writes alias
+        // nothing, and `tail` cannot overlap memory allocated just now.
+        unsafe {
+            raw.write(Inner {
+                refs: AtomicU32::new(1),
+                tail: short.unwrap_or(LONG_MARKER),
+                value,
+            });
+            let bytes = raw.cast::<u8>();
+            if short.is_none() {
+                bytes
+                    .add(core::mem::size_of::<Inner<T>>())
+                    .cast::<u64>()
+                    .write_unaligned(len as u64);
+            }
+            core::ptr::copy_nonoverlapping(tail.as_ptr(), bytes.add(start), len);
+        }
         Self {
-            ptr: NonNull::from(Box::leak(inner)),
+            ptr,
             _owns: PhantomData,
         }
+    }
+
+    /// The tail's length, and where its bytes start.
+    #[inline]
+    fn tail_len_and_start(&self) -> (usize, usize) {
+        let short = self.inner().tail;
+        if short != LONG_MARKER {
+            return (short as usize, core::mem::size_of::<Inner<T>>());
+        }
+        let at = core::mem::size_of::<Inner<T>>();
+        // SAFETY: a marker means `with_tail` wrote the 8-byte length at the tail's start, inside
+        // the allocation, reached through `ptr`, which may reach all of it; never written again.
+        let long = unsafe {
+            self.ptr
+                .as_ptr()
+                .cast::<u8>()
+                .add(at)
+                .cast::<u64>()
+                .read_unaligned()
+        };
+        // It was a `usize` when written, on this machine.
+        (long as usize, at + 8)
+    }
+
+    /// The bytes stored after the value (empty for [`Shared::new`]).
+    #[inline]
+    pub(crate) fn tail(this: &Self) -> &[u8] {
+        let (len, start) = this.tail_len_and_start();
+        // SAFETY: `with_tail` initialised `len` bytes at `start`, inside the allocation, which
+        // lives as long as `this`. `ptr` came from `alloc` for the whole allocation (no
+        // reference narrowed it), so it may reach the tail. The tail is only written before the
+        // pointer is returned and by the last drop, which no `&Self` outlives: the shared slice
+        // aliases nothing mutable.
+        unsafe { core::slice::from_raw_parts(this.ptr.as_ptr().cast::<u8>().add(start), len) }
     }
 
     /// Whether two pointers point to the same allocation (the identical object).
@@ -91,15 +183,16 @@ impl<T> Shared<T> {
 
     /// How many pointers share the value right now (another thread may change it at once).
     pub fn strong_count(this: &Self) -> usize {
-        this.inner().refs.load(Ordering::Acquire)
+        this.inner().refs.load(Ordering::Acquire) as usize
     }
 
     #[inline]
     fn inner(&self) -> &Inner<T> {
-        // SAFETY: `ptr` came from `Box::leak` in `new` and is freed only when the count drops
-        // to zero, which cannot happen while `self` (one of the counted pointers) lives. Nothing
-        // ever makes a `&mut Inner<T>` after `new`: every access is through this shared
-        // reference, and the count is atomic, so the reference aliases nothing mutable.
+        // SAFETY: `ptr` came from `alloc` in `with_tail`, initialised there, and is freed only
+        // when the count drops to zero, which cannot happen while `self` (one of the counted
+        // pointers) lives. Nothing ever makes a `&mut Inner<T>` after `with_tail`: every access
+        // is through this shared reference, and the count is atomic, so the reference aliases
+        // nothing mutable.
         unsafe { self.ptr.as_ref() }
     }
 }
@@ -111,8 +204,8 @@ impl<T> Clone for Shared<T> {
         // existing one, which already keeps the value alive; no other memory is published.
         let old = self.inner().refs.fetch_add(1, Ordering::Relaxed);
         if old > MAX_REFS {
-            // `isize::MAX` live clones cannot fit in memory: only leaked ones (`mem::forget`)
-            // get here, and going on could wrap the count to zero.
+            // 2^31 live clones take 16 GiB of pointers: only leaked ones (`mem::forget`) get
+            // here, and going on could wrap the count to zero.
             std::process::abort();
         }
         Self {
@@ -133,13 +226,38 @@ impl<T> Drop for Shared<T> {
             return;
         }
         // Acquire, paired with the other pointers' Release decrements: their uses of the value
-        // happen before it is dropped below.
+        // and the tail happen before they are dropped and wiped below.
         fence(Ordering::Acquire);
+        self.drop_last();
+    }
+}
+
+impl<T> Shared<T> {
+    /// Drops the value, zeroes the tail and frees the allocation; called by the last pointer.
+    #[cold]
+    fn drop_last(&mut self) {
+        let (len, start) = self.tail_len_and_start();
+        let (layout, _) = Self::layout(len);
+        let raw = self.ptr.as_ptr();
         // SAFETY: the count was 1 and this pointer held it, so no other pointer exists and none
-        // can be made (a clone needs a pointer): this is the only access to the allocation,
-        // which `Box::leak` made from a `Box<Inner<T>>` of this very layout. It is freed once:
-        // only the decrement that reached zero gets here.
-        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+        // can be made (a clone needs a pointer): this is the only access to the allocation, and
+        // no reference into it is alive (`tail_len_and_start`'s ended above). The value was
+        // initialised by `with_tail` and is dropped once, here; the tail's `len` bytes at
+        // `start` are inside the allocation, and written through `raw`, which may reach them.
+        // The allocation was made by `alloc` with `layout(len)` for this very `len` (read back
+        // from what `with_tail` wrote) and is freed once: only the decrement that reached zero
+        // gets here.
+        unsafe {
+            core::ptr::drop_in_place(&raw mut (*raw).value);
+            if len > 0 {
+                let tail = raw.cast::<u8>().add(start);
+                tail.write_bytes(0, len);
+                // Keeps the compiler from removing the zeroing as a store to memory about to
+                // be freed (the `zeroize` crate's barrier, as for `SecretBytes`).
+                zeroize::optimization_barrier(core::slice::from_raw_parts(tail, len));
+            }
+            std::alloc::dealloc(raw.cast::<u8>(), layout);
+        }
     }
 }
 

@@ -26,14 +26,12 @@
 //! use std::sync::Arc;
 //! use std::collections::HashMap;
 //! use parking_lot::Mutex;
-//! use reprise::{
-//!     Fetched, Removal, Role, SecretBytes, Session, SessionCache, SessionKey, SharedSession, Tier,
-//! };
+//! use reprise::{Fetched, Removal, Role, SecretBytes, SessionCache, SessionKey, SharedSession, Tier};
 //!
 //! /// A tier that keeps copies of sessions in a map, standing in for a real store (which would
 //! /// seal and encode them).
 //! #[derive(Default)]
-//! struct MapTier(Mutex<HashMap<Vec<u8>, Session>>);
+//! struct MapTier(Mutex<HashMap<Vec<u8>, SharedSession>>);
 //!
 //! impl Tier for MapTier {
 //!     fn name(&self) -> &str { "map" }
@@ -41,12 +39,12 @@
 //!         self.0.lock().insert(session.id().as_bytes().to_vec(), session.duplicate());
 //!     }
 //!     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
-//!         let found = self.0.lock().get(key.id).map(Session::duplicate);
-//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
+//!         let found = self.0.lock().get(key.id).map(SharedSession::duplicate);
+//!         found.map_or(Fetched::Miss, Fetched::Hit)
 //!     }
 //!     fn take(&self, key: SessionKey<'_>) -> Fetched {
 //!         let found = self.0.lock().remove(key.id);
-//!         found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
+//!         found.map_or(Fetched::Miss, Fetched::Hit)
 //!     }
 //!     fn remove(&self, session: &SharedSession, why: Removal) {
 //!         // Memory's evictions and flushes are memory's business.
@@ -56,7 +54,7 @@
 //!     }
 //! }
 //!
-//! let cache = Arc::new(SessionCache::new());
+//! let cache: Arc<SessionCache> = Arc::new(SessionCache::new());
 //! cache.attach(Arc::new(MapTier::default()));
 //! let s = cache.session(&[7; 32], SecretBytes::from(vec![0; 48])).build().unwrap();
 //! assert!(cache.new_session(Role::Server, s).stored_in_tiers);
@@ -73,15 +71,15 @@ use std::sync::{Arc, Weak};
 use crate::cache::SessionCache;
 use crate::callbacks::Removal;
 use crate::clock::Clock;
-use crate::session::{SecretBytes, SessionKey};
+use crate::session::{InlineSecret, SessionKey};
 use crate::SharedSession;
 
 /// A future a tier returns from [`Tier::prefetch`].
-pub type TierFuture<'a, P = SecretBytes> = Pin<Box<dyn Future<Output = Fetched<P>> + Send + 'a>>;
+pub type TierFuture<'a, P = InlineSecret> = Pin<Box<dyn Future<Output = Fetched<P>> + Send + 'a>>;
 
 /// What a tier found for a key.
 #[derive(Debug)]
-pub enum Fetched<P = SecretBytes> {
+pub enum Fetched<P = InlineSecret> {
     /// A session. The cache validates it ([`Session::validate`](crate::Session::validate))
     /// before it resumes.
     Hit(SharedSession<P>),
@@ -118,7 +116,7 @@ pub struct Request<'a> {
 
 /// How a tier is told about its cache when it is attached: the cache's clock, and a way to
 /// forget a session that another instance removed.
-pub struct TierContext<P = SecretBytes> {
+pub struct TierContext<P = InlineSecret> {
     cache: Weak<SessionCache<P>>,
     clock: Arc<dyn Clock>,
     position: usize,
@@ -208,7 +206,7 @@ impl<P: Send + Sync + 'static> TierContext<P> {
 /// for long: a write should queue (and drop, and count, when the queue is full), and a read
 /// that needs the network should answer [`Fetched::Unavailable`] here and do its work in
 /// [`prefetch`](Tier::prefetch).
-pub trait Tier<P = SecretBytes>: Send + Sync {
+pub trait Tier<P = InlineSecret>: Send + Sync {
     /// A short name for the tier (`"disk"`, `"redis"`): in logs, in metric names
     /// (`reprise_<name>_…`: use lowercase letters, digits and `_`), and bound into what the
     /// tier seals, so that a value never moves between tiers.
@@ -287,7 +285,7 @@ pub struct Offer<'a> {
 /// What [`SessionCache::prefetch`] got for one connection.
 #[must_use = "a ticket taken by a prefetch resumes only when handed to the connection"]
 #[derive(Debug)]
-pub struct Prefetched<P = SecretBytes> {
+pub struct Prefetched<P = InlineSecret> {
     ticket: Option<SharedSession<P>>,
     session: bool,
     take: TicketTake,

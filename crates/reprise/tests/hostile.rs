@@ -44,7 +44,7 @@ fn hostile_keys_are_misses_that_ask_no_store_and_cost_no_memory() {
     let removes = Arc::new(AtomicU64::new(0));
     let (g, r) = (gets.clone(), removes.clone());
     // A get callback that would hand out a valid session for any key, if it were asked.
-    let bait = SharedSession::new(
+    let bait = SharedSession::from(
         Session::builder(&[7u8; 32], SecretBytes::from(vec![1u8; 48]))
             .time(1_000)
             .build()
@@ -72,7 +72,7 @@ fn hostile_keys_are_misses_that_ask_no_store_and_cost_no_memory() {
         &[7u8][..],
     ] {
         let s = cache.session(id, SecretBytes::from(vec![0u8; 48])).build();
-        let s = SharedSession::new(s.expect("valid session"));
+        let s: SharedSession = s.expect("valid session").into();
         assert!(cache.add(&s));
     }
     let cached = cache.len();

@@ -291,12 +291,12 @@ impl Engine {
         let cache = &self.cache;
         match op {
             Op::Make(spec) => {
-                let s = SharedSession::new(self.build(spec));
+                let s = SharedSession::from(self.build(spec));
                 self.pool.push(s);
                 Ret::None
             }
             Op::AddNew(spec) => {
-                let s = SharedSession::new(self.build(spec));
+                let s = SharedSession::from(self.build(spec));
                 self.pool.push(s.clone());
                 Ret::Bool(self.cache.add(&s))
             }

@@ -11,7 +11,7 @@ use reprise::{
 };
 
 fn session(id: u8, time: u64, timeout: u64) -> SharedSession {
-    SharedSession::new(
+    SharedSession::from(
         Session::builder(&[id; 32], SecretBytes::from(vec![id; 16]))
             .time(time)
             .timeout_secs(timeout)

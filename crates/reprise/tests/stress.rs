@@ -150,7 +150,7 @@ fn build_cache(clock: Arc<ManualClock>, shared: &Arc<Shared>, shards: Option<usi
             match rng.below(6) {
                 0 => {
                     // Add a fresh session from inside the callback (may evict: nested callbacks).
-                    let fresh = SharedSession::new(on_remove.make(cache, &mut rng));
+                    let fresh = SharedSession::from(on_remove.make(cache, &mut rng));
                     if cache.add(&fresh) {
                         fresh.payload().entered.fetch_add(1, Relaxed);
                     }
@@ -209,7 +209,7 @@ fn worker(cache: &Cache, clock: &ManualClock, shared: &Shared, seed: u64) -> Vec
         };
         match rng.below(100) {
             0..=29 => {
-                let s = SharedSession::new(shared.make(cache, &mut rng));
+                let s = SharedSession::from(shared.make(cache, &mut rng));
                 // A fresh object with a fresh id always becomes a new entry.
                 assert!(cache.add(&s), "add of a fresh session returned false");
                 s.payload().entered.fetch_add(1, Relaxed);
@@ -436,7 +436,7 @@ fn take_session(serial: u64) -> Obj {
     .timeout_secs(300)
     .build()
     {
-        Ok(s) => SharedSession::new(s),
+        Ok(s) => SharedSession::from(s),
         Err(e) => panic!("a 16-byte id is valid: {e}"),
     }
 }

@@ -47,11 +47,11 @@ impl MapTier {
         self.map.lock().contains_key(&[id; 32][..])
     }
 
-    fn put(&self, session: Session) {
-        self.map.lock().insert(
-            session.id().as_bytes().to_vec(),
-            SharedSession::new(session),
-        );
+    fn put(&self, session: impl Into<SharedSession>) {
+        let session = session.into();
+        self.map
+            .lock()
+            .insert(session.id().as_bytes().to_vec(), session);
     }
 
     fn removals(&self, id: u8) -> Vec<Removal> {
@@ -71,7 +71,7 @@ impl MapTier {
         let found = if take {
             map.remove(key.id)
         } else {
-            map.get(key.id).map(|s| SharedSession::new(s.duplicate()))
+            map.get(key.id).map(SharedSession::duplicate)
         };
         found.map_or(Fetched::Miss, Fetched::Hit)
     }
@@ -122,7 +122,7 @@ impl Tier for MapTier {
         self.map.lock().remove(key.id);
     }
 
-    fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a, SecretBytes>> {
+    fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a>> {
         if !self.is_async {
             return None;
         }
@@ -141,7 +141,7 @@ fn key(id: u8) -> [u8; 32] {
     [id; 32]
 }
 
-fn session(cache: &SessionCache, id: u8, version: ProtocolVersion) -> Session {
+fn session(cache: &SessionCache, id: u8, version: ProtocolVersion) -> Session<SecretBytes> {
     cache
         .session(&key(id), SecretBytes::from(vec![id; 48]))
         .sid_ctx(CTX)

@@ -58,8 +58,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use reprise::{
-    Fetched, Metric, Removal, Request, SecretBytes, Session, SessionKey, SharedSession,
-    SystemClock, Tier, TierContext, TierFuture, WriteQueue,
+    Fetched, Metric, Removal, Request, Session, SessionKey, SharedSession, SystemClock, Tier,
+    TierContext, TierFuture, WriteQueue,
 };
 use reprise_seal::{open_session, seal_session, KeyRing};
 use thiserror::Error;
@@ -314,7 +314,7 @@ impl Tier for MemcachedTier {
 
     /// A `get` (a TLS 1.2 session), or a take (`get`, then `delete`; see the crate's
     /// documentation), within the read budget.
-    fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a, SecretBytes>> {
+    fn prefetch<'a>(&'a self, request: Request<'a>) -> Option<TierFuture<'a>> {
         let shared = &self.shared;
         Some(Box::pin(async move {
             let kind = if request.take {
@@ -414,7 +414,7 @@ impl Shared {
             None => return Fetched::Miss,
         };
         if kind == Kind::Session {
-            return Fetched::Hit(SharedSession::new(session));
+            return Fetched::Hit(session);
         }
         // A take: the delete decides who won.
         let deleted = timeout(self.config.read_timeout, async {
@@ -426,7 +426,7 @@ impl Shared {
         match deleted {
             Ok(Ok((conn, true))) => {
                 self.give_back(conn);
-                Fetched::Hit(SharedSession::new(session))
+                Fetched::Hit(session)
             }
             Ok(Ok((conn, false))) => {
                 self.give_back(conn);
@@ -440,7 +440,13 @@ impl Shared {
 
     /// Opens a value read under `mkey`: `None` if it does not open, or is not of the kind
     /// asked (a TLS 1.2 session moved under a ticket's key, or the reverse).
-    fn open(&self, kind: Kind, key: SessionKey<'_>, mkey: &str, value: &[u8]) -> Option<Session> {
+    fn open(
+        &self,
+        kind: Kind,
+        key: SessionKey<'_>,
+        mkey: &str,
+        value: &[u8],
+    ) -> Option<SharedSession> {
         let c = &self.counters;
         match open_session(&self.keys, NAME, key, value) {
             Ok(session) if Kind::of(&session) == kind => Some(session),

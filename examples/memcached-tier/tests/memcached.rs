@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reprise::{
-    Fetched, Offer, ProtocolVersion, Removal, Role, SecretBytes, Session, SessionCache, SessionKey,
-    SharedSession, Tier,
+    Fetched, Offer, ProtocolVersion, Removal, Role, SessionCache, SessionKey, SharedSession, Tier,
 };
 use reprise_memcached_example::{Kind, MemcachedConfig, MemcachedTier};
 use reprise_seal::{seal_session, KeyRing};
@@ -46,12 +45,13 @@ fn instance(rt: &Runtime, addr: SocketAddr) -> (Arc<SessionCache>, Arc<Memcached
     (cache, tier)
 }
 
-fn session(cache: &SessionCache, id: u8, version: ProtocolVersion) -> Session {
+fn session(cache: &SessionCache, id: u8, version: ProtocolVersion) -> SharedSession {
     cache
-        .session(&[id; 32], SecretBytes::from(vec![id; 48]))
+        .session(&[id; 32], vec![id; 48])
         .sid_ctx(CTX)
         .version(version)
         .build()
+        .map(SharedSession::from)
         .unwrap()
 }
 
@@ -88,7 +88,7 @@ fn a_session_stored_through_one_cache_is_found_by_another() {
     let prefetched = rt.block_on(b.prefetch(offer_session(&[1; 32])));
     assert!(prefetched.found_session());
     let found = b.lookup(Role::Server, key).expect("B resumes A's session");
-    assert_eq!(found.payload().as_bytes(), &[1u8; 48]);
+    assert_eq!(found.payload(), &[1u8; 48]);
     assert_eq!(found.version(), ProtocolVersion::TLS1_2);
     // A TLS 1.2 session is read, not taken: still there for a third instance.
     assert!(mc.get(&mkey).is_some());
@@ -151,7 +151,7 @@ fn a_ticket_is_taken_once_across_two_caches() {
         let resumed = cache
             .take_confirmed(key, ticket)
             .expect("the winner resumes");
-        assert_eq!(resumed.payload().as_bytes(), &[id; 48]);
+        assert_eq!(resumed.payload(), &[id; 48]);
         winners += 1;
         assert!(mc.get(&tier_a.memcached_key(Kind::Ticket, key)).is_none());
         // A, which made it, cannot resume it either: memcached no longer vouches for it.
@@ -250,8 +250,8 @@ fn a_value_forged_or_moved_to_another_key_is_a_miss() {
         .found_session());
     assert_eq!(
         b.lookup(Role::Server, k(&ids[1]))
-            .map(|s| s.payload().clone()),
-        Some(s1.session.payload().clone())
+            .map(|s| s.payload().to_vec()),
+        Some(s1.session.payload().to_vec())
     );
 }
 
@@ -323,7 +323,7 @@ fn memcached_down_or_silent_costs_misses_and_never_blocks_the_handshake() {
 /// A synchronous authority under the memcached tier, standing in for another shared store. It
 /// keeps copies, never memory's own `Arc` (which memory marks not resumable when it lets go).
 #[derive(Default)]
-struct MapTier(parking_lot::Mutex<std::collections::HashMap<Vec<u8>, Session>>);
+struct MapTier(parking_lot::Mutex<std::collections::HashMap<Vec<u8>, SharedSession>>);
 
 impl Tier for MapTier {
     fn name(&self) -> &str {
@@ -334,12 +334,12 @@ impl Tier for MapTier {
         self.0.lock().insert(id, session.duplicate());
     }
     fn fetch(&self, key: SessionKey<'_>) -> Fetched {
-        let found = self.0.lock().get(key.id).map(Session::duplicate);
-        found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
+        let found = self.0.lock().get(key.id).map(SharedSession::duplicate);
+        found.map_or(Fetched::Miss, Fetched::Hit)
     }
     fn take(&self, key: SessionKey<'_>) -> Fetched {
         let found = self.0.lock().remove(key.id);
-        found.map_or(Fetched::Miss, |s| Fetched::Hit(SharedSession::new(s)))
+        found.map_or(Fetched::Miss, Fetched::Hit)
     }
     fn remove(&self, session: &SharedSession, why: Removal) {
         if matches!(why, Removal::Explicit | Removal::Taken | Removal::Expired) {
@@ -362,7 +362,7 @@ fn above_another_authority_the_tier_drops_a_ticket_the_authority_took() {
     let taken = cache
         .take(Role::Server, key)
         .expect("the authority hands it over");
-    assert_eq!(taken.payload().as_bytes(), &[7u8; 48]);
+    assert_eq!(taken.payload(), &[7u8; 48]);
     assert!(wait_until(WAIT, || mc.get(&mkey).is_none()));
     assert!(cache.take(Role::Server, key).is_none());
 }
@@ -378,7 +378,7 @@ fn a_session_expires_in_memcached_when_the_cache_would_drop_it() {
         };
         cache.attach(tier.clone());
         let s = cache
-            .session(&[id; 32], SecretBytes::from(vec![id; 48]))
+            .session(&[id; 32], vec![id; 48])
             .sid_ctx(CTX)
             .version(ProtocolVersion::TLS1_2)
             .timeout_secs(120)

@@ -233,7 +233,7 @@ impl Recorder {
             let keep = r.keep.load(Ordering::SeqCst);
             if keep {
                 // An external cache holds its own copy, as if serialized and read back.
-                let copy = Session::builder(s.id().as_bytes(), s.payload().clone())
+                let copy = Session::builder(s.id().as_bytes(), s.payload())
                     .sid_ctx(s.sid_ctx().as_bytes())
                     .version(s.version())
                     .time(s.time())
@@ -242,7 +242,7 @@ impl Recorder {
                     .unwrap();
                 r.external
                     .lock()
-                    .insert(s.id().as_bytes().to_vec(), SharedSession::new(copy));
+                    .insert(s.id().as_bytes().to_vec(), SharedSession::from(copy));
             }
             keep
         })));
