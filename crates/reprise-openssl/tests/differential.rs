@@ -706,7 +706,7 @@ impl<'p> Rig<'p> {
             Handle::OpenSsl(s) => {
                 Handle::OpenSsl(SslSession::from_der(&s.to_der().unwrap()).unwrap())
             }
-            Handle::Reprise(s) => Handle::Reprise(SharedSession::from(copy_session(s))),
+            Handle::Reprise(s) => Handle::Reprise(copy_session(s)),
         }
     }
 
@@ -756,14 +756,15 @@ fn version_of(v: Version) -> ProtocolVersion {
     }
 }
 
-fn copy_session(s: &Session) -> Session {
-    Session::builder(s.id().as_bytes(), s.payload().clone())
+fn copy_session(s: &SharedSession) -> SharedSession {
+    let copy = Session::builder(s.id().as_bytes(), s.payload())
         .sid_ctx(s.sid_ctx().as_bytes())
         .version(s.version())
         .time(s.time())
         .timeout_secs(s.timeout_secs())
         .build()
-        .unwrap()
+        .unwrap();
+    SharedSession::from(copy)
 }
 
 /// OpenSSL's side: counting callbacks on the SSL_CTX; the new one keeps a DER copy.
@@ -802,10 +803,9 @@ fn install_reprise_callbacks(cache: &SessionCache, rec: &Arc<Rec>) {
         r.made_reprise.lock().push(s.clone());
         let keep = r.keep.load(Ordering::SeqCst);
         if keep {
-            r.external_reprise.lock().insert(
-                s.id().as_bytes().to_vec(),
-                SharedSession::from(copy_session(s)),
-            );
+            r.external_reprise
+                .lock()
+                .insert(s.id().as_bytes().to_vec(), copy_session(s));
         }
         keep
     })));

@@ -54,20 +54,16 @@ impl SharedTier {
     }
 }
 
-/// A copy of a session, as a store that serializes would return it.
-fn copy(s: &SharedSession) -> SharedSession {
-    s.duplicate()
-}
-
 impl Tier for SharedTier {
     fn name(&self) -> &str {
         "shared"
     }
 
     fn store(&self, session: &SharedSession) {
-        self.map
-            .lock()
-            .insert(session.id().as_bytes().to_vec(), copy(session));
+        self.map.lock().insert(
+            session.id().as_bytes().to_vec(),
+            SharedSession::duplicate(session),
+        );
     }
 
     fn fetch(&self, _key: SessionKey<'_>) -> Fetched {
@@ -95,7 +91,7 @@ impl Tier for SharedTier {
             let found = if request.take {
                 map.remove(request.key.id)
             } else {
-                map.get(request.key.id).map(|s| copy(s))
+                map.get(request.key.id).map(SharedSession::duplicate)
             };
             found.map_or(Fetched::Miss, Fetched::Hit)
         }))

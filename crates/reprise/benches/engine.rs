@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{build, id, payload, Rng, Store, NAMES};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use reprise::{ManualClock, SecretBytes, Session, SessionCache, SharedSession};
+use reprise::{ManualClock, Session, SessionCache, SharedSession};
 
 const LIVE: usize = 100_000;
 const TLS13_CAPACITY: usize = 20_480;
@@ -285,7 +285,7 @@ fn flush(c: &mut Criterion) {
     let session = |n: u64, expired: bool| {
         let time = if expired { now - 1000 } else { now };
         SharedSession::from(
-            Session::builder(&id(n), SecretBytes::from(payload()))
+            Session::builder(&id(n), payload())
                 .time(time)
                 .timeout_secs(300)
                 .build()

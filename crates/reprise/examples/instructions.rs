@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use reprise::{ManualClock, Role, SecretBytes, SessionCache, SessionKey};
+use reprise::{ManualClock, Role, SessionCache, SessionKey};
 
 // The benchmarks' ids, so that these counts and the benchmarks' times share their keys.
 #[path = "../benches/common/mod.rs"]
@@ -42,7 +42,7 @@ fn main() {
         let mut payload = Vec::with_capacity(capacity);
         payload.extend_from_slice(&[0xa5; 100]);
         let s = cache
-            .session(&id(n), SecretBytes::from(payload))
+            .session(&id(n), payload)
             .sid_ctx(b"bench")
             .build()
             .unwrap();

@@ -529,7 +529,9 @@ impl<P> Session<P> {
 /// let borrowed = Session::builder(&[2; 32], &b"encoded"[..]).build().unwrap();
 /// assert_eq!(SharedSession::from(borrowed).payload(), b"encoded");
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+// Neither `Clone` nor `Copy`: `session.payload().clone()` on a `&Session<InlineSecret>` (not
+// the shared session) would copy a marker with no bytes; without them it does not compile.
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct InlineSecret;
 
 impl Shared<Session<InlineSecret>> {

@@ -1,18 +1,23 @@
 //! The engine's two thin owners, and its only `unsafe` code: [`Shared`], a reference-counted
-//! pointer of one word with no weak count, and [`ThinBytes`], a boxed byte string of one word
-//! with its length in its own allocation.
+//! pointer of one word with no weak count, whose allocation can carry secret bytes after its
+//! value (the *tail*), and [`ThinBytes`], a boxed byte string of one word with its length in its
+//! own allocation.
 //!
-//! Both exist for memory: a cached session is one `Shared<Session>`, and its payload one
-//! `ThinBytes`. Against `std::sync::Arc` (two counts) and `Box<[u8]>` (a pointer and a length)
-//! they save 12 bytes per session: 8 each, less the 4-byte length in front of the bytes
-//! (`docs/PERFORMANCE.md`, "Memory per session").
+//! Both exist for memory. A cached session is one `Shared<Session<InlineSecret>>`: an 8-byte
+//! header (a 32-bit count and the tail's length), the session's fields, and its payload's bytes,
+//! in one allocation. Against `std::sync::Arc` (two 8-byte counts) and a payload behind its own
+//! pointer (`Box<[u8]>`: a pointer and an 8-byte length) that saves 24 bytes per session
+//! (`docs/PERFORMANCE.md`, "Memory per session"). `ThinBytes` is what
+//! [`SecretBytes`](crate::SecretBytes) is made of: a payload kept apart from a session.
 //!
 //! Every `unsafe` block below says why it is sound. Aliasing, which valgrind does not check,
-//! rests on two facts proved where they are used: a `Shared`'s value is only ever reached
-//! through shared references (no `&mut` to it exists after `new`), and a `ThinBytes`'s bytes are
-//! only written before the pointer is returned by its constructor, and in `drop`, which has the
-//! only reference. The module's tests, and the engine's model test, run under valgrind in
-//! `scripts/test.sh`.
+//! rests on three facts proved where they are used: a `Shared`'s value is only ever reached
+//! through shared references (no `&mut` to it exists after it is written); its tail is reached
+//! only from the pointer `alloc` returned (never through a reference to the value, whose
+//! provenance would not cover it) and written only before that pointer is returned and by the
+//! last drop; a `ThinBytes`'s bytes are only written before the pointer is returned by its
+//! constructor, and in `drop`, which has the only reference. The module's tests, and the
+//! engine's model test, run under valgrind in `scripts/test.sh`.
 #![allow(unsafe_code)]
 
 use core::alloc::Layout;
@@ -474,6 +479,55 @@ mod tests {
             assert_eq!(t.join().ok(), Some(200));
         }
         assert_eq!(drops.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn tails_round_trip_beside_the_value_and_drop_once() {
+        let drops = Arc::new(Counter::new(0));
+        for len in [0usize, 1, 3, 7, 8, 100, 4097] {
+            let src: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
+            let a = Shared::with_tail((Dropped(Arc::clone(&drops)), len as u64), &src);
+            let b = a.clone();
+            drop(a);
+            assert_eq!(Shared::tail(&b), &src[..]);
+            assert_eq!(b.1, len as u64);
+            assert_eq!(Shared::strong_count(&b), 1);
+        }
+        // Each value dropped once, with its last pointer.
+        assert_eq!(drops.load(Ordering::Relaxed), 7);
+        assert!(Shared::tail(&Shared::new(5u8)).is_empty());
+    }
+
+    #[test]
+    fn tails_are_shared_across_threads() {
+        let shared = Shared::with_tail(vec![1u8; 3], &[9u8; 100]);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let mine = shared.clone();
+                std::thread::spawn(move || {
+                    let held: Vec<_> = (0..200).map(|_| mine.clone()).collect();
+                    held.iter()
+                        .all(|h| Shared::tail(h) == &[9u8; 100][..] && h[2] == 1)
+                })
+            })
+            .collect();
+        drop(shared);
+        for t in threads {
+            assert_eq!(t.join().ok(), Some(true));
+        }
+    }
+
+    #[test]
+    fn a_session_sized_value_and_its_payload_take_one_block() {
+        // A session with an inline payload is 56 bytes: with the header and a 100-byte
+        // payload, one allocation of 164 bytes.
+        let (layout, start) = Shared::<[u64; 7]>::layout(100);
+        assert_eq!((layout.size(), layout.align(), start), (164, 8, 64));
+        // A tail whose length needs more than 32 bits keeps it in its first 8 bytes.
+        let short = u32::MAX as usize - 1;
+        assert_eq!(Shared::<[u64; 7]>::layout(short).1, 64);
+        assert_eq!(Shared::<[u64; 7]>::layout(short + 1).1, 72);
+        assert_eq!(core::mem::size_of::<Inner<()>>(), 8);
     }
 
     #[test]

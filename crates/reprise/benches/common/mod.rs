@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reprise::{Role, SecretBytes, SessionCache, SessionKey};
+use reprise::{Role, SessionCache, SessionKey};
 use rustls::server::StoresServerSessions;
 
 /// The length of a payload in the benchmarks (a TLS 1.2 session encodes to about that).
@@ -57,7 +57,7 @@ impl Store for Reprise {
     fn put(&self, id: &[u8; 32]) {
         let s = self
             .0
-            .session(id, SecretBytes::from(payload()))
+            .session(id, payload())
             .sid_ctx(b"bench")
             .build()
             .unwrap();
