@@ -23,7 +23,7 @@ use crate::callbacks::{
 use crate::clock::{Clock, SystemClock};
 use crate::mode::{CacheMode, Role};
 use crate::session::{InlineSecret, Session, SessionBuilder, SessionKey, DEFAULT_TIMEOUT_SECS};
-use crate::shard::{HeadKey, Shard};
+use crate::shard::{HeadKey, Shard, Share};
 use crate::shim::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::shim::{thread, Mutex};
 use crate::stats::{Counters, Stats};
@@ -190,7 +190,8 @@ pub struct SessionCache<P = InlineSecret> {
     hasher: foldhash::fast::RandomState,
     occupancy: Occupancy,
     mode: AtomicU32,
-    size_limit: AtomicUsize,
+    /// Shared with the shards, which read it to size their indices.
+    size_limit: Arc<AtomicUsize>,
     timeout_secs: AtomicU64,
     clock: Arc<dyn Clock>,
     pub(crate) callbacks: Callbacks<P>,
@@ -310,10 +311,14 @@ impl<P: Send + Sync + 'static> CacheBuilder<P> {
             .clamp(1, 1 << 16)
             .next_power_of_two();
         let hasher = foldhash::fast::RandomState::default();
+        let size_limit = Arc::new(AtomicUsize::new(self.size_limit));
         SessionCache {
             shards: (0..shards)
                 .map(|_| ShardCell {
-                    shard: Mutex::new(Shard::new(hasher.clone())),
+                    shard: Mutex::new(Shard::new(
+                        hasher.clone(),
+                        Share::new(Arc::clone(&size_limit), shards),
+                    )),
                 })
                 .collect(),
             heads: (0..shards).map(|_| PublishedHead::empty()).collect(),
@@ -321,7 +326,7 @@ impl<P: Send + Sync + 'static> CacheBuilder<P> {
             hasher,
             occupancy: Occupancy::default(),
             mode: AtomicU32::new(self.mode.bits()),
-            size_limit: AtomicUsize::new(self.size_limit),
+            size_limit,
             timeout_secs: AtomicU64::new(self.timeout_secs),
             clock: self.clock,
             callbacks: Callbacks {

@@ -43,6 +43,7 @@ mod callbacks;
 mod clock;
 mod error;
 mod expiry;
+mod index;
 mod lookup;
 mod mode;
 mod queue;

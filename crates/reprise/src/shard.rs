@@ -3,17 +3,48 @@
 //! A shard holds no lock and calls no callback: [`crate::cache`] locks it, and fires callbacks
 //! for the sessions it hands back once the lock is released.
 //!
-//! The table holds slot indices (4 bytes each). A slot's session (its `Shared` pointer) and its
-//! place in the expiry order live in two arrays at the same index: a lookup reads only the first, a
-//! dense array of pointers (8 bytes a slot, where slots of 32 bytes put four times fewer in a
-//! cache line), and never the second, which [`crate::expiry`] keeps sorted by `(expiry, seq)`.
+//! The index ([`crate::index`]) holds slot indices with a few bits of their hash, 4 bytes an
+//! entry at load up to 0.9, and grows toward the shard's share of the cache's size limit rather
+//! than doubling past it: about 4.7 bytes a session. A slot's session (its `Shared` pointer) and
+//! its place in the expiry order live in two arrays at the same index: a lookup reads only the
+//! first, a dense array of pointers (8 bytes a slot, where slots of 32 bytes put four times fewer
+//! in a cache line), and never the second, which [`crate::expiry`] keeps sorted by
+//! `(expiry, seq)`.
 
 use core::hash::BuildHasher;
-
-use hashbrown::HashTable;
+use std::sync::Arc;
 
 use crate::expiry::{ExpiryOrder, Key};
+use crate::index::Index;
+use crate::shim::atomic::{AtomicUsize, Ordering};
 use crate::SharedSession;
+
+/// What a shard knows of the cache's size limit: enough to size its index for its share.
+pub(crate) struct Share {
+    /// The cache's size limit (0: unlimited), read when the index grows, so that a new limit
+    /// counts from the next growth.
+    limit: Arc<AtomicUsize>,
+    /// The number of shards the limit is shared by.
+    shards: usize,
+}
+
+impl Share {
+    /// A share of `limit` among `shards` shards.
+    pub(crate) fn new(limit: Arc<AtomicUsize>, shards: usize) -> Self {
+        Self {
+            limit,
+            shards: shards.max(1),
+        }
+    }
+
+    /// The sessions a shard may expect to hold at most: its share of the limit, with slack for
+    /// the spread of a hash (a shard's count varies by about the square root of its share),
+    /// 5 % or three square roots, whichever is more. 0 when the cache is unlimited.
+    fn hint(&self) -> usize {
+        let share = self.limit.load(Ordering::Relaxed).div_ceil(self.shards);
+        share.saturating_add((share / 20).max(3 * share.isqrt()))
+    }
+}
 
 /// The order key of a shard's head: `(expiry, seq)`.
 pub(crate) type HeadKey = Key;
@@ -28,26 +59,30 @@ pub(crate) struct ShardCounters {
 }
 
 pub(crate) struct Shard<P> {
-    table: HashTable<u32>,
+    index: Index,
     /// Each slot's session; `None` for a free slot.
     sessions: Vec<Option<SharedSession<P>>>,
     /// Each slot's place in the expiry order, at the same index.
     order: ExpiryOrder,
-    /// The cache's hasher, to find a slot's session in the table again.
+    /// The cache's hasher, to hash a slot's session again when the index grows.
     hasher: foldhash::fast::RandomState,
+    /// The shard's share of the size limit, toward which the index grows.
+    share: Share,
     /// Set whenever the head changes; the cache reads and clears it to republish the head.
     pub(crate) head_moved: bool,
     pub(crate) counters: ShardCounters,
 }
 
 impl<P> Shard<P> {
-    /// An empty shard hashing ids with `hasher` (the cache's).
-    pub(crate) fn new(hasher: foldhash::fast::RandomState) -> Self {
+    /// An empty shard hashing ids with `hasher` (the cache's), holding `share` of the limit. It
+    /// allocates nothing until its first session.
+    pub(crate) fn new(hasher: foldhash::fast::RandomState, share: Share) -> Self {
         Self {
-            table: HashTable::new(),
+            index: Index::new(),
             sessions: Vec::new(),
             order: ExpiryOrder::new(),
             hasher,
+            share,
             head_moved: false,
             counters: ShardCounters::default(),
         }
@@ -56,7 +91,7 @@ impl<P> Shard<P> {
     /// The number of sessions in this shard.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.table.len()
+        self.index.len()
     }
 
     fn session_at(&self, idx: u32) -> &SharedSession<P> {
@@ -73,9 +108,9 @@ impl<P> Shard<P> {
     /// Finds the session with this id: its slot and the session.
     pub(crate) fn find(&self, hash: u64, id: &[u8]) -> Option<(u32, &SharedSession<P>)> {
         let sessions = &self.sessions;
-        let idx = *self.table.find(hash, |&i| match &sessions[i as usize] {
-            Some(s) => s.id().as_bytes() == id,
-            None => false,
+        let idx = self.index.find(hash, |i| match sessions.get(i as usize) {
+            Some(Some(s)) => s.id().as_bytes() == id,
+            _ => false,
         })?;
         Some((idx, self.session_at(idx)))
     }
@@ -98,12 +133,17 @@ impl<P> Shard<P> {
             Some(free) => *free = Some(session),
             None => self.sessions.push(Some(session)),
         }
-        let (sessions, hasher) = (&self.sessions, &self.hasher);
-        self.table
-            .insert_unique(hash, idx, |&i| match &sessions[i as usize] {
-                Some(s) => hasher.hash_one(s.id().as_bytes()),
-                None => 0,
-            });
+        let (sessions, hasher, share) = (&self.sessions, &self.hasher, &self.share);
+        self.index.insert(
+            hash,
+            idx,
+            sessions.capacity(),
+            || share.hint(),
+            |i| match sessions.get(i as usize) {
+                Some(Some(s)) => hasher.hash_one(s.id().as_bytes()),
+                _ => unreachable!("the index only holds live slots"),
+            },
+        );
     }
 
     /// Puts another session (with the same id) into a slot, refiled under its own expiry.
@@ -124,9 +164,7 @@ impl<P> Shard<P> {
     /// Callers that found the slot by its id pass the hash they found it with: the id is not
     /// hashed (nor the session read) a second time.
     pub(crate) fn remove_at(&mut self, hash: u64, idx: u32) -> Option<SharedSession<P>> {
-        if let Ok(entry) = self.table.find_entry(hash, |&i| i == idx) {
-            entry.remove();
-        }
+        self.index.remove(hash, idx);
         self.head_moved |= self.order.remove(idx);
         let session = self.sessions[idx as usize].take()?;
         session.mark_not_resumable();
@@ -153,13 +191,13 @@ impl<P> Shard<P> {
 
     /// Removes every session, marking each not resumable.
     pub(crate) fn drain(&mut self, out: &mut Vec<SharedSession<P>>) {
-        out.reserve(self.table.len());
+        out.reserve(self.index.len());
         for s in self.sessions.drain(..).flatten() {
             s.mark_not_resumable();
             out.push(s);
         }
         self.order.clear();
-        self.table.clear();
+        self.index.clear();
         self.head_moved = true;
     }
 
@@ -172,18 +210,22 @@ impl<P> Shard<P> {
     #[cfg(test)]
     pub(crate) fn check(&self) {
         let listed = self.order.check();
-        assert_eq!(listed, self.table.len(), "one listed slot per table entry");
+        assert_eq!(listed, self.index.len(), "one listed slot per index entry");
         // A slot holds a session exactly when it is listed.
         let listed: std::collections::HashSet<u32> = self.order.iter().collect();
         for (i, s) in self.sessions.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             assert_eq!(s.is_some(), listed.contains(&i), "slot {i}");
         }
-        // Every table entry is a live slot, found under its session's hash.
-        for &i in self.table.iter() {
-            assert!(self.sessions[i as usize].is_some());
-            assert!(self.table.find(self.hash_of(i), |&x| x == i).is_some());
+        // Every index entry is a live slot, found under its session's hash, at its true
+        // displacement and in Robin Hood order.
+        for i in self.index.slots() {
+            assert!(
+                self.sessions[i as usize].is_some(),
+                "indexed slot {i} is live"
+            );
         }
+        self.index.check(|i| self.hash_of(i));
     }
 }
 
@@ -210,7 +252,8 @@ mod tests {
             let hasher = hasher.clone();
             move |id: &[u8]| hasher.hash_one(id)
         };
-        (Shard::new(hasher), h)
+        let limit = Arc::new(AtomicUsize::new(0));
+        (Shard::new(hasher, Share::new(limit, 1)), h)
     }
 
     #[test]
