@@ -349,7 +349,8 @@ impl<P: Send + Sync + 'static> Default for SessionCache<P> {
 }
 
 impl SessionCache {
-    /// Starts building a cache of the default payload ([`SecretBytes`]); for another payload,
+    /// Starts building a cache of the default payload ([`InlineSecret`]: the bytes in the session's
+    /// allocation); for another payload,
     /// [`CacheBuilder::new`].
     ///
     /// The payload is fixed here, so the types of a callback's parameters are inferred:
