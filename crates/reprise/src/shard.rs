@@ -5,11 +5,11 @@
 //!
 //! The index ([`crate::index`]) holds slot indices with a few bits of their hash, 4 bytes an
 //! entry at load up to 0.8, and grows toward the shard's share of the cache's size limit rather
-//! than doubling past it: about 5.3 bytes a session at a million. A slot's session (its `Shared` pointer) and
-//! its place in the expiry order live in two arrays at the same index: a lookup reads only the
-//! first, a dense array of pointers (8 bytes a slot, where slots of 32 bytes put four times fewer
-//! in a cache line), and never the second, which [`crate::expiry`] keeps sorted by
-//! `(expiry, seq)`.
+//! than doubling past it: about 5.3 bytes a session at a million. A slot's session (its
+//! `Shared` pointer) and its place in the expiry order live in two arrays at the same index: a
+//! lookup reads only the first, a dense array of pointers (8 bytes a slot, where slots of 32
+//! bytes put four times fewer in a cache line), and never the second, which [`crate::expiry`]
+//! keeps sorted by `(expiry, seq)`.
 
 use core::hash::BuildHasher;
 use std::sync::Arc;
